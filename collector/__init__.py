@@ -1,0 +1,1 @@
+"""District collector: ingest, store, stream."""

@@ -1,0 +1,191 @@
+"""Gateway configuration: one YAML file, validated completely before any I/O.
+
+Every key is documented in docs/config.md. Secrets are never inline: a secret is
+given as `<name>_file` (path to a file holding it) or `<name>_env` (name of an
+environment variable) and read by `SecretRef.reveal()` only where it is used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def _parse_size(value: Any) -> Any:
+    """`268435456`, `256MiB`, `1.5 GB` -> bytes."""
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise ValueError("a size such as 268435456, 256MiB or 1GB")
+        return int(float(m.group(1)) * _UNITS[(m.group(2) or "b").lower()])
+    return value
+
+
+def _code_as_text(value: Any) -> Any:
+    """Admin codes written unquoted in YAML arrive as int: keep them as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+AdminCode = Annotated[str, BeforeValidator(_code_as_text)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Strict):
+    """A secret read from a file or an environment variable, never written inline."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of `file` or `env`")
+        return self
+
+    def reveal(self) -> SecretStr:
+        """Read the secret now; raises SecretError naming the source, never the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise SecretError(f"environment variable {self.env} is not set")
+            return SecretStr(value)
+        assert self.file is not None
+        try:
+            return SecretStr(self.file.read_text("utf-8").strip())
+        except OSError as exc:
+            raise SecretError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+
+
+class SecretError(RuntimeError):
+    pass
+
+
+class GatewayIdentity(Strict):
+    id: str = Field(pattern=SEGMENT, description="gateway id, unique in the district")
+    district: AdminCode = Field(pattern=r"^[0-9]{6}$", description="6-digit admin code")
+    street: AdminCode = Field(pattern=SEGMENT, description="street (township) code")
+    community: AdminCode = Field(pattern=SEGMENT, description="community code")
+    name: str | None = Field(default=None, max_length=100, description="human name, shown on the status page")
+
+
+class TlsConfig(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BackoffConfig(Strict):
+    initial_s: float = Field(default=0.2, gt=0, le=60)
+    max_s: float = Field(default=10.0, gt=0, le=3600)
+
+
+class UplinkConfig(Strict):
+    broker: str = Field(description="mqtt://host:port or mqtts://host:port")
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    client_id: str | None = Field(default=None, pattern=SEGMENT)
+    username: str | None = None
+    password: SecretRef | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    batch_max_events: int = Field(default=200, ge=1, le=5000)
+    batch_max_bytes: ByteSize = 256 * 1024
+    max_inflight_batches: int = Field(default=8, ge=1, le=100)
+    ack_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    publish_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    reconnect: BackoffConfig = BackoffConfig()
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://host:port or mqtts://host:port")
+        if parts.username or parts.password:
+            raise ValueError("put no credentials in the URL; use username and password.file/env")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.broker).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.broker)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return urlsplit(self.broker).scheme == "mqtts" or self.tls is not None
+
+
+class OutboxConfig(Strict):
+    path: Path = Path("/var/lib/edge-agent/outbox.db")
+    max_bytes: ByteSize = 256 * 1024 * 1024
+    commit_batch_max: int = Field(default=500, ge=1, le=10000)
+
+
+class StatusPageConfig(Strict):
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^:\s]+:\d{1,5}$")
+
+
+class DeviceConfig(BaseModel):
+    """Common part of every device entry; the driver validates the rest."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(pattern=SEGMENT)
+    driver: str = Field(min_length=1)
+    name: str | None = Field(default=None, max_length=100)
+    enabled: bool = True
+
+
+class GatewayConfig(Strict):
+    gateway: GatewayIdentity
+    uplink: UplinkConfig
+    outbox: OutboxConfig = OutboxConfig()
+    status_page: StatusPageConfig = StatusPageConfig()
+    heartbeat_s: float = Field(default=60.0, gt=0, le=86400)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for dev in self.devices:
+            if dev.id in seen:
+                raise ValueError(f"device id {dev.id!r} is used twice")
+            seen.add(dev.id)
+        return self

@@ -1,0 +1,54 @@
+"""The surface a driver sees. Drivers know devices and nothing of MQTT or the outbox.
+
+A driver package exposes `DRIVER: DriverSpec` and registers it under the
+`edge_agent.drivers` entry-point group (pyproject.toml). The agent validates each
+device entry with `DriverSpec.options` (a pydantic model deriving from
+`DeviceConfig`) before any I/O, then calls `DriverSpec.build()` once with all the
+devices of that driver, so a driver can group devices (e.g. one queue per bus).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from edge_agent.config.models import DeviceConfig
+from edge_agent.envelope import Severity
+
+
+class DeviceState(StrEnum):
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+class EventSink(Protocol):
+    """Where drivers hand their observations; never blocks, never raises for a device."""
+
+    def emit(
+        self,
+        device: str,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        severity: Severity | None = None,
+        observed_at: float | None = None,
+    ) -> None: ...
+
+    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None: ...
+
+
+class Driver(Protocol):
+    async def run(self) -> None:
+        """Run until cancelled. Must survive anything a device or network does."""
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    name: str
+    options: type[DeviceConfig]
+    build: Callable[[Sequence[DeviceConfig], EventSink], Driver]
+    summary: str = ""

@@ -1,0 +1,61 @@
+"""MQTT topic contract v1 (DESIGN.md): cd/v1/<district>/<community>/<gateway>/<channel>."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "cd/v1"
+Channel = Literal["events", "ack", "status", "cmd"]
+CHANNELS: tuple[Channel, ...] = ("events", "ack", "status", "cmd")
+SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: What a collector subscribes to (prefix with `$share/<group>/` on MQTT v5).
+EVENTS_FILTER = f"{PREFIX}/+/+/+/events"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTopics:
+    district: str
+    community: str
+    gateway: str
+
+    def topic(self, channel: Channel) -> str:
+        return f"{PREFIX}/{self.district}/{self.community}/{self.gateway}/{channel}"
+
+    @property
+    def events(self) -> str:
+        return self.topic("events")
+
+    @property
+    def ack(self) -> str:
+        return self.topic("ack")
+
+    @property
+    def status(self) -> str:
+        return self.topic("status")
+
+
+class TopicError(ValueError):
+    pass
+
+
+def parse_topic(topic: str) -> tuple[GatewayTopics, Channel]:
+    """Split a v1 topic into the gateway it speaks for and its channel."""
+    parts = topic.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != PREFIX:
+        raise TopicError(f"{topic!r}: expected {PREFIX}/<district>/<community>/<gateway>/<channel>")
+    district, community, gateway, channel = parts[2:]
+    if not re.fullmatch(r"[0-9]{6}", district):
+        raise TopicError(f"{topic!r}: district {district!r} is not a 6-digit admin code")
+    for name, seg in (("community", community), ("gateway", gateway)):
+        if not SEGMENT_RE.match(seg):
+            raise TopicError(f"{topic!r}: {name} segment {seg!r} is not a valid id")
+    if channel not in CHANNELS:
+        raise TopicError(f"{topic!r}: unknown channel {channel!r}; expected one of {CHANNELS}")
+    return GatewayTopics(district, community, gateway), channel  # type: ignore[return-value]
+
+
+def shared_subscription(group: str, topic_filter: str = EVENTS_FILTER) -> str:
+    return f"$share/{group}/{topic_filter}"

@@ -23,9 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SPECVERSION = "1.0"
+SPECVERSION: Literal["1.0"] = "1.0"
 ENVELOPE_VERSION = 1
-DATACONTENTTYPE = "application/json"
+DATACONTENTTYPE: Literal["application/json"] = "application/json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 
 

@@ -54,7 +54,7 @@ def parse_topic(topic: str) -> tuple[GatewayTopics, Channel]:
             raise TopicError(f"{topic!r}: {name} segment {seg!r} is not a valid id")
     if channel not in CHANNELS:
         raise TopicError(f"{topic!r}: unknown channel {channel!r}; expected one of {CHANNELS}")
-    return GatewayTopics(district, community, gateway), channel  # type: ignore[return-value]
+    return GatewayTopics(district, community, gateway), channel
 
 
 def shared_subscription(group: str, topic_filter: str = EVENTS_FILTER) -> str:

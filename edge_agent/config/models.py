@@ -1,7 +1,7 @@
 """Gateway configuration: one YAML file, validated completely before any I/O.
 
 Every key is documented in docs/config.md. Secrets are never inline: a secret is
-given as `<name>_file` (path to a file holding it) or `<name>_env` (name of an
+given as `<name>: {file: PATH}` (a file holding it) or `<name>: {env: NAME}` (an
 environment variable) and read by `SecretRef.reveal()` only where it is used.
 """
 
@@ -90,7 +90,9 @@ class GatewayIdentity(Strict):
     district: AdminCode = Field(pattern=r"^[0-9]{6}$", description="6-digit admin code")
     street: AdminCode = Field(pattern=SEGMENT, description="street (township) code")
     community: AdminCode = Field(pattern=SEGMENT, description="community code")
-    name: str | None = Field(default=None, max_length=100, description="human name, shown on the status page")
+    name: str | None = Field(
+        default=None, max_length=100, description="human name, shown on the status page"
+    )
 
 
 class TlsConfig(Strict):

@@ -1,0 +1,129 @@
+"""The agent process: drivers → pipeline → outbox → uplink, each stage supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from edge_agent import __version__
+from edge_agent.config.models import DeviceConfig, GatewayConfig
+from edge_agent.driver_api import Driver
+from edge_agent.envelope import Hierarchy
+from edge_agent.logs import get_logger
+from edge_agent.mqtt import Endpoint
+from edge_agent.outbox_thread import OutboxThread
+from edge_agent.pipeline import Pipeline
+from edge_agent.registry import available
+from edge_agent.topics import GatewayTopics
+from edge_agent.uplink import Uplink
+
+log = get_logger("edge_agent.agent")
+
+RESTART_MIN_S, RESTART_MAX_S = 1.0, 60.0
+
+
+async def supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    """Run `factory()` forever: whatever it raises, log it and start it again (with back-off)."""
+    delay = RESTART_MIN_S
+    while True:
+        started = time.monotonic()
+        try:
+            await factory()
+            log.warning("task_returned", task=name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing a device does may stop the agent
+            log.exception("task_crashed", task=name, error=str(exc))
+        if time.monotonic() - started > 10 * RESTART_MAX_S:
+            delay = RESTART_MIN_S
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RESTART_MAX_S)
+        log.info("task_restarting", task=name)
+
+
+@dataclass
+class Agent:
+    cfg: GatewayConfig
+    hierarchy: Hierarchy
+    outbox: OutboxThread
+    pipeline: Pipeline
+    uplink: Uplink
+    drivers: dict[str, Driver]
+    started: float = field(default_factory=time.time)
+
+    @classmethod
+    async def open(cls, cfg: GatewayConfig) -> Agent:
+        gw = cfg.gateway
+        hierarchy = Hierarchy(district=gw.district, street=gw.street, community=gw.community,
+                              gateway=gw.id)
+        outbox = await OutboxThread.open(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
+                                         hierarchy=hierarchy)
+        if outbox.quarantined:
+            log.error("outbox_quarantined", moved_to=str(outbox.quarantined), epoch=outbox.epoch)
+        topics = GatewayTopics(gw.district, gw.community, gw.id)
+        uplink = Uplink(cfg.uplink, Endpoint.from_uplink(cfg.uplink), topics, outbox,
+                        client_id=cfg.uplink.client_id or gw.id)
+        pipeline = Pipeline(hierarchy, outbox, commit_batch_max=cfg.outbox.commit_batch_max,
+                            on_commit=uplink.notify)
+        drivers = build_drivers(cfg.devices, pipeline)
+        return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
+
+    async def run(self) -> None:
+        stats = self.outbox.stats()
+        log.info("agent_started", gateway=self.hierarchy.gateway, version=__version__,
+                 epoch=stats.epoch, next_seq=stats.next_seq, backlog=stats.events,
+                 devices=len(self.cfg.devices), broker=self.uplink.status.broker)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(supervise("pipeline", self.pipeline.run))
+                tg.create_task(supervise("uplink", self.uplink.run))
+                tg.create_task(supervise("heartbeat", self.heartbeat))
+                for name, driver in self.drivers.items():
+                    tg.create_task(supervise(f"driver:{name}", driver.run))
+        finally:
+            await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        await self.pipeline.flush()
+        await self.outbox.close()
+        log.info("agent_stopped", gateway=self.hierarchy.gateway)
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_s)
+            self.pipeline.emit(self.hierarchy.gateway, "gateway.heartbeat", self.heartbeat_data())
+
+    def heartbeat_data(self) -> dict[str, object]:
+        s = self.outbox.stats()
+        data: dict[str, object] = {
+            "uptime_s": round(time.time() - self.started, 1), "outbox_events": s.events,
+            "outbox_bytes": s.bytes, "evicted_total": s.evicted_total, "version": __version__}
+        if s.oldest_created is not None:
+            data["oldest_waiting_s"] = round(max(0.0, time.time() - s.oldest_created), 1)
+        return data
+
+
+def build_drivers(devices: list[DeviceConfig], pipeline: Pipeline) -> dict[str, Driver]:
+    registry = available()
+    by_driver: dict[str, list[DeviceConfig]] = {}
+    for dev in devices:
+        if dev.enabled:
+            by_driver.setdefault(dev.driver, []).append(dev)
+            pipeline.register_device(dev.id, dev.driver)
+    return {name: registry[name].build(devs, pipeline) for name, devs in by_driver.items()}
+
+
+async def run_agent(cfg: GatewayConfig) -> None:
+    """Run until SIGINT/SIGTERM; then flush pending events to the outbox and stop."""
+    agent = await Agent.open(cfg)
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await agent.run()

@@ -1,0 +1,118 @@
+"""Opening MQTT clients: endpoint settings, TLS, and v5-or-3.1.1 protocol selection.
+
+Shared by the agent's uplink and the collector so both speak to a broker the same
+way. `protocol: auto` tries MQTT v5 and falls back to 3.1.1 when the broker
+refuses the version (CONNACK 0x01 under 3.1.1, reason 0x84 under v5).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiomqtt
+from aiomqtt import ProtocolVersion
+from pydantic import SecretStr
+
+from edge_agent.config.models import TlsConfig, UplinkConfig
+
+#: Connect return codes meaning "I don't speak that protocol version".
+_VERSION_REFUSED = {1, 132}
+
+ProtocolSetting = Literal["auto", "5", "3.1.1"]
+
+_quiet_logger = logging.getLogger("edge_agent.mqtt.paho")
+# aiomqtt warns once per publish above 10 pending calls; we run many in flight on purpose.
+_quiet_logger.setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    use_tls: bool = False
+    protocol: ProtocolSetting = "auto"
+    keepalive_s: int = 30
+
+    @classmethod
+    def from_uplink(cls, cfg: UplinkConfig) -> Endpoint:
+        return cls(
+            host=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            password=cfg.password.reveal() if cfg.password else None,
+            tls=cfg.tls,
+            use_tls=cfg.use_tls,
+            protocol=cfg.protocol,
+            keepalive_s=cfg.keepalive_s,
+        )
+
+    def describe(self) -> str:
+        """Safe to log: no credentials."""
+        return f"{'mqtts' if self.use_tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls and tls.cert_file and tls.key_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls and tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def initial_protocol(setting: ProtocolSetting) -> ProtocolVersion:
+    return ProtocolVersion.V311 if setting == "3.1.1" else ProtocolVersion.V5
+
+
+def is_version_refusal(exc: BaseException) -> bool:
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    return isinstance(exc, aiomqtt.MqttCodeError) and value in _VERSION_REFUSED
+
+
+def make_client(
+    ep: Endpoint,
+    protocol: ProtocolVersion,
+    *,
+    identifier: str | None,
+    persistent: bool,
+    will: aiomqtt.Will | None = None,
+    timeout_s: float = 10.0,
+    max_queued_incoming: int | None = None,
+    session_expiry_s: int = 3600,
+) -> aiomqtt.Client:
+    """An aiomqtt client for `ep`; `persistent` keeps the broker session across reconnects."""
+    kwargs: dict[str, Any] = {
+        "username": ep.username,
+        "password": ep.password.get_secret_value() if ep.password else None,
+        "identifier": identifier,
+        "protocol": protocol,
+        "will": will,
+        "keepalive": ep.keepalive_s,
+        "timeout": timeout_s,
+        "logger": _quiet_logger,
+        "max_queued_incoming_messages": max_queued_incoming,
+    }
+    if ep.use_tls:
+        kwargs["tls_context"] = tls_context(ep.tls)
+        if ep.tls and ep.tls.insecure_skip_verify:
+            kwargs["tls_insecure"] = True
+    if protocol == ProtocolVersion.V5:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        if persistent:
+            props.SessionExpiryInterval = session_expiry_s
+        kwargs["properties"] = props
+        kwargs["clean_start"] = not persistent
+    else:
+        kwargs["clean_session"] = not persistent
+    return aiomqtt.Client(ep.host, ep.port, **kwargs)

@@ -1,0 +1,162 @@
+"""From driver observations to committed outbox rows.
+
+Drivers call `Pipeline.emit()` / `Pipeline.device_state()` (the EventSink); the
+pipeline mints envelope-v1 events, turns device state transitions into
+`device.online` / `device.offline`, and its `run()` task commits what is queued to
+the outbox in batches (one transaction per batch) and wakes the uplink.
+Durability starts at that commit: an event is "created" once it has a seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.driver_api import DeviceState
+from edge_agent.envelope import Event, Hierarchy, Severity, UnknownEventType, new_event
+from edge_agent.logs import get_logger
+from edge_agent.outbox_thread import OutboxThread
+
+log = get_logger("edge_agent.pipeline")
+
+#: Events waiting in memory for their commit; beyond this a driver's events are dropped
+#: (and counted) rather than letting memory grow without bound while the disk stalls.
+MAX_PENDING = 100_000
+
+
+@dataclass
+class DeviceStatus:
+    """What the agent knows about one device (read by heartbeat and the status page)."""
+
+    id: str
+    driver: str
+    state: DeviceState = DeviceState.UNKNOWN
+    reason: str = ""
+    since: float = field(default_factory=time.time)
+    last_event_type: str | None = None
+    last_event_at: float | None = None
+    last_data: dict[str, Any] | None = None
+    events: int = 0
+
+
+@dataclass
+class PipelineCounters:
+    created: int = 0
+    committed: int = 0
+    dropped: int = 0
+    rejected: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        outbox: OutboxThread,
+        *,
+        commit_batch_max: int = 500,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.hierarchy = hierarchy
+        self.outbox = outbox
+        self.commit_batch_max = commit_batch_max
+        self.on_commit = on_commit
+        self.devices: dict[str, DeviceStatus] = {}
+        self.counters = PipelineCounters()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(MAX_PENDING)
+
+    def register_device(self, device: str, driver: str) -> None:
+        self.devices.setdefault(device, DeviceStatus(device, driver))
+
+    # ------------------------------------------------------------------ EventSink
+
+    def emit(
+        self,
+        device: str,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        severity: Severity | None = None,
+        observed_at: float | None = None,
+    ) -> None:
+        try:
+            event = new_event(self.hierarchy, device, type_, data,
+                              severity=severity, observed_at=observed_at)
+        except (UnknownEventType, ValueError) as exc:
+            self.counters.rejected += 1
+            log.error("event_rejected", device=device, type=type_, error=str(exc))
+            return
+        self._enqueue(event)
+        status = self.devices.get(device)
+        if status is not None:
+            status.events += 1
+            status.last_event_type, status.last_event_at = type_, time.time()
+            status.last_data = data
+
+    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
+        status = self.devices.setdefault(device, DeviceStatus(device, "?"))
+        previous, since = status.state, status.since
+        if state == previous:
+            status.reason = reason
+            return
+        now = time.time()
+        status.state, status.reason, status.since = state, reason, now
+        log.info("device_state", device=device, state=str(state), previous=str(previous),
+                 reason=reason)
+        if state is DeviceState.ONLINE and previous in (DeviceState.OFFLINE, DeviceState.ERROR):
+            self.emit(device, "device.online", {"offline_s": round(now - since, 3),
+                                                "reason": reason or "answers again"})
+        elif state in (DeviceState.OFFLINE, DeviceState.ERROR):
+            self.emit(device, "device.offline", {"reason": reason or str(state)})
+
+    # ------------------------------------------------------------------ committing
+
+    def _enqueue(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+            self.counters.created += 1
+        except asyncio.QueueFull:
+            self.counters.dropped += 1
+            if self.counters.dropped in (1, 10, 100) or self.counters.dropped % 1000 == 0:
+                log.error("pending_events_dropped", dropped=self.counters.dropped,
+                          hint="the outbox cannot keep up; check disk health")
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        """Commit queued events in batches until cancelled; flush what is left on the way out."""
+        try:
+            while True:
+                first = await self._queue.get()
+                await self._commit([first, *self._take(self.commit_batch_max - 1)])
+        finally:
+            await asyncio.shield(self.flush())
+
+    def _take(self, limit: int) -> list[Event]:
+        batch: list[Event] = []
+        while len(batch) < limit:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
+    async def flush(self) -> None:
+        while batch := self._take(self.commit_batch_max):
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Event]) -> None:
+        while True:
+            try:
+                await self.outbox.append(batch)
+                break
+            except Exception as exc:  # noqa: BLE001 - disk trouble: keep the events, retry
+                log.error("outbox_append_failed", events=len(batch), error=str(exc),
+                          hint="events are kept in memory and retried; check the disk")
+                await asyncio.sleep(1.0)
+        self.counters.committed += len(batch)
+        self.on_commit()

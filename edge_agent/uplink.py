@@ -1,0 +1,279 @@
+"""Uplink: outbox rows → MQTT batches → collector acks → outbox deletes.
+
+Invariants
+1. A row leaves the outbox only when an Ack for this outbox's epoch names its seq.
+   A PUBACK, a publish that raised or timed out, a reconnect: all "outcome unknown",
+   the row stays and is sent again later with the same id (the collector dedupes).
+2. At most `max_inflight_batches` unacknowledged batches are out at once; a batch
+   without an ack after `ack_timeout_s` is sent again (rows still present only).
+3. Alarms first: lane 1 (alarm retention) is drained before lane 0 on every pick.
+4. On every (re)connect all in-flight state is forgotten and sending restarts from
+   the oldest row: the collector may have committed some of it; duplicates are free.
+5. The uplink knows MQTT and the outbox API, nothing of drivers or devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import aiomqtt
+from aiomqtt import ProtocolVersion
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from edge_agent.config.models import UplinkConfig
+from edge_agent.envelope import BATCH_CONTENT_TYPE
+from edge_agent.logs import get_logger
+from edge_agent.mqtt import Endpoint, initial_protocol, is_version_refusal, make_client
+from edge_agent.outbox import OutboxRow
+from edge_agent.outbox_thread import OutboxThread
+from edge_agent.topics import GatewayTopics
+from edge_agent.wire import Ack, AckError, encode_batch
+
+log = get_logger("edge_agent.uplink")
+
+LANES = (1, 0)  # alarm lane first
+
+
+@dataclass
+class Batch:
+    id: int
+    seqs: set[int]
+    sent_at: float
+    attempts: int = 1
+
+
+@dataclass
+class UplinkStatus:
+    """Read by the heartbeat and the status page."""
+
+    connected: bool = False
+    since: float = field(default_factory=time.time)
+    protocol: str = ""
+    broker: str = ""
+    last_ack_at: float | None = None
+    batches_sent: int = 0
+    events_sent: int = 0
+    events_acked: int = 0
+    resends: int = 0
+    last_error: str = ""
+
+
+class SessionEnded(Exception):
+    """A connected session ended; reconnect with a fresh back-off."""
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: UplinkConfig,
+        endpoint: Endpoint,
+        topics: GatewayTopics,
+        outbox: OutboxThread,
+        *,
+        client_id: str,
+    ) -> None:
+        self.cfg = cfg
+        self.endpoint = endpoint
+        self.topics = topics
+        self.outbox = outbox
+        self.client_id = client_id
+        self.status = UplinkStatus(broker=endpoint.describe())
+        self._protocol = initial_protocol(endpoint.protocol)
+        self._wake = asyncio.Event()
+        self._batch_ids = itertools.count(1)
+        self._was_connected = False
+        self._reset_inflight()
+
+    def notify(self) -> None:
+        """New rows in the outbox (called by the pipeline after each commit)."""
+        self._wake.set()
+
+    def _reset_inflight(self) -> None:
+        self._inflight: dict[int, Batch] = {}
+        self._batch_of: dict[int, int] = {}
+        self._cursor = {lane: 0 for lane in LANES}
+
+    # ------------------------------------------------------------------ connection
+
+    async def run(self) -> None:
+        """Forever: connect, serve, and reconnect with jittered exponential back-off."""
+        while True:
+            retrying = AsyncRetrying(
+                wait=wait_random_exponential(multiplier=self.cfg.reconnect.initial_s,
+                                             max=self.cfg.reconnect.max_s),
+                retry=retry_if_exception_type(aiomqtt.MqttError),
+                before_sleep=self._log_retry,
+                reraise=True,
+            )
+            with contextlib.suppress(SessionEnded):
+                async for attempt in retrying:
+                    with attempt:
+                        await self._connect_and_serve()
+
+    def _log_retry(self, state: object) -> None:
+        attempt = getattr(state, "attempt_number", 0)
+        sleep = getattr(getattr(state, "next_action", None), "sleep", 0.0)
+        if attempt in (1, 2, 5) or attempt % 20 == 0:
+            log.warning("uplink_reconnecting", broker=self.status.broker, attempt=attempt,
+                        wait_s=round(sleep, 2), error=self.status.last_error)
+
+    async def _connect_and_serve(self) -> None:
+        will = aiomqtt.Will(self.topics.status, b"offline", qos=1, retain=True)
+        client = make_client(self.endpoint, self._protocol, identifier=self.client_id,
+                             persistent=True, will=will, timeout_s=self.cfg.publish_timeout_s)
+        try:
+            async with client:
+                await self._serve(client)
+        except aiomqtt.MqttError as exc:
+            self._mark_down(str(exc))
+            if (self.endpoint.protocol == "auto" and self._protocol == ProtocolVersion.V5
+                    and is_version_refusal(exc)):
+                log.info("uplink_protocol_fallback", broker=self.status.broker, to="3.1.1")
+                self._protocol = ProtocolVersion.V311
+            if self._was_connected:
+                raise SessionEnded from exc
+            raise
+
+    def _mark_down(self, error: str) -> None:
+        self.status.last_error = error
+        if self.status.connected:
+            self.status.connected = False
+            self.status.since = time.time()
+            log.warning("uplink_down", broker=self.status.broker, error=error)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._was_connected = False
+        await client.subscribe(self.topics.ack, qos=1)
+        await client.publish(self.topics.status, b"online", qos=1, retain=True,
+                             timeout=self.cfg.publish_timeout_s)
+        self._was_connected = True
+        self._reset_inflight()
+        self.status.connected, self.status.since = True, time.time()
+        self.status.protocol = "5" if self._protocol == ProtocolVersion.V5 else "3.1.1"
+        self.status.last_error = ""
+        log.info("uplink_connected", broker=self.status.broker, protocol=self.status.protocol,
+                 backlog=self.outbox.stats().events)
+        self._wake.set()
+        try:
+            await self._run_session_tasks(client)
+        except asyncio.CancelledError:
+            # Shutting down: say so, rather than letting the broker fire the will later.
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                await client.publish(self.topics.status, b"offline", qos=1, retain=True,
+                                     timeout=2)
+            raise
+
+    async def _run_session_tasks(self, client: aiomqtt.Client) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive_acks(client))
+                tg.create_task(self._send_loop(client))
+                tg.create_task(self._resend_loop(client))
+        except* aiomqtt.MqttError as group:
+            raise group.exceptions[0] from None
+
+    # ------------------------------------------------------------------ sending
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self._inflight) < self.cfg.max_inflight_batches:
+                rows = await self._next_rows()
+                if not rows:
+                    break
+                batch = Batch(next(self._batch_ids), {r.seq for r in rows}, time.monotonic())
+                self._inflight[batch.id] = batch
+                for seq in batch.seqs:
+                    self._batch_of[seq] = batch.id
+                await self._publish(client, rows)
+                self.status.batches_sent += 1
+                self.status.events_sent += len(rows)
+
+    async def _next_rows(self) -> list[OutboxRow]:
+        for lane in LANES:
+            rows = await self.outbox.fetch(lane=lane, after_seq=self._cursor[lane],
+                                           limit=self.cfg.batch_max_events,
+                                           max_bytes=self.cfg.batch_max_bytes)
+            if rows:
+                self._cursor[lane] = rows[-1].seq
+                return rows
+        return []
+
+    async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
+        """Publish one batch. Raising here ends the session: the outcome is unknown."""
+        props = None
+        if self._protocol == ProtocolVersion.V5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = BATCH_CONTENT_TYPE
+        await client.publish(self.topics.events, encode_batch(r.body for r in rows), qos=1,
+                             properties=props, timeout=self.cfg.publish_timeout_s)
+
+    async def _resend_loop(self, client: aiomqtt.Client) -> None:
+        period = max(0.05, min(1.0, self.cfg.ack_timeout_s / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for batch in [b for b in self._inflight.values()
+                          if now - b.sent_at >= self.cfg.ack_timeout_s]:
+                rows = await self.outbox.get(sorted(batch.seqs))
+                if not rows:  # evicted meanwhile
+                    self._forget(batch, batch.seqs)
+                    continue
+                batch.sent_at, batch.attempts = time.monotonic(), batch.attempts + 1
+                self.status.resends += 1
+                log.warning("ack_timeout_resend", batch=batch.id, events=len(rows),
+                            attempt=batch.attempts, first_seq=rows[0].seq)
+                await self._publish(client, rows)
+
+    # ------------------------------------------------------------------ acks
+
+    async def _receive_acks(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if str(message.topic) != self.topics.ack:
+                continue
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                continue
+            try:
+                ack = Ack.decode(payload)
+            except AckError as exc:
+                log.warning("ack_invalid", error=str(exc), size=len(payload))
+                continue
+            await self.handle_ack(ack)
+
+    async def handle_ack(self, ack: Ack) -> None:
+        if ack.epoch != self.outbox.epoch:
+            log.info("ack_other_epoch_ignored", epoch=ack.epoch, current=self.outbox.epoch)
+            return
+        seqs = ack.seqs()
+        deleted = await self.outbox.delete(seqs)
+        self.status.events_acked += deleted
+        self.status.last_ack_at = time.time()
+        if ack.rejected:
+            log.error("events_rejected_by_collector", ranges=ack.rejected,
+                      hint="the collector quarantined them; see edge-collector quarantine")
+        touched: dict[int, set[int]] = {}
+        for seq in seqs:
+            bid = self._batch_of.pop(seq, None)
+            if bid is not None:
+                touched.setdefault(bid, set()).add(seq)
+        for bid, done in touched.items():
+            batch = self._inflight.get(bid)
+            if batch is not None:
+                self._forget(batch, done)
+
+    def _forget(self, batch: Batch, seqs: set[int]) -> None:
+        batch.seqs -= seqs
+        for seq in seqs:
+            self._batch_of.pop(seq, None)
+        if not batch.seqs:
+            del self._inflight[batch.id]
+            self._wake.set()

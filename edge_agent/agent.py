@@ -36,7 +36,7 @@ async def supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
             log.warning("task_returned", task=name)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - nothing a device does may stop the agent
+        except Exception as exc:
             log.exception("task_crashed", task=name, error=str(exc))
         if time.monotonic() - started > 10 * RESTART_MAX_S:
             delay = RESTART_MIN_S
@@ -68,6 +68,7 @@ class Agent:
         uplink = Uplink(cfg.uplink, Endpoint.from_uplink(cfg.uplink), topics, outbox,
                         client_id=cfg.uplink.client_id or gw.id)
         pipeline = Pipeline(hierarchy, outbox, commit_batch_max=cfg.outbox.commit_batch_max,
+                            commit_linger_s=cfg.outbox.commit_linger_ms / 1000,
                             on_commit=uplink.notify)
         drivers = build_drivers(cfg.devices, pipeline)
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)

@@ -35,7 +35,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: the collector exited with {proc.returncode}; see its log above")
+            raise SystemExit(f"demo: the collector exited with {proc.returncode}; see its log")
         try:
             with socket.create_connection(("127.0.0.1", port), 0.2):
                 return

@@ -8,6 +8,7 @@ refuses the version (CONNACK 0x01 under 3.1.1, reason 0x84 under v5).
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -77,6 +78,41 @@ def is_version_refusal(exc: BaseException) -> bool:
     return isinstance(exc, aiomqtt.MqttCodeError) and value in _VERSION_REFUSED
 
 
+def is_timeout(exc: BaseException) -> bool:
+    return type(exc) is aiomqtt.MqttError and str(exc) == "Operation timed out"
+
+
+class ProtocolChooser:
+    """Which MQTT version to try next under `protocol: auto`.
+
+    A broker that refuses v5 (CONNACK 0x01 / 0x84) gets 3.1.1 from then on. A CONNECT
+    that times out is ambiguous: amqtt 0.12.1 never answers a v5 CONNECT carrying
+    properties, but an overloaded v5 broker may time out too. So a timeout alternates
+    the version, and whichever version connects is kept.
+    """
+
+    def __init__(self, setting: ProtocolSetting) -> None:
+        self.setting = setting
+        self.current = initial_protocol(setting)
+
+    @property
+    def label(self) -> str:
+        return "5" if self.current == ProtocolVersion.V5 else "3.1.1"
+
+    def failed(self, exc: BaseException) -> bool:
+        """Record a failed CONNECT; True when the next attempt uses the other version."""
+        if self.setting != "auto":
+            return False
+        if is_version_refusal(exc) and self.current == ProtocolVersion.V5:
+            self.current = ProtocolVersion.V311
+            return True
+        if is_timeout(exc):
+            self.current = (ProtocolVersion.V311 if self.current == ProtocolVersion.V5
+                            else ProtocolVersion.V5)
+            return True
+        return False
+
+
 def make_client(
     ep: Endpoint,
     protocol: ProtocolVersion,
@@ -99,6 +135,9 @@ def make_client(
         "timeout": timeout_s,
         "logger": _quiet_logger,
         "max_queued_incoming_messages": max_queued_incoming,
+        # Without TCP_NODELAY each small ack waits behind a delayed ACK (40 ms on Linux):
+        # measured 4.5k -> 19k events/s end to end.
+        "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     }
     if ep.use_tls:
         kwargs["tls_context"] = tls_context(ep.tls)

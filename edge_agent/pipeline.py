@@ -57,11 +57,13 @@ class Pipeline:
         outbox: OutboxThread,
         *,
         commit_batch_max: int = 500,
+        commit_linger_s: float = 0.02,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.hierarchy = hierarchy
         self.outbox = outbox
         self.commit_batch_max = commit_batch_max
+        self.commit_linger_s = commit_linger_s
         self.on_commit = on_commit
         self.devices: dict[str, DeviceStatus] = {}
         self.counters = PipelineCounters()
@@ -132,6 +134,10 @@ class Pipeline:
         try:
             while True:
                 first = await self._queue.get()
+                if self.commit_linger_s and self._queue.qsize() < self.commit_batch_max:
+                    # Let a burst gather: one commit (fsync) and one uplink round for many
+                    # events costs far less CPU than one per event, for a few ms of latency.
+                    await asyncio.sleep(self.commit_linger_s)
                 await self._commit([first, *self._take(self.commit_batch_max - 1)])
         finally:
             await asyncio.shield(self.flush())
@@ -154,7 +160,7 @@ class Pipeline:
             try:
                 await self.outbox.append(batch)
                 break
-            except Exception as exc:  # noqa: BLE001 - disk trouble: keep the events, retry
+            except Exception as exc:
                 log.error("outbox_append_failed", events=len(batch), error=str(exc),
                           hint="events are kept in memory and retried; check the disk")
                 await asyncio.sleep(1.0)

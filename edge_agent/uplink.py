@@ -27,7 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from edge_agent.config.models import UplinkConfig
 from edge_agent.envelope import BATCH_CONTENT_TYPE
 from edge_agent.logs import get_logger
-from edge_agent.mqtt import Endpoint, initial_protocol, is_version_refusal, make_client
+from edge_agent.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.outbox import OutboxRow
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.topics import GatewayTopics
@@ -82,7 +82,7 @@ class Uplink:
         self.outbox = outbox
         self.client_id = client_id
         self.status = UplinkStatus(broker=endpoint.describe())
-        self._protocol = initial_protocol(endpoint.protocol)
+        self._protocol = ProtocolChooser(endpoint.protocol)
         self._wake = asyncio.Event()
         self._batch_ids = itertools.count(1)
         self._was_connected = False
@@ -122,18 +122,18 @@ class Uplink:
                         wait_s=round(sleep, 2), error=self.status.last_error)
 
     async def _connect_and_serve(self) -> None:
+        self._was_connected = False
         will = aiomqtt.Will(self.topics.status, b"offline", qos=1, retain=True)
-        client = make_client(self.endpoint, self._protocol, identifier=self.client_id,
+        client = make_client(self.endpoint, self._protocol.current, identifier=self.client_id,
                              persistent=True, will=will, timeout_s=self.cfg.publish_timeout_s)
         try:
             async with client:
                 await self._serve(client)
         except aiomqtt.MqttError as exc:
             self._mark_down(str(exc))
-            if (self.endpoint.protocol == "auto" and self._protocol == ProtocolVersion.V5
-                    and is_version_refusal(exc)):
-                log.info("uplink_protocol_fallback", broker=self.status.broker, to="3.1.1")
-                self._protocol = ProtocolVersion.V311
+            if not self._was_connected and self._protocol.failed(exc):
+                log.info("uplink_protocol_switch", broker=self.status.broker,
+                         to=self._protocol.label, reason=str(exc))
             if self._was_connected:
                 raise SessionEnded from exc
             raise
@@ -146,14 +146,13 @@ class Uplink:
             log.warning("uplink_down", broker=self.status.broker, error=error)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        self._was_connected = False
         await client.subscribe(self.topics.ack, qos=1)
         await client.publish(self.topics.status, b"online", qos=1, retain=True,
                              timeout=self.cfg.publish_timeout_s)
         self._was_connected = True
         self._reset_inflight()
         self.status.connected, self.status.since = True, time.time()
-        self.status.protocol = "5" if self._protocol == ProtocolVersion.V5 else "3.1.1"
+        self.status.protocol = self._protocol.label
         self.status.last_error = ""
         log.info("uplink_connected", broker=self.status.broker, protocol=self.status.protocol,
                  backlog=self.outbox.stats().events)
@@ -171,14 +170,14 @@ class Uplink:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive_acks(client))
-                tg.create_task(self._send_loop(client))
-                tg.create_task(self._resend_loop(client))
+                tg.create_task(self._send_loop(client, tg))
+                tg.create_task(self._resend_loop(client, tg))
         except* aiomqtt.MqttError as group:
             raise group.exceptions[0] from None
 
     # ------------------------------------------------------------------ sending
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -190,7 +189,9 @@ class Uplink:
                 self._inflight[batch.id] = batch
                 for seq in batch.seqs:
                     self._batch_of[seq] = batch.id
-                await self._publish(client, rows)
+                # Publishes run concurrently (PUBACK round trips overlap); one that fails
+                # ends the session through the task group.
+                tg.create_task(self._publish(client, rows))
                 self.status.batches_sent += 1
                 self.status.events_sent += len(rows)
 
@@ -207,7 +208,7 @@ class Uplink:
     async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
         """Publish one batch. Raising here ends the session: the outcome is unknown."""
         props = None
-        if self._protocol == ProtocolVersion.V5:
+        if self._protocol.current == ProtocolVersion.V5:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
@@ -216,7 +217,7 @@ class Uplink:
         await client.publish(self.topics.events, encode_batch(r.body for r in rows), qos=1,
                              properties=props, timeout=self.cfg.publish_timeout_s)
 
-    async def _resend_loop(self, client: aiomqtt.Client) -> None:
+    async def _resend_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         period = max(0.05, min(1.0, self.cfg.ack_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
@@ -231,7 +232,7 @@ class Uplink:
                 self.status.resends += 1
                 log.warning("ack_timeout_resend", batch=batch.id, events=len(rows),
                             attempt=batch.attempts, first_seq=rows[0].seq)
-                await self._publish(client, rows)
+                tg.create_task(self._publish(client, rows))
 
     # ------------------------------------------------------------------ acks
 

@@ -88,7 +88,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"{self.argv[2]} ignored SIGTERM; log: {self.log_path}")
+                msg = f"{self.argv[2]} ignored SIGTERM; log: {self.log_path}"
+                raise AssertionError(msg) from None
         return self.proc.returncode if self.proc else None
 
     def alive(self) -> bool:

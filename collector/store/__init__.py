@@ -1,0 +1,34 @@
+"""District store backends, chosen by URL (`sqlite:///…` now, `postgresql://…` later)."""
+
+from __future__ import annotations
+
+from collector.store.base import (
+    Gap,
+    IngestResult,
+    Origin,
+    QuarantineEntry,
+    Store,
+    StoreError,
+    StoreStats,
+    StreamInfo,
+)
+from collector.store.url import StoreUrl, parse_store_url
+
+__all__ = ["Gap", "IngestResult", "Origin", "QuarantineEntry", "Store", "StoreError",
+           "StoreStats", "StoreUrl", "StreamInfo", "open_store", "parse_store_url"]
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """Open (and with `create`, initialise) the store at `url`; raises StoreError."""
+    try:
+        parsed = parse_store_url(url)
+    except ValueError as exc:
+        raise StoreError(f"store URL {url!r}: {exc}") from None
+    if parsed.kind == "postgresql":
+        raise StoreError("PostgreSQL backend not installed yet; use a sqlite:/// store URL")
+    from collector.store.sqlite import SqliteStore
+
+    assert parsed.path is not None
+    store = SqliteStore(parsed.path, create=create)
+    store.open()
+    return store

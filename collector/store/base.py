@@ -1,0 +1,105 @@
+"""What every store backend offers the collector and its CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from collector.model import EventRow, Rejected
+
+
+class StoreError(RuntimeError):
+    """A store cannot be opened or used; the message is meant for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a payload came from: its MQTT topic and the gateway that topic names."""
+
+    topic: str
+    gateway: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    inserted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Missing seqs [from_seq, to_seq] of one stream; `explained` by a data_loss report."""
+
+    gateway: str
+    epoch: str
+    from_seq: int
+    to_seq: int
+    explained: bool
+    reason: str | None = None
+
+    @property
+    def size(self) -> int:
+        return self.to_seq - self.from_seq + 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    id: int
+    received_at: str
+    topic: str
+    gateway_from_topic: str | None
+    reason: str
+    raw: bytes
+    raw_size: int
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    gateway: str
+    epoch: str
+    first_seen: str
+    last_seen: str
+    high_seq: int
+    received: int
+    contiguous_through: int
+
+    @property
+    def missing(self) -> int:
+        return self.high_seq - self.received
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    events: int
+    quarantined: int
+    gateways: int
+    last_received_at: str | None
+    streams: list[StreamInfo] = field(default_factory=list)
+
+
+class Store(Protocol):
+    def open(self) -> None:
+        """Create the schema if needed; idempotent."""
+
+    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
+               rejected: Sequence[Rejected]) -> IngestResult:
+        """Insert events idempotently, update watermarks and quarantine, in ONE transaction.
+
+        When this returns, everything is durably committed; when it raises, nothing is.
+        """
+
+    def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
+        """Store rejected payloads only (one transaction); returns the rows written."""
+
+    def gaps(self, gateway: str | None = None) -> list[Gap]:
+        """Missing seq ranges of every stream (or one gateway's), explained or not."""
+
+    def quarantined(self, limit: int = 50) -> list[QuarantineEntry]:
+        """Most recent quarantine entries first."""
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,80 @@
+"""The district store schema, described once for every backend.
+
+`events` is the public contract of DESIGN.md (the district platform reads it); the other
+tables are the collector's own. Backends turn this description into DDL: SQLite through
+sqlite-utils, PostgreSQL (later) with `text`/`bigint`/`bytea`/`jsonb`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from collector.model import EVENT_COLUMNS
+
+ColumnType = Literal["text", "integer", "blob", "json"]
+SCHEMA_VERSION = 1
+#: Quarantined payloads keep at most this many raw bytes (`raw_size` keeps the real size).
+RAW_CAP = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: ColumnType
+    not_null: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    pk: tuple[str, ...]
+    indexes: tuple[tuple[str, ...], ...] = ()
+
+    def index_name(self, cols: tuple[str, ...]) -> str:
+        return f"idx_{self.name}_{'_'.join(cols)}"
+
+
+def _t(name: str) -> Column:
+    return Column(name, "text")
+
+
+_EVENT_TYPES: dict[str, ColumnType] = {"seq": "integer", "data": "json"}
+
+EVENTS = Table(
+    "events",
+    tuple(Column(c, _EVENT_TYPES.get(c, "text")) for c in EVENT_COLUMNS),
+    pk=("id",),
+    indexes=(("gateway", "epoch", "seq"), ("type", "time"), ("received_at",)),
+)
+
+#: One row per (gateway, epoch): the watermark. Missing seqs are the holes in 1..high_seq.
+STREAMS = Table(
+    "streams",
+    (_t("gateway"), _t("epoch"), _t("first_seen"), _t("last_seen"),
+     Column("high_seq", "integer"), Column("received", "integer"),
+     Column("contiguous_through", "integer")),
+    pk=("gateway", "epoch"),
+)
+
+#: Seq ranges the edge outbox evicted on purpose, from `gateway.data_loss` events.
+EXPLAINED_GAPS = Table(
+    "explained_gaps",
+    (_t("gateway"), _t("epoch"), Column("from_seq", "integer"), Column("to_seq", "integer"),
+     _t("reason"), _t("event_id")),
+    pk=("event_id", "from_seq"),
+    indexes=(("gateway", "epoch"),),
+)
+
+QUARANTINE = Table(
+    "quarantine",
+    (Column("id", "integer"), _t("received_at"), _t("topic"),
+     Column("gateway_from_topic", "text", not_null=False), _t("reason"),
+     Column("raw", "blob"), Column("raw_size", "integer"),
+     Column("event_id", "text", not_null=False)),
+    pk=("id",),
+    indexes=(("received_at",),),
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, STREAMS, EXPLAINED_GAPS, QUARANTINE)

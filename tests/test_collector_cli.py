@@ -1,0 +1,176 @@
+"""`edge-collector`: run as a real process (embedded broker), then inspect the store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import yaml
+from aiomqtt import ProtocolVersion
+from click.testing import CliRunner
+
+from collector.cli import main
+from edge_agent.wire import Ack
+from tests.peers import free_port, wait_port
+from tests.test_collector_support import (
+    as_dict,
+    batch,
+    data_loss,
+    dumps,
+    new_epoch,
+    reading,
+    topics,
+)
+
+
+def write_config(tmp: Path, port: int, **overrides: Any) -> Path:
+    (tmp / "gw-a.password").write_text("secret-a\n")
+    cfg: dict[str, Any] = {
+        "collector": {"id": "t1"},
+        "store": f"sqlite:///{tmp / 'var' / 'district.db'}",
+        "broker": "embedded",
+        "embedded_broker": {"listen": f"127.0.0.1:{port}", "users": [
+            {"username": "gw-a", "password": {"file": str(tmp / "gw-a.password")}}]},
+        "log_level": "info",
+        **overrides,
+    }
+    path = tmp / "collector.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "collector", "run", "--config", str(config)],
+                                stdout=out, stderr=out)
+
+
+async def publish_and_wait(port: int, payloads: list[bytes], seqs: set[int]) -> list[Ack]:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="gw-a", username="gw-a",
+                              password="secret-a", protocol=ProtocolVersion.V311) as gw:
+        await gw.subscribe(topics("gw-a").ack, qos=1)
+        for p in payloads:
+            await gw.publish(topics("gw-a").events, p, qos=1)
+        acks: list[Ack] = []
+        async with asyncio.timeout(15):
+            async for m in gw.messages:
+                assert isinstance(m.payload, bytes)
+                acks.append(Ack.decode(m.payload))
+                if seqs <= set().union(*(a.seqs() for a in acks)):
+                    return acks
+    raise AssertionError("no acks")
+
+
+def test_run_ingests_and_the_inspection_commands_report(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    log = tmp_path / "collector.log"
+    proc = start(config, log)
+    try:
+        wait_port(port)
+        # The broker listens a moment before the collector has subscribed; amqtt drops what
+        # nobody subscribed to yet (a real gateway would resend after its ack timeout).
+        deadline = time.monotonic() + 10
+        while "broker_connected" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        epoch = new_epoch()
+        events = [reading("gw-a", epoch, s) for s in (1, 2, 3, 6, 7)]
+        events.append(data_loss("gw-a", epoch, 8, [[4, 4]]))
+        bad = as_dict(reading("gw-a", epoch, 9))
+        bad["severity"] = "apocalyptic"
+        asyncio.run(publish_and_wait(port, [batch(events), b"not json", dumps([bad])],
+                                     {1, 2, 3, 6, 7, 8, 9}))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+    assert code == 0, log.read_text()
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    names = [r["event"] for r in records]
+    for expected in ("embedded_broker_started", "broker_connected", "payload_quarantined",
+                     "collector_stopped", "embedded_broker_stopped"):
+        assert expected in names, names
+    stopped = next(r for r in records if r["event"] == "collector_stopped")
+    assert (stopped["inserted"], stopped["quarantined"]) == (6, 2)
+
+    url = f"sqlite:///{tmp_path / 'var' / 'district.db'}"
+    runner = CliRunner()
+    stats = runner.invoke(main, ["stats", "--store", url])
+    assert stats.exit_code == 0, stats.output
+    assert "events: 6" in stats.output and "quarantined: 2" in stats.output
+    assert "high 8\treceived 6\tcontiguous 3\tmissing 2" in stats.output
+    gaps = runner.invoke(main, ["gaps", "--store", url, "--gateway", "gw-a"])
+    assert gaps.exit_code == 0, gaps.output
+    assert f"gw-a\t{epoch}\t4-4\t1 events\texplained (outbox_full)" in gaps.output
+    assert f"gw-a\t{epoch}\t5-5\t1 events\tUNEXPLAINED" in gaps.output
+    assert "total: 1 unexplained, 1 explained" in gaps.output
+    quarantine = runner.invoke(main, ["quarantine", "--store", url, "--limit", "5"])
+    assert quarantine.exit_code == 0, quarantine.output
+    lines = quarantine.output.splitlines()
+    assert len(lines) == 2 and "severity must be one of" in lines[0]
+    assert "payload is not JSON" in lines[1] and "\tgw-a\t8 bytes\t" in lines[1]
+
+
+def test_config_mistakes_are_listed_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("collector: {id: c1}\nstore: mysql://x\n"
+                    "broker: {url: mqtt://h, share_grup: a}\n")
+    result = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"{path}:2:") and "store" in line for line in lines), lines
+    assert any(line.startswith(f"{path}:3:") and "share_grup" in line for line in lines), lines
+    assert "Traceback" not in result.output
+
+
+def test_operator_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
+    port = free_port()
+    cases = {
+        "postgres": (write_config(tmp_path, port, store="postgresql://c@127.0.0.1:1/d"),
+                     "PostgreSQL backend not installed yet"),
+    }
+    for _name, (config, message) in cases.items():
+        result = subprocess.run([sys.executable, "-m", "collector", "run", "--config",
+                                 str(config)], capture_output=True, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr.decode() and b"Traceback" not in result.stderr
+    # A missing password file, and a port already taken.
+    config = write_config(tmp_path, port)
+    (tmp_path / "gw-a.password").unlink()
+    result = subprocess.run([sys.executable, "-m", "collector", "run", "--config", str(config)],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 2 and b"cannot read secret file" in result.stderr, result.stderr
+    config = write_config(tmp_path, port)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = subprocess.run([sys.executable, "-m", "collector", "run", "--config",
+                                 str(config)], capture_output=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert b"embedded broker cannot listen on 127.0.0.1:" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_inspection_commands_need_an_existing_store(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["stats", "--store", f"sqlite:///{tmp_path / 'no.db'}"])
+    assert result.exit_code == 2 and "no store at" in result.output
+    assert not (tmp_path / "no.db").exists()
+
+
+def test_a_missing_tls_file_is_an_operator_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port(), broker={
+        "url": "mqtts://127.0.0.1:8883", "tls": {"ca_file": str(tmp_path / "no-ca.pem")}})
+    text = yaml.safe_load(config.read_text())
+    del text["embedded_broker"]
+    config.write_text(yaml.safe_dump(text))
+    result = subprocess.run([sys.executable, "-m", "collector", "run", "--config", str(config)],
+                            capture_output=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert b"broker TLS settings:" in result.stderr and b"Traceback" not in result.stderr

@@ -21,7 +21,7 @@ def available() -> dict[str, DriverSpec]:
     for ep in entry_points(group=GROUP):
         try:
             spec = ep.load()
-        except Exception as exc:  # noqa: BLE001 - report any import failure with its name
+        except Exception as exc:
             raise DriverLoadError(f"driver {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
         if not isinstance(spec, DriverSpec):
             raise DriverLoadError(f"driver {ep.name!r} ({ep.value}) is not a DriverSpec")

@@ -49,6 +49,8 @@ class Mosquitto:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
+    #: replaces the default plain, anonymous listener (e.g. a TLS listener with passwords)
+    listener_conf: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,9 +61,11 @@ class Mosquitto:
         binary = require_binary("mosquitto")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
+        listener = self.listener_conf or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{listener}\n"
+            # As root, mosquitto drops to user `mosquitto`, who can't read pytest's 0700 tmp dirs.
+            f"{'user root' if os.geteuid() == 0 else ''}\n"
             "persistence false\n"
             "set_tcp_nodelay true\n"
             "max_queued_messages 100000\n"

@@ -61,7 +61,8 @@ class Agent:
         hierarchy = Hierarchy(district=gw.district, street=gw.street, community=gw.community,
                               gateway=gw.id)
         outbox = await OutboxThread.open(cfg.outbox.path, max_bytes=cfg.outbox.max_bytes,
-                                         hierarchy=hierarchy)
+                                         hierarchy=hierarchy,
+                                         loss_report_interval_s=cfg.outbox.loss_report_interval_s)
         if outbox.quarantined:
             log.error("outbox_quarantined", moved_to=str(outbox.quarantined), epoch=outbox.epoch)
         topics = GatewayTopics(gw.district, gw.community, gw.id)
@@ -97,6 +98,8 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.heartbeat_s)
             self.pipeline.emit(self.hierarchy.gateway, "gateway.heartbeat", self.heartbeat_data())
+            if self.outbox.stats().loss_pending and await self.outbox.flush_loss_report():
+                self.uplink.notify()
 
     def heartbeat_data(self) -> dict[str, object]:
         s = self.outbox.stats()

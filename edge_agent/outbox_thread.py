@@ -28,12 +28,14 @@ class OutboxThread:
         self.quarantined = outbox.quarantined
 
     @classmethod
-    async def open(cls, path: Path, *, max_bytes: int, hierarchy: Hierarchy) -> OutboxThread:
+    async def open(cls, path: Path, *, max_bytes: int, hierarchy: Hierarchy,
+                   loss_report_interval_s: float = 60.0) -> OutboxThread:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         loop = asyncio.get_running_loop()
         try:
             outbox = await loop.run_in_executor(
-                executor, partial(Outbox.open, path, max_bytes=max_bytes, hierarchy=hierarchy))
+                executor, partial(Outbox.open, path, max_bytes=max_bytes, hierarchy=hierarchy,
+                                  loss_report_interval_s=loss_report_interval_s))
         except BaseException:
             executor.shutdown(wait=False)
             raise
@@ -55,6 +57,9 @@ class OutboxThread:
 
     async def delete(self, seqs: Iterable[int]) -> int:
         return await self._run(partial(self._outbox.delete, list(seqs)))
+
+    async def flush_loss_report(self) -> int | None:
+        return await self._run(self._outbox.flush_loss_report)
 
     def stats(self) -> OutboxStats:
         """In-memory counters; safe to read from the loop thread."""

@@ -183,7 +183,7 @@ CASES: list[tuple[str, str, list[str]]] = [
         "unknown key without close match lists allowed keys",
         HEAD + "outbox:\n  zzz: 1\n",
         ["9:3: outbox.zzz: unknown key `zzz` (hint: allowed keys: path, max_bytes, "
-         "commit_batch_max, commit_linger_ms)"],
+         "commit_batch_max, commit_linger_ms, loss_report_interval_s)"],
     ),
     (
         "missing key points at the parent mapping",

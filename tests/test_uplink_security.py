@@ -140,5 +140,6 @@ def test_wrong_password_keeps_retrying_and_never_logs_it(tmp_path: Path,
         assert ag.stop() == 0
     text = (tmp_path / "agent.log").read_text()
     assert wrong not in text
-    errors = [e.get("error", "") for e in ag.log_events() if e.get("event") == "uplink_reconnecting"]
+    errors = [e.get("error", "") for e in ag.log_events()
+              if e.get("event") == "uplink_reconnecting"]
     assert any("authoriz" in err.lower() or "password" in err.lower() for err in errors), errors

@@ -158,6 +158,9 @@ class OutboxConfig(Strict):
     commit_batch_max: int = Field(default=500, ge=1, le=10000)
     commit_linger_ms: int = Field(default=20, ge=0, le=1000,
                                   description="wait this long for more events before a commit")
+    loss_report_interval_s: float = Field(
+        default=60.0, ge=0, le=86400,
+        description="evictions are reported as one gateway.data_loss event per interval")
 
 
 class StatusPageConfig(Strict):

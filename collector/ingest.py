@@ -6,7 +6,7 @@ crash between commit and ack costs only a resend, which the `id` dedupe absorbs.
 
 Messages are handled one at a time, in arrival order: validation and the store call run
 in a single worker thread so the event loop (and an embedded broker living on it) stays
-responsive. Measured on the 2-core dev box (bench/_collector_ingest.py, batches of 200):
+responsive. Measured on the 2-core dev box (bench/collector_ingest.py, batches of 200):
 validation ~18 µs/event, the FULL-sync transaction ~3 ms/batch, ~25,000 events/s end to
 end through Mosquitto or the embedded broker. Sequential handling is not the bottleneck.
 """

@@ -7,13 +7,13 @@ never inline.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from edge_agent.config.models import (
     SEGMENT,
     BackoffConfig,
+    BrokerUrl,
     ByteSize,
     SecretRef,
     Strict,
@@ -33,7 +33,7 @@ class CollectorIdentity(Strict):
 class BrokerConnection(Strict):
     """An external broker (Mosquitto, EMQX, ...) the collector subscribes on."""
 
-    url: str = Field(description="mqtt://host:port or mqtts://host:port")
+    url: BrokerUrl = Field(description="mqtt://host:port or mqtts://host:port")
     username: str | None = None
     password: SecretRef | None = None
     tls: TlsConfig | None = None
@@ -42,30 +42,11 @@ class BrokerConnection(Strict):
     client_id: str | None = Field(default=None, pattern=SEGMENT)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host:port or mqtts://host:port")
-        if parts.username or parts.password:
-            raise ValueError("put no credentials in the URL; use username and password.file/env")
-        return v
-
     def endpoint(self) -> Endpoint:
         """Reads the password secret now (raises SecretError if it cannot)."""
-        parts = urlsplit(self.url)
-        tls = parts.scheme == "mqtts" or self.tls is not None
-        return Endpoint(
-            host=parts.hostname or "",
-            port=parts.port or (8883 if tls else 1883),
-            username=self.username,
-            password=self.password.reveal() if self.password else None,
-            tls=self.tls,
-            use_tls=tls,
-            protocol=self.protocol,
-            keepalive_s=self.keepalive_s,
-        )
+        return Endpoint.for_broker(self.url, username=self.username, password=self.password,
+                                   tls=self.tls, protocol=self.protocol,
+                                   keepalive_s=self.keepalive_s)
 
 
 class BrokerUser(Strict):

@@ -12,12 +12,13 @@ import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
 from pydantic import SecretStr
 
-from edge_agent.config.models import TlsConfig, UplinkConfig
+from edge_agent.config.models import SecretRef, TlsConfig, UplinkConfig
 
 #: Connect return codes meaning "I don't speak that protocol version".
 _VERSION_REFUSED = {1, 132}
@@ -41,17 +42,19 @@ class Endpoint:
     keepalive_s: int = 30
 
     @classmethod
+    def for_broker(cls, url: str, *, username: str | None, password: SecretRef | None,
+                   tls: TlsConfig | None, protocol: ProtocolSetting, keepalive_s: int) -> Endpoint:
+        """From a validated `mqtt://` / `mqtts://` URL; reads the password secret now."""
+        parts = urlsplit(url)
+        use_tls = parts.scheme == "mqtts" or tls is not None
+        return cls(host=parts.hostname or "", port=parts.port or (8883 if use_tls else 1883),
+                   username=username, password=password.reveal() if password else None,
+                   tls=tls, use_tls=use_tls, protocol=protocol, keepalive_s=keepalive_s)
+
+    @classmethod
     def from_uplink(cls, cfg: UplinkConfig) -> Endpoint:
-        return cls(
-            host=cfg.host,
-            port=cfg.port,
-            username=cfg.username,
-            password=cfg.password.reveal() if cfg.password else None,
-            tls=cfg.tls,
-            use_tls=cfg.use_tls,
-            protocol=cfg.protocol,
-            keepalive_s=cfg.keepalive_s,
-        )
+        return cls.for_broker(cfg.broker, username=cfg.username, password=cfg.password,
+                              tls=cfg.tls, protocol=cfg.protocol, keepalive_s=cfg.keepalive_s)
 
     def describe(self) -> str:
         """Safe to log: no credentials."""

@@ -91,7 +91,7 @@ def test_issue_str_format() -> None:
 def test_minimal_file_loads_with_defaults() -> None:
     cfg = load_gateway_config(DATA / "valid_minimal.yaml")
     assert cfg.gateway.id == "gw-01"
-    assert cfg.uplink.port == 1883
+    assert cfg.uplink.keepalive_s == 30 and cfg.outbox.max_bytes == 256 * 1024 * 1024
     assert cfg.devices == []
     assert cfg.log_level == "info"
 

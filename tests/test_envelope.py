@@ -135,3 +135,15 @@ def test_ack_roundtrip_and_ranges() -> None:
 def test_bad_acks_are_refused(payload: bytes) -> None:
     with pytest.raises(AckError):
         Ack.decode(payload)
+
+
+def test_endpoint_from_broker_url() -> None:
+    from edge_agent.config.models import TlsConfig
+    from edge_agent.mqtt import Endpoint
+
+    plain = Endpoint.for_broker("mqtt://127.0.0.1", username=None, password=None, tls=None,
+                                protocol="auto", keepalive_s=30)
+    assert (plain.host, plain.port, plain.use_tls) == ("127.0.0.1", 1883, False)
+    tls = Endpoint.for_broker("mqtts://127.0.0.1:8884", username="gw", password=None,
+                              tls=TlsConfig(), protocol="5", keepalive_s=30)
+    assert (tls.port, tls.use_tls, tls.describe()) == (8884, True, "mqtts://127.0.0.1:8884")

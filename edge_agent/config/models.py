@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    field_validator,
     model_validator,
 )
 
@@ -47,7 +47,17 @@ def _code_as_text(value: Any) -> Any:
     return value
 
 
+def _broker_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("expected mqtt://host:port or mqtts://host:port")
+    if parts.username or parts.password:
+        raise ValueError("put no credentials in the URL; use username and password: {file: ...}")
+    return value
+
+
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
+BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
 AdminCode = Annotated[str, BeforeValidator(_code_as_text)]
 
 
@@ -114,7 +124,7 @@ class BackoffConfig(Strict):
 
 
 class UplinkConfig(Strict):
-    broker: str = Field(description="mqtt://host:port or mqtts://host:port")
+    broker: BrokerUrl = Field(description="mqtt://host:port or mqtts://host:port")
     protocol: Literal["auto", "5", "3.1.1"] = "auto"
     client_id: str | None = Field(default=None, pattern=SEGMENT)
     username: str | None = None
@@ -127,29 +137,6 @@ class UplinkConfig(Strict):
     ack_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     publish_timeout_s: float = Field(default=5.0, gt=0, le=600)
     reconnect: BackoffConfig = BackoffConfig()
-
-    @field_validator("broker")
-    @classmethod
-    def _broker_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host:port or mqtts://host:port")
-        if parts.username or parts.password:
-            raise ValueError("put no credentials in the URL; use username and password.file/env")
-        return v
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.broker).hostname or ""
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.broker)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def use_tls(self) -> bool:
-        return urlsplit(self.broker).scheme == "mqtts" or self.tls is not None
 
 
 class OutboxConfig(Strict):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from edge_agent import __version__
@@ -18,32 +17,11 @@ from edge_agent.mqtt import Endpoint
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
 from edge_agent.registry import available
+from edge_agent.supervise import supervise
 from edge_agent.topics import GatewayTopics
 from edge_agent.uplink import Uplink
 
 log = get_logger("edge_agent.agent")
-
-RESTART_MIN_S, RESTART_MAX_S = 1.0, 60.0
-
-
-async def supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
-    """Run `factory()` forever: whatever it raises, log it and start it again (with back-off)."""
-    delay = RESTART_MIN_S
-    while True:
-        started = time.monotonic()
-        try:
-            await factory()
-            log.warning("task_returned", task=name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("task_crashed", task=name, error=str(exc))
-        if time.monotonic() - started > 10 * RESTART_MAX_S:
-            delay = RESTART_MIN_S
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, RESTART_MAX_S)
-        log.info("task_restarting", task=name)
-
 
 @dataclass
 class Agent:

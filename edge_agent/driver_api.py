@@ -46,9 +46,16 @@ class Driver(Protocol):
         """Run until cancelled. Must survive anything a device or network does."""
 
 
+def _no_cross_checks(devices: Sequence[DeviceConfig]) -> list[tuple[int, str]]:
+    return []
+
+
 @dataclass(frozen=True)
 class DriverSpec:
     name: str
     options: type[DeviceConfig]
     build: Callable[[Sequence[DeviceConfig], EventSink], Driver]
     summary: str = ""
+    #: Checks across this driver's devices (e.g. one serial port, one line setting), run by
+    #: `edge-agent validate` after each device validated alone: (index in `devices`, message).
+    check_devices: Callable[[Sequence[DeviceConfig]], list[tuple[int, str]]] = _no_cross_checks

@@ -258,6 +258,8 @@ class Uplink:
         deleted = await self.outbox.delete(seqs)
         self.status.events_acked += deleted
         self.status.last_ack_at = time.time()
+        if deleted and self.outbox.stats().events == 0:
+            log.info("backlog_drained", acked_total=self.status.events_acked)
         if ack.rejected:
             log.error("events_rejected_by_collector", ranges=ack.rejected,
                       hint="the collector quarantined them; see edge-collector quarantine")

@@ -63,10 +63,16 @@ def drain(tmp: Path, gateway: str, broker_url: str, outbox: Path, store: Path,
     """Run the agent with no devices until the store holds `expected` events of `epoch`."""
     cfg = write_yaml(tmp / f"{gateway}-drain.yaml", gateway_yaml(gateway, broker_url, outbox))
     proc = agent(cfg, tmp / f"{gateway}-drain.log").start()
+
+    def empty_outbox() -> bool:
+        return any(e.get("event") == "backlog_drained" or (
+            e.get("event") == "uplink_connected" and e.get("backlog") == 0)
+            for e in proc.log_events())
+
     try:
         wait_for(lambda: len(stored_seqs(store, gateway, epoch)) >= expected, timeout,
                  f"{expected} events of epoch {epoch} in the store")
-        time.sleep(0.5)  # let the last acks reach the agent
+        wait_for(empty_outbox, timeout, "the agent's outbox to be acknowledged to empty")
     finally:
         assert proc.stop() == 0
     assert outbox_stats(outbox, gateway).events == 0, "the outbox still holds acknowledged events"

@@ -44,11 +44,13 @@ class Agent:
         if outbox.quarantined:
             log.error("outbox_quarantined", moved_to=str(outbox.quarantined), epoch=outbox.epoch)
         topics = GatewayTopics(gw.district, gw.community, gw.id)
+        salt = (gw.credential_salt.reveal().get_secret_value().encode()
+                if gw.credential_salt else b"")
         uplink = Uplink(cfg.uplink, Endpoint.from_uplink(cfg.uplink), topics, outbox,
                         client_id=cfg.uplink.client_id or gw.id)
         pipeline = Pipeline(hierarchy, outbox, commit_batch_max=cfg.outbox.commit_batch_max,
                             commit_linger_s=cfg.outbox.commit_linger_ms / 1000,
-                            on_commit=uplink.notify)
+                            on_commit=uplink.notify, credential_salt=salt)
         drivers = build_drivers(cfg.devices, pipeline)
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
 

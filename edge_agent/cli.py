@@ -58,7 +58,7 @@ def run(config_path: Path) -> None:
 
     try:
         asyncio.run(run_agent(cfg))
-    except (SecretError, OutboxError) as exc:
+    except (SecretError, OutboxError, ValueError) as exc:
         logs.get_logger("edge_agent.cli").error("agent_cannot_start", error=str(exc))
         click.echo(f"edge-agent: {exc}", err=True)
         sys.exit(1)

@@ -41,6 +41,12 @@ class EventSink(Protocol):
     def device_state(self, device: str, state: DeviceState, reason: str = "") -> None: ...
 
 
+def credential_salt(sink: EventSink) -> bytes:
+    """The gateway's salt for hashing credentials (`gateway.credential_salt`); b"" if none."""
+    salt = getattr(sink, "credential_salt", b"")
+    return salt if isinstance(salt, bytes) else b""
+
+
 class Driver(Protocol):
     async def run(self) -> None:
         """Run until cancelled. Must survive anything a device or network does."""

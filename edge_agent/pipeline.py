@@ -59,12 +59,15 @@ class Pipeline:
         commit_batch_max: int = 500,
         commit_linger_s: float = 0.02,
         on_commit: Callable[[], None] = lambda: None,
+        credential_salt: bytes = b"",
     ) -> None:
         self.hierarchy = hierarchy
         self.outbox = outbox
         self.commit_batch_max = commit_batch_max
         self.commit_linger_s = commit_linger_s
         self.on_commit = on_commit
+        #: read by drivers (driver_api.credential_salt) to hash access credentials
+        self.credential_salt = credential_salt
         self.devices: dict[str, DeviceStatus] = {}
         self.counters = PipelineCounters()
         self._queue: asyncio.Queue[Event] = asyncio.Queue(MAX_PENDING)

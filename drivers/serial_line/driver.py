@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent.config.models import DeviceConfig
-from edge_agent.driver_api import DeviceState, EventSink
+from edge_agent.driver_api import DeviceState, EventSink, credential_salt
 from edge_agent.logs import get_logger
 from edge_agent.rules import DeviceRules
 
@@ -95,7 +95,8 @@ class _Device:
         self.splitter = LineSplitter(cfg.delimiter_bytes, cfg.max_line_bytes)
         self.frames = cfg.compiled_frames()
         self.checksum = cfg.checksum.compiled if cfg.checksum is not None else None
-        self.rules = DeviceRules(cfg.id, cfg.rules, sink) if cfg.rules else None
+        self.rules = (DeviceRules(cfg.id, cfg.rules, sink, salt=credential_salt(sink))
+                      if cfg.rules else None)
         self.alarms = AlarmTracker(cfg.id, sink)
         self.counters: dict[str, int] = {f.count: 0 for f in cfg.frames if f.count}
         self.stats: Counter[str] = Counter()

@@ -100,6 +100,9 @@ class GatewayIdentity(Strict):
     district: AdminCode = Field(pattern=r"^[0-9]{6}$", description="6-digit admin code")
     street: AdminCode = Field(pattern=SEGMENT, description="street (township) code")
     community: AdminCode = Field(pattern=SEGMENT, description="community code")
+    credential_salt: SecretRef | None = Field(
+        default=None, description="secret salt for hashing access credentials (gate.access); "
+        "without one a card number's hash can be reversed by trying every number")
     name: str | None = Field(
         default=None, max_length=100, description="human name, shown on the status page"
     )

@@ -1,0 +1,82 @@
+"""The Modbus driver: builds links, pollers and rules from validated device entries.
+
+One `Link` per TCP device and one per serial port; each link's loop runs under
+`edge_agent.supervise.supervise`, so a loop that crashes (a bug) is restarted with its
+devices' state intact. Devices that cannot share a bus (`check_buses`) are refused here
+with a ValueError listing every problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drivers.modbus.device import ModbusDevice, check_buses
+from drivers.modbus.poller import DevicePoller, SerialBusLoop, TcpDeviceLoop
+from drivers.modbus.profile import Profile, load_profile
+from drivers.modbus.transport import Link
+from edge_agent.config.models import DeviceConfig
+from edge_agent.driver_api import EventSink, credential_salt
+from edge_agent.rules import DeviceRules
+from edge_agent.supervise import supervise
+
+__all__ = ["DeviceHandle", "ModbusDriver"]
+
+
+@dataclass(frozen=True)
+class DeviceHandle:
+    """What the driver holds for one device (writes.py uses it)."""
+
+    cfg: ModbusDevice
+    profile: Profile
+    poller: DevicePoller
+    link: Link
+
+
+class ModbusDriver:
+    def __init__(self, devices: Sequence[DeviceConfig], sink: EventSink, *,
+                 salt: bytes | None = None) -> None:
+        salt = credential_salt(sink) if salt is None else salt
+        mine = [d for d in devices if isinstance(d, ModbusDevice)]
+        problems = check_buses(mine)
+        if problems:
+            raise ValueError("modbus: these devices cannot share their bus:\n  "
+                             + "\n  ".join(problems))
+        self.sink = sink
+        self.tcp_loops: list[TcpDeviceLoop] = []
+        self.bus_loops: list[SerialBusLoop] = []
+        self.devices: dict[str, DeviceHandle] = {}
+        buses: dict[str, list[tuple[ModbusDevice, Profile, DevicePoller]]] = defaultdict(list)
+        for index, cfg in enumerate(mine):
+            profile = load_profile(cfg.profile)
+            poller = DevicePoller(cfg, profile.plan(cfg.limits),
+                                  DeviceRules(cfg.id, profile.events, sink, salt=salt), sink)
+            # Spread the first polls over one period so 500 devices don't all fire at once.
+            poller.next_due += cfg.period_s * index / max(1, len(mine))
+            if cfg.tcp is not None:
+                link = Link.tcp(cfg.tcp.host, cfg.tcp.port, cfg.timeout_s)
+                self.tcp_loops.append(TcpDeviceLoop(poller, link))
+                self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)
+            elif cfg.rtu is not None:
+                buses[cfg.rtu.port].append((cfg, profile, poller))
+        for group in buses.values():
+            rtu = group[0][0].rtu
+            assert rtu is not None
+            link = Link.rtu(rtu.settings(), max(cfg.timeout_s for cfg, _, _ in group),
+                            pause_s=rtu.settings().frame_gap_s() + rtu.pause_ms / 1000)
+            self.bus_loops.append(SerialBusLoop([poller for _, _, poller in group], link))
+            for cfg, profile, poller in group:
+                self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)
+
+    def device(self, device_id: str) -> DeviceHandle:
+        """The device called `device_id` (KeyError if this driver has none)."""
+        return self.devices[device_id]
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for loop in self.tcp_loops:
+                tg.create_task(supervise(f"modbus:{loop.poller.cfg.id}", loop.run))
+            for bus in self.bus_loops:
+                tg.create_task(supervise(f"modbus-bus:{bus.link.name}", bus.run))

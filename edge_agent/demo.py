@@ -1,8 +1,16 @@
 """`./run demo`: the whole system on the embedded default, until Ctrl-C.
 
-Starts `edge-collector run` (embedded MQTT broker on 127.0.0.1:18830, SQLite store
-under var/demo/) and `edge-agent run` with simulated devices, both logging JSON to
-the terminal. Demo credentials are generated into var/demo/secrets/ on first run.
+Starts, in this order, each waiting for the one before to listen:
+1. `edge-agent simulate --gateway configs/gateway.demo.yaml --scenario ...`: Modbus TCP
+   simulators on 127.0.0.1:15020-15022 serving the demo's gate, smoke detectors and
+   water sensor, playing the fire, leak, forced-gate, access and silent-device
+   scenarios in a loop (alarms within a minute);
+2. `edge-collector run` (embedded MQTT broker on 127.0.0.1:18830, SQLite store under
+   var/demo/);
+3. `edge-agent run --config configs/gateway.demo.yaml`, polling the simulators with the
+   `modbus` driver.
+All three log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
+generated into var/demo/secrets/ on first run.
 """
 
 from __future__ import annotations
@@ -20,6 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ROOT / "var" / "demo" / "secrets"
 USERS = ("collector", "gw-demo-01")
 BROKER_PORT = 18830
+GATEWAY_CONFIG = "configs/gateway.demo.yaml"
+#: The Modbus TCP ports of configs/gateway.demo.yaml's devices.
+SIMULATOR_PORTS = (15020, 15021, 15022)
+#: scenario@device: what the simulators play, looping (configs/scenarios/NAME.yaml).
+SCENARIOS = ("forced-gate@gate-north", "access@gate-north", "fire@smoke-b1-01",
+             "silent-device@smoke-b3-01", "leak@water-pump-01")
 
 
 def ensure_secrets() -> None:
@@ -31,11 +45,12 @@ def ensure_secrets() -> None:
             path.chmod(0o600)
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20,
+                  name: str = "the collector") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: the collector exited with {proc.returncode}; see its log")
+            raise SystemExit(f"demo: {name} exited with {proc.returncode}; see its log")
         try:
             with socket.create_connection(("127.0.0.1", port), 0.2):
                 return
@@ -50,28 +65,38 @@ def main() -> None:
     py = sys.executable
     procs: list[subprocess.Popen[bytes]] = []
 
-    def stop(*_: object) -> None:
+    def stop(*_: object, code: int = 0) -> None:
+        # agent first (it flushes to its outbox), then collector and broker, then devices
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
-        raise SystemExit(0)
+        raise SystemExit(code)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    procs.append(subprocess.Popen(
-        [py, "-m", "collector", "run", "--config", "configs/collector.demo.yaml"],
-        start_new_session=True))
-    wait_for_port(BROKER_PORT, procs[0])
-    procs.append(subprocess.Popen(
-        [py, "-m", "edge_agent", "run", "--config", "configs/gateway.demo.yaml"],
-        start_new_session=True))
-    print("demo: collector and agent running; store: var/demo/district.db; Ctrl-C stops both",
-          file=sys.stderr)
+    scenarios = [arg for s in SCENARIOS for arg in ("--scenario", s)]
+    try:
+        procs.append(subprocess.Popen(
+            [py, "-m", "edge_agent", "simulate", "--gateway", GATEWAY_CONFIG, *scenarios,
+             "--loop"], start_new_session=True))
+        for port in SIMULATOR_PORTS:
+            wait_for_port(port, procs[0], name="the Modbus simulator")
+        procs.append(subprocess.Popen(
+            [py, "-m", "collector", "run", "--config", "configs/collector.demo.yaml"],
+            start_new_session=True))
+        wait_for_port(BROKER_PORT, procs[1])
+        procs.append(subprocess.Popen(
+            [py, "-m", "edge_agent", "run", "--config", GATEWAY_CONFIG],
+            start_new_session=True))
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        stop(code=1)
+    print("demo: Modbus simulators, collector and agent running; store: "
+          "var/demo/district.db; Ctrl-C stops all three", file=sys.stderr)
     while all(p.poll() is None for p in procs):
         time.sleep(0.5)
     stop()

@@ -86,6 +86,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._batch_ids = itertools.count(1)
         self._was_connected = False
+        self._draining = False  # connected with a backlog: log once when it is gone
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -154,8 +155,10 @@ class Uplink:
         self.status.connected, self.status.since = True, time.time()
         self.status.protocol = self._protocol.label
         self.status.last_error = ""
+        backlog = self.outbox.stats().events
+        self._draining = backlog > 0
         log.info("uplink_connected", broker=self.status.broker, protocol=self.status.protocol,
-                 backlog=self.outbox.stats().events)
+                 backlog=backlog)
         self._wake.set()
         try:
             await self._run_session_tasks(client)
@@ -258,7 +261,8 @@ class Uplink:
         deleted = await self.outbox.delete(seqs)
         self.status.events_acked += deleted
         self.status.last_ack_at = time.time()
-        if deleted and self.outbox.stats().events == 0:
+        if deleted and self._draining and self.outbox.stats().events == 0:
+            self._draining = False
             log.info("backlog_drained", acked_total=self.status.events_acked)
         if ack.rejected:
             log.error("events_rejected_by_collector", ranges=ack.rejected,

@@ -170,6 +170,7 @@ class TcpDeviceLoop:
         poller = self.poller
         try:
             while True:
+                _honour_cancellation()
                 wait = poller.next_due - poller.clock()
                 if wait > 0:
                     await asyncio.sleep(min(wait, TICK_S))
@@ -178,6 +179,15 @@ class TcpDeviceLoop:
                 poller.rules.tick()
         finally:
             self.link.close()
+
+
+def _honour_cancellation() -> None:
+    """Python 3.11's asyncio.wait_for (used inside pymodbus) can swallow a cancellation
+    when a reply lands in the same loop step (fixed in 3.12): the loop would then poll on
+    and SIGTERM would never end the agent. Re-raise a cancellation still pending."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class SerialBusLoop:
@@ -190,6 +200,7 @@ class SerialBusLoop:
     async def run(self) -> None:
         try:
             while True:
+                _honour_cancellation()
                 poller, wait = self.pick(self.pollers[0].clock() if self.pollers else 0.0)
                 if poller is None:
                     await asyncio.sleep(min(wait, TICK_S))

@@ -452,15 +452,6 @@ class Simulation:
     def units(self) -> list[SimUnit]:
         return [unit for server in self.servers for unit in server.units.values()]
 
-    def unit(self, key: str | int, server: int = 0) -> SimUnit:
-        """A unit by device id, or by unit id on the `server`-th server."""
-        if isinstance(key, str):
-            for unit in self.units():
-                if unit.device == key:
-                    return unit
-            raise KeyError(key)
-        return self.servers[server].units[key]
-
     def bind(self, ref: ScenarioRef, scenario: Scenario | None = None) -> ScenarioRun:
         """A run of the scenario on the units `ref` names (every unit of its profile)."""
         scenario = scenario or load_scenario(ref.scenario)

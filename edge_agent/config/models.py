@@ -122,8 +122,12 @@ class TlsConfig(Strict):
 
 
 class BackoffConfig(Strict):
+    """Full-jitter exponential back-off. The 2 s cap keeps recovery after a broker restart
+    short (issue 3: backlog drained within 2 s of the broker's return); jitter spreads
+    thousands of gateways over that window."""
+
     initial_s: float = Field(default=0.2, gt=0, le=60)
-    max_s: float = Field(default=10.0, gt=0, le=3600)
+    max_s: float = Field(default=2.0, gt=0, le=3600)
 
 
 class UplinkConfig(Strict):
@@ -137,7 +141,7 @@ class UplinkConfig(Strict):
     batch_max_events: int = Field(default=200, ge=1, le=5000)
     batch_max_bytes: ByteSize = 256 * 1024
     max_inflight_batches: int = Field(default=8, ge=1, le=100)
-    ack_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    ack_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     publish_timeout_s: float = Field(default=5.0, gt=0, le=600)
     reconnect: BackoffConfig = BackoffConfig()
 

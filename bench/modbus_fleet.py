@@ -72,8 +72,8 @@ SCATTERED = ROOT / "tests" / "data" / "modbus" / "scattered-20.yaml"
 PERIOD_S = 1.0
 READING = "smoke.reading"
 #: The uplink as shipped (UplinkConfig defaults), not the tests' fast reconnects.
-PRODUCTION_UPLINK = {"ack_timeout_s": 10.0, "publish_timeout_s": 5.0, "keepalive_s": 30,
-                     "reconnect": {"initial_s": 0.2, "max_s": 10.0}}
+PRODUCTION_UPLINK = {"ack_timeout_s": 5.0, "publish_timeout_s": 5.0, "keepalive_s": 30,
+                     "reconnect": {"initial_s": 0.2, "max_s": 2.0}}
 #: `edge-agent run` with the bench's profile dir on the profile search path.
 LAUNCHER = ("import sys; from pathlib import Path; import drivers.modbus.profile as p; "
             "p.DEFAULT_SEARCH_PATH = (*p.DEFAULT_SEARCH_PATH, Path(sys.argv.pop(1))); "
@@ -360,7 +360,7 @@ def _outage(rig: Rig, broker: Mosquitto, devices: int, outage_s: float, warmup: 
     slots = poll_slots(readings, devices, started[0] if started else rig.agent_started, until)
     result = {
         "devices": devices, "outage_s": round(back - down, 1),
-        "reconnect_max_s": reconnect_max_s if reconnect_max_s is not None else "default (10)",
+        "reconnect_max_s": reconnect_max_s if reconnect_max_s is not None else "default (2)",
         "readings_created_during_outage": sum(1 for t, _ in before_back if t >= down),
         "seq_holes": holes, "epochs": len(by_epoch), "polls_lost": slots["polls_lost"],
         "readings_lost": holes + slots["polls_lost"],

@@ -37,6 +37,12 @@ log = get_logger("edge_agent.uplink")
 
 LANES = (1, 0)  # alarm lane first
 
+#: Batches published this soon after (re)connecting are resent after FRESH_ACK_TIMEOUT_S
+#: instead of ack_timeout_s: after a broker restart the collector may resubscribe a moment
+#: after us, and the broker drops what it has no subscriber for. Resends are free.
+FRESH_SESSION_S = 3.0
+FRESH_ACK_TIMEOUT_S = 1.0
+
 
 @dataclass
 class Batch:
@@ -87,6 +93,7 @@ class Uplink:
         self._batch_ids = itertools.count(1)
         self._was_connected = False
         self._draining = False  # connected with a backlog: log once when it is gone
+        self._session_started = 0.0
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -153,6 +160,7 @@ class Uplink:
         self._was_connected = True
         self._reset_inflight()
         self.status.connected, self.status.since = True, time.time()
+        self._session_started = time.monotonic()
         self.status.protocol = self._protocol.label
         self.status.last_error = ""
         backlog = self.outbox.stats().events
@@ -221,12 +229,12 @@ class Uplink:
                              properties=props, timeout=self.cfg.publish_timeout_s)
 
     async def _resend_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
-        period = max(0.05, min(1.0, self.cfg.ack_timeout_s / 4))
+        period = max(0.05, min(0.25, self.cfg.ack_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for batch in [b for b in self._inflight.values()
-                          if now - b.sent_at >= self.cfg.ack_timeout_s]:
+                          if now - b.sent_at >= self._ack_timeout(b)]:
                 rows = await self.outbox.get(sorted(batch.seqs))
                 if not rows:  # evicted meanwhile
                     self._forget(batch, batch.seqs)
@@ -236,6 +244,11 @@ class Uplink:
                 log.warning("ack_timeout_resend", batch=batch.id, events=len(rows),
                             attempt=batch.attempts, first_seq=rows[0].seq)
                 tg.create_task(self._publish(client, rows))
+
+    def _ack_timeout(self, batch: Batch) -> float:
+        if batch.attempts == 1 and batch.sent_at - self._session_started < FRESH_SESSION_S:
+            return min(self.cfg.ack_timeout_s, FRESH_ACK_TIMEOUT_S)
+        return self.cfg.ack_timeout_s
 
     # ------------------------------------------------------------------ acks
 

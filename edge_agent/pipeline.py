@@ -42,6 +42,18 @@ class DeviceStatus:
     events: int = 0
 
 
+def transition_event(previous: DeviceState, state: DeviceState, reason: str,
+                     offline_s: float) -> tuple[str, dict[str, Any]] | None:
+    """The event a device state change means: `device.offline` on entering offline or
+    error, `device.online` on leaving them; None otherwise (the agent's one rule)."""
+    if state is DeviceState.ONLINE and previous in (DeviceState.OFFLINE, DeviceState.ERROR):
+        return "device.online", {"offline_s": round(max(0.0, offline_s), 3),
+                                 "reason": reason or "answers again"}
+    if state in (DeviceState.OFFLINE, DeviceState.ERROR) and state != previous:
+        return "device.offline", {"reason": reason or str(state)}
+    return None
+
+
 @dataclass
 class PipelineCounters:
     created: int = 0
@@ -110,11 +122,9 @@ class Pipeline:
         status.state, status.reason, status.since = state, reason, now
         log.info("device_state", device=device, state=str(state), previous=str(previous),
                  reason=reason)
-        if state is DeviceState.ONLINE and previous in (DeviceState.OFFLINE, DeviceState.ERROR):
-            self.emit(device, "device.online", {"offline_s": round(now - since, 3),
-                                                "reason": reason or "answers again"})
-        elif state in (DeviceState.OFFLINE, DeviceState.ERROR):
-            self.emit(device, "device.offline", {"reason": reason or str(state)})
+        event = transition_event(previous, state, reason, now - since)
+        if event is not None:
+            self.emit(device, *event)
 
     # ------------------------------------------------------------------ committing
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
@@ -36,8 +34,8 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.modbus.decode import Value, encode
 from drivers.modbus.points import PointType, Table
 from drivers.modbus.profile import Profile, load_profile
-from edge_agent.driver_api import DeviceState
-from edge_agent.envelope import Event, Hierarchy, new_event, schema
+from edge_agent.envelope import Hierarchy
+from edge_agent.testing import RecordingSink as RecordingSink
 from tests.peers import free_port, require_binary
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -267,39 +265,3 @@ async def wait_until(cond: Callable[[], bool], within: float = 5.0, what: str = 
         await asyncio.sleep(0.01)
 
 
-@dataclass
-class RecordingSink:
-    """An EventSink that keeps every event (schema-checked) and every state change."""
-
-    events: list[Event] = field(default_factory=list)
-    invalid: list[str] = field(default_factory=list)
-    states: list[tuple[str, DeviceState, str]] = field(default_factory=list)
-    current: dict[str, DeviceState] = field(default_factory=dict)
-    _validator: Any = field(default_factory=lambda: jsonschema.Draft7Validator(schema()))
-
-    def emit(self, device: str, type_: str, data: dict[str, Any], *,
-             severity: Any = None, observed_at: float | None = None) -> None:
-        event = new_event(H, device, type_, data, severity=severity, observed_at=observed_at)
-        event = event.stamped("0123456789abcdef", len(self.events) + 1)
-        errors = [e.message for e in self._validator.iter_errors(json.loads(event.to_json()))]
-        if errors:
-            self.invalid.append(f"{type_} {data}: {errors}")
-        self.events.append(event)
-
-    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
-        previous = self.current.get(device, DeviceState.UNKNOWN)
-        self.states.append((device, state, reason))
-        self.current[device] = state
-        if state == previous:
-            return
-        if state is DeviceState.ONLINE and previous in (DeviceState.OFFLINE, DeviceState.ERROR):
-            self.emit(device, "device.online", {"reason": reason or "answers again"})
-        elif state in (DeviceState.OFFLINE, DeviceState.ERROR):
-            self.emit(device, "device.offline", {"reason": reason or str(state)})
-
-    def of(self, type_: str, device: str | None = None) -> list[Event]:
-        return [e for e in self.events
-                if e.type == type_ and (device is None or e.subject == device)]
-
-    def types(self, device: str | None = None) -> list[str]:
-        return [e.type for e in self.events if device is None or e.subject == device]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from drivers.modbus.writes import (
 )
 from edge_agent.driver_api import DeviceState
 from edge_agent.privacy import hash_credential
+from edge_agent.testing import running
 from tests.modbus_servers import (
     GATE,
     RELAY,
@@ -64,15 +64,6 @@ def tcp_device(dev_id: str, profile: str, port: int, unit: int = 1, **kw: Any) -
                                         "tcp": {"host": "127.0.0.1", "port": port}, **options})
 
 
-@contextlib.asynccontextmanager
-async def running(driver: ModbusDriver) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(driver.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # --------------------------------------------------------------------------- profiles
@@ -132,7 +123,7 @@ async def test_gate_controller_end_to_end_state_alarm_and_hashed_access() -> Non
     assert cleared.data["alarm_id"] == raised.data["alarm_id"]
     (access,) = sink.of("gate.access")
     assert access.data == {"result": "denied", "method": "qr", "direction": "out",
-                           "credential_hash": hash_credential(87654321)}
+                           "credential_hash": hash_credential(87654321, sink.credential_salt)}
     assert "87654321" not in access.to_json()
     assert not sink.of("gate.forced_open")
     assert not sink.invalid

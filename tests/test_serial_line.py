@@ -10,12 +10,11 @@ and validated against the published JSON Schema.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from edge_agent import registry
 from edge_agent.config.loader import ConfigError, load_gateway_config
 from edge_agent.driver_api import DeviceState
 from edge_agent.envelope import Event, Hierarchy, Severity, new_event, schema
+from edge_agent.testing import running
 from tests.peers import require_binary
 
 SAMPLE = Path(__file__).parent.parent / "drivers" / "serial_line" / "sample.yaml"
@@ -196,15 +196,6 @@ def device(yaml_text: str, tmp_path: Path, **replace: str) -> SerialLineDevice:
     return dev
 
 
-@contextlib.asynccontextmanager
-async def running(driver: SerialLineDriver) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(driver.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 FIRE_PANEL = """\

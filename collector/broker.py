@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,17 @@ from edge_agent.mqtt import Endpoint
 from edge_agent.topics import PREFIX
 
 log = get_logger("collector.broker")
+
+
+class _QuietProbes(logging.Filter):
+    """amqtt logs a TCP connection that closes without an MQTT packet (a port probe, a
+    health check) as an error; it is not one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No data from")
+
+
+logging.getLogger("amqtt.broker").addFilter(_QuietProbes())
 
 _PREFIX = PREFIX.split("/")
 _WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -121,6 +122,9 @@ class Uplink:
                 async for attempt in retrying:
                     with attempt:
                         await self._connect_and_serve()
+            # A session ended: back-off starts afresh, but never in a tight loop against a
+            # broker that accepts and then drops us at once.
+            await asyncio.sleep(random.uniform(0, self.cfg.reconnect.initial_s))
 
     def _log_retry(self, state: object) -> None:
         attempt = getattr(state, "attempt_number", 0)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -56,11 +58,17 @@ def run(config_path: Path) -> None:
         _fail(str(exc))
 
 
-def _open(url: str) -> Store:
+@contextlib.contextmanager
+def _open(url: str) -> Iterator[Store]:
+    """An existing store for the inspection commands; a bad URL ends the command."""
     try:
-        return open_store(url, create=False)
+        store = open_store(url, create=False)
     except StoreError as exc:
         _fail(str(exc))
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 STORE = click.option("--store", "store_url", required=True, metavar="URL",
@@ -72,11 +80,8 @@ STORE = click.option("--store", "store_url", required=True, metavar="URL",
 @click.option("--gateway", default=None, help="only this gateway")
 def gaps(store_url: str, gateway: str | None) -> None:
     """Missing seq ranges per gateway stream, explained (data_loss) or not (lost)."""
-    store = _open(store_url)
-    try:
+    with _open(store_url) as store:
         found = store.gaps(gateway)
-    finally:
-        store.close()
     if not found:
         click.echo("no gaps")
         return
@@ -93,11 +98,8 @@ def gaps(store_url: str, gateway: str | None) -> None:
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100_000))
 def quarantine(store_url: str, limit: int) -> None:
     """Most recent quarantined payloads and why."""
-    store = _open(store_url)
-    try:
+    with _open(store_url) as store:
         entries = store.quarantined(limit)
-    finally:
-        store.close()
     if not entries:
         click.echo("quarantine is empty")
     for q in entries:
@@ -109,11 +111,8 @@ def quarantine(store_url: str, limit: int) -> None:
 @STORE
 def stats(store_url: str) -> None:
     """Events, quarantine and per-stream watermarks."""
-    store = _open(store_url)
-    try:
+    with _open(store_url) as store:
         st = store.stats()
-    finally:
-        store.close()
     click.echo(f"events: {st.events}\nquarantined: {st.quarantined}\n"
                f"gateways: {st.gateways}\nlast received: {st.last_received_at or '-'}")
     for s in st.streams:

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from collector.cli import main
 from edge_agent.wire import Ack
 from tests.peers import free_port, wait_port
+from tests.test_collector_mqtt import acks_until
 from tests.test_collector_support import (
     as_dict,
     batch,
@@ -59,14 +60,7 @@ async def publish_and_wait(port: int, payloads: list[bytes], seqs: set[int]) -> 
         await gw.subscribe(topics("gw-a").ack, qos=1)
         for p in payloads:
             await gw.publish(topics("gw-a").events, p, qos=1)
-        acks: list[Ack] = []
-        async with asyncio.timeout(15):
-            async for m in gw.messages:
-                assert isinstance(m.payload, bytes)
-                acks.append(Ack.decode(m.payload))
-                if seqs <= set().union(*(a.seqs() for a in acks)):
-                    return acks
-    raise AssertionError("no acks")
+        return await acks_until(gw, seqs)
 
 
 def test_run_ingests_and_the_inspection_commands_report(tmp_path: Path) -> None:

@@ -66,6 +66,10 @@ class TcpListen(_Strict):
                       description="address to bind; 127.0.0.1 unless you mean otherwise")
     port: int = Field(ge=1, le=65535)
 
+    @property
+    def address(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
 
 class RtuListen(_Strict):
     port: str = Field(min_length=1, description="serial device or pty, e.g. /tmp/ttySIM0")
@@ -76,6 +80,10 @@ class RtuListen(_Strict):
     pace: bool = Field(default=False,
                        description="delay each reply by the frames' time on the wire at "
                                    "baudrate (a pty transfers instantly)")
+
+    @property
+    def address(self) -> str:
+        return f"rtu://{self.port}"
 
     @property
     def bits_per_char(self) -> int:
@@ -133,10 +141,9 @@ class ServerSpec(_Strict):
 
     @property
     def address(self) -> str:
-        if self.tcp is not None:
-            return f"tcp://{self.tcp.host}:{self.tcp.port}"
-        assert self.rtu is not None
-        return f"rtu://{self.rtu.port}"
+        listen = self.tcp or self.rtu
+        assert listen is not None
+        return listen.address
 
 
 class ScenarioRef(_Strict):

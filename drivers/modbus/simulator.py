@@ -248,10 +248,9 @@ class SimServer:
 
     @property
     def address(self) -> str:
-        if self.tcp is not None:
-            return f"tcp://{self.tcp.host}:{self.tcp.port}"
-        assert self.rtu is not None
-        return f"rtu://{self.rtu.port}"
+        listen = self.tcp or self.rtu
+        assert listen is not None
+        return listen.address
 
     @property
     def running(self) -> bool:

@@ -47,6 +47,14 @@ def credential_salt(sink: EventSink) -> bytes:
     return salt if isinstance(salt, bytes) else b""
 
 
+def report_poll_error(sink: EventSink, device: str, reason: str) -> None:
+    """Count one failed poll/read of `device` (status page, `/metrics`). Optional on a sink:
+    a sink without `poll_error` (a test's) ignores it. `reason` must hold no secret."""
+    record = getattr(sink, "poll_error", None)
+    if callable(record):
+        record(device, reason)
+
+
 class Driver(Protocol):
     async def run(self) -> None:
         """Run until cancelled. Must survive anything a device or network does."""

@@ -40,6 +40,9 @@ class DeviceStatus:
     last_event_at: float | None = None
     last_data: dict[str, Any] | None = None
     events: int = 0
+    poll_errors: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
 
 
 def transition_event(previous: DeviceState, state: DeviceState, reason: str,
@@ -125,6 +128,12 @@ class Pipeline:
         event = transition_event(previous, state, reason, now - since)
         if event is not None:
             self.emit(device, *event)
+
+    def poll_error(self, device: str, reason: str) -> None:
+        """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""
+        status = self.devices.setdefault(device, DeviceStatus(device, "?"))
+        status.poll_errors += 1
+        status.last_error, status.last_error_at = reason, time.time()
 
     # ------------------------------------------------------------------ committing
 

@@ -32,7 +32,7 @@ from drivers.modbus.decode import DecodeError
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.planner import ReadRequest, extract
 from drivers.modbus.transport import Link, ModbusError, ModbusExceptionResponse
-from edge_agent.driver_api import DeviceState, EventSink
+from edge_agent.driver_api import DeviceState, EventSink, report_poll_error
 from edge_agent.logs import get_logger
 from edge_agent.rules import DeviceRules
 
@@ -109,6 +109,7 @@ class DevicePoller:
         if refused:
             self.errors += 1
             self.last_error = "; ".join(refused)
+            report_poll_error(self.sink, self.cfg.id, self.last_error)
             self._set_state(DeviceState.ERROR, self.last_error)
         else:
             self._set_state(DeviceState.ONLINE, "answers")
@@ -122,6 +123,7 @@ class DevicePoller:
         self.failures += 1
         self.suspect = not answered
         self.last_error = reason
+        report_poll_error(self.sink, self.cfg.id, reason)
         if self.failures == 1:
             log.warning("modbus_poll_failed", device=self.cfg.id, error=reason)
         if answered:

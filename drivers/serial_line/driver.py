@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent.config.models import DeviceConfig
-from edge_agent.driver_api import DeviceState, EventSink, credential_salt
+from edge_agent.driver_api import DeviceState, EventSink, credential_salt, report_poll_error
 from edge_agent.logs import get_logger
 from edge_agent.rules import DeviceRules
 
@@ -140,6 +140,7 @@ class _Device:
                     log.warning("serial_line_open_failed", device=self.cfg.id, error=str(exc),
                                 retry_in_s=round(delay, 2))
                     last_logged = (reason, now)
+                report_poll_error(self.sink, self.cfg.id, reason)
                 self.go_offline(reason)
                 await asyncio.sleep(self._jitter(delay))
                 delay = min(delay * 2, backoff.max_s)
@@ -155,6 +156,7 @@ class _Device:
                 delay = backoff.initial_s
             log.warning("serial_line_port_lost", device=self.cfg.id, error=reason,
                         retry_in_s=round(delay, 2))
+            report_poll_error(self.sink, self.cfg.id, reason)
             self.go_offline(reason)
             await asyncio.sleep(self._jitter(delay))
             delay = min(delay * 2, backoff.max_s)

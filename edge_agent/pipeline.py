@@ -66,6 +66,9 @@ class PipelineCounters:
 
 
 class Pipeline:
+    #: Called with every event minted (the status page's edge_agent.activity.Activity.record).
+    on_event: Callable[[Event], None] | None = None
+
     def __init__(
         self,
         hierarchy: Hierarchy,
@@ -109,6 +112,8 @@ class Pipeline:
             log.error("event_rejected", device=device, type=type_, error=str(exc))
             return
         self._enqueue(event)
+        if self.on_event is not None:
+            self.on_event(event)
         status = self.devices.get(device)
         if status is not None:
             status.events += 1

@@ -1,0 +1,110 @@
+"""What happened lately, for the status page: recent events and the alarms still open.
+
+Fed by the pipeline with every event it mints (`Activity.record`); bounded in memory
+whatever the devices do. Telemetry and heartbeats are left out of `recent` (the device
+table shows each device's last reading); alarms are keyed by (device, type, alarm_id)
+and leave `open` when their `cleared` event arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.envelope import ALARM_TYPES, CATALOG, Event, Retention, Severity, parse_time
+
+RECENT_MAX = 100
+OPEN_ALARMS_MAX = 1000
+SNAPSHOTS_MAX = 24
+#: A snapshot id: a ULID (Crockford base32, 26 characters).
+SNAPSHOT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+#: Keys never copied to the page (hashes of access credentials are not for display).
+HIDDEN_KEYS = frozenset({"credential_hash", "snapshot"})
+LEFT_OUT = frozenset({"gateway.heartbeat"})
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event as the page shows it."""
+
+    id: str
+    device: str
+    type: str
+    severity: str
+    at: float
+    data: dict[str, Any]
+    snapshot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAlarm:
+    device: str
+    type: str
+    alarm_id: str
+    severity: str
+    raised_at: float
+    data: dict[str, Any]
+    snapshot: str | None = None
+
+
+def shown_data(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without hidden keys and without nested values (the page shows scalars)."""
+    return {k: v for k, v in data.items()
+            if k not in HIDDEN_KEYS and isinstance(v, str | int | float | bool)}
+
+
+def snapshot_id(data: dict[str, Any]) -> str | None:
+    """The snapshot id of a camera event (`data.snapshot.id`) when it is a valid ULID."""
+    snap = data.get("snapshot")
+    sid = snap.get("id") if isinstance(snap, dict) else None
+    return sid if isinstance(sid, str) and SNAPSHOT_ID.match(sid) else None
+
+
+class Activity:
+    def __init__(self, *, recent_max: int = RECENT_MAX, open_max: int = OPEN_ALARMS_MAX,
+                 snapshots_max: int = SNAPSHOTS_MAX) -> None:
+        self.recent: deque[Entry] = deque(maxlen=recent_max)
+        self.snapshots: deque[Entry] = deque(maxlen=snapshots_max)
+        self.open: OrderedDict[tuple[str, str, str], OpenAlarm] = OrderedDict()
+        self.open_max = open_max
+        #: bumped on every change the page shows
+        self.changes = 0
+
+    def record(self, event: Event) -> None:
+        """Take one minted event (called by Pipeline.emit); never raises for odd data."""
+        if event.type in LEFT_OUT:
+            return
+        kind = CATALOG.get(event.type)
+        if kind is not None and kind.retention is Retention.TELEMETRY:
+            return
+        at = parse_time(event.time).timestamp()
+        snap = snapshot_id(event.data)
+        entry = Entry(event.id, event.subject, event.type, str(event.severity), at,
+                      shown_data(event.data), snap)
+        self.recent.append(entry)
+        if snap is not None:
+            self.snapshots.append(entry)
+        if event.type in ALARM_TYPES and event.severity is not Severity.INFO:
+            self._alarm(event, entry)
+        self.changes += 1
+
+    def _alarm(self, event: Event, entry: Entry) -> None:
+        state, alarm_id = event.data.get("state"), event.data.get("alarm_id")
+        if not isinstance(alarm_id, str):
+            return
+        key = (event.subject, event.type, alarm_id)
+        if state == "raised":
+            self.open[key] = OpenAlarm(event.subject, event.type, alarm_id, entry.severity,
+                                       entry.at, entry.data, entry.snapshot)
+            self.open.move_to_end(key)
+            while len(self.open) > self.open_max:
+                self.open.popitem(last=False)
+        elif state == "cleared":
+            self.open.pop(key, None)
+
+    def open_alarms(self) -> list[OpenAlarm]:
+        """Open alarms, critical first, then newest first."""
+        rank = {"critical": 0, "warning": 1, "info": 2}
+        return sorted(self.open.values(), key=lambda a: (rank.get(a.severity, 3), -a.raised_at))

@@ -10,13 +10,21 @@ Durability starts at that commit: an event is "created" once it has a seq.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.driver_api import DeviceState
-from edge_agent.envelope import Event, Hierarchy, Severity, UnknownEventType, new_event
+from edge_agent.envelope import (
+    Event,
+    Hierarchy,
+    Retention,
+    Severity,
+    UnknownEventType,
+    new_event,
+)
 from edge_agent.logs import get_logger
 from edge_agent.outbox_thread import OutboxThread
 
@@ -75,7 +83,7 @@ class Pipeline:
         outbox: OutboxThread,
         *,
         commit_batch_max: int = 500,
-        commit_linger_s: float = 0.02,
+        commit_linger_s: float = 0.05,
         on_commit: Callable[[], None] = lambda: None,
         credential_salt: bytes = b"",
     ) -> None:
@@ -89,6 +97,8 @@ class Pipeline:
         self.devices: dict[str, DeviceStatus] = {}
         self.counters = PipelineCounters()
         self._queue: asyncio.Queue[Event] = asyncio.Queue(MAX_PENDING)
+        #: set when an alarm is queued: it ends the linger, alarms are committed at once
+        self._urgent = asyncio.Event()
 
     def register_device(self, device: str, driver: str) -> None:
         self.devices.setdefault(device, DeviceStatus(device, driver))
@@ -146,6 +156,8 @@ class Pipeline:
         try:
             self._queue.put_nowait(event)
             self.counters.created += 1
+            if event.retention is Retention.ALARM:
+                self._urgent.set()
         except asyncio.QueueFull:
             self.counters.dropped += 1
             if self.counters.dropped in (1, 10, 100) or self.counters.dropped % 1000 == 0:
@@ -161,10 +173,15 @@ class Pipeline:
         try:
             while True:
                 first = await self._queue.get()
-                if self.commit_linger_s and self._queue.qsize() < self.commit_batch_max:
+                if (self.commit_linger_s and not self._urgent.is_set()
+                        and self._queue.qsize() < self.commit_batch_max):
                     # Let a burst gather: one commit (fsync) and one uplink round for many
-                    # events costs far less CPU than one per event, for a few ms of latency.
-                    await asyncio.sleep(self.commit_linger_s)
+                    # events costs far less CPU than one per event, for a few tens of ms of
+                    # latency. An alarm queued meanwhile ends the wait.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.commit_linger_s):
+                            await self._urgent.wait()
+                self._urgent.clear()
                 await self._commit([first, *self._take(self.commit_batch_max - 1)])
         finally:
             await asyncio.shield(self.flush())

@@ -7,8 +7,10 @@ import contextlib
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from edge_agent import __version__
+from edge_agent.activity import Activity
 from edge_agent.config.models import DeviceConfig, GatewayConfig
 from edge_agent.driver_api import Driver
 from edge_agent.envelope import Hierarchy
@@ -17,6 +19,7 @@ from edge_agent.mqtt import Endpoint
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
 from edge_agent.registry import available
+from edge_agent.status.server import serve_status
 from edge_agent.supervise import supervise
 from edge_agent.topics import GatewayTopics
 from edge_agent.uplink import Uplink
@@ -32,6 +35,11 @@ class Agent:
     uplink: Uplink
     drivers: dict[str, Driver]
     started: float = field(default_factory=time.time)
+    #: recent events and open alarms for the status page, fed by the pipeline
+    activity: Activity = field(default_factory=Activity)
+
+    def __post_init__(self) -> None:
+        self.pipeline.on_event = self.activity.record
 
     @classmethod
     async def open(cls, cfg: GatewayConfig) -> Agent:
@@ -64,6 +72,8 @@ class Agent:
                 tg.create_task(supervise("pipeline", self.pipeline.run))
                 tg.create_task(supervise("uplink", self.uplink.run))
                 tg.create_task(supervise("heartbeat", self.heartbeat))
+                if self.cfg.status_page.enabled:
+                    tg.create_task(supervise("status_page", partial(serve_status, self)))
                 for name, driver in self.drivers.items():
                     tg.create_task(supervise(f"driver:{name}", driver.run))
         finally:

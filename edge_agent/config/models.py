@@ -150,16 +150,28 @@ class OutboxConfig(Strict):
     path: Path = Path("/var/lib/edge-agent/outbox.db")
     max_bytes: ByteSize = 256 * 1024 * 1024
     commit_batch_max: int = Field(default=500, ge=1, le=10000)
-    commit_linger_ms: int = Field(default=20, ge=0, le=1000,
-                                  description="wait this long for more events before a commit")
+    commit_linger_ms: int = Field(default=50, ge=0, le=1000,
+                                  description="wait this long for more events before a "
+                                  "commit; alarms never wait")
     loss_report_interval_s: float = Field(
         default=60.0, ge=0, le=86400,
         description="evictions are reported as one gateway.data_loss event per interval")
 
 
 class StatusPageConfig(Strict):
+    """The LAN status page (docs/status.md): overview open on the LAN, sensitive parts
+    (camera snapshots) behind `credential`; without one they are not served at all."""
+
     enabled: bool = True
-    listen: str = Field(default="127.0.0.1:8080", pattern=r"^[^:\s]+:\d{1,5}$")
+    listen: str = Field(default="0.0.0.0:8080", pattern=r"^[^:\s]+:\d{1,5}$",
+                        description="host:port; 0.0.0.0:8080 serves the whole LAN")
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253,
+                                             pattern=r"^[A-Za-z0-9.:\[\]_*-]+$")]] = Field(
+        default_factory=list,
+        description="extra names in the Host header (e.g. a DNS name staff type); the box's "
+        "own addresses, its hostname, hostname.local and localhost are always accepted")
+    credential: SecretRef | None = Field(
+        default=None, description="password for snapshots and other sensitive parts")
 
 
 class DeviceConfig(BaseModel):

@@ -1,0 +1,237 @@
+"""The aiohttp application: routes of the status page and its machine endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from edge_agent.activity import SNAPSHOT_ID
+from edge_agent.config.models import SecretError
+from edge_agent.logs import get_logger
+from edge_agent.status import metrics
+from edge_agent.status.access import SESSION_COOKIE, SESSION_TTL_S, Credential, HostPolicy
+from edge_agent.status.health import Health
+from edge_agent.status.snapshot import AgentView, DiskGauge, build_status
+from edge_agent.status.stream import Broadcaster
+
+log = get_logger("edge_agent.status")
+
+LANGS = ("zh-CN", "en")
+STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+DEFAULT_SNAPSHOT_DIR = Path("/var/lib/edge-agent/snapshots")
+SNAPSHOT_NAME = re.compile(r"^([0-9A-HJKMNP-TV-Z]{26})\.jpg$")
+SNAPSHOT_MAX_BYTES = 8 * 1024 * 1024
+STREAMS_MAX = 50
+LOGIN_FAIL_DELAY_S = 1.0
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_dumps = partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    content_type: str
+    etag: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "etag", '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"')
+
+
+def load_assets() -> dict[str, Asset]:
+    """Page, scripts, styles and catalogs from package data (no CDN, no internet)."""
+    root = resources.files("edge_agent.status")
+    assets = {"/": Asset(root.joinpath("static/index.html").read_bytes(),
+                         "text/html; charset=utf-8")}
+    for name, ctype in STATIC.items():
+        assets[f"/static/{name}"] = Asset(root.joinpath(f"static/{name}").read_bytes(),
+                                          f"{ctype}; charset=utf-8")
+    for lang in LANGS:
+        assets[f"/i18n/{lang}.json"] = Asset(root.joinpath(f"i18n/{lang}.json").read_bytes(),
+                                             "application/json; charset=utf-8")
+    schema = resources.files("edge_agent.schemas").joinpath("status-v1.schema.json")
+    assets["/api/status.schema.json"] = Asset(schema.read_bytes(),
+                                              "application/schema+json; charset=utf-8")
+    return assets
+
+
+def snapshot_dir(view: AgentView) -> Path:
+    """`snapshots.dir` of the gateway config (the ONVIF driver writes there)."""
+    section = getattr(view.cfg, "snapshots", None)
+    folder = getattr(section, "dir", None)
+    return Path(folder) if folder else DEFAULT_SNAPSHOT_DIR
+
+
+def reveal_credential(view: AgentView) -> Credential:
+    ref = view.cfg.status_page.credential
+    if ref is None:
+        return Credential(None)
+    try:
+        return Credential(ref.reveal().get_secret_value() or None)
+    except SecretError as exc:
+        log.error("status_page_credential_unreadable", error=str(exc),
+                  hint="snapshots stay locked until status_page.credential can be read")
+        return Credential(None)
+
+
+class StatusApp:
+    def __init__(self, view: AgentView, *, hostname: str | None = None) -> None:
+        self.view = view
+        cfg = view.cfg.status_page
+        self.hosts = HostPolicy(cfg.allowed_hosts, hostname=hostname)
+        self.credential = reveal_credential(view)
+        self.disk = DiskGauge(view.cfg.outbox.path.parent)
+        self.health = Health(view, self.disk)
+        self.assets = load_assets()
+        self.snapshots = snapshot_dir(view)
+        self.stream = Broadcaster(self.status)
+
+    def status(self, authenticated: bool) -> dict[str, Any]:
+        return build_status(self.view, self.disk, authenticated=authenticated,
+                            login_available=self.credential.configured)
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._host_guard], client_max_size=4096)
+        r = app.router
+        for path in self.assets:
+            r.add_get(path, self._asset)
+        r.add_get("/api/status", self._api_status)
+        r.add_get("/api/stream", self._api_stream)
+        r.add_get("/metrics", self._metrics)
+        r.add_get("/healthz", self._healthz)
+        r.add_post("/login", self._login)
+        r.add_post("/logout", self._logout)
+        r.add_get("/snapshots/{name}", self._snapshot)
+        app.on_response_prepare.append(self._headers)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    # ------------------------------------------------------------------ access
+
+    @web.middleware
+    async def _host_guard(self, request: web.Request,
+                          handler: Any) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        local = sock[0] if isinstance(sock, tuple) and sock else None
+        host = request.headers.get("Host")
+        if not self.hosts.allows(host, local):
+            return web.Response(
+                status=421, content_type="text/plain", charset="utf-8",
+                text=f"421 此网关不认识地址 {host!r} / Host {host!r} is not a name of this "
+                     "gateway.\nUse the gateway's IP address (http://<ip>:<port>/) or add the "
+                     "name to status_page.allowed_hosts in the gateway config.\n")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def authenticated(self, request: web.Request) -> bool:
+        return (self.credential.session_valid(request.cookies.get(SESSION_COOKIE))
+                or self.credential.authorization_valid(request.headers.get("Authorization")))
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        h = response.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("Referrer-Policy", "no-referrer")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Cache-Control", "no-store")
+
+    async def _shutdown(self, app: web.Application) -> None:
+        await self.stream.close()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _asset(self, request: web.Request) -> web.Response:
+        asset = self.assets[request.path]
+        headers = {"ETag": asset.etag, "Cache-Control": "no-cache"}
+        if request.headers.get("If-None-Match") == asset.etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=asset.body, headers={**headers,
+                                                      "Content-Type": asset.content_type})
+
+    async def _api_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status(self.authenticated(request)), dumps=_dumps)
+
+    async def _api_stream(self, request: web.Request) -> web.StreamResponse:
+        if len(self.stream.listeners) >= STREAMS_MAX:
+            raise web.HTTPServiceUnavailable(text="too many open status pages; use polling")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        listener = self.stream.subscribe(self.authenticated(request))
+        try:
+            await response.write(b"retry: 3000\n\n")
+            while (payload := await listener.queue.get()) is not None:
+                await response.write(f"event: status\ndata: {payload}\n\n".encode())
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.stream.unsubscribe(listener)
+        return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(self.view).encode(),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, body = self.health.check()
+        return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
+
+    async def _login(self, request: web.Request) -> web.Response:
+        origin = request.headers.get("Origin")
+        if origin and origin.partition("://")[2] != request.headers.get("Host", ""):
+            return web.json_response({"error": "cross_origin"}, status=403)
+        if not self.credential.configured:
+            return web.json_response({"error": "no_credential"}, status=403)
+        form = await request.post()
+        password = form.get("password")
+        if not isinstance(password, str) or not self.credential.matches(password):
+            log.warning("status_page_login_failed", remote=request.remote)
+            await asyncio.sleep(LOGIN_FAIL_DELAY_S)
+            return web.json_response({"error": "wrong_password"}, status=401)
+        log.info("status_page_login", remote=request.remote)
+        response = web.json_response({"ok": True})
+        response.set_cookie(SESSION_COOKIE, self.credential.open_session(), httponly=True,
+                            samesite="Strict", max_age=SESSION_TTL_S, path="/")
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        self.credential.close_session(request.cookies.get(SESSION_COOKIE))
+        response = web.json_response({"ok": True})
+        response.del_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+        if not self.authenticated(request):
+            text = ("snapshots need the gateway's status page credential; log in on the page"
+                    if self.credential.configured else
+                    "snapshots are not served: status_page.credential is not configured")
+            return web.Response(status=401, text=text, headers={
+                "WWW-Authenticate": 'Basic realm="edge-agent status", charset="UTF-8"'})
+        match = SNAPSHOT_NAME.match(request.match_info["name"])
+        if match is None or not SNAPSHOT_ID.match(match.group(1)):
+            return web.Response(status=404,
+                                text="no such snapshot (expected /snapshots/<ULID>.jpg)")
+        path = self.snapshots / f"{match.group(1)}.jpg"
+        try:
+            body = await asyncio.to_thread(_read_small, path)
+        except (OSError, ValueError):
+            return web.Response(status=404, text="no such snapshot")
+        return web.Response(body=body, headers={"Content-Type": "image/jpeg",
+                                                "Cache-Control": "private, max-age=3600"})
+
+
+def _read_small(path: Path) -> bytes:
+    with path.open("rb") as f:
+        body = f.read(SNAPSHOT_MAX_BYTES + 1)
+    if len(body) > SNAPSHOT_MAX_BYTES:
+        raise ValueError("snapshot too large")
+    return body

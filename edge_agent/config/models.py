@@ -174,6 +174,16 @@ class StatusPageConfig(Strict):
         default=None, description="password for snapshots and other sensitive parts")
 
 
+class SnapshotsConfig(Strict):
+    """Camera snapshots on disk: `<dir>/<ULID>.jpg`, oldest deleted beyond the bounds."""
+
+    dir: Path = Field(default=Path("/var/lib/edge-agent/snapshots"),
+                      description="where camera drivers keep snapshots; the status page "
+                      "serves them from here by id")
+    max_bytes: ByteSize = Field(default=256 * 1024 * 1024, description="total size bound")
+    max_files: int = Field(default=2000, ge=1, le=1_000_000, description="file count bound")
+
+
 class DeviceConfig(BaseModel):
     """Common part of every device entry; the driver validates the rest."""
 
@@ -190,6 +200,7 @@ class GatewayConfig(Strict):
     uplink: UplinkConfig
     outbox: OutboxConfig = OutboxConfig()
     status_page: StatusPageConfig = StatusPageConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
     heartbeat_s: float = Field(default=60.0, gt=0, le=86400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     devices: list[DeviceConfig] = Field(default_factory=list)

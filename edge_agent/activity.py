@@ -107,4 +107,6 @@ class Activity:
     def open_alarms(self) -> list[OpenAlarm]:
         """Open alarms, critical first, then newest first."""
         rank = {"critical": 0, "warning": 1, "info": 2}
-        return sorted(self.open.values(), key=lambda a: (rank.get(a.severity, 3), -a.raised_at))
+        ordered = enumerate(self.open.values())  # raised order breaks ties of one millisecond
+        return [a for _, a in sorted(ordered, key=lambda ia: (rank.get(ia[1].severity, 3),
+                                                             -ia[1].raised_at, -ia[0]))]

@@ -1,0 +1,133 @@
+"""Status page parts on their own: activity, reasons, Host policy, credential, catalogs."""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib import resources
+
+import pytest
+
+from edge_agent.activity import Activity
+from edge_agent.envelope import CATALOG, Hierarchy, new_event
+from edge_agent.status.access import Credential, HostPolicy, split_host
+from edge_agent.status.reasons import RULES, reason_code, scrub
+
+H = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-u")
+SNAP = "01KB2ZQ5E8Y3V0N7W1T6G4H9C2"
+
+
+def catalog(lang: str) -> dict[str, str]:
+    text = resources.files("edge_agent.status").joinpath(f"i18n/{lang}.json").read_text("utf-8")
+    loaded: dict[str, str] = json.loads(text)
+    return loaded
+
+
+def test_activity_opens_and_clears_alarms_by_device_type_and_id() -> None:
+    act = Activity()
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "raised", "alarm_id": "a1"}))
+    act.record(new_event(H, "gate-1", "gate.held_open", {"state": "raised", "alarm_id": "a1"}))
+    act.record(new_event(H, "smoke-1", "smoke.reading", {"density_db_m": 0.1}))
+    act.record(new_event(H, "gw-u", "gateway.heartbeat", {"uptime_s": 1}))
+    opened = act.open_alarms()
+    assert [(a.device, a.type) for a in opened] == [("smoke-1", "smoke.alarm"),
+                                                     ("gate-1", "gate.held_open")]
+    assert [e.type for e in act.recent] == ["smoke.alarm", "gate.held_open"]  # no telemetry
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": "a1"}))
+    assert [a.device for a in act.open_alarms()] == ["gate-1"]
+
+
+def test_activity_is_bounded_and_hides_credential_hashes() -> None:
+    act = Activity(recent_max=5, open_max=3)
+    for i in range(10):
+        act.record(new_event(H, "w", "water.leak", {"state": "raised", "alarm_id": f"x{i}"}))
+    act.record(new_event(H, "g", "gate.access", {"result": "granted",
+                                                 "credential_hash": "sha256:" + "0" * 64}))
+    assert len(act.recent) == 5 and len(act.open) == 3
+    assert [a.alarm_id for a in act.open_alarms()] == ["x9", "x8", "x7"]
+    assert act.recent[-1].data == {"result": "granted"}
+
+
+@pytest.mark.parametrize(("snapshot", "kept"), [
+    ({"id": SNAP, "bytes": 10, "sha256": "ab"}, SNAP),
+    ({"id": "../../etc/passwd"}, None),
+    ({"id": SNAP.lower()}, None),
+    ("not-a-dict", None),
+])
+def test_snapshot_ids_are_strict_ulids(snapshot: object, kept: str | None) -> None:
+    act = Activity()
+    act.record(new_event(H, "cam-1", "camera.tamper",
+                         {"state": "raised", "alarm_id": "t1", "snapshot": snapshot}))
+    assert act.open_alarms()[0].snapshot == kept
+    assert len(act.snapshots) == (1 if kept else 0)
+    assert "snapshot" not in act.recent[-1].data
+
+
+@pytest.mark.parametrize(("reason", "code"), [
+    ("tcp://127.0.0.1:502 unit 1: no answer within 1.0 s (3 failed polls)", "timeout"),
+    ("[Errno 111] Connection refused", "refused"),
+    ("[Errno 113] No route to host", "unreachable"),
+    ("cannot open: [Errno 2] No such file or directory: '/dev/ttyUSB0'", "port"),
+    ("unit 3: read input_register 0+4 refused with exception 2 (illegal data address)",
+     "refused"),
+    ("HTTP 401 Unauthorized from http://127.0.0.1:8000/onvif/device_service", "auth"),
+    ("bad CRC in reply", "corrupt"),
+    ("no frames for 10 s", "video"),
+    ("something new", "other"),
+])
+def test_reasons_map_to_plain_words_codes(reason: str, code: str) -> None:
+    assert reason_code(reason) == code
+
+
+def test_scrub_removes_url_credentials() -> None:
+    assert scrub("rtsp://admin:hunter2@127.0.0.1:554/live failed") == \
+        "rtsp://***@127.0.0.1:554/live failed"
+
+
+@pytest.mark.parametrize(("header", "local", "ok"), [
+    ("192.168.1.20:8080", "192.168.1.20", True),     # what staff type: the box's own IP
+    ("192.168.1.20", "::ffff:192.168.1.20", True),
+    ("192.168.1.99:8080", "192.168.1.20", False),    # another IP: rebinding or a typo
+    ("127.0.0.1:8080", "127.0.0.1", True),
+    ("[::1]:8080", "::1", True),
+    ("localhost:8080", "127.0.0.1", True),
+    ("gw-0001:8080", "192.168.1.20", True),
+    ("GW-0001.local.", "192.168.1.20", True),
+    ("status.community.example", "192.168.1.20", True),
+    ("cam.wy.example", "192.168.1.20", True),
+    ("evil.example:8080", "192.168.1.20", False),
+    ("", "127.0.0.1", False),
+    (None, "127.0.0.1", False),
+])
+def test_host_policy(header: str | None, local: str, ok: bool) -> None:
+    policy = HostPolicy(["status.community.example", "*.wy.example"], hostname="gw-0001")
+    assert policy.allows(header, local) is ok
+
+
+def test_split_host() -> None:
+    assert split_host("[fe80::1]:8080") == "fe80::1"
+    assert split_host("Example.ORG:80") == "example.org"
+
+
+def test_credential_sessions_and_headers() -> None:
+    cred = Credential("pa:ss")
+    basic = "Basic " + base64.b64encode(b"staff:pa:ss").decode()
+    assert cred.authorization_valid(basic) and cred.authorization_valid("Bearer pa:ss")
+    assert not cred.authorization_valid("Bearer wrong")
+    assert not cred.authorization_valid("Basic !!!")
+    token = cred.open_session()
+    assert cred.session_valid(token) and not cred.session_valid("forged")
+    cred.close_session(token)
+    assert not cred.session_valid(token)
+    nothing = Credential(None)
+    assert not nothing.configured and not nothing.matches("") and not nothing.session_valid("x")
+
+
+def test_catalogs_have_the_same_keys_and_cover_states_reasons_and_event_types() -> None:
+    zh, en = catalog("zh-CN"), catalog("en")
+    assert set(zh) == set(en)
+    needed = {f"event.{t}" for t in CATALOG} | {f"reason.{code}" for code, _ in RULES}
+    needed |= {"reason.other"} | {f"state.{s}" for s in ("online", "offline", "error", "unknown")}
+    assert needed <= set(zh), sorted(needed - set(zh))
+    assert zh["uplink.offline_since"].startswith("离线自")
+    assert all(v.strip() for v in zh.values()) and all(v.strip() for v in en.values())

@@ -31,6 +31,7 @@ __all__ = [
     "bytes_to_registers",
     "decode",
     "decode_raw",
+    "decode_string",
     "encode",
     "encode_raw",
     "registers_to_bytes",
@@ -106,7 +107,7 @@ def decode_raw(type_: PointType, values: Sequence[int] | Sequence[bool], *,
         word = _one_register(values)
         return bool((word >> bit) & 1)
     if type_ is PointType.STRING:
-        return _decode_string(registers_to_bytes(values, byte_order))
+        return decode_string(registers_to_bytes(values, byte_order))
     fmt = _FORMATS[type_]
     expected = struct.calcsize(fmt) // 2
     if len(values) != expected:
@@ -170,7 +171,7 @@ def _registers(values: Sequence[object]) -> list[int]:
     return words
 
 
-def _decode_string(data: bytes) -> str:
+def decode_string(data: bytes) -> str:
     """Leading NULs/spaces dropped, cut at the first NUL after the text, spaces trimmed."""
     body = data.lstrip(b"\x00 ")
     end = body.find(b"\x00")

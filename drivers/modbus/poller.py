@@ -30,7 +30,8 @@ from typing import Any
 
 from drivers.modbus.decode import DecodeError
 from drivers.modbus.device import ModbusDevice
-from drivers.modbus.planner import ReadRequest, extract
+from drivers.modbus.extractor import compile_request
+from drivers.modbus.planner import ReadRequest
 from drivers.modbus.transport import Link, ModbusError, ModbusExceptionResponse
 from edge_agent.driver_api import DeviceState, EventSink, report_poll_error
 from edge_agent.logs import get_logger
@@ -51,6 +52,7 @@ class DevicePoller:
                  sink: EventSink, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
         self.requests = list(requests)
+        self._extractors = [compile_request(r) for r in self.requests]
         self.rules = rules
         self.sink = sink
         self.clock = clock
@@ -86,14 +88,14 @@ class DevicePoller:
         observed = time.time()
         values: dict[str, Any] = {}
         refused: list[str] = []
-        for req in self.requests:
+        for req, decode in zip(self.requests, self._extractors, strict=True):
             try:
                 raw = await link.read(req.table, req.start, req.count, self.cfg.unit_id,
                                       timeout_s=self.cfg.timeout_s)
             except ModbusExceptionResponse as exc:
                 refused.append(str(exc))
                 continue
-            values.update(extract(req, raw))
+            values.update(decode(raw))
         if refused and not values:
             self._failed("; ".join(refused), started, answered=True)
             return

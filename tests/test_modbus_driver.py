@@ -12,10 +12,10 @@ import pytest
 import structlog
 
 from drivers.modbus import driver as driver_module
-from drivers.modbus import poller as poller_module
 from drivers.modbus import profile as profile_module
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.extractor import Extractor
 from drivers.modbus.points import Table
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
 from drivers.modbus.transport import (
@@ -279,16 +279,16 @@ async def test_compressed_outage_ends_online_with_fresh_events_without_restart()
 
 async def test_a_poll_that_crashes_is_counted_and_polling_goes_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real = poller_module.extract
+    real = Extractor.__call__
     calls = {"n": 0}
 
-    def flaky(request: Any, values: Any) -> Any:
+    def flaky(self: Extractor, values: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("decoder bug")
-        return real(request, values)
+        return real(self, values)
 
-    monkeypatch.setattr(poller_module, "extract", flaky)
+    monkeypatch.setattr(Extractor, "__call__", flaky)
     async with ModbusServer([Unit.of(1, "water-sensor", WATER)]) as server:
         sink = RecordingSink()
         driver = ModbusDriver([tcp_device("w", "water-sensor", server.port)], sink)

@@ -69,7 +69,11 @@ def test_snapshot_ids_are_strict_ulids(snapshot: object, kept: str | None) -> No
     ("[Errno 113] No route to host", "unreachable"),
     ("cannot open: [Errno 2] No such file or directory: '/dev/ttyUSB0'", "port"),
     ("unit 3: read input_register 0+4 refused with exception 2 (illegal data address)",
-     "refused"),
+     "device_exception"),
+    ("tcp://127.0.0.1:502 unit 1: read discrete_input 0..0: no reply within 0.3s "
+     "(2 failed polls)", "timeout"),
+    ("rtu:/dev/ttyUSB0 unit 2: no valid reply within 1s, only garbage", "corrupt"),
+    ("tcp://127.0.0.1:502: connection lost: [Errno 104] reset", "reset"),
     ("HTTP 401 Unauthorized from http://127.0.0.1:8000/onvif/device_service", "auth"),
     ("bad CRC in reply", "corrupt"),
     ("no frames for 10 s", "video"),

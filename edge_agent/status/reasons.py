@@ -12,14 +12,16 @@ import re
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (code, re.compile(pattern, re.IGNORECASE)) for code, pattern in (
         ("auth", r"\b401\b|unauthori[sz]ed|not authori[sz]ed|authentication|login failed"),
-        ("timeout", r"timed? ?out|no (answer|response)|did not answer|not answering"),
+        ("corrupt", r"no valid reply|crc|checksum|bad frame|garbage|garbled|malformed|decode"),
+        ("device_exception", r"exception \d|exception code|illegal (function|data)|"
+                             r"device busy|gateway path"),
+        ("timeout", r"timed? ?out|no (answer|response|reply)|did not answer|not answering"
+                    r"|failed to respond"),
         ("refused", r"refused"),
         ("unreachable", r"unreachable|no route|host is down|name or service|getaddrinfo"
-                        r"|cannot resolve"),
+                        r"|cannot resolve|filtered"),
         ("reset", r"reset by peer|broken pipe|connection (lost|closed|aborted)|disconnected"),
         ("port", r"cannot open|no such file|permission denied|port lost|serial"),
-        ("device_exception", r"exception|illegal (function|data)|device busy|gateway path"),
-        ("corrupt", r"crc|checksum|bad frame|garbled|malformed|decode"),
         ("video", r"video|no frames?|stream|rtsp"),
     )
 )

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ROOT / "var" / "demo" / "secrets"
 USERS = ("collector", "gw-demo-01")
 BROKER_PORT = 18830
+#: configs/gateway.demo.yaml's status_page.listen
+STATUS_PAGE_URL = "http://127.0.0.1:18080/"
 GATEWAY_CONFIG = "configs/gateway.demo.yaml"
 #: The Modbus TCP ports of configs/gateway.demo.yaml's devices.
 SIMULATOR_PORTS = (15020, 15021, 15022)
@@ -97,6 +99,7 @@ def main() -> None:
         stop(code=1)
     print("demo: Modbus simulators, collector and agent running; store: "
           "var/demo/district.db; Ctrl-C stops all three", file=sys.stderr)
+    print(f"demo: gateway status page: {STATUS_PAGE_URL}", file=sys.stderr)
     while all(p.poll() is None for p in procs):
         time.sleep(0.5)
     stop()

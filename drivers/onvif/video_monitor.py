@@ -118,6 +118,11 @@ class VideoMonitor:
     # ---- what others read -----------------------------------------------------------
 
     @property
+    def last_sample(self) -> Sample | None:
+        """The last decoded sample (its frame, thumbnail, worker thread, time)."""
+        return self._latest
+
+    @property
     def last_frame_age_s(self) -> float | None:
         return None if self._latest is None else time.monotonic() - self._latest.at
 

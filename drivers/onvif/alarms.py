@@ -1,0 +1,168 @@
+"""Camera notifications -> catalog events: raise/clear bookkeeping and snapshots.
+
+`CameraAlarms` keeps, per camera, which alarms are raised (by type and ONVIF source),
+so a repeated `true` is not a second alarm, a `false` clears with the same `alarm_id`,
+and the Initialized states a new subscription starts with reconcile what happened
+while the channel was down. A raise (or a line-crossing record) of a type listed in
+`snapshots.on` waits at most `wait_s` for one snapshot, referenced as
+`data.snapshot = {id, bytes, sha256}`; without one in time, the event goes without.
+It also raises and clears `camera.events_lost` for the event channel itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.driver_api import EventSink
+from edge_agent.envelope import new_ulid
+from edge_agent.logs import get_logger
+
+from .options import SnapshotOptions
+from .snapshots import SnapshotRef, SnapshotRing, is_jpeg
+from .topics import Mapped, Notification, map_notification
+
+__all__ = ["CameraAlarms", "SnapshotTaker"]
+
+log = get_logger("drivers.onvif.alarms")
+
+Fetch = Callable[[], Awaitable[bytes | None]]
+
+
+@dataclass
+class SnapshotTaker:
+    """One camera's snapshots: the ONVIF snapshot URI, else the sampler's last frame."""
+
+    device: str
+    options: SnapshotOptions
+    ring: SnapshotRing
+    fetch: Fetch | None = None
+    fallback: Callable[[], bytes | None] | None = None
+    _last: float = field(default=-1e9)
+    taken: int = 0
+
+    async def take(self) -> SnapshotRef | None:
+        now = time.monotonic()
+        if now - self._last < self.options.min_interval_s:
+            return None
+        self._last = now
+        jpeg, source = await self._image()
+        if jpeg is None:
+            return None
+        try:
+            ref = await self.ring.store(jpeg)
+        except (OSError, ValueError) as exc:
+            log.warning("snapshot_not_stored", device=self.device, reason=str(exc)[:200])
+            return None
+        self.taken += 1
+        log.info("snapshot_stored", device=self.device, snapshot=ref.id, bytes=ref.bytes,
+                 source=source)
+        return ref
+
+    async def _image(self) -> tuple[bytes | None, str]:
+        from .errors import OnvifError
+
+        if self.fetch is not None:
+            try:
+                data = await self.fetch()
+                if data is not None and is_jpeg(data):
+                    return data, "snapshot_uri"
+                reason = "no snapshot URI" if data is None else "the reply is not a JPEG"
+            except OnvifError as err:
+                reason = err.reason
+            log.warning("snapshot_uri_failed", device=self.device, reason=reason,
+                        fallback=self.options.stream_fallback)
+        if self.options.stream_fallback and self.fallback is not None:
+            frame = self.fallback()
+            if frame is not None and is_jpeg(frame):
+                return frame, "stream"
+        return None, ""
+
+
+@dataclass
+class _Planned:
+    type: str
+    data: dict[str, Any]
+    observed_at: float
+    snapshot: bool
+
+
+class CameraAlarms:
+    def __init__(self, device: str, sink: EventSink, options: SnapshotOptions,
+                 taker: SnapshotTaker | None, clock_skew_s: Callable[[], float]) -> None:
+        self.device, self.sink, self.options, self.taker = device, sink, options, taker
+        self.clock_skew_s = clock_skew_s
+        self.active: dict[str, str] = {}  # key -> alarm_id
+        self._lost: tuple[str, float] | None = None  # (alarm_id, since)
+        self.unmapped = 0
+
+    # ------------------------------------------------------------------ event channel
+
+    def channel_lost(self, reason: str) -> None:
+        if self._lost is not None:
+            return
+        alarm_id = new_ulid()
+        self._lost = (alarm_id, time.time())
+        self.sink.emit(self.device, "camera.events_lost",
+                       {"state": "raised", "alarm_id": alarm_id, "reason": reason[:200]})
+
+    def channel_up(self) -> None:
+        if self._lost is None:
+            return
+        alarm_id, since = self._lost
+        self._lost = None
+        gap = round(max(0.0, time.time() - since), 3)
+        log.info("event_channel_restored", device=self.device, gap_s=gap)
+        self.sink.emit(self.device, "camera.events_lost",
+                       {"state": "cleared", "alarm_id": alarm_id, "gap_s": gap})
+
+    # ------------------------------------------------------------------ notifications
+
+    async def handle(self, messages: list[Notification]) -> None:
+        planned = [p for m in messages if (p := self._plan(m)) is not None]
+        snapshot: SnapshotRef | None = None
+        if self.taker is not None and any(p.snapshot for p in planned):
+            try:
+                snapshot = await asyncio.wait_for(self.taker.take(), self.options.wait_s)
+            except TimeoutError:
+                log.warning("snapshot_late", device=self.device, wait_s=self.options.wait_s)
+        for p in planned:
+            if p.snapshot and snapshot is not None:
+                p.data["snapshot"] = snapshot.as_data()
+            self.sink.emit(self.device, p.type, p.data, observed_at=p.observed_at)
+
+    def _observed_at(self, msg: Notification) -> float:
+        now = time.time()
+        if msg.utc_time is None:
+            return now
+        local = msg.utc_time - self.clock_skew_s()
+        return local if now - 300 <= local <= now + 2 else now
+
+    def _plan(self, msg: Notification) -> _Planned | None:
+        mapped = map_notification(msg)
+        if mapped is None:
+            self.unmapped += 1
+            log.debug("topic_unmapped", device=self.device, topic=msg.topic[:120])
+            return None
+        data = self._transition(mapped)
+        if data is None:
+            return None
+        wants = (self.options.enabled and mapped.type in self.options.on
+                 and data.get("state", "raised") == "raised")
+        return _Planned(mapped.type, data, self._observed_at(msg), wants)
+
+    def _transition(self, m: Mapped) -> dict[str, Any] | None:
+        data: dict[str, Any] = dict(m.data)
+        if m.active is None:
+            return data
+        alarm_id = self.active.get(m.key)
+        if m.active and alarm_id is None:
+            alarm_id = self.active[m.key] = new_ulid()
+            return {"state": "raised", "alarm_id": alarm_id, **data}
+        if not m.active and alarm_id is not None:
+            del self.active[m.key]
+            return {"state": "cleared", "alarm_id": alarm_id, **data}
+        return None

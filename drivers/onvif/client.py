@@ -1,0 +1,316 @@
+"""A thin wrapper on onvif-zeep-async: one camera, precise errors, bounded time.
+
+`CameraClient.connect()` reads the camera's clock (GetSystemDateAndTime, no
+credentials) so that every later WS-UsernameToken is dated in the camera's time
+(`adjust_time`, the library's `dt_diff`), then finds the services (GetServices, falling
+back to GetCapabilities). Each operation runs under a deadline and every failure comes
+out as one `errors.OnvifError` subclass naming the camera and the operation. Replies
+are parsed with DTDs, entities and external references forbidden (`xmlsafe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import aiohttp
+
+from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
+from .xmlsafe import harden_zeep
+
+__all__ = ["CameraClient", "DeviceInfo", "MediaProfile", "PullPoint", "redact_url",
+           "with_credentials"]
+
+T = TypeVar("T")
+_PULLPOINT_NS = "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription"
+for _name in ("onvif", "zeep", "httpx"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    manufacturer: str
+    model: str
+    firmware: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class MediaProfile:
+    token: str
+    name: str
+    encoding: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class PullPoint:
+    """A live subscription: its address (no credentials) and lifetime on the camera."""
+
+    address: str
+    lifetime_s: float
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, for logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_credentials(url: str, user: str | None, password: str | None) -> str:
+    """`url` with user:password inserted: for OpenCV only, kept in memory, never logged."""
+    if not user:
+        return url
+    parts = urlsplit(redact_url(url))
+    cred = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+    return urlunsplit(parts._replace(netloc=f"{cred}@{parts.netloc}"))
+
+
+def _lifetime(current: Any, termination: Any, asked: float) -> float:
+    if isinstance(current, dt.datetime) and isinstance(termination, dt.datetime):
+        return max((termination - current).total_seconds(), 1.0)
+    return asked
+
+
+def _subcode(fault: Any) -> str:
+    codes = getattr(fault, "subcodes", None) or []
+    names = []
+    for code in codes:
+        text = getattr(code, "localname", None) or str(code)
+        names.append(text.rsplit("}", 1)[-1].rsplit(":", 1)[-1])
+    return "/".join(names)
+
+
+class CameraClient:
+    """One camera session. Not shared between tasks that call it concurrently."""
+
+    def __init__(self, device: str, host: str, port: int, username: str | None,
+                 password: str | None, *, adjust_time: bool = True,
+                 timeout_s: float = 10.0) -> None:
+        self.device, self.host, self.port = device, host, port
+        self.username, self._password = username, password
+        self.adjust_time, self.timeout_s = adjust_time, timeout_s
+        self._cam: Any = None
+        self._pullpoint: Any = None
+        self._subscription: Any = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def clock_skew_s(self) -> float:
+        """Camera clock minus ours, seconds (0 until connected or with adjust_time off)."""
+        diff = getattr(self._cam, "dt_diff", None)
+        return diff.total_seconds() if isinstance(diff, dt.timedelta) else 0.0
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call(self, operation: str, awaitable: Awaitable[T],
+                    limit_s: float | None = None) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, limit_s or self.timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self.translate(exc, operation) from None
+
+    def translate(self, exc: BaseException, operation: str) -> OnvifError:
+        """The precise OnvifError for whatever the library or network raised."""
+        import zeep.exceptions as zx
+        from onvif.exceptions import ONVIFAuthError, ONVIFTimeoutError
+
+        d = self.device
+        seen = exc
+        while True:  # safe_func wraps the real cause in ONVIFError
+            cause = seen.__cause__ or seen.__context__
+            if type(seen).__name__ == "ONVIFError" and cause is not None:
+                seen = cause
+                continue
+            break
+        if isinstance(seen, OnvifError):
+            return seen
+        if isinstance(seen, zx.Fault):
+            sub, text = _subcode(seen), str(seen.message or "")[:200]
+            if "NotAuthorized" in sub or "not authorized" in text.lower():
+                return AuthError(d, operation, f"the camera refused the credentials ({text})",
+                                 "check username and password; with adjust_time: false a "
+                                 "camera clock far from ours also fails")
+            hint = ("the camera does not implement this operation"
+                    if "ActionNotSupported" in sub else "see the camera's log")
+            return SoapFault(d, operation, str(seen.code or "?"), sub, text, hint)
+        if isinstance(seen, (zx.DTDForbidden, zx.EntitiesForbidden)):
+            return BadReply(d, operation, "reply refused: it declares a DTD or entities",
+                            "a real camera never sends these; is something else answering?")
+        if isinstance(seen, zx.TransportError):
+            status = getattr(seen, "status_code", 0)
+            if status == 401:
+                return AuthError(d, operation, "HTTP 401 Unauthorized",
+                                 "check username and password")
+            return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
+                            f"is {self.address} an ONVIF port?")
+        if isinstance(seen, (zx.XMLSyntaxError, zx.XMLParseError)):
+            return BadReply(d, operation, "the reply is not well-formed SOAP",
+                            f"is {self.address} an ONVIF port?")
+        if isinstance(seen, ONVIFAuthError):
+            return AuthError(d, operation, "HTTP 401 Unauthorized", "check username and password")
+        if isinstance(seen, (TimeoutError, ONVIFTimeoutError)):
+            return Unreachable(d, operation, self.address, "no answer in time",
+                               "check the camera's power and network, or raise timeout_s")
+        if isinstance(seen, aiohttp.ClientConnectorError):
+            os_error = seen.os_error
+            why = ("connection refused" if isinstance(os_error, ConnectionRefusedError)
+                   else os_error.strerror or str(os_error))
+            return Unreachable(d, operation, self.address, why.lower(),
+                               "check host/port and any firewall between gateway and camera")
+        if isinstance(seen, (aiohttp.ClientError, OSError)):
+            text = str(seen) or type(seen).__name__
+            return Unreachable(d, operation, self.address, redact_url(text)[:200],
+                               "the camera dropped the connection (rebooting?)")
+        return BadReply(d, operation, f"{type(seen).__name__}: {str(seen)[:200]}")
+
+    # ------------------------------------------------------------------ session
+
+    async def connect(self) -> None:
+        """Clock offset and service addresses; raises OnvifError."""
+        harden_zeep()
+        from onvif import ONVIFCamera
+
+        await self.close()
+        self._cam = ONVIFCamera(self.host, self.port, self.username, self._password,
+                                adjust_time=self.adjust_time)
+        await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
+        if not self._cam.xaddrs:
+            raise BadReply(self.device, "GetServices", "the camera lists no services")
+
+    async def close(self) -> None:
+        cam, self._cam = self._cam, None
+        self._pullpoint = self._subscription = None
+        if cam is not None:
+            with contextlib.suppress(TimeoutError, OSError, aiohttp.ClientError, RuntimeError):
+                await asyncio.wait_for(cam.close(), 5)
+
+    def _camera(self) -> Any:
+        if self._cam is None:
+            raise BadReply(self.device, "connect", "not connected")
+        return self._cam
+
+    # ------------------------------------------------------------------ device & media
+
+    async def device_info(self) -> DeviceInfo:
+        async def op() -> Any:
+            svc = await self._camera().create_devicemgmt_service()
+            return await svc.GetDeviceInformation()
+
+        r = await self._call("GetDeviceInformation", op())
+        return DeviceInfo(*(str(getattr(r, k, "") or "")[:64] for k in
+                            ("Manufacturer", "Model", "FirmwareVersion", "SerialNumber")))
+
+    async def profiles(self) -> list[MediaProfile]:
+        async def op() -> Any:
+            svc = await self._camera().create_media_service()
+            return await svc.GetProfiles()
+
+        out: list[MediaProfile] = []
+        for p in await self._call("GetProfiles", op()) or []:
+            enc = getattr(p, "VideoEncoderConfiguration", None)
+            res = getattr(enc, "Resolution", None)
+            out.append(MediaProfile(str(getattr(p, "token", "") or "")[:64],
+                                    str(getattr(p, "Name", "") or "")[:64],
+                                    str(getattr(enc, "Encoding", "") or ""),
+                                    int(getattr(res, "Width", 0) or 0),
+                                    int(getattr(res, "Height", 0) or 0)))
+        if not out:
+            raise BadReply(self.device, "GetProfiles", "the camera has no media profile")
+        return out
+
+    async def stream_uri(self, token: str) -> str:
+        async def op() -> Any:
+            svc = await self._camera().create_media_service()
+            return await svc.GetStreamUri({"StreamSetup": {"Stream": "RTP-Unicast",
+                                                           "Transport": {"Protocol": "RTSP"}},
+                                           "ProfileToken": token})
+
+        reply = await self._call("GetStreamUri", op())
+        uri = str(getattr(reply, "Uri", "") or "")
+        if not uri.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            raise BadReply(self.device, "GetStreamUri", "no usable stream URI in the reply")
+        return redact_url(uri)
+
+    async def snapshot(self, token: str, max_bytes: int, limit_s: float) -> bytes | None:
+        """A JPEG from the snapshot URI (Digest auth), or None when the camera has none."""
+        cam = self._camera()
+        data = await self._call("GetSnapshot", cam.get_snapshot(token, timeout=limit_s),
+                                limit_s + self.timeout_s)
+        if data is not None and len(data) > max_bytes:
+            raise BadReply(self.device, "GetSnapshot", f"image of {len(data)} bytes; at most "
+                           f"{max_bytes}")
+        return data if isinstance(data, bytes) else None
+
+    # ------------------------------------------------------------------ events
+
+    async def create_pullpoint(self, termination_s: float) -> PullPoint:
+        cam = self._camera()
+
+        async def op() -> Any:
+            svc = await cam.create_events_service()
+            return await svc.CreatePullPointSubscription(
+                {"InitialTerminationTime": f"PT{int(termination_s)}S"})
+
+        reply = await self._call("CreatePullPointSubscription", op())
+        try:
+            address = str(reply.SubscriptionReference.Address._value_1)
+        except AttributeError:
+            raise BadReply(self.device, "CreatePullPointSubscription",
+                           "no subscription address in the reply") from None
+        if not address.lower().startswith(("http://", "https://")):
+            raise BadReply(self.device, "CreatePullPointSubscription",
+                           "the subscription address is not an http URL")
+        cam.xaddrs[_PULLPOINT_NS] = cam.rewrite_url(address)
+
+        async def services() -> tuple[Any, Any]:
+            return (await cam.create_pullpoint_service(),
+                    await cam.create_subscription_service("PullPointSubscription"))
+
+        self._pullpoint, self._subscription = await self._call("CreatePullPointSubscription",
+                                                               services())
+        return PullPoint(redact_url(address),
+                         _lifetime(reply.CurrentTime, reply.TerminationTime, termination_s))
+
+    async def pull(self, timeout_s: float, limit: int, deadline_s: float | None = None) -> Any:
+        """One PullMessages (long poll of `timeout_s`); `deadline_s` overrides the time
+        allowed for the whole call (default: timeout_s + timeout_s of the options)."""
+        if self._pullpoint is None:
+            raise BadReply(self.device, "PullMessages", "no subscription")
+        return await self._call("PullMessages", self._pullpoint.PullMessages(
+            {"Timeout": dt.timedelta(seconds=timeout_s), "MessageLimit": limit}),
+            deadline_s or timeout_s + self.timeout_s)
+
+    async def renew(self, termination_s: float) -> float:
+        """Renew the subscription; returns its new lifetime in seconds."""
+        if self._subscription is None:
+            raise BadReply(self.device, "Renew", "no subscription")
+        reply = await self._call("Renew", self._subscription.Renew(
+            {"TerminationTime": f"PT{int(termination_s)}S"}))
+        return _lifetime(getattr(reply, "CurrentTime", None),
+                         getattr(reply, "TerminationTime", None), termination_s)
+
+    async def unsubscribe(self) -> None:
+        sub, self._subscription, self._pullpoint = self._subscription, None, None
+        if sub is not None:
+            # a courtesy: the subscription expires on the camera anyway
+            with contextlib.suppress(OnvifError):
+                await self._call("Unsubscribe", sub.Unsubscribe(), 3)

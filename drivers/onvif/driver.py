@@ -1,0 +1,223 @@
+"""`OnvifDriver`: one supervised coordinator task per camera.
+
+A `CameraWorker` connects (clock, services, device information, profiles, stream
+URI), runs the PullPoint `EventChannel` and, when `video.enabled`, one `VideoMonitor`
+on the chosen profile's stream (credentials put into the URL in memory only). Every
+failure is one precise `OnvifError`: counted (`report_poll_error`), logged with its
+reason, and after `offline_after` in a row the device goes `offline` (unreachable) or
+`error` (wrong password, SOAP faults, bad replies); retries back off up to
+`backoff.max_s`. The event channel's own losses are reported as `camera.events_lost`
+raised/cleared (with `gap_s`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from edge_agent.config.models import DeviceConfig, SecretError, SnapshotsConfig
+from edge_agent.driver_api import DeviceState, EventSink, report_poll_error
+from edge_agent.logs import get_logger
+from edge_agent.supervise import supervise
+
+from .alarms import CameraAlarms, SnapshotTaker
+from .client import CameraClient, MediaProfile, redact_url, with_credentials
+from .errors import AuthError, OnvifError, SubscriptionLost, Unreachable
+from .events import EventChannel
+from .options import OnvifCamera
+from .snapshots import SnapshotRing
+
+if TYPE_CHECKING:
+    from .video_monitor import VideoMonitor
+
+__all__ = ["CameraWorker", "OnvifDriver", "pick_profile"]
+
+log = get_logger("drivers.onvif.driver")
+
+
+def pick_profile(profiles: list[MediaProfile], choice: int | str) -> MediaProfile | None:
+    if isinstance(choice, str):
+        return next((p for p in profiles if p.token == choice), None)
+    return profiles[choice] if -len(profiles) <= choice < len(profiles) else None
+
+
+def snapshot_settings(sink: EventSink) -> SnapshotsConfig:
+    """The gateway's `snapshots:` section, as the agent's pipeline carries it."""
+    found = getattr(sink, "snapshots", None)
+    return found if isinstance(found, SnapshotsConfig) else SnapshotsConfig()
+
+
+class CameraWorker:
+    def __init__(self, cfg: OnvifCamera, sink: EventSink, ring: SnapshotRing) -> None:
+        self.cfg, self.sink = cfg, sink
+        self.device = cfg.id
+        self.failures = 0
+        self.client: CameraClient | None = None
+        self.channel: EventChannel | None = None
+        self.video: VideoMonitor | None = None
+        self._video_task: asyncio.Task[None] | None = None
+        self._video_url = ""
+        self._snapshot_token = ""
+        self.taker = SnapshotTaker(self.device, cfg.snapshots, ring, None, self._video_frame)
+        self.alarms = CameraAlarms(self.device, sink, cfg.snapshots,
+                                   self.taker if cfg.snapshots.enabled else None,
+                                   self._skew)
+
+    def _skew(self) -> float:
+        return self.client.clock_skew_s if self.client is not None else 0.0
+
+    def _video_frame(self) -> bytes | None:
+        return self.video.latest_jpeg() if self.video is not None else None
+
+    async def run(self) -> None:
+        """Until cancelled: connect, watch, and on any failure back off and reconnect."""
+        delay = self.cfg.backoff.initial_s
+        try:
+            while True:
+                try:
+                    await self._session()
+                except OnvifError as err:
+                    self._failed(err)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.0))
+                delay = (self.cfg.backoff.initial_s if self.failures <= 1
+                         else min(delay * 2, self.cfg.backoff.max_s))
+        finally:
+            await self._stop_video()
+            if self.client is not None:
+                await self.client.close()
+
+    async def _session(self) -> None:
+        cfg = self.cfg
+        try:
+            password = cfg.password.reveal().get_secret_value() if cfg.password else None
+        except SecretError as exc:
+            raise AuthError(self.device, "read password", str(exc),
+                            "fix the `password:` secret of this camera") from None
+        client = CameraClient(self.device, cfg.host, cfg.port, cfg.username, password,
+                              adjust_time=cfg.adjust_time, timeout_s=cfg.timeout_s)
+        self.client = client
+        try:
+            await client.connect()
+            info = await client.device_info()
+            profiles = await client.profiles()
+            main = self._profile(profiles, cfg.profile, "profile")
+            self._snapshot_token = main.token
+            self.taker.fetch = self._fetch_snapshot
+            if cfg.video.enabled:
+                sub = self._profile(profiles, cfg.video_profile, "video_profile")
+                uri = await client.stream_uri(sub.token)
+                self._start_video(with_credentials(uri, cfg.username, password))
+            log.info("camera_connected", device=self.device, address=client.address,
+                     manufacturer=info.manufacturer, model=info.model, firmware=info.firmware,
+                     profiles=[p.token for p in profiles],
+                     clock_skew_s=round(client.clock_skew_s, 1))
+            if not cfg.events.enabled:
+                self._online()
+                await self._watch_without_events(client)
+                return
+            self.channel = EventChannel(client, cfg.events, self.alarms.handle, self._channel_up)
+            await self.channel.run()
+        finally:
+            self.taker.fetch = None
+            await client.close()
+
+    def _profile(self, profiles: list[MediaProfile], choice: int | str,
+                 key: str) -> MediaProfile:
+        found = pick_profile(profiles, choice)
+        if found is None:
+            from .errors import NotSupported
+
+            known = ", ".join(p.token for p in profiles)
+            raise NotSupported(self.device, "GetProfiles", f"no media profile {choice!r}",
+                               f"set `{key}:` to an index or one of: {known}")
+        return found
+
+    async def _fetch_snapshot(self) -> bytes | None:
+        client = self.client
+        if client is None or not self._snapshot_token:
+            return None
+        return await client.snapshot(self._snapshot_token, self.cfg.snapshots.max_bytes,
+                                     self.cfg.snapshots.wait_s)
+
+    async def _watch_without_events(self, client: CameraClient) -> None:
+        """Events off: check the camera answers (GetDeviceInformation) every liveness_s."""
+        while True:
+            await asyncio.sleep(self.cfg.events.liveness_s)
+            await client.device_info()
+
+    def _channel_up(self) -> None:
+        self._online()
+        self.alarms.channel_up()
+
+    def _online(self) -> None:
+        if self.failures:
+            log.info("camera_recovered", device=self.device, failures=self.failures)
+        self.failures = 0
+        self.sink.device_state(self.device, DeviceState.ONLINE)
+
+    def _failed(self, err: OnvifError) -> None:
+        self.failures += 1
+        report_poll_error(self.sink, self.device, err.reason)
+        log.warning("camera_error", device=self.device, kind=err.kind,
+                    operation=err.operation, reason=err.detail, hint=err.hint,
+                    failures=self.failures)
+        # A channel that was up and is lost is a gap in the camera's events; one that never
+        # came up is reported once the camera counts as failed.
+        if self.cfg.events.enabled and (self.channel is not None or isinstance(
+                err, SubscriptionLost) or self.failures >= self.cfg.offline_after):
+            self.alarms.channel_lost(err.reason)
+        if self.failures >= self.cfg.offline_after:
+            state = DeviceState.OFFLINE if isinstance(err, Unreachable) else DeviceState.ERROR
+            self.sink.device_state(self.device, state, err.reason)
+
+    # ------------------------------------------------------------------ video
+
+    def _start_video(self, url: str) -> None:
+        if self._video_task is not None and not self._video_task.done() \
+                and url == self._video_url:
+            return
+        if self._video_task is not None:
+            self._video_task.cancel()
+        from .video_monitor import VideoMonitor
+
+        self._video_url = url
+        self.video = VideoMonitor(self.device, url, self.cfg.video, self.sink)
+        log.info("camera_video_started", device=self.device, stream=redact_url(url))
+        self._video_task = asyncio.create_task(
+            supervise(f"onvif-video:{self.device}", self.video.run))
+
+    async def _stop_video(self) -> None:
+        task, self._video_task = self._video_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class OnvifDriver:
+    """All ONVIF cameras of a gateway; each camera is independent of the others."""
+
+    def __init__(self, devices: Sequence[DeviceConfig], sink: EventSink, *,
+                 snapshots: SnapshotsConfig | None = None) -> None:
+        settings = snapshots or snapshot_settings(sink)
+        self.ring = SnapshotRing(settings.dir, max_bytes=settings.max_bytes,
+                                 max_files=settings.max_files)
+        self.workers: dict[str, CameraWorker] = {}
+        for dev in devices:
+            assert isinstance(dev, OnvifCamera), "validated by the agent"
+            self.workers[dev.id] = CameraWorker(dev, sink, self.ring)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for device, worker in self.workers.items():
+                tg.create_task(supervise(f"onvif:{device}", worker.run))
+
+    def worker(self, device: str) -> CameraWorker:
+        return self.workers[device]
+
+    def status(self) -> dict[str, Any]:
+        return {d: {"failures": w.failures, "active_alarms": len(w.alarms.active)}
+                for d, w in self.workers.items()}

@@ -1,0 +1,112 @@
+"""The PullPoint event channel of one camera: create, pull, renew before expiry, watch.
+
+`EventChannel.run()` creates a subscription, then pulls in a loop. It renews the
+subscription `renew_margin_s` before the camera's termination time (or at half its
+lifetime, if the camera grants less than the margin), using the camera's own
+CurrentTime/TerminationTime, so a camera clock that is off does not matter.
+
+A fault on PullMessages or Renew means the subscription is gone (the camera rebooted,
+or it expired): the channel re-creates it once, at once. Anything else (network, auth)
+ends `run()` with an `OnvifError`, and the camera's coordinator reconnects with
+back-off. The liveness watch: when no pull has succeeded for `liveness_s` (a wedged
+event service, a TCP connection that went silent), `run()` ends with `SubscriptionLost`
+("event channel quiet"), which the coordinator reports and repairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from edge_agent.logs import get_logger
+
+from .client import CameraClient
+from .errors import SoapFault, SubscriptionLost
+from .notifications import parse_messages
+from .options import EventOptions
+from .topics import Notification
+
+__all__ = ["EventChannel"]
+
+log = get_logger("drivers.onvif.events")
+
+T = TypeVar("T")
+OnMessages = Callable[[list[Notification]], Awaitable[None]]
+
+
+class EventChannel:
+    def __init__(self, client: CameraClient, options: EventOptions, on_messages: OnMessages,
+                 on_up: Callable[[], None]) -> None:
+        self.client, self.options = client, options
+        self.on_messages, self.on_up = on_messages, on_up
+        self.renewals = self.recreations = self.pulls = 0
+        self.last_ok = time.monotonic()
+
+    async def run(self) -> None:
+        """Until cancelled or the channel cannot be kept: raises OnvifError."""
+        recreate_allowed = True
+        while True:
+            lifetime = await self._create()
+            try:
+                await self._pull_loop(lifetime)
+            except SoapFault as fault:
+                if fault.operation not in ("PullMessages", "Renew") or not recreate_allowed:
+                    raise
+                log.warning("subscription_lost", device=self.client.device,
+                            operation=fault.operation, reason=fault.detail)
+                self.recreations += 1
+                recreate_allowed = False  # a second fault in a row goes to the coordinator
+                continue
+
+    async def _create(self) -> float:
+        opts = self.options
+        sub = await self.client.create_pullpoint(opts.termination_s)
+        self.last_ok = time.monotonic()
+        log.info("subscription_created", device=self.client.device, address=sub.address,
+                 lifetime_s=round(sub.lifetime_s, 1))
+        self.on_up()
+        return sub.lifetime_s
+
+    def _renew_in(self, lifetime: float) -> float:
+        margin = self.options.renew_margin_s
+        return lifetime - margin if lifetime > 2 * margin else lifetime / 2
+
+    async def _pull_loop(self, lifetime: float) -> None:
+        opts = self.options
+        renew_at = time.monotonic() + self._renew_in(lifetime)
+        while True:
+            now = time.monotonic()
+            if now >= renew_at:
+                lifetime = await self._watched(self.client.renew(opts.termination_s), now)
+                self.renewals += 1
+                renew_at = time.monotonic() + self._renew_in(lifetime)
+                self.last_ok = time.monotonic()
+                log.debug("subscription_renewed", device=self.client.device,
+                          lifetime_s=round(lifetime, 1))
+                continue
+            wait = max(1.0, min(opts.pull_timeout_s, renew_at - now))
+            reply = await self._watched(
+                self.client.pull(wait, opts.message_limit, self._left(now) + 1), now)
+            self.pulls += 1
+            self.last_ok = time.monotonic()
+            messages = parse_messages(reply, opts.message_limit)
+            if messages:
+                await self.on_messages(messages)
+
+    def _left(self, now: float) -> float:
+        return max(self.last_ok + self.options.liveness_s - now, 0.1)
+
+    async def _watched(self, awaitable: Awaitable[T], now: float) -> T:
+        """`awaitable`, unless the channel has been silent for liveness_s by then."""
+        try:
+            return await asyncio.wait_for(awaitable, self._left(now))
+        except TimeoutError:
+            quiet = time.monotonic() - self.last_ok
+            raise SubscriptionLost(
+                self.client.device, "PullMessages",
+                f"event channel quiet: no answer for {quiet:.0f}s (liveness_s "
+                f"{self.options.liveness_s:g})",
+                "the camera's event service is wedged or the connection went silent; "
+                "the subscription is re-created") from None

@@ -1,0 +1,14 @@
+"""An ONVIF camera simulator (aiohttp SOAP 1.2) for tests, the demo and benches.
+
+`OnvifSimulator` serves the device, media and events services with WS-UsernameToken
+checks and clock skew, PullPoint subscriptions, a Digest snapshot and an MJPEG stream;
+`DiscoveryResponder` answers WS-Discovery probes on a loopback UDP port.
+Run one standalone: `python -m drivers.onvif.simulator --port 18090`.
+"""
+
+from .app import MOTION_TOPIC, TAMPER_TOPIC, OnvifSimulator, Switches
+from .discovery import DiscoveryResponder
+from .soap import Fault
+
+__all__ = ["MOTION_TOPIC", "TAMPER_TOPIC", "DiscoveryResponder", "Fault", "OnvifSimulator",
+           "Switches"]

@@ -1,4 +1,6 @@
-"""Modbus links over pymodbus: one TCP connection per device, one serial port per bus.
+"""Modbus links: one TCP connection per device (`tcp_link`), one serial port per bus
+(`rtu_link`, pymodbus). This module holds what they share: the base class, the
+exception tree and the serial settings.
 
 A link turns every way a request can fail into one precise exception (the tree is
 below) and never returns a value it cannot vouch for: the reply must come from the
@@ -13,7 +15,7 @@ unit asked, for the function asked, with the count asked.
 
 A late reply is never taken for the answer to a later request:
 - TCP: after a timeout or a garbled reply the connection is dropped; whatever arrives
-  late dies with it (and pymodbus skips replies whose transaction id does not match).
+  late dies with it (and a reply must carry the transaction id of the request).
 - RTU has no transaction ids, so after a timeout or garbage the link keeps the line
   silent until it has been quiet for `quiet_s`; bytes arriving meanwhile are discarded,
   and a reply from another unit, for another function or with another count is
@@ -26,24 +28,12 @@ times (`pause_s`) separates a reply from the next request, whoever sends it.
 
 from __future__ import annotations
 
+import abc
 import asyncio
-import contextlib
-import logging
-import os
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
-
 from drivers.modbus.points import Table
-
-# pymodbus logs every CRC error and timeout at ERROR; we raise precise exceptions instead
-# and the poller logs them once per device state change.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -62,8 +52,6 @@ EXCEPTION_NAMES = {
     8: "memory parity error", 10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
-#: Longest wait for a quiet line after an error; a babbling line is not waited out forever.
-MAX_QUIET_WAIT_S = 2.0
 
 
 class ModbusError(Exception):
@@ -106,66 +94,42 @@ class SerialSettings:
         return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time_s()
 
 
-ClientFactory = Callable[[float, Callable[[bool, bytes], bytes]], ModbusBaseClient]
-
-
-class Link:
-    """One pymodbus client, created on first use (it needs the running event loop).
+class Link(abc.ABC):
+    """One request at a time to the devices behind one connection or serial port.
 
     `read`/`write` take `lock` for one request; a caller that needs several requests
     in a row (read-modify-write) holds `lock` itself and calls `read_locked`/`write_locked`.
+    Every failure is one of the ModbusError subclasses above; nothing else escapes.
     """
 
-    def __init__(self, name: str, factory: ClientFactory, timeout_s: float, *,
-                 serial_port: str | None = None, pause_s: float = 0.0,
+    def __init__(self, name: str, timeout_s: float, *, pause_s: float = 0.0,
                  quiet_s: float = 0.0) -> None:
         self.name = name
         self.timeout_s = timeout_s
-        self.pause_s = pause_s
-        self.quiet_s = quiet_s
+        self.pause_s = pause_s  # silence kept between a reply and the next request
+        self.quiet_s = quiet_s  # silence awaited after an error (RTU)
         self.lock = asyncio.Lock()
-        self._factory = factory
-        self._serial_port = serial_port
-        self._client: ModbusBaseClient | None = None
-        self._idle_since = 0.0  # monotonic end of the last exchange
-        self._dirty = False  # RTU: an error happened, wait for a quiet line
-        self._last_rx = 0.0
-        self._rx = b""  # bytes seen since the current request was sent
 
     @classmethod
     def tcp(cls, host: str, port: int, timeout_s: float) -> Link:
-        def factory(timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
-            return AsyncModbusTcpClient(host, port=port, timeout=timeout, retries=0,
-                                        reconnect_delay=0, reconnect_delay_max=0,
-                                        trace_packet=trace)
-        return cls(f"tcp://{host}:{port}", factory, timeout_s)
+        from drivers.modbus.tcp_link import TcpLink
+
+        return TcpLink(host, port, timeout_s)
 
     @classmethod
     def rtu(cls, settings: SerialSettings, timeout_s: float, *, pause_s: float = 0.0,
             quiet_s: float | None = None) -> Link:
-        def factory(timeout: float, trace: Callable[[bool, bytes], bytes]) -> ModbusBaseClient:
-            return AsyncModbusSerialClient(
-                settings.port, framer=FramerType.RTU, baudrate=settings.baudrate,
-                bytesize=settings.bytesize, parity=settings.parity,
-                stopbits=settings.stopbits, timeout=timeout, retries=0,
-                reconnect_delay=0, reconnect_delay_max=0, trace_packet=trace)
-        gap = settings.frame_gap_s()
-        quiet = gap + min(timeout_s, 0.25) if quiet_s is None else quiet_s
-        return cls(f"rtu://{settings.port}", factory, timeout_s, serial_port=settings.port,
-                   pause_s=max(pause_s, gap), quiet_s=quiet)
+        from drivers.modbus.rtu_link import RtuLink
+
+        return RtuLink.for_port(settings, timeout_s, pause_s=pause_s, quiet_s=quiet_s)
 
     @property
-    def connected(self) -> bool:
-        return self._client is not None and self._client.connected
+    @abc.abstractmethod
+    def connected(self) -> bool: ...
 
+    @abc.abstractmethod
     def close(self) -> None:
-        """Drop the client: whatever arrives late is discarded with it."""
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-
-    # ------------------------------------------------------------------ requests
+        """Drop the connection: whatever arrives late is discarded with it."""
 
     async def read(self, table: Table, start: int, count: int, unit: int, *,
                    timeout_s: float | None = None) -> list[int] | list[bool]:
@@ -178,174 +142,14 @@ class Link:
         async with self.lock:
             return await self.write_locked(table, start, values, unit, timeout_s=timeout_s)
 
+    @abc.abstractmethod
     async def read_locked(self, table: Table, start: int, count: int, unit: int, *,
                           timeout_s: float | None = None) -> list[int] | list[bool]:
         """`read` for a caller that holds `lock`."""
-        what = f"{self.name} unit {unit}: read {table.value} {start}..{start + count - 1}"
-        calls = {Table.COIL: "read_coils", Table.DISCRETE_INPUT: "read_discrete_inputs",
-                 Table.HOLDING_REGISTER: "read_holding_registers",
-                 Table.INPUT_REGISTER: "read_input_registers"}
 
-        def send(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
-            fn: Callable[..., Awaitable[ModbusPDU]] = getattr(client, calls[table])
-            return fn(start, count=count, device_id=unit)
-
-        reply = await self._exchange(what, send, timeout_s)
-        self._check_reply(reply, what, table.read_function, unit)
-        if table.is_bits:
-            bits = list(reply.bits)
-            if len(bits) != 8 * ((count + 7) // 8):
-                raise self._garbled(f"{what}: {len(bits)} bits in the reply, {count} asked")
-            return [bool(b) for b in bits[:count]]
-        registers = list(reply.registers)
-        if len(registers) != count:
-            raise self._garbled(f"{what}: {len(registers)} registers in the reply, "
-                                f"{count} asked")
-        return registers
-
+    @abc.abstractmethod
     async def write_locked(self, table: Table, start: int,
                            values: Sequence[int] | Sequence[bool], unit: int, *,
                            timeout_s: float | None = None) -> int:
-        """Write coils (FC5/FC15) or holding registers (FC6/FC16); returns the function code.
-
-        The device's echo (address, and the value of a single write) is checked.
-        """
-        if not table.writable or not values:
-            raise ValueError(f"cannot write {len(values)} value(s) to {table.value}")
-        single = len(values) == 1
-        fc = table.write_single_function if single else table.write_multiple_function
-        assert fc is not None
-        kind = "coil" if table is Table.COIL else "register"
-        what = (f"{self.name} unit {unit}: write {kind}{'' if single else 's'} "
-                f"{start}..{start + len(values) - 1} (FC{fc})")
-
-        def send(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
-            if table is Table.COIL:
-                bits = [bool(v) for v in values]
-                return (client.write_coil(start, bits[0], device_id=unit) if single
-                        else client.write_coils(start, bits, device_id=unit))
-            words = [int(v) for v in values]
-            return (client.write_register(start, words[0], device_id=unit) if single
-                    else client.write_registers(start, words, device_id=unit))
-
-        reply = await self._exchange(what, send, timeout_s)
-        self._check_reply(reply, what, fc, unit)
-        echo = list(reply.bits if table is Table.COIL else reply.registers)[:1]
-        if reply.address != start or (single and echo != [values[0]]) \
-                or (not single and reply.count != len(values)):
-            raise self._garbled(f"{what}: the device's echo (address {reply.address}) does "
-                                "not match the request")
-        return fc
-
-    # ------------------------------------------------------------------ internals
-
-    async def _exchange(self, what: str, send: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
-                        timeout_s: float | None) -> ModbusPDU:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        client = await self._connected(what)
-        await self._wait_turn()
-        self._rx = b""
-        try:
-            # pymodbus' own timeout is a backstop; this one is the device's.
-            async with asyncio.timeout(timeout):
-                return await send(client)
-        except TimeoutError:
-            raise self._silence(what, timeout) from None
-        except ModbusIOException as exc:
-            if "no response" in exc.string.lower():
-                raise self._silence(what, timeout) from None
-            raise self._garbled(f"{what}: {exc.string}") from None
-        except (ConnectionException, OSError) as exc:
-            self.close()
-            raise ModbusConnectionError(f"{what}: connection lost: {exc}") from None
-        except ModbusException as exc:
-            raise self._garbled(f"{what}: {exc}") from None
-        except Exception as exc:  # a device's bytes must never crash the driver
-            raise self._garbled(f"{what}: unreadable reply ({type(exc).__name__}: {exc})"
-                                ) from None
-        finally:
-            self._idle_since = time.monotonic()
-
-    async def _connected(self, what: str) -> ModbusBaseClient:
-        if self._client is not None and self._client.connected:
-            return self._client
-        self.close()
-        # pymodbus' timeout is only a backstop behind the per-request asyncio timeout
-        client = self._factory(self.timeout_s + 1.0, self._trace)
-        ok = False
-        with contextlib.suppress(TimeoutError, OSError, ModbusException):
-            async with asyncio.timeout(self.timeout_s + 1.0):
-                ok = await client.connect()
-        if not ok:
-            with contextlib.suppress(Exception):
-                client.close()
-            raise ModbusConnectionError(f"{what}: cannot connect: {self._why_not()}")
-        self._client = client
-        self._dirty = self._serial_port is not None  # stale bytes in a fresh port: wait
-        self._last_rx = self._idle_since = time.monotonic()
-        return client
-
-    def _why_not(self) -> str:
-        port = self._serial_port
-        if port is None:
-            return (f"no Modbus TCP server answers at {self.name} within "
-                    f"{self.timeout_s + 1.0:g}s (refused, unreachable or filtered)")
-        if not os.path.exists(port):
-            return (f"serial port {port} does not exist (is the adapter plugged in? "
-                    "/dev/serial/by-id/ names stay stable across reboots)")
-        if not os.access(port, os.R_OK | os.W_OK):
-            return (f"permission denied on {port}: add the agent's user to the port's "
-                    "group (usually `dialout`) and restart the agent")
-        return f"cannot open serial port {port} (in use by another program?)"
-
-    async def _wait_turn(self) -> None:
-        """RTU: keep the inter-frame pause, and after an error wait for a quiet line."""
-        if not self.pause_s and not self._dirty:
-            return
-        give_up = time.monotonic() + MAX_QUIET_WAIT_S
-        while True:
-            now = time.monotonic()
-            ready = self._idle_since + self.pause_s
-            if self._dirty:
-                ready = max(ready, self._last_rx + self.quiet_s, self._idle_since + self.quiet_s)
-            if now >= ready or now >= give_up:
-                break
-            await asyncio.sleep(ready - now)
-        self._dirty = False
-
-    def _trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
-            self._last_rx = time.monotonic()
-            self._rx = bytes(data[:32])
-        return data
-
-    def _check_reply(self, reply: ModbusPDU, what: str, fc: int, unit: int) -> None:
-        got = int(reply.function_code)
-        if got & 0x7F != fc:
-            raise self._garbled(f"{what}: the reply is for function {got & 0x7F}, not {fc}")
-        if unit and reply.dev_id != unit:
-            raise self._garbled(f"{what}: the reply comes from unit {reply.dev_id}")
-        if got & 0x80 or reply.isError():
-            code = int(getattr(reply, "exception_code", 0) or 0)
-            name = EXCEPTION_NAMES.get(code, "unknown exception code")
-            raise ModbusExceptionResponse(f"{what}: exception {code} ({name})", code)
-
-    def _silence(self, what: str, timeout: float) -> ModbusError:
-        if self._rx:
-            return self._garbled(
-                f"{what}: no valid reply within {timeout:g}s, only "
-                f"{self._rx[:16].hex(' ')}{' ...' if len(self._rx) > 16 else ''} "
-                "(CRC error, framing garbage or a reply from another unit)")
-        self._after_error()
-        return ModbusTimeout(f"{what}: no reply within {timeout:g}s")
-
-    def _garbled(self, message: str) -> ModbusProtocolError:
-        self._after_error()
-        return ModbusProtocolError(message)
-
-    def _after_error(self) -> None:
-        """TCP: drop the connection. RTU: the next request waits for a quiet line."""
-        if self._serial_port is None:
-            self.close()
-        else:
-            self._dirty = True
+        """Write coils (FC5/FC15) or holding registers (FC6/FC16); returns the function
+        code. The device's echo (address, and the value of a single write) is checked."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, cast
+from urllib.parse import quote
 
 from drivers.onvif.wsdiscovery import build_probe_matches, parse_probe
 from edge_agent.logs import get_logger
@@ -22,8 +23,7 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         message_id = parse_probe(data)
@@ -49,7 +49,7 @@ class DiscoveryResponder:
     def replies(self, message_id: str) -> list[bytes]:
         out = [build_probe_matches(
             message_id, self._endpoints[id(sim)], sim.url("/onvif/device_service"),
-            [f"onvif://www.onvif.org/name/{sim.model}", "onvif://www.onvif.org/hardware/SIM-1",
+            [f"onvif://www.onvif.org/name/{quote(sim.model)}", "onvif://www.onvif.org/hardware/SIM-1",
              "onvif://www.onvif.org/type/video_encoder"]) for sim in self.sims]
         return out + self.extra
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
@@ -548,15 +549,15 @@ def test_no_drivers_installed(write: Callable[[str], Path], monkeypatch: pytest.
                      "installed drivers: none")
 
 
-def test_broken_driver_is_an_issue(write: Callable[[str], Path],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken() -> dict[str, DriverSpec]:
-        raise registry.DriverLoadError("driver 'x' (x:DRIVER) failed to load: boom")
-
-    monkeypatch.setattr(registry, "available", broken)
+def test_broken_driver_is_an_issue_at_the_device(write: Callable[[str], Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = EntryPoint(name="x", value="no_such_driver_module:DRIVER", group=registry.GROUP)
+    monkeypatch.setattr(registry, "available", lambda: registry.Drivers({"x": broken}))
     path = write(HEAD + "devices:\n  - {id: a, driver: x}\n")
     (issue,) = _strip(_issues(path), path)
-    assert issue.startswith("8:1: devices: the installed drivers failed to load: driver 'x'")
+    assert issue.startswith("9:21: devices.0.driver: device `a`: driver 'x' "
+                            "(no_such_driver_module:DRIVER) failed to load: No module named")
+    assert issue.endswith("(hint: reinstall the agent or the broken driver package)")
 
 
 # --------------------------------------------------------------------------- generic loader

@@ -8,7 +8,8 @@ must be unique, and the gateway config is rebuilt with the drivers' device model
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -17,6 +18,9 @@ from edge_agent.config._messages import error_issue, for_device, unknown_key, va
 from edge_agent.config._model_paths import field_names
 from edge_agent.config._yaml import Document
 from edge_agent.config.models import DeviceConfig, GatewayConfig
+
+if TYPE_CHECKING:
+    from edge_agent.driver_api import DriverSpec
 
 
 def validate_devices(doc: Document) -> tuple[list[DeviceConfig], list[ConfigIssue]]:
@@ -28,7 +32,8 @@ def validate_devices(doc: Document) -> tuple[list[DeviceConfig], list[ConfigIssu
         what = "has no value" if raw is None else "must be a list"
         return [], [doc.at(("devices",), f"{what}; expected a list of device entries "
                            "(`- id: ...` lines)", "write `devices: []` for none")]
-    drivers, issues = _drivers(doc, bool(raw))
+    drivers = _drivers(bool(raw))
+    issues: list[ConfigIssue] = []
     devices: list[DeviceConfig] = []
     indexes: list[int] = []
     for index, entry in enumerate(raw):
@@ -43,14 +48,13 @@ def validate_devices(doc: Document) -> tuple[list[DeviceConfig], list[ConfigIssu
     return devices, issues
 
 
-def _cross_checks(doc: Document, drivers: dict[str, Any], devices: list[DeviceConfig],
-                  indexes: list[int]) -> list[ConfigIssue]:
+def _cross_checks(doc: Document, drivers: Mapping[str, DriverSpec],
+                  devices: list[DeviceConfig], indexes: list[int]) -> list[ConfigIssue]:
     """Each driver's checks across its devices (one serial port, one line setting, ...)."""
     issues: list[ConfigIssue] = []
-    for name, spec in drivers.items():
+    for name in sorted({d.driver for d in devices} & set(drivers)):
+        spec = drivers[name]  # only drivers the config uses are imported
         mine = [(i, d) for i, d in zip(indexes, devices, strict=True) if d.driver == name]
-        if not mine:
-            continue
         for position, message in spec.check_devices([d for _, d in mine]):
             index, device = mine[position]
             issues.append(doc.at(("devices", index), for_device(device.id, message)))
@@ -68,20 +72,16 @@ def assemble(doc: Document, cfg: GatewayConfig, devices: list[DeviceConfig]) -> 
                            for err in exc.errors()]) from None
 
 
-def _drivers(doc: Document, needed: bool) -> tuple[dict[str, Any] | None, list[ConfigIssue]]:
+def _drivers(needed: bool) -> Mapping[str, DriverSpec]:
     if not needed:
-        return {}, []
+        return {}
     from edge_agent import registry  # late: registry -> driver_api -> config.models
 
-    try:
-        return dict(registry.available()), []
-    except registry.DriverLoadError as exc:
-        return None, [doc.at(("devices",), f"the installed drivers failed to load: {exc}",
-                             "reinstall the agent or the broken driver package")]
+    return registry.available()
 
 
-def _validate_device(doc: Document, drivers: dict[str, Any] | None, index: int, entry: Any
-                     ) -> tuple[DeviceConfig | None, list[ConfigIssue]]:
+def _validate_device(doc: Document, drivers: Mapping[str, DriverSpec], index: int,
+                     entry: Any) -> tuple[DeviceConfig | None, list[ConfigIssue]]:
     path: KeyPath = ("devices", index)
     if not isinstance(entry, dict):
         return None, [doc.at(path, "a device entry must be a mapping with `id`, `driver` and "
@@ -90,9 +90,13 @@ def _validate_device(doc: Document, drivers: dict[str, Any] | None, index: int, 
     driver = entry.get("driver")
     issues: list[ConfigIssue] = []
     model: type[DeviceConfig] = DeviceConfig
-    if drivers is not None and isinstance(driver, str) and driver:
+    if isinstance(driver, str) and driver:
         if driver in drivers:
-            model = drivers[driver].options
+            try:
+                model = drivers[driver].options
+            except Exception as exc:  # registry.DriverLoadError: a broken install
+                return None, [doc.at((*path, "driver"), for_device(label, str(exc)),
+                                     "reinstall the agent or the broken driver package")]
         else:
             issues.append(_unknown_driver(doc, path, driver, sorted(drivers), label))
     device, found = validate(doc, model, entry, path, label)

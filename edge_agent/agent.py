@@ -59,6 +59,7 @@ class Agent:
         pipeline = Pipeline(hierarchy, outbox, commit_batch_max=cfg.outbox.commit_batch_max,
                             commit_linger_s=cfg.outbox.commit_linger_ms / 1000,
                             on_commit=uplink.notify, credential_salt=salt)
+        pipeline.snapshots = cfg.snapshots
         drivers = build_drivers(cfg.devices, pipeline)
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.config.models import SnapshotsConfig
 from edge_agent.driver_api import DeviceState
 from edge_agent.envelope import (
     Event,
@@ -76,6 +77,8 @@ class PipelineCounters:
 class Pipeline:
     #: Called with every event minted (the status page's edge_agent.activity.Activity.record).
     on_event: Callable[[Event], None] | None = None
+    #: The gateway's `snapshots:` section, read by camera drivers (drivers/onvif/driver.py).
+    snapshots: SnapshotsConfig | None = None
 
     def __init__(
         self,

@@ -176,3 +176,14 @@ def test_options_name_the_key(entry: dict[str, object], where: tuple[object, ...
 def test_options_accept_names_and_ipv6() -> None:
     for host in ("cam-1.lan", "10.0.0.1", "fe80::1", "[fe80::1]"):
         assert OnvifCamera.model_validate({"id": "c", "driver": "onvif", "host": host})
+
+
+def test_the_driver_takes_the_ring_from_the_gateway_config(tmp_path: Path) -> None:
+    from drivers.onvif import DRIVER
+    from edge_agent.config.models import SnapshotsConfig
+
+    sink = RecordingSink()
+    sink.snapshots = SnapshotsConfig(dir=tmp_path / "ring", max_files=7)  # type: ignore[attr-defined]
+    cam = OnvifCamera.model_validate({"id": "c", "driver": "onvif", "host": "10.0.0.1"})
+    drv = DRIVER.build([cam], sink)
+    assert drv.ring.dir == tmp_path / "ring" and drv.ring.max_files == 7  # type: ignore[attr-defined]

@@ -41,6 +41,7 @@ def config(tmp_path: Path, *, credential: bool = True) -> GatewayConfig:
         "uplink": {"broker": "mqtt://127.0.0.1:1"},
         "outbox": {"path": str(tmp_path / "outbox.db")},
         "status_page": page,
+        "snapshots": {"dir": str(tmp_path / "snapshots")},
         "devices": [{"id": "smoke-1", "driver": "simulated", "kind": "smoke", "name": "1号楼烟感"},
                     {"id": "cam-1", "driver": "simulated", "kind": "gate"}],
     })
@@ -58,7 +59,7 @@ async def agent(tmp_path: Path) -> AsyncIterator[Agent]:
 @pytest.fixture
 async def client(agent: Agent, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     status = StatusApp(agent, hostname="gw-app")
-    status.snapshots = tmp_path / "snapshots"
+    assert status.snapshots == tmp_path / "snapshots"  # the gateway's `snapshots.dir`
     async with TestClient(TestServer(status.build(), host="127.0.0.1")) as c:
         yield c
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from playwright.async_api import Page
 
+from edge_agent.registry import available
 from tests import harness
 from tests.browser import chromium, page, screenshot
 from tests.modbus_servers import WATER, ModbusServer, Unit
@@ -27,7 +28,7 @@ from tests.peers import Mosquitto, free_port
 
 MARKER = "S3CRET-MARKER-5b1f0e"
 SECRET_ENV = {"STATUS_TEST_UPLINK_PASSWORD": MARKER, "STATUS_TEST_SALT": MARKER,
-              "STATUS_TEST_CREDENTIAL": MARKER}
+              "STATUS_TEST_CREDENTIAL": MARKER, "STATUS_TEST_CAMERA_PASSWORD": MARKER}
 
 
 def agent_config(tmp_path: Path, broker: str, modbus_port: int, port: int) -> Path:
@@ -44,6 +45,12 @@ def agent_config(tmp_path: Path, broker: str, modbus_port: int, port: int) -> Pa
     cfg["gateway"]["credential_salt"] = {"env": "STATUS_TEST_SALT"}
     cfg["status_page"] = {"enabled": True, "listen": f"127.0.0.1:{port}",
                           "credential": {"env": "STATUS_TEST_CREDENTIAL"}}
+    if "onvif" in available():  # a camera nobody answers for: its password must not leak
+        cfg["devices"].append({"id": "cam-gate", "driver": "onvif", "name": "北门摄像头",
+                               "host": "127.0.0.1", "port": free_port(),
+                               "username": "edge-agent",
+                               "password": {"env": "STATUS_TEST_CAMERA_PASSWORD"},
+                               "video": {"enabled": False}})
     return harness.write_yaml(tmp_path / "gateway.yaml", cfg)
 
 
@@ -90,11 +97,12 @@ async def check_page(p: Page, base: str, modbus: ModbusServer, mosquitto: Mosqui
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
     await p.goto(f"{base}/")
-    await p.wait_for_selector("[data-testid=alarm]")
+    await p.wait_for_selector("[data-testid=alarm][data-device=smoke-b1-01]")
     await p.wait_for_selector("[data-testid=device-row][data-device=water-pump-01]"
                               "[data-state=online]")
     await until(lambda: _contains(p, "[data-testid=uplink-state]", "已连接"), 15, "uplink up")
-    # zh-CN by default; the alarm is listed first and its device heads the table
+    # zh-CN by default; the critical alarm is listed first (before a camera's warning, if
+    # the onvif driver is there) and its device heads the table
     assert await text(p, "h1") == "网关运行状态"
     assert await p.evaluate("document.documentElement.lang") == "zh-CN"
     first_alarm = p.locator("[data-testid=alarm]").first

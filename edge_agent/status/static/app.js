@@ -7,6 +7,7 @@ const LANGS = ["zh-CN", "en"];
 const UNITS = { density_db_m: "dB/m", temperature_c: "°C", battery_pct: "%", level_m: "m",
   pressure_kpa: "kPa", held_s: "s", offline_s: "s", fps: "fps" };
 const STATE_RANK = { error: 0, offline: 1, unknown: 2, online: 3 };
+const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
 
 let lang = pickLang();
 let catalog = {};
@@ -161,8 +162,14 @@ function renderCards() {
 }
 
 function renderDevices() {
-  const alarmed = new Set(doc.alarms.map((a) => a.device));
-  const devices = [...doc.devices].sort((a, b) => (alarmed.has(b.id) - alarmed.has(a.id))
+  // devices with an open alarm first (critical before warning), then fault, offline, ...
+  const alarmRank = new Map();
+  for (const a of doc.alarms) {
+    const r = SEVERITY_RANK[a.severity] ?? 2;
+    alarmRank.set(a.device, Math.min(r, alarmRank.get(a.device) ?? 9));
+  }
+  const alarmed = { has: (id) => alarmRank.has(id) };
+  const devices = [...doc.devices].sort((a, b) => ((alarmRank.get(a.id) ?? 9) - (alarmRank.get(b.id) ?? 9))
     || (STATE_RANK[a.state] - STATE_RANK[b.state]) || a.id.localeCompare(b.id));
   document.querySelector("#devices tbody").replaceChildren(...devices.map((d) => {
     const down = d.state === "offline" || d.state === "error";

@@ -157,6 +157,7 @@ async def test_many_cameras_never_use_more_threads_than_the_pool(pool: VideoWork
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     assert 1 <= pool.peak <= pool.max_workers == 2
+    assert pool.open_peak == pool.open_workers == 1
     assert len(threads) <= 2
     assert not [e for e in sink.events if e.type in ALARMS]
 

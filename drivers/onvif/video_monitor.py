@@ -172,7 +172,7 @@ class VideoMonitor:
             started = time.monotonic()
             try:
                 if not self.sampler.is_open:
-                    await self.pool.run(self.sampler.open)
+                    await self.pool.run_open(self.sampler.open)
                     log.info("camera_stream_opened", device=self.device_id, url=self.safe_url)
                 observed = await self.pool.run(self._sample_and_measure)
             except StreamError as exc:

@@ -4,12 +4,13 @@ Starts, in this order, each waiting for the one before to listen:
 1. `edge-agent simulate --gateway configs/gateway.demo.yaml --scenario ...`: Modbus TCP
    simulators on 127.0.0.1:15020-15022 serving the demo's gate, smoke detectors and
    water sensor, playing the fire, leak, forced-gate, access and silent-device
-   scenarios in a loop (alarms within a minute);
+   scenarios in a loop (alarms within a minute), and `python -m drivers.onvif.simulator`:
+   one ONVIF camera on 127.0.0.1:18090 (motion every 20 s, tamper every 60 s);
 2. `edge-collector run` (embedded MQTT broker on 127.0.0.1:18830, SQLite store under
    var/demo/);
 3. `edge-agent run --config configs/gateway.demo.yaml`, polling the simulators with the
-   `modbus` driver.
-All three log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
+   `modbus` and `onvif` drivers.
+All of them log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
 generated into var/demo/secrets/ on first run.
 """
 
@@ -27,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ROOT / "var" / "demo" / "secrets"
 USERS = ("collector", "gw-demo-01")
+#: The demo's simulated ONVIF camera (configs/gateway.demo.yaml's cam-gate-north).
+CAMERA, CAMERA_PORT = "cam-gate-north", 18090
 BROKER_PORT = 18830
 #: configs/gateway.demo.yaml's status_page.listen
 STATUS_PAGE_URL = "http://127.0.0.1:18080/"
@@ -40,7 +43,7 @@ SCENARIOS = ("forced-gate@gate-north", "access@gate-north", "fire@smoke-b1-01",
 
 def ensure_secrets() -> None:
     SECRETS.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for user in USERS:
+    for user in (*USERS, CAMERA):
         path = SECRETS / f"{user}.password"
         if not path.exists():
             path.write_text(secrets.token_urlsafe(24) + "\n")
@@ -88,17 +91,21 @@ def main() -> None:
         for port in SIMULATOR_PORTS:
             wait_for_port(port, procs[0], name="the Modbus simulator")
         procs.append(subprocess.Popen(
+            [py, "-m", "drivers.onvif.simulator", "--port", str(CAMERA_PORT), "--scenario",
+             "--password-file", str(SECRETS / f"{CAMERA}.password")], start_new_session=True))
+        wait_for_port(CAMERA_PORT, procs[-1], name="the camera simulator")
+        procs.append(subprocess.Popen(
             [py, "-m", "collector", "run", "--config", "configs/collector.demo.yaml"],
             start_new_session=True))
-        wait_for_port(BROKER_PORT, procs[1])
+        wait_for_port(BROKER_PORT, procs[-1])
         procs.append(subprocess.Popen(
             [py, "-m", "edge_agent", "run", "--config", GATEWAY_CONFIG],
             start_new_session=True))
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         stop(code=1)
-    print("demo: Modbus simulators, collector and agent running; store: "
-          "var/demo/district.db; Ctrl-C stops all three", file=sys.stderr)
+    print("demo: Modbus and camera simulators, collector and agent running; store: "
+          "var/demo/district.db; Ctrl-C stops them all", file=sys.stderr)
     print(f"demo: gateway status page: {STATUS_PAGE_URL}", file=sys.stderr)
     while all(p.poll() is None for p in procs):
         time.sleep(0.5)

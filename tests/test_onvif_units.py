@@ -132,7 +132,6 @@ async def test_snapshot_ring_bounds_atomic_names_and_refuses_junk(tmp_path: Path
 @pytest.mark.parametrize("doc", [
     HOSTILE_BODY,
     b'<?xml version="1.0"?><!DOCTYPE x SYSTEM "http://127.0.0.1:1/x.dtd"><x/>',
-    b'<x xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="/etc/passwd"/></x>'
     b"<unclosed>",
     b"x" * (1024 * 1024 + 1),
 ])

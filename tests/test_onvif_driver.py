@@ -79,6 +79,23 @@ async def test_reboot_events_flow_again_and_the_gap_is_reported(
     assert sink.invalid == []
 
 
+async def test_a_lapsed_subscription_is_recreated_and_the_gap_reported(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    """The camera forgets the subscription while staying up (what a quick reboot or an
+    expiry looks like to PullMessages): re-created at once, reported, device stays online."""
+    sink = RecordingSink()
+    async with running(driver([camera(sim, tmp_path / "pw")], sink, tmp_path)):
+        await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
+        sim.subscriptions.drop_all()
+        await wait_for(lambda: len(sink.of("camera.events_lost")) == 2, what="lost and back")
+        sim.motion(True)
+        await wait_for(lambda: sink.of("camera.motion"), what="motion afterwards")
+    lost = data_of(sink, "camera.events_lost")
+    assert "ResourceUnknown" in lost[0]["reason"] and lost[1]["gap_s"] >= 0
+    assert sim.subscriptions.created == 2 and "device.offline" not in sink.types()
+    assert sim.subscriptions.unsubscribed == 1, "unsubscribed on shutdown"
+
+
 async def test_subscription_renewed_before_expiry(tmp_path: Path) -> None:
     async with OnvifSimulator(max_termination_s=2) as sim:  # the camera grants 2 s only
         sink = RecordingSink()

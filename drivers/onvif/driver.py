@@ -118,8 +118,12 @@ class CameraWorker:
                 self._online()
                 await self._watch_without_events(client)
                 return
-            self.channel = EventChannel(client, cfg.events, self.alarms.handle, self._channel_up)
+            self.channel = EventChannel(client, cfg.events, self.alarms.handle, self._channel_up,
+                                        self.alarms.channel_lost)
             await self.channel.run()
+        except asyncio.CancelledError:
+            await client.unsubscribe()  # a courtesy on shutdown, bounded (3 s)
+            raise
         finally:
             self.taker.fetch = None
             await client.close()

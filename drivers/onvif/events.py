@@ -6,7 +6,8 @@ lifetime, if the camera grants less than the margin), using the camera's own
 CurrentTime/TerminationTime, so a camera clock that is off does not matter.
 
 A fault on PullMessages or Renew means the subscription is gone (the camera rebooted,
-or it expired): the channel re-creates it once, at once. Anything else (network, auth)
+or it expired): the channel reports the loss (`on_lost`) and re-creates it once, at
+once; `on_up` follows when it works again. Anything else (network, auth)
 ends `run()` with an `OnvifError`, and the camera's coordinator reconnects with
 back-off. The liveness watch: when no pull has succeeded for `liveness_s` (a wedged
 event service, a TCP connection that went silent), `run()` ends with `SubscriptionLost`
@@ -38,9 +39,9 @@ OnMessages = Callable[[list[Notification]], Awaitable[None]]
 
 class EventChannel:
     def __init__(self, client: CameraClient, options: EventOptions, on_messages: OnMessages,
-                 on_up: Callable[[], None]) -> None:
+                 on_up: Callable[[], None], on_lost: Callable[[str], None]) -> None:
         self.client, self.options = client, options
-        self.on_messages, self.on_up = on_messages, on_up
+        self.on_messages, self.on_up, self.on_lost = on_messages, on_up, on_lost
         self.renewals = self.recreations = self.pulls = 0
         self.last_ok = time.monotonic()
 
@@ -56,6 +57,7 @@ class EventChannel:
                     raise
                 log.warning("subscription_lost", device=self.client.device,
                             operation=fault.operation, reason=fault.detail)
+                self.on_lost(fault.reason)
                 self.recreations += 1
                 recreate_allowed = False  # a second fault in a row goes to the coordinator
                 continue

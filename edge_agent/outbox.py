@@ -13,8 +13,12 @@ or the private modules it is made of, listed at the end):
    the same transaction as the rows (rows are deleted after ack, so MAX(seq) cannot tell).
 3. Epoch. A new random epoch (`secrets.token_hex(8)`) is made only when an outbox file is
    created: on first start, or after a corrupt file was quarantined. Never otherwise.
-4. Deletion. A row leaves the file only by `delete()` (after the collector's ack) or by
-   eviction when a write would exceed `max_bytes`. Nothing else deletes data.
+4. Deletion. A row leaves the file only by `delete()` or `append(acked=...)` (after the
+   collector's ack) or by eviction when a write would exceed `max_bytes`. Nothing else
+   deletes data. A deletion need not survive power loss (a row that comes back is sent
+   again with its id and the collector drops the duplicate), so `delete()` commits
+   without an fsync (`synchronous=NORMAL` for that transaction; WAL keeps the file
+   consistent); `append(acked=...)` deletes in the appending transaction, at no cost.
 5. Eviction order. TELEMETRY oldest first (lowest seq), then RECORD oldest first. ALARM
    rows (lane 1, including data_loss reports) are never evicted: when only alarms are
    left the cap is overshot, logged and counted (`alarms_over_cap`).
@@ -265,7 +269,7 @@ class Outbox:
                     gateway = limits.hierarchy
                     event = new_event(gateway, gateway.gateway, "gateway.data_loss",
                                       moved.report_data(), observed_at=now)
-                    written = box._write(stored_rows([event], epoch, 1, now), now)
+                    written = box._write(stored_rows([event], epoch, 1, now), now, box._figures)
         except sqlite3.Error as exc:
             close_quietly(db)
             err = open_error(exc, path)
@@ -326,20 +330,23 @@ class Outbox:
 
     # ------------------------------------------------------------------ writes
 
-    def append(self, events: Sequence[Event]) -> list[int]:
+    def append(self, events: Sequence[Event], *, acked: Iterable[int] = ()) -> list[int]:
         """Store `events` in one transaction; returns their seqs (in order).
 
-        Evicts (and reports) old telemetry/records in the same transaction if the cap
+        Rows named in `acked` (acknowledged by the collector) are deleted first, in the
+        same transaction. Evicts (and reports) old telemetry/records in it too if the cap
         would be exceeded. On a full disk raises `OutboxFullDiskError` and writes nothing.
         """
         events = list(events)
+        ranges = to_ranges(int(s) for s in acked)
         if not events:
-            self._live()
+            self._delete(ranges)
             return []
         first = self._figures.next_seq
         now = self._clock()
         rows = stored_rows(events, self._figures.epoch, first, now)
-        self._commit(rows, now, flush=False, doing=f"appending {len(rows)} events")
+        self._commit(rows, now, flush=False, doing=f"appending {len(rows)} events",
+                     acked=ranges)
         return list(range(first, first + len(rows)))
 
     def flush_loss_report(self) -> int | None:
@@ -354,20 +361,21 @@ class Outbox:
         return written.reports[-1][0]
 
     def delete(self, seqs: Iterable[int]) -> int:
-        """Delete acknowledged rows; unknown seqs are ignored. Returns rows deleted."""
+        """Delete acknowledged rows; unknown seqs are ignored. Returns rows deleted.
+        Committed without an fsync (invariant 4)."""
+        return self._delete(to_ranges(int(s) for s in seqs))
+
+    def _delete(self, ranges: Sequence[Sequence[int]]) -> int:
         conn = self._live()
-        ranges = to_ranges(int(s) for s in seqs)
         if not ranges:
             return 0
-        deleted = freed = 0
         try:
-            with self._db.atomic():
-                for first, last in ranges:
-                    for (size,) in conn.execute(
-                            "DELETE FROM events WHERE seq BETWEEN ? AND ? RETURNING size",
-                            (first, last)).fetchall():
-                        deleted += 1
-                        freed += size
+            conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._db.atomic():
+                    deleted, freed = _delete_ranges(conn, ranges)
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as exc:
             raise self._runtime_error(exc, "deleting acknowledged events") from exc
         if deleted:
@@ -443,34 +451,42 @@ class Outbox:
             return OutboxLockedError(f"outbox {self._path} is locked while {doing}: {exc}")
         return OutboxError(f"outbox {self._path}: {exc} while {doing} [{name}]")
 
-    def _commit(self, rows: list[Row], now: float, *, flush: bool, doing: str) -> Written:
-        """`_write` in one transaction, then take over what it did."""
+    def _commit(self, rows: list[Row], now: float, *, flush: bool, doing: str,
+                acked: Sequence[Sequence[int]] = ()) -> Written:
+        """Delete `acked` and `_write` in one transaction, then take over what it did."""
         conn = self._live()
+        deleted = 0
         try:
             with self._db.atomic():
-                written = self._write(rows, now, flush=flush)
+                figures = self._figures
+                if acked:
+                    deleted, freed = _delete_ranges(conn, acked)
+                    figures = replace(figures, events=figures.events - deleted,
+                                      bytes=figures.bytes - freed)
+                written = self._write(rows, now, figures, flush=flush)
         except sqlite3.Error as exc:
             raise self._runtime_error(exc, doing) from exc
         finally:
             if conn.in_transaction:  # atomic() rolls back; make sure of it
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-        self._apply(written, now)
+        self._apply(written, now, deleted=deleted)
         return written
 
-    def _write(self, rows: list[Row], now: float, *, flush: bool = False) -> Written:
+    def _write(self, rows: list[Row], now: float, figures: Figures, *,
+               flush: bool = False) -> Written:
         """`_outbox_write.write` on this outbox; inside a transaction, changes nothing in
         memory."""
-        return write(self._live(), self._figures, rows, now, self._limits, flush=flush,
+        return write(self._live(), figures, rows, now, self._limits, flush=flush,
                      max_ranges=MAX_LOSS_RANGES)
 
-    def _apply(self, written: Written, now: float) -> None:
-        """Take over the figures of a committed write (made at `now`) and report what it
-        did."""
+    def _apply(self, written: Written, now: float, *, deleted: int = 0) -> None:
+        """Take over the figures of a committed write (made at `now`, after deleting
+        `deleted` acknowledged rows) and report what it did."""
         before, evicted = self._figures, written.evicted
         episode_starts = bool(evicted) and before.loss is None
         self._figures = after = written.figures
-        if evicted:
+        if evicted or deleted:
             self._refresh_oldest()
         elif before.events == 0:
             self._oldest = now
@@ -510,3 +526,16 @@ class Outbox:
             evicted_total=f.evicted_total, next_seq=f.next_seq, epoch=f.epoch,
             alarms_over_cap=self._alarms_over_cap,
             loss_pending=0 if f.loss is None else f.loss.evicted)
+
+
+def _delete_ranges(conn: sqlite3.Connection, ranges: Iterable[Sequence[int]]
+                   ) -> tuple[int, int]:
+    """Delete the rows of `ranges` (inside the caller's transaction): (rows, bytes)."""
+    deleted = freed = 0
+    for first, last in ranges:
+        for (size,) in conn.execute(
+                "DELETE FROM events WHERE seq BETWEEN ? AND ? RETURNING size",
+                (first, last)).fetchall():
+            deleted += 1
+            freed += size
+    return deleted, freed

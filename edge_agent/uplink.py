@@ -282,12 +282,8 @@ class Uplink:
             log.info("ack_other_epoch_ignored", epoch=ack.epoch, current=self.outbox.epoch)
             return
         seqs = ack.seqs()
-        deleted = await self.outbox.delete(seqs)
-        self.status.events_acked += deleted
+        self.outbox.ack(seqs)  # deleted write-behind, with the next commit
         self.status.last_ack_at = time.time()
-        if deleted and self._draining and self.outbox.stats().events == 0:
-            self._draining = False
-            log.info("backlog_drained", acked_total=self.status.events_acked)
         if ack.rejected:
             log.error("events_rejected_by_collector", ranges=ack.rejected,
                       hint="the collector quarantined them; see edge-collector quarantine")
@@ -297,9 +293,13 @@ class Uplink:
             if bid is not None:
                 touched.setdefault(bid, set()).add(seq)
         for bid, done in touched.items():
+            self.status.events_acked += len(done)
             batch = self._inflight.get(bid)
             if batch is not None:
                 self._forget(batch, done)
+        if touched and self._draining and self.outbox.waiting() == 0:
+            self._draining = False
+            log.info("backlog_drained", acked_total=self.status.events_acked)
 
     def _forget(self, batch: Batch, seqs: set[int]) -> None:
         batch.seqs -= seqs

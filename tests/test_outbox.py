@@ -5,6 +5,7 @@ Each test names the invariant of the outbox module docstring it checks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import json.encoder
@@ -45,6 +46,7 @@ from edge_agent.outbox import (
     OutboxRow,
     default_connect,
 )
+from edge_agent.outbox_thread import ACK_FLUSH_S, OutboxThread
 from edge_agent.wire import iter_ranges, to_ranges
 
 H = Hierarchy(district="371312", street="s03", community="c012", gateway="gw7")
@@ -336,6 +338,56 @@ def test_delete_after_ack(box: Outbox) -> None:
     st_ = box.stats()
     assert (st_.events, st_.bytes, st_.oldest_created) == (0, 0, None)
     assert st_.next_seq == 7
+
+
+def test_append_deletes_acked_rows_in_its_own_transaction(box: Outbox) -> None:
+    """Invariant 4: append(acked=...) deletes and appends together, figures included."""
+    box.append([telemetry(i) for i in range(4)])
+    assert box.append([record(9)], acked=[1, 2, 77]) == [5]
+    rows = all_rows(box)
+    assert [r.seq for r in rows] == [3, 4, 5]
+    st_ = box.stats()
+    assert st_.events == 3 and st_.bytes == sum(row_size(r) for r in rows)
+    assert box.append([], acked=[3, 4, 5]) == []
+    assert (box.stats().events, box.stats().bytes, box.stats().oldest_created) == (0, 0, None)
+
+
+def test_a_failed_append_deletes_nothing_it_was_given(path: Path) -> None:
+    """Invariant 1: the acked deletions roll back with the append."""
+    conn_box: list[sqlite3.Connection] = []
+
+    def connect(p: Path) -> sqlite3.Connection:
+        conn_box.append(sqlite3.connect(str(p), isolation_level=None, check_same_thread=False))
+        return conn_box[0]
+
+    with Outbox.open(path, max_bytes=BIG, hierarchy=H, connect=connect) as box:
+        box.append([telemetry(i) for i in range(3)])
+        before = box.stats()
+        conn_box[0].execute("PRAGMA query_only=1")  # every write now fails
+        with pytest.raises(OutboxError):
+            box.append([telemetry(5)], acked=[1, 2])
+        conn_box[0].execute("PRAGMA query_only=0")
+        assert box.stats() == before
+        assert [r.seq for r in all_rows(box)] == [1, 2, 3]
+
+
+async def test_acks_are_deleted_write_behind_and_never_read_back(path: Path) -> None:
+    outbox = await OutboxThread.open(path, max_bytes=BIG, hierarchy=H)
+    try:
+        await outbox.append([telemetry(i) for i in range(4)])
+        outbox.ack([1, 2])
+        assert outbox.waiting() == 2 and outbox.stats().events == 4  # not deleted yet
+        rows = await outbox.fetch(lane=0, after_seq=0, limit=10, max_bytes=BIG)
+        assert [r.seq for r in rows] == [3, 4]  # pending acks go before any read
+        assert outbox.stats().events == 2
+        outbox.ack([3])
+        await outbox.append([telemetry(9)])  # rides along with the next commit
+        assert outbox.stats().events == 2
+        outbox.ack([4])
+        await asyncio.sleep(ACK_FLUSH_S + 0.3)  # or goes on its own
+        assert outbox.stats().events == 1 and outbox.waiting() == 1
+    finally:
+        await outbox.close()
 
 
 def test_stats_is_a_snapshot_readable_from_another_thread(box: Outbox) -> None:

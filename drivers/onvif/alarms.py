@@ -126,7 +126,8 @@ class CameraAlarms:
         snapshot: SnapshotRef | None = None
         if self.taker is not None and any(p.snapshot for p in planned):
             try:
-                snapshot = await asyncio.wait_for(self.taker.take(), self.options.wait_s)
+                async with asyncio.timeout(self.options.wait_s):
+                    snapshot = await self.taker.take()
             except TimeoutError:
                 log.warning("snapshot_late", device=self.device, wait_s=self.options.wait_s)
         for p in planned:

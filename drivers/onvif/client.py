@@ -122,7 +122,9 @@ class CameraClient:
     async def _call(self, operation: str, awaitable: Awaitable[T],
                     limit_s: float | None = None) -> T:
         try:
-            return await asyncio.wait_for(awaitable, limit_s or self.timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+            async with asyncio.timeout(limit_s or self.timeout_s):
+                return await awaitable
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -201,7 +203,8 @@ class CameraClient:
         self._pullpoint = self._subscription = None
         if cam is not None:
             with contextlib.suppress(TimeoutError, OSError, aiohttp.ClientError, RuntimeError):
-                await asyncio.wait_for(cam.close(), 5)
+                async with asyncio.timeout(5):
+                    await cam.close()
 
     def _camera(self) -> Any:
         if self._cam is None:

@@ -75,8 +75,11 @@ class CameraWorker:
     async def run(self) -> None:
         """Until cancelled: connect, watch, and on any failure back off and reconnect."""
         delay = self.cfg.backoff.initial_s
+        me = asyncio.current_task()
         try:
             while True:
+                if me is not None and me.cancelling():  # a swallowed cancel: stop anyway
+                    raise asyncio.CancelledError
                 try:
                     await self._session()
                 except OnvifError as err:

@@ -103,7 +103,8 @@ class EventChannel:
     async def _watched(self, awaitable: Awaitable[T], now: float) -> T:
         """`awaitable`, unless the channel has been silent for liveness_s by then."""
         try:
-            return await asyncio.wait_for(awaitable, self._left(now))
+            async with asyncio.timeout(self._left(now)):
+                return await awaitable
         except TimeoutError:
             quiet = time.monotonic() - self.last_ok
             raise SubscriptionLost(

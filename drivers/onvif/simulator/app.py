@@ -195,7 +195,8 @@ class OnvifSimulator:
 
     async def wait_for(self, event: asyncio.Event, limit_s: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), limit_s)
+            async with asyncio.timeout(limit_s):
+                await event.wait()
 
     # ------------------------------------------------------------------ HTTP
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from drivers.modbus import mbap
 from drivers.modbus.points import Table
@@ -47,8 +48,8 @@ class _Connection(asyncio.Protocol):
         self.garbage = b""  # bytes that could not be framed, for the error message
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not an asyncio.Transport subclass)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

@@ -86,20 +86,30 @@ async def test_status_page_in_chromium(tmp_path: Path, mosquitto: Mosquitto) -> 
         try:
             await until(lambda: asyncio.to_thread(fetch, f"{base}/healthz"), 20, "the page")
             async with chromium() as browser, page(browser) as p:
-                await check_page(p, base, modbus, mosquitto)
+                await check_page(p, base, modbus, mosquitto, agent.log_path)
             await check_secrets(base, agent)
         finally:
             agent.stop()
     assert MARKER not in (tmp_path / "agent.log").read_text()
 
 
-async def check_page(p: Page, base: str, modbus: ModbusServer, mosquitto: Mosquitto) -> None:
+def modbus_log(log: Path) -> str:
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join(line for line in lines if "water-pump" in line or "modbus" in line)[-3000:]
+
+
+async def check_page(p: Page, base: str, modbus: ModbusServer, mosquitto: Mosquitto,
+                     log: Path) -> None:
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
     await p.goto(f"{base}/")
     await p.wait_for_selector("[data-testid=alarm][data-device=smoke-b1-01]")
-    await p.wait_for_selector("[data-testid=device-row][data-device=water-pump-01]"
-                              "[data-state=online]")
+    water = "[data-testid=device-row][data-device=water-pump-01]"
+    try:
+        await p.wait_for_selector(f"{water}[data-state=online]", timeout=20_000)
+    except Exception:  # say what the page showed instead, for the log reader
+        raise AssertionError(f"water-pump-01 never online; row: {await text(p, water)!r}; "
+                             f"agent log: {modbus_log(log)}") from None
     await until(lambda: _contains(p, "[data-testid=uplink-state]", "已连接"), 15, "uplink up")
     # zh-CN by default; the critical alarm is listed first (before a camera's warning, if
     # the onvif driver is there) and its device heads the table

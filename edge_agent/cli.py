@@ -58,11 +58,11 @@ def discover_cameras(target: str, multicast: bool, timeout_s: float, username: s
     """WS-Discovery probe for ONVIF cameras; prints `devices:` YAML on stdout."""
     from drivers.onvif.discovery import DiscoveryError, discover, parse_target, to_yaml
 
-    logs.configure("warning")
     try:
         parsed = parse_target(target, multicast=multicast)
     except DiscoveryError as err:
         raise click.BadParameter(str(err), param_hint="--target") from None
+    logs.configure("warning")  # JSON on stderr: stdout is the YAML
     try:
         found = asyncio.run(discover(parsed, timeout_s, bind=bind))
     except OSError as err:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from drivers.onvif.wsdiscovery import build_probe, build_probe_matches, parse_pr
 from edge_agent.cli import main as cli
 from edge_agent.config.loader import ConfigError, load_gateway_config
 
+EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
 SAMPLE = Path(__file__).resolve().parents[1] / "drivers" / "onvif" / "sample.yaml"
 HEADER = """\
 gateway: {id: gw-1, district: "371312", street: "371312001", community: "371312001001"}
@@ -48,26 +49,20 @@ async def test_discovery_finds_the_loopback_cameras_and_its_yaml_validates(
     assert "password: {file: /etc/edge-agent/secrets/" in text
 
 
-def test_discover_cameras_cli_prints_yaml(tmp_path: Path) -> None:
-    loop = asyncio.new_event_loop()
-    responder = DiscoveryResponder([OnvifSimulator(name="Lobby")])
-    loop.run_until_complete(responder.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        result = CliRunner().invoke(cli, ["discover", "cameras", "--target",
-                                          f"127.0.0.1:{responder.port}", "--timeout", "0.5",
-                                          "--username", "viewer"])
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.run_until_complete(responder.stop())
-        loop.close()
-    assert result.exit_code == 0, result.output
-    assert "id: lobby" in result.stdout and 'username: "viewer"' in result.stdout
-    assert "1 camera(s) answered" in result.stderr
+async def test_discover_cameras_cli_prints_yaml(tmp_path: Path) -> None:
+    """The real command in its own process (it configures logging for the process)."""
+    async with DiscoveryResponder([OnvifSimulator(name="Lobby")]) as responder:
+        proc = await asyncio.create_subprocess_exec(
+            EDGE_AGENT, "discover", "cameras", "--target", f"127.0.0.1:{responder.port}",
+            "--timeout", "0.5", "--username", "viewer",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert "id: lobby" in text and 'username: "viewer"' in text
+    assert "1 camera(s) answered" in err.decode()
     path = tmp_path / "gw.yaml"
-    path.write_text(HEADER + result.stdout)
+    path.write_text(HEADER + text)
     assert CliRunner().invoke(cli, ["validate", str(path)]).exit_code == 0
 
 

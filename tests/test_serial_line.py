@@ -512,7 +512,8 @@ def test_every_mistake_of_a_device_at_once_with_file_line(tmp_path: Path) -> Non
         "20:41: devices.0.frames.1.values.level.map.A: device `panel`: `x` is not a number "
         "(the `type` of this value)",
         "22:20: devices.0.frames.1.alarms.0.type: device `panel`: `smoke.reading` is not an "
-        "alarm type; alarm types: camera.motion, camera.tamper, camera.video_loss, "
+        "alarm type; alarm types: camera.events_lost, camera.intrusion, camera.motion, "
+        "camera.tamper, camera.video_loss, "
         "gate.forced_open, gate.held_open, smoke.alarm, smoke.fault, water.leak",
         "22:35: devices.0.frames.1.alarms.0.per.0: device `panel`: `zon` is not a named group "
         "of `match`; its groups: status, zone",

@@ -120,14 +120,8 @@ class RtuLink(Link):
 
         The device's echo (address, and the value of a single write) is checked.
         """
-        if not table.writable or not values:
-            raise ValueError(f"cannot write {len(values)} value(s) to {table.value}")
+        fc, what = self.write_plan(table, start, values, unit)
         single = len(values) == 1
-        fc = table.write_single_function if single else table.write_multiple_function
-        assert fc is not None
-        kind = "coil" if table is Table.COIL else "register"
-        what = (f"{self.name} unit {unit}: write {kind}{'' if single else 's'} "
-                f"{start}..{start + len(values) - 1} (FC{fc})")
 
         def send(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
             if table is Table.COIL:

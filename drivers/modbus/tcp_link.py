@@ -116,14 +116,8 @@ class TcpLink(Link):
     async def write_locked(self, table: Table, start: int,
                            values: Sequence[int] | Sequence[bool], unit: int, *,
                            timeout_s: float | None = None) -> int:
-        if not table.writable or not values:
-            raise ValueError(f"cannot write {len(values)} value(s) to {table.value}")
+        fc, what = self.write_plan(table, start, values, unit)
         single = len(values) == 1
-        fc = table.write_single_function if single else table.write_multiple_function
-        assert fc is not None
-        kind = "coil" if table is Table.COIL else "register"
-        what = (f"{self.name} unit {unit}: write {kind}{'' if single else 's'} "
-                f"{start}..{start + len(values) - 1} (FC{fc})")
         frame = await self._exchange(
             what, lambda tid: mbap.write_request(tid, unit, fc, start, values), unit, timeout_s)
         try:

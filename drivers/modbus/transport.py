@@ -142,6 +142,18 @@ class Link(abc.ABC):
         async with self.lock:
             return await self.write_locked(table, start, values, unit, timeout_s=timeout_s)
 
+    def write_plan(self, table: Table, start: int, values: Sequence[int] | Sequence[bool],
+                   unit: int) -> tuple[int, str]:
+        """(function code, description for messages) of a write; ValueError if impossible."""
+        if not table.writable or not values:
+            raise ValueError(f"cannot write {len(values)} value(s) to {table.value}")
+        single = len(values) == 1
+        fc = table.write_single_function if single else table.write_multiple_function
+        assert fc is not None
+        kind = "coil" if table is Table.COIL else "register"
+        return fc, (f"{self.name} unit {unit}: write {kind}{'' if single else 's'} "
+                    f"{start}..{start + len(values) - 1} (FC{fc})")
+
     @abc.abstractmethod
     async def read_locked(self, table: Table, start: int, count: int, unit: int, *,
                           timeout_s: float | None = None) -> list[int] | list[bool]:

@@ -28,8 +28,8 @@ that dir to `drivers.modbus.profile.DEFAULT_SEARCH_PATH` and then runs the real 
    stopped for 30 s then started on the same port. Readings lost = holes in the
    stored (epoch, seq) series plus empty poll slots; drain = the last `received_at`
    of the events observed before the broker came back, minus the time it came back.
-   The uplink runs with the production defaults (reconnect back-off 0.2 s doubling
-   to 10 s, ack timeout 10 s), so back-off shows if it dominates recovery.
+   The agent and the collector run with the production defaults (reconnect back-off
+   0.2 s doubling to 1 s, ack timeout 5 s), so back-off shows if it dominates recovery.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench._common import emit, summary  # noqa: E402
+from edge_agent.config.models import BackoffConfig  # noqa: E402
 from tests.harness import (  # noqa: E402
     Proc,
     collector,
@@ -73,7 +74,7 @@ PERIOD_S = 1.0
 READING = "smoke.reading"
 #: The uplink as shipped (UplinkConfig defaults), not the tests' fast reconnects.
 PRODUCTION_UPLINK = {"ack_timeout_s": 5.0, "publish_timeout_s": 5.0, "keepalive_s": 30,
-                     "reconnect": {"initial_s": 0.2, "max_s": 2.0}}
+                     "reconnect": BackoffConfig().model_dump()}
 #: `edge-agent run` with the bench's profile dir on the profile search path.
 LAUNCHER = ("import sys; from pathlib import Path; import drivers.modbus.profile as p; "
             "p.DEFAULT_SEARCH_PATH = (*p.DEFAULT_SEARCH_PATH, Path(sys.argv.pop(1))); "
@@ -360,7 +361,8 @@ def _outage(rig: Rig, broker: Mosquitto, devices: int, outage_s: float, warmup: 
     slots = poll_slots(readings, devices, started[0] if started else rig.agent_started, until)
     result = {
         "devices": devices, "outage_s": round(back - down, 1),
-        "reconnect_max_s": reconnect_max_s if reconnect_max_s is not None else "default (2)",
+        "reconnect_max_s": reconnect_max_s if reconnect_max_s is not None
+        else f"default ({BackoffConfig().max_s:g})",
         "readings_created_during_outage": sum(1 for t, _ in before_back if t >= down),
         "seq_holes": holes, "epochs": len(by_epoch), "polls_lost": slots["polls_lost"],
         "readings_lost": holes + slots["polls_lost"],
@@ -385,7 +387,7 @@ def main() -> None:
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument("--reconnect-max-s", type=float, default=None,
                         help="outage: cap the agent's and collector's reconnect back-off "
-                             "(default: as shipped, 10 s)")
+                             "(default: as shipped, 1 s)")
     parser.add_argument("--keep-logs", type=Path, default=None,
                         help="copy every process's log into this folder")
     parser.add_argument("--commit-linger-ms", type=int, default=None,

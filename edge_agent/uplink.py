@@ -42,7 +42,7 @@ LANES = (1, 0)  # alarm lane first
 #: instead of ack_timeout_s: after a broker restart the collector may resubscribe a moment
 #: after us, and the broker drops what it has no subscriber for. Resends are free.
 FRESH_SESSION_S = 3.0
-FRESH_ACK_TIMEOUT_S = 1.0
+FRESH_ACK_TIMEOUT_S = 0.5
 
 
 @dataclass

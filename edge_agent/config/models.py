@@ -122,12 +122,12 @@ class TlsConfig(Strict):
 
 
 class BackoffConfig(Strict):
-    """Full-jitter exponential back-off. The 2 s cap keeps recovery after a broker restart
+    """Full-jitter exponential back-off. The 1 s cap keeps recovery after a broker restart
     short (issue 3: backlog drained within 2 s of the broker's return); jitter spreads
-    thousands of gateways over that window."""
+    thousands of gateways over that window (1,000 gateways: ~1,000 connects/s at most)."""
 
     initial_s: float = Field(default=0.2, gt=0, le=60)
-    max_s: float = Field(default=2.0, gt=0, le=3600)
+    max_s: float = Field(default=1.0, gt=0, le=3600)
 
 
 class UplinkConfig(Strict):

@@ -42,7 +42,7 @@ def driver(cams: list[OnvifCamera], sink: RecordingSink, tmp: Path,
                                                              max_files=max_files))
 
 
-async def wait_for(predicate: Callable[[], Any], limit_s: float = 10.0,
+async def wait_for(predicate: Callable[[], Any], limit_s: float = 20.0,
                    what: str = "condition") -> Any:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:

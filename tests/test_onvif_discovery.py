@@ -36,7 +36,7 @@ async def test_discovery_finds_the_loopback_cameras_and_its_yaml_validates(
     sims = _sims()
     async with DiscoveryResponder(sims) as responder:
         responder.extra.append(HOSTILE_BODY)  # a hostile answer is refused, not fatal
-        found = await discover(parse_target(f"127.0.0.1:{responder.port}"), 0.5)
+        found = await discover(parse_target(f"127.0.0.1:{responder.port}"), 1.5)
     assert sorted(m.port for m in found) == sorted(s.port for s in sims)
     assert all(m.host == "127.0.0.1" for m in found)
     text = to_yaml(found, "operator")
@@ -54,7 +54,7 @@ async def test_discover_cameras_cli_prints_yaml(tmp_path: Path) -> None:
     async with DiscoveryResponder([OnvifSimulator(name="Lobby")]) as responder:
         proc = await asyncio.create_subprocess_exec(
             EDGE_AGENT, "discover", "cameras", "--target", f"127.0.0.1:{responder.port}",
-            "--timeout", "0.5", "--username", "viewer",
+            "--timeout", "1.5", "--username", "viewer",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
@@ -93,6 +93,21 @@ def test_probe_matches_are_read_defensively() -> None:
     bad_urls = [build_probe_matches(mid, "e", url, []) for url in
                 ("ftp://x/", "http://user:pw@127.0.0.1/", "http://[bad/")]
     assert all(parse_probe_matches(b, mid) == [] for b in bad_urls)
+
+
+def test_discovered_texts_cannot_inject_yaml(tmp_path: Path) -> None:
+    from drivers.onvif.wsdiscovery import ProbeMatch
+
+    evil = ProbeMatch("urn:x", "http://127.0.0.1:8080/onvif/device_service", "127.0.0.1", 8080,
+                      ("onvif://www.onvif.org/name/Gate%22%0A%20%20%20%20port:%2099%5C",
+                       "onvif://www.onvif.org/hardware/X%0Adevices:%20[]"))
+    text = to_yaml([evil])
+    path = tmp_path / "gw.yaml"
+    path.write_text(HEADER + text)
+    cfg = load_gateway_config(path)
+    assert len(cfg.devices) == 1
+    cam = cfg.devices[0]
+    assert cam.name == 'Gate"     port: 99\\' and cam.model_dump()["port"] == 8080
 
 
 @pytest.fixture

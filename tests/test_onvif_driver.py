@@ -43,8 +43,9 @@ async def test_motion_and_tamper_arrive_as_catalog_events_within_one_pull(
             before = sim.subscriptions.pulls
             fire()
             await wait_for(lambda t=type_: sink.of(t), what=type_)
-            # delivered by the pull that was waiting; at most the next one has started since
-            assert sim.subscriptions.pulls - before <= 1
+            # delivered by the pull that was waiting, or (fired between two pulls) the next
+            assert sim.subscriptions.last_delivery in (before, before + 1), \
+                (before, sim.subscriptions.last_delivery)
         sim.motion(False)
         await wait_for(lambda: len(sink.of("camera.motion")) == 2, what="motion cleared")
     motion = data_of(sink, "camera.motion")
@@ -65,7 +66,7 @@ async def test_reboot_events_flow_again_and_the_gap_is_reported(
         await wait_for(lambda: sink.of("camera.tamper"), what="tamper")
         await sim.reboot(downtime_s=1.0)
         await sim.wait_up()
-        await wait_for(lambda: len(sink.of("camera.events_lost")) == 2, 10, "the gap cleared")
+        await wait_for(lambda: len(sink.of("camera.events_lost")) == 2, 20, "the gap cleared")
         sim.motion(True)
         await wait_for(lambda: sink.of("camera.motion"), what="motion after the reboot")
     lost = data_of(sink, "camera.events_lost")
@@ -106,7 +107,7 @@ async def test_subscription_renewed_before_expiry(tmp_path: Path) -> None:
         async with running(driver([cam], sink, tmp_path)):
             # renewed at half the granted lifetime; after two renewals the first lifetime
             # is long over, so a subscription that still delivers was kept alive by them
-            await wait_for(lambda: sim.subscriptions.renewed >= 2, 10, "two renewals")
+            await wait_for(lambda: sim.subscriptions.renewed >= 2, 20, "two renewals")
             assert not sim.subscriptions.get("1", sim.camera_now()).queue
             sim.motion(True)
             await wait_for(lambda: sink.of("camera.motion"), what="motion")
@@ -122,9 +123,9 @@ async def test_liveness_watch_reports_a_quiet_event_channel(
         async with running(driver([cam], sink, tmp_path)):
             await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
             sim.switches.hang_pulls = True  # the event service stops answering
-            await wait_for(lambda: sink.of("camera.events_lost"), 8, "the quiet report")
+            await wait_for(lambda: sink.of("camera.events_lost"), 20, "the quiet report")
             sim.switches.hang_pulls = False
-            await wait_for(lambda: len(sink.of("camera.events_lost")) == 2, 8, "recovery")
+            await wait_for(lambda: len(sink.of("camera.events_lost")) == 2, 20, "recovery")
             sim.motion(True)
             await wait_for(lambda: sink.of("camera.motion"), what="motion afterwards")
     lost = data_of(sink, "camera.events_lost")
@@ -259,9 +260,9 @@ async def test_snapshot_falls_back_to_a_stream_frame(sim: OnvifSimulator,
     drv = driver([cam], sink, tmp_path)
     with structlog.testing.capture_logs() as logs:
         async with running(drv):
-            await wait_for(lambda: sink.of("camera.health"), 15, "video health")
+            await wait_for(lambda: sink.of("camera.health"), 30, "video health")
             worker = drv.worker("cam-1")
-            await wait_for(lambda: worker.video and worker.video.latest_jpeg(), 10, "a frame")
+            await wait_for(lambda: worker.video and worker.video.latest_jpeg(), 20, "a frame")
             sim.tamper(True)
             await wait_for(lambda: sink.of("camera.tamper"), what="tamper")
     assert sink.of("camera.tamper")[0].data["snapshot"]["bytes"] > 1000

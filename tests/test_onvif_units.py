@@ -110,6 +110,20 @@ async def test_alarm_book_raises_once_and_clears_with_the_same_id() -> None:
     assert sink.invalid == []
 
 
+async def test_alarm_book_is_bounded_whatever_sources_the_camera_invents() -> None:
+    from drivers.onvif.alarms import ACTIVE_MAX
+
+    sink = RecordingSink()
+    alarms = CameraAlarms("cam-1", sink, SnapshotOptions(enabled=False), None, lambda: 0.0)
+    motion = "tns1:RuleEngine/CellMotionDetector/Motion"
+    await alarms.handle([Notification(motion, {"Rule": f"r{i}"}, {"IsMotion": "true"})
+                         for i in range(ACTIVE_MAX + 10)])
+    assert len(alarms.active) == ACTIVE_MAX == len(sink.of("camera.motion"))
+    await alarms.handle([Notification(motion, {"Rule": "r0"}, {"IsMotion": "false"})])
+    await alarms.handle([Notification(motion, {"Rule": "new"}, {"IsMotion": "true"})])
+    assert len(alarms.active) == ACTIVE_MAX and "new" in sink.of("camera.motion")[-1].data["rule"]
+
+
 def _jpeg(n: int) -> bytes:
     return b"\xff\xd8\xff\xe0" + bytes([n % 256]) * 1000
 

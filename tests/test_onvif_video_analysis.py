@@ -168,3 +168,11 @@ def test_options_defaults_and_mistakes() -> None:
 ])
 def test_redact(url: str, safe: str) -> None:
     assert redact(url) == safe
+
+
+def test_redact_masks_the_password_wherever_the_camera_put_it() -> None:
+    # XMeye-style cameras hand out stream URIs with the password in the path
+    url = "rtsp://admin:pa%2F55@127.0.0.1:554/user=admin_password=pa/55_channel=1?pwd=pa%2F55"
+    assert redact(url, ["pa/55"]) == \
+        "rtsp://***@127.0.0.1:554/user=admin_password=***_channel=1?pwd=***"
+    assert redact("rtsp://127.0.0.1/s?password=pw", ["pw"]) == "rtsp://127.0.0.1/s?password=***"

@@ -30,6 +30,9 @@ __all__ = ["CameraAlarms", "SnapshotTaker"]
 log = get_logger("drivers.onvif.alarms")
 
 Fetch = Callable[[], Awaitable[bytes | None]]
+#: Alarms one camera may hold raised at once: their keys come from the camera's
+#: notifications (source items), so a faulty or hostile camera must not grow this forever.
+ACTIVE_MAX = 256
 
 
 @dataclass
@@ -40,7 +43,7 @@ class SnapshotTaker:
     options: SnapshotOptions
     ring: SnapshotRing
     fetch: Fetch | None = None
-    fallback: Callable[[], bytes | None] | None = None
+    fallback: Fetch | None = None
     _last: float = field(default=-1e9)
     taken: int = 0
 
@@ -76,7 +79,7 @@ class SnapshotTaker:
             log.warning("snapshot_uri_failed", device=self.device, reason=reason,
                         fallback=self.options.stream_fallback)
         if self.options.stream_fallback and self.fallback is not None:
-            frame = self.fallback()
+            frame = await self.fallback()
             if frame is not None and is_jpeg(frame):
                 return frame, "stream"
         return None, ""
@@ -161,6 +164,10 @@ class CameraAlarms:
             return data
         alarm_id = self.active.get(m.key)
         if m.active and alarm_id is None:
+            if len(self.active) >= ACTIVE_MAX:
+                log.warning("alarm_not_raised", device=self.device, type=m.type,
+                            reason=f"{ACTIVE_MAX} alarms already raised on this camera")
+                return None
             alarm_id = self.active[m.key] = new_ulid()
             return {"state": "raised", "alarm_id": alarm_id, **data}
         if not m.active and alarm_id is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ __all__ = ["MULTICAST", "DiscoveryError", "Target", "discover", "parse_target", 
 log = get_logger("drivers.onvif.discovery")
 
 MULTICAST = ("239.255.255.250", 3702)
+#: Distinct cameras kept from one discovery (replies are untrusted datagrams).
+MAX_FOUND = 1024
 _TARGET = re.compile(r"^(?P<host>\d{1,3}(?:\.\d{1,3}){3})(?:-(?P<last>\d{1,3}))?"
                      r":(?P<port>\d{1,5})$")
 _ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -93,7 +96,8 @@ class _Collector(asyncio.DatagramProtocol):
             log.warning("discovery_reply_refused", sender=str(addr[0]), reason=str(exc))
             return
         for match in matches:
-            self.found.setdefault(match.xaddr, match)
+            if len(self.found) < MAX_FOUND:
+                self.found.setdefault(match.xaddr, match)
 
 
 async def discover(target: Target, timeout_s: float = 2.0, *,
@@ -126,6 +130,16 @@ def _device_id(match: ProbeMatch, used: set[str]) -> str:
     return candidate
 
 
+def _printable(text: str) -> str:
+    """A camera-supplied text (percent-decoded, so it may hold newlines) on one line."""
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
+
+
+def _quoted(text: str) -> str:
+    """A YAML double-quoted scalar (JSON string syntax is valid YAML): no injection."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def to_yaml(matches: list[ProbeMatch], username: str = "admin",
             secrets_dir: str = "/etc/edge-agent/secrets") -> str:
     """`devices:` entries for the matches (paste under a gateway config)."""
@@ -136,14 +150,14 @@ def to_yaml(matches: list[ProbeMatch], username: str = "admin",
              "devices:"]
     for m in matches:
         device = _device_id(m, used)
-        name = m.scope("name")[:100].replace('"', "'")
-        hardware = m.scope("hardware")[:60]
+        name = _printable(m.scope("name"))[:100]
+        hardware = _printable(m.scope("hardware"))[:60]
         lines += [f"  - id: {device}",
                   "    driver: onvif",
-                  *([f'    name: "{name}"'] if name else []),
-                  f"    host: {m.host}",
+                  *([f"    name: {_quoted(name)}"] if name else []),
+                  f"    host: {_quoted(m.host)}",
                   f"    port: {m.port}",
-                  f'    username: "{username}"',
+                  f"    username: {_quoted(username)}",
                   f"    password: {{file: {secrets_dir}/{device}.password}}",
                   *([f"    # hardware: {hardware}"] if hardware else [])]
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from edge_agent.logs import get_logger
 from edge_agent.supervise import supervise
 
 from .alarms import CameraAlarms, SnapshotTaker
-from .client import CameraClient, MediaProfile, redact_url, with_credentials
+from .client import CameraClient, MediaProfile, with_credentials
 from .errors import AuthError, OnvifError, SubscriptionLost, Unreachable
 from .events import EventChannel
 from .options import OnvifCamera
@@ -69,8 +69,10 @@ class CameraWorker:
     def _skew(self) -> float:
         return self.client.clock_skew_s if self.client is not None else 0.0
 
-    def _video_frame(self) -> bytes | None:
-        return self.video.latest_jpeg() if self.video is not None else None
+    async def _video_frame(self) -> bytes | None:
+        """The sampler's last frame as JPEG, encoded in the video pool (not on the loop)."""
+        video = self.video
+        return await video.pool.run(video.latest_jpeg) if video is not None else None
 
     async def run(self) -> None:
         """Until cancelled: connect, watch, and on any failure back off and reconnect."""
@@ -112,7 +114,7 @@ class CameraWorker:
             if cfg.video.enabled:
                 sub = self._profile(profiles, cfg.video_profile, "video_profile")
                 uri = await client.stream_uri(sub.token)
-                self._start_video(with_credentials(uri, cfg.username, password))
+                self._start_video(with_credentials(uri, cfg.username, password), password)
             log.info("camera_connected", device=self.device, address=client.address,
                      manufacturer=info.manufacturer, model=info.model, firmware=info.firmware,
                      profiles=[p.token for p in profiles],
@@ -182,7 +184,7 @@ class CameraWorker:
 
     # ------------------------------------------------------------------ video
 
-    def _start_video(self, url: str) -> None:
+    def _start_video(self, url: str, password: str | None) -> None:
         if self._video_task is not None and not self._video_task.done() \
                 and url == self._video_url:
             return
@@ -191,8 +193,9 @@ class CameraWorker:
         from .video_monitor import VideoMonitor
 
         self._video_url = url
-        self.video = VideoMonitor(self.device, url, self.cfg.video, self.sink)
-        log.info("camera_video_started", device=self.device, stream=redact_url(url))
+        self.video = VideoMonitor(self.device, url, self.cfg.video, self.sink,
+                                  secrets=(password,) if password else ())
+        log.info("camera_video_started", device=self.device, stream=self.video.safe_url)
         self._video_task = asyncio.create_task(
             supervise(f"onvif-video:{self.device}", self.video.run))
 

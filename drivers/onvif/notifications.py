@@ -7,6 +7,7 @@ exception; every string is bounded.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Any
 
@@ -28,9 +29,10 @@ def _items(block: Any) -> dict[str, str]:
     if block is None:
         return {}
     if isinstance(block, etree._Element):
-        return {_s(el.get("Name")): _s(el.get("Value")) for el in block.iter()
-                if isinstance(el.tag, str) and etree.QName(el).localname == "SimpleItem"
-                and el.get("Name")}
+        found = (el for el in block.iter() if isinstance(el.tag, str)
+                 and etree.QName(el).localname == "SimpleItem" and el.get("Name"))
+        return {_s(el.get("Name")): _s(el.get("Value"))
+                for el in itertools.islice(found, _MAX_ITEMS)}
     items = getattr(block, "SimpleItem", None) or []
     out: dict[str, str] = {}
     for item in list(items)[:_MAX_ITEMS]:

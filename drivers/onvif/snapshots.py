@@ -55,10 +55,10 @@ class SnapshotRing:
             raise ValueError("not a JPEG image")
         if len(jpeg) > self.max_bytes:
             raise ValueError(f"image of {len(jpeg)} bytes exceeds the ring ({self.max_bytes})")
-        ref = SnapshotRef(new_ulid(), len(jpeg), hashlib.sha256(jpeg).hexdigest())
-        async with self._lock:
-            await asyncio.to_thread(self._write, ref.id, jpeg)
-        return ref
+        snapshot_id = new_ulid()
+        async with self._lock:  # hashing and writing a few MiB: in a thread, not the loop
+            digest = await asyncio.to_thread(self._write, snapshot_id, jpeg)
+        return SnapshotRef(snapshot_id, len(jpeg), digest)
 
     def path(self, snapshot_id: str) -> Path | None:
         """The file of an id, or None for a malformed id (never a path outside the ring)."""
@@ -66,18 +66,23 @@ class SnapshotRing:
             return None
         return self.dir / f"{snapshot_id}.jpg"
 
-    def _write(self, snapshot_id: str, jpeg: bytes) -> None:
+    def _write(self, snapshot_id: str, jpeg: bytes) -> str:
+        """Store the file (atomically) and trim the ring; returns the image's sha256."""
+        digest = hashlib.sha256(jpeg).hexdigest()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         final = self.dir / f"{snapshot_id}.jpg"
         tmp = self.dir / f".{snapshot_id}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.write(fd, jpeg)
+            view = memoryview(jpeg)
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, final)
         self._trim()
+        return digest
 
     def _trim(self) -> None:
         files: list[tuple[str, int]] = []

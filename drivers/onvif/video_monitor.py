@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,15 +84,17 @@ class _Observed:
 
 
 class VideoMonitor:
-    """Sample `stream_url` at `options.sample_fps` in `pool`; emit health and alarms."""
+    """Sample `stream_url` at `options.sample_fps` in `pool`; emit health and alarms.
+    `secrets` (the camera password) are masked in every URL logged or put in an event."""
 
     def __init__(self, device_id: str, stream_url: str, options: VideoHealthOptions,
-                 sink: EventSink, *, pool: VideoWorkers | None = None) -> None:
+                 sink: EventSink, *, pool: VideoWorkers | None = None,
+                 secrets: Iterable[str] = ()) -> None:
         self.device_id = device_id
         self.options = options
         self.sink = sink
         self.pool = pool or VideoWorkers.shared()
-        self.sampler = VideoSampler(stream_url, options)
+        self.sampler = VideoSampler(stream_url, options, secrets)
         self.safe_url = self.sampler.safe_url
         o = options
         self._alarms: dict[str, _Alarm] = {
@@ -131,7 +134,8 @@ class VideoMonitor:
         return {k: a.alarm_id for k, a in self._alarms.items() if a.alarm_id is not None}
 
     def latest_jpeg(self) -> bytes | None:
-        """The last sampled frame as JPEG (encoded once per frame, on first ask), or None."""
+        """The last sampled frame as JPEG (encoded once per frame, on first ask), or None.
+        Blocking (`cv2.imencode`): call it from the pool, `await pool.run(latest_jpeg)`."""
         latest = self._latest
         if latest is None:
             return None
@@ -180,9 +184,10 @@ class VideoMonitor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, o.reconnect_max_s)
                 continue
-            except cv2.error as exc:  # a decoder bug must not end the monitor
+            except (cv2.error, ValueError) as exc:  # a decoder bug or an odd frame (too
+                # small, 16-bit): reported as no signal; it must not end the monitor
                 self.pool.submit(self.sampler.close)
-                self._failed(f"decoder error ({type(exc).__name__})")
+                self._failed(f"frame could not be decoded ({type(exc).__name__})")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, o.reconnect_max_s)
                 continue

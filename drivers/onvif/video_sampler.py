@@ -37,11 +37,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 # Read by OpenCV's FFmpeg backend when it loads (AV_LOG_QUIET) and at each open.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -67,18 +67,24 @@ LIVE_EDGE_S = 0.015
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-def redact(url: str) -> str:
-    """The URL without user and password (`rtsp://***@host:554/path`), safe to log."""
+def redact(url: str, secrets: Iterable[str] = ()) -> str:
+    """The URL without user and password (`rtsp://***@host:554/path`), safe to log. Each
+    of `secrets` is masked wherever else it appears: some cameras put the password in the
+    path or query of the stream URI they hand out (`/user=admin_password=...`)."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port
     except ValueError:
         return "<unparsable url>"
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = "***@" + (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    out = url
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+        out = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    for secret in secrets:
+        for form in {secret, quote(secret, safe="")} - {""}:
+            out = out.replace(form, "***")
+    return out
 
 
 class VideoWorkers:
@@ -165,9 +171,10 @@ class VideoSampler:
     One lock serialises the methods, so a `close()` submitted while a `sample()` still
     runs in another worker waits for it instead of freeing the decoder under it."""
 
-    def __init__(self, url: str, options: VideoHealthOptions) -> None:
+    def __init__(self, url: str, options: VideoHealthOptions,
+                 secrets: Iterable[str] = ()) -> None:
         self._url = url
-        self.safe_url = redact(url)
+        self.safe_url = redact(url, secrets)
         self.options = options
         self._cap: cv2.VideoCapture | None = None
         self._lock = threading.Lock()

@@ -66,6 +66,8 @@ class Subscriptions:
         self.live: dict[str, Subscription] = {}
         self._ids = itertools.count(1)
         self.created = self.renewed = self.pulls = self.unsubscribed = 0
+        #: the number (1, 2, ... as counted in `pulls`) of the last pull that returned messages
+        self.last_delivery = 0
 
     def create(self, expires: float, initial: list[Message]) -> Subscription:
         sub = Subscription(str(next(self._ids)), expires)

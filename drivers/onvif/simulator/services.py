@@ -152,6 +152,7 @@ def get_event_properties(_sim: OnvifSimulator, _req: Request) -> str:
 async def pull_messages(sim: OnvifSimulator, req: Request, sub_id: str) -> str:
     sub = sim.subscriptions.get(sub_id, sim.camera_now())
     sim.subscriptions.pulls += 1
+    number = sim.subscriptions.pulls
     timeout = min(parse_duration(text(req.body, "Timeout") or "PT10S", sim.camera_now()), 60.0)
     try:
         limit = max(1, min(int(text(req.body, "MessageLimit") or "100"), 1000))
@@ -164,6 +165,8 @@ async def pull_messages(sim: OnvifSimulator, req: Request, sub_id: str) -> str:
         await sim.wait_for(sub.wake, timeout)
         sub = sim.subscriptions.get(sub_id, sim.camera_now())  # dropped while waiting?
     out = [sub.queue.popleft().xml() for _ in range(min(limit, len(sub.queue)))]
+    if out:
+        sim.subscriptions.last_delivery = number
     return ("<tev:PullMessagesResponse>" + _times(sim, sub.expires) + "".join(out)
             + "</tev:PullMessagesResponse>")
 

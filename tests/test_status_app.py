@@ -93,6 +93,12 @@ async def test_api_status_validates_and_puts_alarms_and_broken_devices_first(
     assert doc["summary"] == {"devices": 2, "error": 0, "offline": 1, "unknown": 0, "online": 1,
                               "open_alarms": 2}
     assert "credential_hash" not in json.dumps(doc)
+    # a driver text quoting a URL with credentials is scrubbed on the page
+    agent.pipeline.emit("cam-1", "camera.video_loss", {
+        "state": "raised", "alarm_id": "v1",
+        "reason": "cannot open stream rtsp://admin:hunter2@127.0.0.1:554/s"})
+    shown = json.dumps(await (await client.get("/api/status")).json())
+    assert "hunter2" not in shown and "rtsp://***@127.0.0.1:554/s" in shown
     schema = await client.get("/api/status.schema.json")
     assert (await schema.json())["title"].startswith("Edge agent status document v1")
 
@@ -153,6 +159,31 @@ async def test_snapshots_need_the_credential(agent: Agent, client: TestClient[An
     assert doc["alarms"][1]["snapshot"] == SNAP
     await client.post("/logout")
     assert (await client.get(f"/snapshots/{SNAP}.jpg")).status == 401
+
+
+async def test_credential_guesses_are_answered_one_at_a_time(
+        client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel wrong guesses (login form or Authorization header) do not go faster than
+    one per LOGIN_FAIL_DELAY_S; the right credential still works."""
+    import time
+
+    from edge_agent.status import app as status_app
+
+    monkeypatch.setattr(status_app, "LOGIN_FAIL_DELAY_S", 0.2)
+    started = time.monotonic()
+    answers = await asyncio.gather(
+        *(client.post("/login", data={"password": f"guess-{i}"}) for i in range(3)),
+        *(client.get("/api/status", headers={"Authorization": f"Bearer guess-{i}"})
+          for i in range(3)))
+    assert time.monotonic() - started >= 6 * 0.2 * 0.9  # a lower bound: serialized pauses
+    assert [r.status for r in answers] == [401] * 3 + [200] * 3
+    for r in answers[3:]:
+        assert (await r.json())["viewer"]["authenticated"] is False
+    ok = await client.get("/api/status", headers={"Authorization": f"Bearer {PASSWORD}"})
+    assert (await ok.json())["viewer"]["authenticated"] is True
+    cross = await client.post("/login", data={"password": PASSWORD},
+                              headers={"Origin": "http://evil.example"})
+    assert cross.status == 403
 
 
 async def test_without_a_credential_snapshots_are_not_served(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
@@ -94,6 +95,7 @@ class StatusApp:
         self.assets = load_assets()
         self.snapshots = snapshot_dir(view)
         self.stream = Broadcaster(self.status)
+        self._login_failures = asyncio.Lock()  # see _guarded
 
     def status(self, authenticated: bool) -> dict[str, Any]:
         return build_status(self.view, self.disk, authenticated=authenticated,
@@ -132,9 +134,25 @@ class StatusApp:
         response: web.StreamResponse = await handler(request)
         return response
 
-    def authenticated(self, request: web.Request) -> bool:
-        return (self.credential.session_valid(request.cookies.get(SESSION_COOKIE))
-                or self.credential.authorization_valid(request.headers.get("Authorization")))
+    async def authenticated(self, request: web.Request) -> bool:
+        if self.credential.session_valid(request.cookies.get(SESSION_COOKIE)):
+            return True
+        header = request.headers.get("Authorization")
+        if not header or not self.credential.configured:
+            return False
+        return await self._guarded(lambda: self.credential.authorization_valid(header),
+                                   request)
+
+    async def _guarded(self, check: Callable[[], bool], request: web.Request) -> bool:
+        """One credential check at a time, a failed one answered after a pause: guessing
+        with many parallel requests (login or Authorization headers) is no faster than
+        one guess a second."""
+        async with self._login_failures:
+            if check():
+                return True
+            log.warning("status_page_login_failed", remote=request.remote)
+            await asyncio.sleep(LOGIN_FAIL_DELAY_S)
+            return False
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         h = response.headers
@@ -158,7 +176,7 @@ class StatusApp:
                                                       "Content-Type": asset.content_type})
 
     async def _api_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status(self.authenticated(request)), dumps=_dumps)
+        return web.json_response(self.status(await self.authenticated(request)), dumps=_dumps)
 
     async def _api_stream(self, request: web.Request) -> web.StreamResponse:
         if len(self.stream.listeners) >= STREAMS_MAX:
@@ -166,7 +184,7 @@ class StatusApp:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        listener = self.stream.subscribe(self.authenticated(request))
+        listener = self.stream.subscribe(await self.authenticated(request))
         try:
             await response.write(b"retry: 3000\n\n")
             while (payload := await listener.queue.get()) is not None:
@@ -193,9 +211,8 @@ class StatusApp:
             return web.json_response({"error": "no_credential"}, status=403)
         form = await request.post()
         password = form.get("password")
-        if not isinstance(password, str) or not self.credential.matches(password):
-            log.warning("status_page_login_failed", remote=request.remote)
-            await asyncio.sleep(LOGIN_FAIL_DELAY_S)
+        if not await self._guarded(lambda: isinstance(password, str)
+                                   and self.credential.matches(password), request):
             return web.json_response({"error": "wrong_password"}, status=401)
         log.info("status_page_login", remote=request.remote)
         response = web.json_response({"ok": True})
@@ -210,7 +227,7 @@ class StatusApp:
         return response
 
     async def _snapshot(self, request: web.Request) -> web.StreamResponse:
-        if not self.authenticated(request):
+        if not await self.authenticated(request):
             text = ("snapshots need the gateway's status page credential; log in on the page"
                     if self.credential.configured else
                     "snapshots are not served: status_page.credential is not configured")

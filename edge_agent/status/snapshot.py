@@ -136,18 +136,24 @@ def _device(s: DeviceStatus, name: str | None) -> dict[str, Any]:
             "since": format_time(s.since), "reason": reason or None,
             "reason_code": reason_code(reason) if reason else None,
             "last_event_type": s.last_event_type, "last_event_at": ts(s.last_event_at),
-            "last_data": shown_data(s.last_data) if s.last_data else None,
+            "last_data": _scrubbed(shown_data(s.last_data)) if s.last_data else None,
             "events": s.events, "poll_errors": s.poll_errors,
             "last_error": scrub(s.last_error) or None, "last_error_at": ts(s.last_error_at)}
 
 
+def _scrubbed(data: dict[str, Any]) -> dict[str, Any]:
+    """Event data as shown: texts through `reasons.scrub` too (a driver's reason may quote
+    a URL), whatever the driver did."""
+    return {k: scrub(v) if isinstance(v, str) else v for k, v in data.items()}
+
+
 def _alarm(a: OpenAlarm, name: str | None, authenticated: bool) -> dict[str, Any]:
     return {"device": a.device, "device_name": name, "type": a.type, "alarm_id": a.alarm_id,
-            "severity": a.severity, "raised_at": format_time(a.raised_at), "data": a.data,
-            "snapshot": a.snapshot if authenticated else None}
+            "severity": a.severity, "raised_at": format_time(a.raised_at),
+            "data": _scrubbed(a.data), "snapshot": a.snapshot if authenticated else None}
 
 
 def _entry(e: Entry, name: str | None, authenticated: bool) -> dict[str, Any]:
     return {"id": e.id, "device": e.device, "device_name": name, "type": e.type,
-            "severity": e.severity, "time": format_time(e.at), "data": e.data,
+            "severity": e.severity, "time": format_time(e.at), "data": _scrubbed(e.data),
             "snapshot": e.snapshot if authenticated else None}

@@ -14,6 +14,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from edge_agent.logs import get_logger
+
+log = get_logger("edge_agent.status")
+
 INTERVAL_S = 1.0
 
 
@@ -63,7 +67,10 @@ class Broadcaster:
             for authenticated in (False, True):
                 targets = [x for x in self.listeners if x.authenticated is authenticated]
                 if targets:
-                    self._publish(authenticated, targets)
+                    try:
+                        self._publish(authenticated, targets)
+                    except Exception as exc:  # a bug in one document must not end the stream
+                        log.exception("status_stream_build_failed", error=str(exc)[:200])
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)

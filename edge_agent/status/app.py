@@ -189,9 +189,9 @@ class StatusApp:
             await response.write(b"retry: 3000\n\n")
             while (payload := await listener.queue.get()) is not None:
                 await response.write(f"event: status\ndata: {payload}\n\n".encode())
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the page went away
             pass
-        finally:
+        finally:  # a cancellation (agent shutting down) goes on up, never swallowed
             self.stream.unsubscribe(listener)
         return response
 

@@ -58,7 +58,7 @@ class Agent:
                         client_id=cfg.uplink.client_id or gw.id)
         pipeline = Pipeline(hierarchy, outbox, commit_batch_max=cfg.outbox.commit_batch_max,
                             commit_linger_s=cfg.outbox.commit_linger_ms / 1000,
-                            on_commit=uplink.notify, credential_salt=salt)
+                            on_rows=uplink.offer, credential_salt=salt)
         pipeline.snapshots = cfg.snapshots
         drivers = build_drivers(cfg.devices, pipeline)
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)

@@ -134,6 +134,7 @@ __all__ = [
     "LOSS_REPORT_INTERVAL_S",
     "MAX_LOSS_RANGES",
     "ROW_OVERHEAD",
+    "Appended",
     "Outbox",
     "OutboxError",
     "OutboxFullDiskError",
@@ -167,6 +168,16 @@ class OutboxRow:
     lane: int
     created: float
     body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one `append_rows` stored."""
+
+    rows: list[OutboxRow]
+    #: True when these rows are all the transaction added (no eviction, no data_loss
+    #: report written): a reader that had every earlier row needs nothing but these.
+    alone: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,17 +348,23 @@ class Outbox:
         same transaction. Evicts (and reports) old telemetry/records in it too if the cap
         would be exceeded. On a full disk raises `OutboxFullDiskError` and writes nothing.
         """
+        return [row.seq for row in self.append_rows(events, acked=acked).rows]
+
+    def append_rows(self, events: Sequence[Event], *, acked: Iterable[int] = ()) -> Appended:
+        """`append`, returning the stored rows (bodies included) for the uplink to send
+        without reading them back."""
         events = list(events)
         ranges = to_ranges(int(s) for s in acked)
         if not events:
             self._delete(ranges)
-            return []
-        first = self._figures.next_seq
+            return Appended([], alone=True)
         now = self._clock()
-        rows = stored_rows(events, self._figures.epoch, first, now)
-        self._commit(rows, now, flush=False, doing=f"appending {len(rows)} events",
-                     acked=ranges)
-        return list(range(first, first + len(rows)))
+        rows = stored_rows(events, self._figures.epoch, self._figures.next_seq, now)
+        written = self._commit(rows, now, flush=False,
+                               doing=f"appending {len(rows)} events", acked=ranges)
+        return Appended([OutboxRow(seq, id_, type_, lane, created, body)
+                         for seq, id_, type_, _, lane, created, _, body in rows],
+                        alone=not written.evicted and not written.reports)
 
     def flush_loss_report(self) -> int | None:
         """Emit the pending loss report now as a `gateway.data_loss` event and clear it (one

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from edge_agent.envelope import Event, Hierarchy
 from edge_agent.logs import get_logger
-from edge_agent.outbox import Outbox, OutboxRow, OutboxStats
+from edge_agent.outbox import Appended, Outbox, OutboxRow, OutboxStats
 
 T = TypeVar("T")
 
@@ -78,8 +78,11 @@ class OutboxThread:
             raise
 
     async def append(self, events: Sequence[Event]) -> list[int]:
+        return [row.seq for row in (await self.append_rows(events)).rows]
+
+    async def append_rows(self, events: Sequence[Event]) -> Appended:
         acked = self._take_acked()
-        return await self._keeping_acks(acked, partial(self._outbox.append, events,
+        return await self._keeping_acks(acked, partial(self._outbox.append_rows, events,
                                                        acked=acked))
 
     async def fetch(self, *, lane: int, after_seq: int, limit: int, max_bytes: int

@@ -27,6 +27,7 @@ from edge_agent.envelope import (
     new_event,
 )
 from edge_agent.logs import get_logger
+from edge_agent.outbox import Appended
 from edge_agent.outbox_thread import OutboxThread
 
 log = get_logger("edge_agent.pipeline")
@@ -88,6 +89,7 @@ class Pipeline:
         commit_batch_max: int = 500,
         commit_linger_s: float = 0.05,
         on_commit: Callable[[], None] = lambda: None,
+        on_rows: Callable[[Appended], None] | None = None,
         credential_salt: bytes = b"",
     ) -> None:
         self.hierarchy = hierarchy
@@ -95,6 +97,8 @@ class Pipeline:
         self.commit_batch_max = commit_batch_max
         self.commit_linger_s = commit_linger_s
         self.on_commit = on_commit
+        #: given the rows of each commit (the uplink sends them without reading them back)
+        self.on_rows = on_rows
         #: read by drivers (driver_api.credential_salt) to hash access credentials
         self.credential_salt = credential_salt
         self.devices: dict[str, DeviceStatus] = {}
@@ -205,11 +209,13 @@ class Pipeline:
     async def _commit(self, batch: list[Event]) -> None:
         while True:
             try:
-                await self.outbox.append(batch)
+                appended = await self.outbox.append_rows(batch)
                 break
             except Exception as exc:
                 log.error("outbox_append_failed", events=len(batch), error=str(exc),
                           hint="events are kept in memory and retried; check the disk")
                 await asyncio.sleep(1.0)
         self.counters.committed += len(batch)
+        if self.on_rows is not None:
+            self.on_rows(appended)
         self.on_commit()

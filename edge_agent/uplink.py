@@ -10,6 +10,12 @@ Invariants
 4. On every (re)connect all in-flight state is forgotten and sending restarts from
    the oldest row: the collector may have committed some of it; duplicates are free.
 5. The uplink knows MQTT and the outbox API, nothing of drivers or devices.
+6. Rows reach a batch in order of seq within a lane, each once per session (resends
+   aside): from the outbox (`fetch` after the lane's cursor) until a fetch finds the
+   lane empty, then from the rows each commit hands over (`offer`) — the lane is
+   "caught up" and nothing is read back. Anything else that changes the outbox
+   (an eviction, a data_loss report, a reconnect, an overfull hand-over buffer) sends
+   the lane back to fetching from its cursor (`notify`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import itertools
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -29,7 +36,7 @@ from edge_agent.config.models import UplinkConfig
 from edge_agent.envelope import BATCH_CONTENT_TYPE
 from edge_agent.logs import get_logger
 from edge_agent.mqtt import Endpoint, ProtocolChooser, make_client
-from edge_agent.outbox import OutboxRow
+from edge_agent.outbox import Appended, OutboxRow
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.topics import GatewayTopics
 from edge_agent.wire import Ack, AckError, encode_batch
@@ -37,6 +44,9 @@ from edge_agent.wire import Ack, AckError, encode_batch
 log = get_logger("edge_agent.uplink")
 
 LANES = (1, 0)  # alarm lane first
+#: Rows handed over and not yet sent, per lane, as a multiple of batch_max_events; beyond
+#: it the buffer is dropped and the lane fetches from the outbox again.
+FRESH_MAX_BATCHES = 8
 
 #: Batches published this soon after (re)connecting are resent after FRESH_ACK_TIMEOUT_S
 #: instead of ack_timeout_s: after a broker restart the collector may resubscribe a moment
@@ -98,16 +108,34 @@ class Uplink:
         self._reset_inflight()
 
     def notify(self) -> None:
-        """New rows in the outbox (called by the pipeline after each commit)."""
+        """The outbox changed in a way the uplink was not told row by row (a data_loss
+        report, an eviction): read it again from each lane's cursor."""
+        for lane in LANES:
+            self._caught_up[lane] = False
+            self._fresh[lane].clear()
+        self._wake.set()
+
+    def offer(self, appended: Appended) -> None:
+        """The rows one commit stored (the pipeline's `on_rows`): sent from memory once
+        their lane is caught up (invariant 6)."""
+        if not appended.alone:
+            self.notify()
+            return
+        for row in appended.rows:
+            fresh = self._fresh[row.lane]
+            fresh.append(row)
+            if len(fresh) > FRESH_MAX_BATCHES * self.cfg.batch_max_events:
+                self._caught_up[row.lane] = False  # fall behind: read the outbox instead
+                fresh.clear()
         self._wake.set()
 
     def _reset_inflight(self) -> None:
         self._inflight: dict[int, Batch] = {}
         self._batch_of: dict[int, int] = {}
         self._cursor = {lane: 0 for lane in LANES}
-        #: outbox next_seq when both lanes were last found empty: until it moves, there is
-        #: nothing new to fetch (saves two thread hops per wake-up on a quiet outbox)
-        self._drained_at = -1
+        #: per lane: every row up to the cursor was sent and later rows arrive by `offer`
+        self._caught_up = dict.fromkeys(LANES, False)
+        self._fresh: dict[int, deque[OutboxRow]] = {lane: deque() for lane in LANES}
 
     # ------------------------------------------------------------------ connection
 
@@ -214,18 +242,35 @@ class Uplink:
                 self.status.events_sent += len(rows)
 
     async def _next_rows(self) -> list[OutboxRow]:
-        next_seq = self.outbox.stats().next_seq
-        if next_seq == self._drained_at:
-            return []
         for lane in LANES:
-            rows = await self.outbox.fetch(lane=lane, after_seq=self._cursor[lane],
-                                           limit=self.cfg.batch_max_events,
-                                           max_bytes=self.cfg.batch_max_bytes)
+            if self._caught_up[lane]:
+                rows = self._take_fresh(lane)
+            else:
+                rows = await self.outbox.fetch(lane=lane, after_seq=self._cursor[lane],
+                                               limit=self.cfg.batch_max_events,
+                                               max_bytes=self.cfg.batch_max_bytes)
+                if not rows:  # sent all the lane held: from now on rows are handed over
+                    self._caught_up[lane] = True
+                    rows = self._take_fresh(lane)
             if rows:
                 self._cursor[lane] = rows[-1].seq
                 return rows
-        self._drained_at = next_seq
         return []
+
+    def _take_fresh(self, lane: int) -> list[OutboxRow]:
+        """Handed-over rows after the lane's cursor, within the batch limits."""
+        fresh, cursor = self._fresh[lane], self._cursor[lane]
+        while fresh and fresh[0].seq <= cursor:  # also read from the outbox: sent
+            fresh.popleft()
+        rows: list[OutboxRow] = []
+        used = 0
+        while fresh and len(rows) < self.cfg.batch_max_events:
+            size = len(fresh[0].body.encode())
+            if rows and used + size > self.cfg.batch_max_bytes:
+                break
+            rows.append(fresh.popleft())
+            used += size
+        return rows
 
     async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
         """Publish one batch. Raising here ends the session: the outcome is unknown."""

@@ -395,3 +395,16 @@ class _NullSink:
     def emit(self, *args: Any, **kwargs: Any) -> None: ...
 
     def device_state(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+def test_shipped_files_come_from_the_install_when_there_is_no_checkout(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    from edge_agent import shipped
+
+    assert shipped.shipped_dir("profiles") == SHIPPED_PROFILES  # a checkout: configs/
+    assert (SHIPPED_PROFILES / "smoke-detector.yaml").is_file()
+    monkeypatch.setattr(shipped, "_REPOSITORY", tmp_path / "no-checkout")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    assert shipped.shipped_dir("profiles") == tmp_path / "venv/share/edge-agent/profiles"

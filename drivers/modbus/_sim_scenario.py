@@ -39,6 +39,7 @@ from drivers.modbus.points import POINT_NAME, Point, PointType, raise_issues
 from drivers.modbus.profile import PROFILE_NAME, Profile, ProfileNotFound, load_profile
 from edge_agent.config.loader import ConfigError, ConfigIssue, load_model
 from edge_agent.config.models import SEGMENT
+from edge_agent.shipped import shipped_dir
 
 __all__ = [
     "SHIPPED_SCENARIOS",
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 #: Scenarios shipped with the agent (the repository's configs/scenarios).
-SHIPPED_SCENARIOS = Path(__file__).resolve().parents[2] / "configs" / "scenarios"
+SHIPPED_SCENARIOS = shipped_dir("scenarios")
 SCENARIO_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 _SUFFIXES = (".yaml", ".yml")
 

@@ -34,6 +34,7 @@ from drivers.modbus.planner import (
 from drivers.modbus.points import Point, PointType, Table, raise_issues
 from edge_agent.config.loader import ConfigError, ConfigIssue, load_model
 from edge_agent.rules import RuleSpec, point_issues
+from edge_agent.shipped import shipped_dir
 
 __all__ = [
     "DEFAULT_SEARCH_PATH",
@@ -49,8 +50,8 @@ __all__ = [
     "load_profile",
 ]
 
-#: Profiles shipped with the agent (the repository's configs/profiles).
-SHIPPED_PROFILES = Path(__file__).resolve().parents[2] / "configs" / "profiles"
+#: Profiles shipped with the agent (configs/profiles; see edge_agent.shipped).
+SHIPPED_PROFILES = shipped_dir("profiles")
 #: Profiles an installer adds on a gateway.
 SITE_PROFILES = Path("/etc/edge-agent/profiles")
 DEFAULT_SEARCH_PATH: tuple[Path, ...] = (SHIPPED_PROFILES, SITE_PROFILES)

@@ -269,3 +269,31 @@ async def test_snapshot_falls_back_to_a_stream_frame(sim: OnvifSimulator,
     assert any(e["event"] == "snapshot_stored" and e["source"] == "stream" for e in logs)
     text = json.dumps(logs, default=str)
     assert "sim-password" not in text and "/video.mjpg" in text
+
+
+async def test_addresses_the_camera_advertises_are_pinned_to_the_configured_host(
+        tmp_path: Path) -> None:
+    # The camera hands out URLs for a port nobody listens on (as behind NAT): services,
+    # the subscription and snapshots must still go to the configured address.
+    simulator = OnvifSimulator(advertise=f"127.0.0.1:{free_port()}")
+    await simulator.start()
+    try:
+        sink = RecordingSink()
+        async with running(driver([camera(simulator, tmp_path / "pw")], sink, tmp_path)):
+            await wait_for(lambda: simulator.subscriptions.pulls, what="the first pull")
+            simulator.motion(True)
+            await wait_for(lambda: sink.of("camera.motion"), what="motion")
+        assert sink.current["cam-1"] is DeviceState.ONLINE
+        assert data_of(sink, "camera.motion")[0].get("snapshot"), "snapshot via the pinned URL"
+    finally:
+        await simulator.stop()
+
+
+def test_a_stream_uri_keeps_its_port_and_path_but_takes_the_configured_host() -> None:
+    client = CameraClient("cam", "10.1.2.3", 8080, "u", "p")
+    assert client._pinned("rtsp://192.168.1.64:554/Streaming/101?x=1") == \
+        "rtsp://10.1.2.3:554/Streaming/101?x=1"
+    assert client._pinned("rtsp://192.168.1.64/live") == "rtsp://10.1.2.3/live"
+    assert CameraClient("cam", "fd00::5", 80, None, None)._pinned("rtsp://h:554/a") == \
+        "rtsp://[fd00::5]:554/a"
+

@@ -99,10 +99,13 @@ class CameraClient:
 
     def __init__(self, device: str, host: str, port: int, username: str | None,
                  password: str | None, *, adjust_time: bool = True,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, pin_to_host: bool = True) -> None:
         self.device, self.host, self.port = device, host, port
         self.username, self._password = username, password
         self.adjust_time, self.timeout_s = adjust_time, timeout_s
+        #: every advertised address is rewritten to `host` (the library's nat_override for
+        #: services, subscriptions and snapshots; `_pinned` for the stream URI)
+        self.pin_to_host = pin_to_host
         self._cam: Any = None
         self._pullpoint: Any = None
         self._subscription: Any = None
@@ -193,7 +196,7 @@ class CameraClient:
 
         await self.close()
         self._cam = ONVIFCamera(self.host, self.port, self.username, self._password,
-                                adjust_time=self.adjust_time)
+                                adjust_time=self.adjust_time, nat_override=self.pin_to_host)
         await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
         if not self._cam.xaddrs:
             raise BadReply(self.device, "GetServices", "the camera lists no services")
@@ -251,7 +254,14 @@ class CameraClient:
         uri = str(getattr(reply, "Uri", "") or "")
         if not uri.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
             raise BadReply(self.device, "GetStreamUri", "no usable stream URI in the reply")
-        return redact_url(uri)
+        return redact_url(self._pinned(uri) if self.pin_to_host else uri)
+
+    def _pinned(self, url: str) -> str:
+        """`url` with its host replaced by the configured one (scheme, port, path kept)."""
+        parts = urlsplit(url)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        netloc = host if parts.port is None else f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     async def snapshot(self, token: str, max_bytes: int, limit_s: float) -> bytes | None:
         """A JPEG from the snapshot URI (Digest auth), or None when the camera has none."""

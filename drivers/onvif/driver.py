@@ -102,7 +102,8 @@ class CameraWorker:
             raise AuthError(self.device, "read password", str(exc),
                             "fix the `password:` secret of this camera") from None
         client = CameraClient(self.device, cfg.host, cfg.port, cfg.username, password,
-                              adjust_time=cfg.adjust_time, timeout_s=cfg.timeout_s)
+                              adjust_time=cfg.adjust_time, timeout_s=cfg.timeout_s,
+                              pin_to_host=cfg.pin_to_host)
         self.client = client
         try:
             await client.connect()

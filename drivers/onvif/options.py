@@ -89,6 +89,10 @@ class OnvifCamera(DeviceConfig):
     password: SecretRef | None = Field(default=None, description="{file: PATH} or {env: NAME}")
     adjust_time: bool = Field(default=True, description="correct WS-UsernameToken times for "
                               "the camera's clock (GetSystemDateAndTime)")
+    pin_to_host: bool = Field(default=True, description="use `host` for every address the "
+                              "camera advertises (services, subscriptions and snapshots: host "
+                              "and port; stream: host only), so the agent talks to the "
+                              "configured address and nothing else")
     profile: int | str = Field(default=0, description="media profile for snapshots and the "
                                "stream URI: index (0 = first, usually the main stream) or token")
     video_profile: int | str = Field(default=-1, description="media profile whose stream the "

@@ -69,8 +69,11 @@ class OnvifSimulator:
                  password: str = "sim-password", clock_skew_s: float = 0.0,
                  max_termination_s: float = 3600.0, scene: SyntheticScene | None = None,
                  stream_auth: bool = True, name: str = "sim-camera",
-                 video_fps: float = 10) -> None:
+                 video_fps: float = 10, advertise: str | None = None) -> None:
         self.port = port or _free_port()
+        #: host:port put in every URL handed out (a camera behind NAT, or one that points
+        #: elsewhere); None: the address it listens on
+        self.advertise = advertise
         self.users = {username: password}
         self.clock_skew_s = clock_skew_s
         self.max_termination_s = max_termination_s
@@ -92,7 +95,7 @@ class OnvifSimulator:
     # ------------------------------------------------------------------ addresses
 
     def url(self, path: str) -> str:
-        return f"http://{HOST}:{self.port}{path}"
+        return f"http://{self.advertise or f'{HOST}:{self.port}'}{path}"
 
     @property
     def address(self) -> str:

@@ -297,3 +297,18 @@ def test_a_stream_uri_keeps_its_port_and_path_but_takes_the_configured_host() ->
     assert CameraClient("cam", "fd00::5", 80, None, None)._pinned("rtsp://h:554/a") == \
         "rtsp://[fd00::5]:554/a"
 
+
+
+async def test_a_snapshot_larger_than_allowed_is_refused_as_it_streams_in(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    sink = RecordingSink()
+    cam = camera(sim, tmp_path / "pw", snapshots={"max_bytes": 1024, "stream_fallback": False})
+    with structlog.testing.capture_logs() as logs:
+        async with running(driver([cam], sink, tmp_path)):
+            await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
+            sim.motion(True)
+            await wait_for(lambda: sink.of("camera.motion"), what="motion")
+    assert "snapshot" not in data_of(sink, "camera.motion")[0]  # the event goes without
+    refused = [e for e in logs if e["event"] == "snapshot_uri_failed"]
+    assert refused and "image of more than 1024 bytes" in refused[0]["reason"]
+    assert not list((tmp_path / "snapshots").glob("*.jpg"))

@@ -264,14 +264,40 @@ class CameraClient:
         return urlunsplit(parts._replace(netloc=netloc))
 
     async def snapshot(self, token: str, max_bytes: int, limit_s: float) -> bytes | None:
-        """A JPEG from the snapshot URI (Digest auth), or None when the camera has none."""
+        """A JPEG from the snapshot URI (Digest auth), or None when the camera has none.
+        Never holds more than `max_bytes` of a reply: a larger image is refused as it
+        streams in (the library's own download reads the whole body first)."""
         cam = self._camera()
-        data = await self._call("GetSnapshot", cam.get_snapshot(token, timeout=limit_s),
+        uri = await self._call("GetSnapshotUri", cam.get_snapshot_uri(token))
+        if not uri:
+            return None
+        return await self._call("GetSnapshot", self._download(str(uri), max_bytes, limit_s),
                                 limit_s + self.timeout_s)
-        if data is not None and len(data) > max_bytes:
-            raise BadReply(self.device, "GetSnapshot", f"image of {len(data)} bytes; at most "
-                           f"{max_bytes}")
-        return data if isinstance(data, bytes) else None
+
+    async def _download(self, uri: str, max_bytes: int, limit_s: float) -> bytes | None:
+        middlewares = ((aiohttp.DigestAuthMiddleware(self.username, self._password),)
+                       if self.username and self._password else ())
+        timeout = aiohttp.ClientTimeout(total=limit_s)
+        async with aiohttp.ClientSession(timeout=timeout, middlewares=middlewares) as http, \
+                http.get(uri, allow_redirects=False) as reply:
+            if reply.status == 401:
+                raise AuthError(self.device, "GetSnapshot", "the camera refused the "
+                                "username or password for its snapshot URI",
+                                "check `username` and `password:` of this camera")
+            if reply.status >= 300:
+                return None
+            if (reply.content_length or 0) > max_bytes:
+                raise self._too_big(reply.content_length or 0, max_bytes)
+            data = bytearray()
+            async for chunk in reply.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise self._too_big(len(data), max_bytes)
+            return bytes(data)
+
+    def _too_big(self, size: int, max_bytes: int) -> BadReply:
+        return BadReply(self.device, "GetSnapshot", f"image of more than {max_bytes} bytes "
+                        f"(at least {size}); refused")
 
     # ------------------------------------------------------------------ events
 

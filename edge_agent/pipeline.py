@@ -87,7 +87,7 @@ class Pipeline:
         outbox: OutboxThread,
         *,
         commit_batch_max: int = 500,
-        commit_linger_s: float = 0.05,
+        commit_linger_s: float = 0.02,
         on_commit: Callable[[], None] = lambda: None,
         on_rows: Callable[[Appended], None] | None = None,
         credential_salt: bytes = b"",

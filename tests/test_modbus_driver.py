@@ -17,6 +17,7 @@ from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.extractor import Extractor
 from drivers.modbus.points import Table
+from drivers.modbus.poller import TCP_BURST_MAX, tcp_slots
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
 from drivers.modbus.transport import (
     Link,
@@ -409,3 +410,39 @@ def test_no_network_path_can_write() -> None:
                and path.name != "writes.py"]
     assert callers == []
     assert not hasattr(driver_module.ModbusDriver, "write")
+
+
+# --------------------------------------------------------------------------- poll bursts
+
+
+def test_tcp_slots_make_bursts_of_at_most_the_limit_spread_over_the_period() -> None:
+    assert tcp_slots([1.0] * 3, 50.0) == [50.0] * 3  # few devices: one burst
+    phases = tcp_slots([1.0] * 250, 10.0)
+    assert sorted(set(phases)) == [10.0, 10.0 + 1 / 3, 10.0 + 2 / 3]  # 3 slots of <= 100
+    assert max(phases.count(p) for p in set(phases)) <= TCP_BURST_MAX
+    mixed = tcp_slots([1.0, 5.0, 1.0, 5.0], 0.0)
+    assert mixed == [0.0, 0.0, 0.0, 0.0]  # per period: one burst each
+
+
+async def test_a_device_that_recovers_rejoins_its_burst() -> None:
+    # Two devices share a slot; one is dead for a while, backs off off-grid, and when it
+    # answers again it polls at the same instants as the other.
+    units = [Unit.of(u, "smoke-detector", SMOKE) for u in (1, 2)]
+    async with ModbusServer(units) as server:
+        server.muted.add(2)
+        # a back-off cap that is no multiple of the period puts s2 off its slot
+        devices = [tcp_device(f"s{u}", "smoke-detector", server.port, u, timeout_s=0.05,
+                              max_backoff_s=0.25) for u in (1, 2)]
+        driver = ModbusDriver(devices, RecordingSink())
+        async with running(driver):
+            await asyncio.sleep(0.5)
+            server.muted.discard(2)
+            await wait_until(lambda: driver.device("s2").poller.failures == 0, 5)
+            await asyncio.sleep(0.6)
+            start = time.monotonic()
+            await asyncio.sleep(0.5)
+    one = [t for t in server.polls_of(1, 2) if t >= start]
+    two = [t for t in server.polls_of(2, 2) if t >= start]
+    assert len(one) >= 3 and len(two) >= 3
+    # each poll of s2 is within a few ms of one of s1 (same slot), not half a period off
+    assert all(min(abs(t - u) for u in one) < 0.03 for t in two), (one, two)

@@ -9,12 +9,13 @@ with a ValueError listing every problem.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from drivers.modbus.device import ModbusDevice, check_buses
-from drivers.modbus.poller import DevicePoller, SerialBusLoop, TcpDeviceLoop
+from drivers.modbus.poller import DevicePoller, SerialBusLoop, TcpDeviceLoop, tcp_slots
 from drivers.modbus.profile import Profile, load_profile
 from drivers.modbus.transport import Link
 from edge_agent.config.models import DeviceConfig
@@ -49,17 +50,23 @@ class ModbusDriver:
         self.bus_loops: list[SerialBusLoop] = []
         self.devices: dict[str, DeviceHandle] = {}
         buses: dict[str, list[tuple[ModbusDevice, Profile, DevicePoller]]] = defaultdict(list)
+        tcp = [cfg for cfg in mine if cfg.tcp is not None]
+        phases = dict(zip((cfg.id for cfg in tcp),
+                          tcp_slots([cfg.period_s for cfg in tcp], time.monotonic()),
+                          strict=True))
         for index, cfg in enumerate(mine):
             profile = load_profile(cfg.profile)
             poller = DevicePoller(cfg, profile.plan(cfg.limits),
                                   DeviceRules(cfg.id, profile.events, sink, salt=salt), sink)
-            # Spread the first polls over one period so 500 devices don't all fire at once.
-            poller.next_due += cfg.period_s * index / max(1, len(mine))
             if cfg.tcp is not None:
+                # TCP polls go in bursts (poller.tcp_slots); a bus spreads its own polls.
+                poller.next_due = phases[cfg.id]
                 link = Link.tcp(cfg.tcp.host, cfg.tcp.port, cfg.timeout_s)
-                self.tcp_loops.append(TcpDeviceLoop(poller, link))
+                self.tcp_loops.append(TcpDeviceLoop(poller, link, phase=phases[cfg.id]))
                 self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)
             elif cfg.rtu is not None:
+                # a bus takes one request at a time: spread its first polls over a period
+                poller.next_due += cfg.period_s * index / max(1, len(mine))
                 buses[cfg.rtu.port].append((cfg, profile, poller))
         for group in buses.values():
             rtu = group[0][0].rtu

@@ -24,6 +24,7 @@ Rules the scheduler keeps:
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,12 +38,30 @@ from edge_agent.driver_api import DeviceState, EventSink, report_poll_error
 from edge_agent.logs import get_logger
 from edge_agent.rules import DeviceRules
 
-__all__ = ["TICK_S", "DevicePoller", "SerialBusLoop", "TcpDeviceLoop"]
+__all__ = ["TCP_BURST_MAX", "TICK_S", "DevicePoller", "SerialBusLoop", "TcpDeviceLoop",
+           "tcp_slots"]
 
 log = get_logger("drivers.modbus")
 
 #: Loops wake at least this often, so rule heartbeats fall due between slow polls.
 TICK_S = 1.0
+#: TCP devices with the same period poll in bursts of at most this many (`tcp_slots`).
+TCP_BURST_MAX = 100
+
+
+def tcp_slots(periods: Sequence[float], start: float) -> list[float]:
+    """The phase of each TCP device: devices with the same period share as few slots as
+    bursts of TCP_BURST_MAX allow, slots spread evenly over the period, devices spread
+    round-robin over the slots. Identical phases make identical timer deadlines."""
+    by_period: dict[float, list[int]] = {}
+    for index, period in enumerate(periods):
+        by_period.setdefault(period, []).append(index)
+    phases = [start] * len(periods)
+    for period, members in by_period.items():
+        slots = math.ceil(len(members) / TCP_BURST_MAX)
+        for position, index in enumerate(members):
+            phases[index] = start + (position % slots) * period / slots
+    return phases
 
 
 class DevicePoller:
@@ -164,21 +183,37 @@ class DevicePoller:
 
 
 class TcpDeviceLoop:
-    """A TCP device polls on its own connection, concurrently with the others."""
+    """A TCP device polls on its own connection, concurrently with the others.
 
-    def __init__(self, poller: DevicePoller, link: Link) -> None:
+    Polls start on the device's slot: `phase + k * period_s`. Devices given the same
+    phase (`tcp_slots`) poll in one burst, so the agent wakes once per burst instead of
+    once per device: on a gateway each wake-up from idle costs tens of µs, more than the
+    poll itself (docs/benchmarks.md). A device that backs off or fell behind polls at
+    the first slot after it is due, so it rejoins its burst.
+    """
+
+    def __init__(self, poller: DevicePoller, link: Link, *, phase: float | None = None) -> None:
         self.poller = poller
         self.link = link
+        self.phase = poller.next_due if phase is None else phase
+
+    def slot_at(self, t: float) -> float:
+        """The first slot of this device at or after `t`."""
+        period = self.poller.cfg.period_s
+        k = math.ceil((t - self.phase) / period - 1e-9)
+        return self.phase + max(0, k) * period
 
     async def run(self) -> None:
         poller = self.poller
         try:
             while True:
                 _honour_cancellation()
-                wait = poller.next_due - poller.clock()
+                slot = self.slot_at(poller.next_due)
+                wait = slot - poller.clock()
                 if wait > 0:
                     await asyncio.sleep(min(wait, TICK_S))
                 else:
+                    poller.next_due = slot  # on the grid: the next one is slot + period
                     await poller.poll(self.link)
                 poller.rules.tick()
         finally:

@@ -150,7 +150,7 @@ class OutboxConfig(Strict):
     path: Path = Path("/var/lib/edge-agent/outbox.db")
     max_bytes: ByteSize = 256 * 1024 * 1024
     commit_batch_max: int = Field(default=500, ge=1, le=10000)
-    commit_linger_ms: int = Field(default=50, ge=0, le=1000,
+    commit_linger_ms: int = Field(default=20, ge=0, le=1000,
                                   description="wait this long for more events before a "
                                   "commit; alarms never wait")
     loss_report_interval_s: float = Field(

@@ -134,6 +134,7 @@ class Rig:
 
     commit_linger_ms: int | None = None
     reconnect_max_s: float | None = None  # agent's and collector's back-off cap
+    status_page: bool = False  # the agent's LAN page on (127.0.0.1, a free port)
 
     def __post_init__(self) -> None:
         self.gateway = f"gw-{self.name}"
@@ -169,6 +170,8 @@ class Rig:
                            devices=devices, uplink=uplink)
         if self.commit_linger_ms is not None:
             cfg["outbox"]["commit_linger_ms"] = self.commit_linger_ms
+        if self.status_page:
+            cfg["status_page"] = {"enabled": True, "listen": f"127.0.0.1:{free_ports(1)}"}
         cfg_path = write_yaml(self.tmp / f"{self.name}-gw.yaml", cfg)
         self.agent = Proc([sys.executable, "-c", LAUNCHER, str(self.profile_dir), "run",
                            "--config", str(cfg_path)], self.tmp / f"{self.name}-agent.log")
@@ -243,8 +246,10 @@ def poll_slots(readings: list[tuple[str, float, float]], devices: int, started: 
 
 
 def fleet(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, seconds: float,
-          warmup: float, linger_ms: int | None = None) -> dict[str, Any]:
-    rig = Rig(tmp, f"fleet{devices}", devices, profile_dir, broker, linger_ms)
+          warmup: float, linger_ms: int | None = None, status_page: bool = False
+          ) -> dict[str, Any]:
+    rig = Rig(tmp, f"fleet{devices}", devices, profile_dir, broker, linger_ms,
+              status_page=status_page)
     try:
         return _fleet(rig, devices, seconds, warmup, linger_ms)
     finally:
@@ -287,6 +292,7 @@ def _fleet(rig: Rig, devices: int, seconds: float, warmup: float, linger_ms: int
     result = {
         "devices": devices, "period_s": PERIOD_S, "window_s": round(window_end - window_start, 1),
         "commit_linger_ms": linger_ms if linger_ms is not None else "default",
+        "status_page": rig.status_page,
         "agent_cpu_share_of_one_core": round(cpu, 4),
         "agent_peak_rss_mib": round(peak_rss / 2**20, 1),
         "simulator_cpu_share_of_one_core": sim_cpu,
@@ -392,6 +398,8 @@ def main() -> None:
                         help="copy every process's log into this folder")
     parser.add_argument("--commit-linger-ms", type=int, default=None,
                         help="the agent's outbox.commit_linger_ms (default: as shipped)")
+    parser.add_argument("--status-page", action="store_true",
+                        help="fleet: the agent's status page on (no browser open)")
     parser.add_argument("--heartbeat-s", type=float, default=0.5,
                         help="the reading rule's heartbeat; 300 makes a polling-only round "
                              "(one reading per device, then none: what polling alone costs)")
@@ -407,7 +415,7 @@ def main() -> None:
         try:
             if not args.skip_fleet:
                 results["fleet"] = fleet(tmp, broker, profile_dir, args.devices, args.seconds,
-                                         args.warmup, args.commit_linger_ms)
+                                         args.warmup, args.commit_linger_ms, args.status_page)
             if args.outage_s > 0:
                 results["outage"] = outage(tmp, broker, profile_dir, args.outage_devices,
                                            args.outage_s, 5.0, args.reconnect_max_s)

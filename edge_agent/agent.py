@@ -19,7 +19,6 @@ from edge_agent.mqtt import Endpoint
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
 from edge_agent.registry import available
-from edge_agent.status.server import serve_status
 from edge_agent.supervise import supervise
 from edge_agent.topics import GatewayTopics
 from edge_agent.uplink import Uplink
@@ -74,6 +73,9 @@ class Agent:
                 tg.create_task(supervise("uplink", self.uplink.run))
                 tg.create_task(supervise("heartbeat", self.heartbeat))
                 if self.cfg.status_page.enabled:
+                    # imported here: the web stack (~4 MiB) only when the page is on
+                    from edge_agent.status.server import serve_status
+
                     tg.create_task(supervise("status_page", partial(serve_status, self)))
                 for name, driver in self.drivers.items():
                     tg.create_task(supervise(f"driver:{name}", driver.run))

@@ -11,7 +11,7 @@ For each event the simulator fires a motion notification (raise, then clear,
 alternating) on one camera and the clock runs until the pipeline has committed the
 resulting row (its `on_commit` callback). Events cycle motion raise, motion clear,
 tamper raise, tamper clear: `camera.motion` is a record (the pipeline lingers up to
-50 ms to batch it), `camera.tamper` an alarm (committed at once). Two runs:
+20 ms to batch it), `camera.tamper` an alarm (committed at once). Two runs:
 `snapshot=false` (snapshots off: the event path only) and `snapshot=true` (every raise
 fetches a Digest-auth JPEG from the camera, stores it in the ring and references it;
 clears take none). One JSON line per event, then a summary with p50/p90/p99/max per run

@@ -239,3 +239,22 @@ async def test_healthz_reports_a_stuck_pipeline(agent: Agent,
     await asyncio.sleep(0.01)
     ok, body = status.health.check()
     assert not ok and body["problems"][0].startswith("pipeline stuck: 1 events waiting")
+
+
+async def test_logging_out_ends_a_stream_opened_with_the_session(
+        client: TestClient[Any, Any]) -> None:
+    assert (await client.post("/login", data={"password": PASSWORD})).status == 200
+    r = await client.get("/api/stream")
+
+    async def next_doc() -> dict[str, Any] | None:
+        while line := (await r.content.readline()).decode():
+            if line.startswith("data: "):
+                loaded: dict[str, Any] = json.loads(line[6:])
+                return loaded
+        return None  # the server ended the stream
+
+    first = await asyncio.wait_for(next_doc(), 5)
+    assert first is not None and first["viewer"]["authenticated"]
+    await client.post("/logout")
+    # the next document is not sent to a logged-out session: the stream ends instead
+    assert await asyncio.wait_for(next_doc(), 5) is None

@@ -143,6 +143,12 @@ class StatusApp:
         return await self._guarded(lambda: self.credential.authorization_valid(header),
                                    request)
 
+    def _still_authenticated(self, request: web.Request) -> bool:
+        """For an open stream: its session still open, or its header still the credential
+        (checked without the pause: it was right when the stream opened)."""
+        return (self.credential.session_valid(request.cookies.get(SESSION_COOKIE))
+                or self.credential.authorization_valid(request.headers.get("Authorization")))
+
     async def _guarded(self, check: Callable[[], bool], request: web.Request) -> bool:
         """One credential check at a time, a failed one answered after a pause: guessing
         with many parallel requests (login or Authorization headers) is no faster than
@@ -184,10 +190,13 @@ class StatusApp:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        listener = self.stream.subscribe(await self.authenticated(request))
+        authed = await self.authenticated(request)
+        listener = self.stream.subscribe(authed)
         try:
             await response.write(b"retry: 3000\n\n")
             while (payload := await listener.queue.get()) is not None:
+                if authed and not self._still_authenticated(request):
+                    break  # logged out or expired: the page reconnects without the credential
                 await response.write(f"event: status\ndata: {payload}\n\n".encode())
         except ConnectionError:  # the page went away
             pass

@@ -96,7 +96,8 @@ class OutboxThread:
 
     async def delete(self, seqs: Iterable[int]) -> int:
         """Delete now (and whatever acks are pending); returns rows deleted."""
-        return await self._run(partial(self._outbox.delete, [*self._take_acked(), *seqs]))
+        acked = self._take_acked()
+        return await self._keeping_acks(acked, partial(self._outbox.delete, [*acked, *seqs]))
 
     def ack(self, seqs: Iterable[int]) -> None:
         """The collector acknowledged these rows: delete them write-behind (see above)."""

@@ -15,7 +15,8 @@ Invariants
    lane empty, then from the rows each commit hands over (`offer`) — the lane is
    "caught up" and nothing is read back. Anything else that changes the outbox
    (an eviction, a data_loss report, a reconnect, an overfull hand-over buffer) sends
-   the lane back to fetching from its cursor (`notify`).
+   the lane back to fetching from its cursor (`notify`), and a fetch that was under way
+   then cannot mark the lane caught up (`_generation`).
 """
 
 from __future__ import annotations
@@ -111,9 +112,14 @@ class Uplink:
         """The outbox changed in a way the uplink was not told row by row (a data_loss
         report, an eviction): read it again from each lane's cursor."""
         for lane in LANES:
-            self._caught_up[lane] = False
-            self._fresh[lane].clear()
+            self._fall_back(lane)
         self._wake.set()
+
+    def _fall_back(self, lane: int) -> None:
+        """The lane reads the outbox again; a fetch already under way cannot catch it up."""
+        self._caught_up[lane] = False
+        self._fresh[lane].clear()
+        self._generation += 1
 
     def offer(self, appended: Appended) -> None:
         """The rows one commit stored (the pipeline's `on_rows`): sent from memory once
@@ -125,8 +131,7 @@ class Uplink:
             fresh = self._fresh[row.lane]
             fresh.append(row)
             if len(fresh) > FRESH_MAX_BATCHES * self.cfg.batch_max_events:
-                self._caught_up[row.lane] = False  # fall behind: read the outbox instead
-                fresh.clear()
+                self._fall_back(row.lane)  # fell behind: read the outbox instead
         self._wake.set()
 
     def _reset_inflight(self) -> None:
@@ -136,6 +141,8 @@ class Uplink:
         #: per lane: every row up to the cursor was sent and later rows arrive by `offer`
         self._caught_up = dict.fromkeys(LANES, False)
         self._fresh: dict[int, deque[OutboxRow]] = {lane: deque() for lane in LANES}
+        #: bumped by every fall-back: a fetch that began before one never catches a lane up
+        self._generation = getattr(self, "_generation", 0) + 1
 
     # ------------------------------------------------------------------ connection
 
@@ -246,10 +253,12 @@ class Uplink:
             if self._caught_up[lane]:
                 rows = self._take_fresh(lane)
             else:
+                generation = self._generation
                 rows = await self.outbox.fetch(lane=lane, after_seq=self._cursor[lane],
                                                limit=self.cfg.batch_max_events,
                                                max_bytes=self.cfg.batch_max_bytes)
-                if not rows:  # sent all the lane held: from now on rows are handed over
+                if not rows and generation == self._generation:
+                    # sent all the lane held: from now on its rows are handed over
                     self._caught_up[lane] = True
                     rows = self._take_fresh(lane)
             if rows:

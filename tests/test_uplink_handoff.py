@@ -110,3 +110,37 @@ async def test_an_eviction_sends_the_lane_back_to_the_outbox_and_nothing_is_unac
         await until(lambda: len(stored(store)) + evicted >= 40, 30, "the rest stored")
         assert outbox.fetches > reads, "after an eviction the lane must read the outbox"
     assert created >= 40 and len(stored(store)) + evicted == 40
+
+
+async def test_a_fall_back_during_a_fetch_keeps_the_lane_reading_the_outbox(
+        tmp_path: Path) -> None:
+    """Rows handed over while a fetch is under way overflow the buffer (it is dropped):
+    the lane must not count as caught up when that fetch comes back empty, or those rows
+    would never be sent. No broker needed: only the uplink's choice of rows."""
+    from edge_agent.config.models import UplinkConfig
+    from edge_agent.envelope import new_event
+
+    cfg = UplinkConfig(broker="mqtt://127.0.0.1:1", batch_max_events=2)
+    outbox = await OutboxThread.open(tmp_path / "o.db", max_bytes=10**8, hierarchy=H)
+    uplink = Uplink(cfg, Endpoint.from_uplink(cfg),
+                    GatewayTopics(H.district, H.community, H.gateway), outbox,
+                    client_id=H.gateway)
+    real_fetch = outbox.fetch
+    burst = [new_event(H, "smoke-1", "smoke.reading", READING) for _ in range(20)]
+
+    async def fetch_while_a_burst_is_committed(**kw: Any) -> Any:
+        rows = await real_fetch(**kw)
+        if kw["lane"] == 0 and burst:
+            appended = await outbox.append_rows(list(burst))  # after the fetch's read
+            burst.clear()
+            uplink.offer(appended)  # 20 rows > 8 batches of 2: the buffer is dropped
+        return rows
+
+    outbox.fetch = fetch_while_a_burst_is_committed  # type: ignore[method-assign]
+    try:
+        sent: list[int] = []
+        for _ in range(30):
+            sent += [row.seq for row in await uplink._next_rows()]
+        assert sent == list(range(1, 21))
+    finally:
+        await outbox.close()

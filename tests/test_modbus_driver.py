@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import structlog
 
 from drivers.modbus import driver as driver_module
 from drivers.modbus import profile as profile_module
-from drivers.modbus.device import ModbusDevice
+from drivers.modbus.device import ModbusDevice, check_buses
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.extractor import Extractor
 from drivers.modbus.points import Table
@@ -446,3 +447,36 @@ async def test_a_device_that_recovers_rejoins_its_burst() -> None:
     assert len(one) >= 3 and len(two) >= 3
     # each poll of s2 is within a few ms of one of s1 (same slot), not half a period off
     assert all(min(abs(t - u) for u in one) < 0.03 for t in two), (one, two)
+
+
+async def test_devices_behind_a_tcp_gateway_share_one_connection_one_request_at_a_time(
+        ) -> None:
+    # Three detectors behind one TCP-to-RTU gateway; each answer takes 30 ms (the RS-485
+    # side). On one shared connection the requests never overlap.
+    units = [Unit.of(u, "smoke-detector", SMOKE, delay_s=0.03) for u in (1, 2, 3)]
+    async with ModbusServer(units) as server:
+        devices = [tcp_device(f"s{u}", "smoke-detector", server.port, u, period_s=0.5,
+                              tcp={"host": "127.0.0.1", "port": server.port, "gateway": True})
+                   for u in (1, 2, 3)]
+        sink = RecordingSink()
+        driver = ModbusDriver(devices, sink)
+        links = {id(driver.device(f"s{u}").link) for u in (1, 2, 3)}
+        assert len(links) == 1 and not driver.tcp_loops and len(driver.bus_loops) == 1
+        async with running(driver):
+            await wait_until(lambda: all(sink.current.get(f"s{u}") is DeviceState.ONLINE
+                                         for u in (1, 2, 3)), 5)
+            await asyncio.sleep(1.0)
+    starts = sorted(r.at for r in server.requests)
+    assert len(starts) >= 9
+    # one at a time: each request starts after the previous one's 30 ms answer
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.025
+
+
+def test_devices_at_one_address_must_agree_on_gateway() -> None:
+    devices = [tcp_device("a", "smoke-detector", 1502, 1,
+                          tcp={"host": "10.0.0.9", "port": 1502, "gateway": True}),
+               tcp_device("b", "smoke-detector", 1502, 2,
+                          tcp={"host": "10.0.0.9", "port": 1502})]
+    (problem,) = check_buses(devices)
+    assert problem.startswith("device b: tcp://10.0.0.9:1502 is a gateway for a "
+                              "(`tcp.gateway`) but not for this device")

@@ -40,6 +40,9 @@ class _Strict(BaseModel):
 class TcpTarget(_Strict):
     host: str = Field(min_length=1, description="IP address or host name of the device")
     port: int = Field(default=502, ge=1, le=65535)
+    gateway: bool = Field(default=False, description="the address is a TCP-to-RTU gateway "
+                          "(an RS-485 bus behind one address): its devices share one "
+                          "connection and are polled one at a time, like a serial bus")
 
 
 class RtuTarget(_Strict):
@@ -141,6 +144,7 @@ def bus_problems(devices: Sequence[DeviceConfig]) -> list[tuple[int, str]]:
     problems: list[tuple[int, str]] = []
     lines: dict[str, tuple[ModbusDevice, RtuTarget]] = {}
     units: dict[tuple[str, int], str] = {}
+    gateways: dict[str, tuple[ModbusDevice, bool]] = {}
     for index, dev in enumerate(devices):
         if not isinstance(dev, ModbusDevice):
             continue
@@ -154,6 +158,12 @@ def bus_problems(devices: Sequence[DeviceConfig]) -> list[tuple[int, str]]:
                                         "one bus, one setting"))
         elif dev.tcp is not None:
             bus = f"tcp://{dev.tcp.host.lower()}:{dev.tcp.port}"
+            kind = gateways.setdefault(bus, (dev, dev.tcp.gateway))
+            if kind[1] != dev.tcp.gateway:
+                problems.append((index, f"{bus} is {'' if kind[1] else 'not '}a gateway for "
+                                        f"{kind[0].id} (`tcp.gateway`) but "
+                                        f"{'' if dev.tcp.gateway else 'not '}for this device; "
+                                        "all devices at one address must agree"))
         else:  # pragma: no cover - the model requires one transport
             continue
         other = units.setdefault((bus, dev.unit_id), dev.id)

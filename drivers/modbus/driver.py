@@ -1,6 +1,7 @@
 """The Modbus driver: builds links, pollers and rules from validated device entries.
 
-One `Link` per TCP device and one per serial port; each link's loop runs under
+One `Link` per TCP device, one per TCP-to-RTU gateway (`tcp.gateway`) and one per
+serial port; each link's loop runs under
 `edge_agent.supervise.supervise`, so a loop that crashes (a bug) is restarted with its
 devices' state intact. Devices that cannot share a bus (`check_buses`) are refused here
 with a ValueError listing every problem.
@@ -50,7 +51,9 @@ class ModbusDriver:
         self.bus_loops: list[SerialBusLoop] = []
         self.devices: dict[str, DeviceHandle] = {}
         buses: dict[str, list[tuple[ModbusDevice, Profile, DevicePoller]]] = defaultdict(list)
-        tcp = [cfg for cfg in mine if cfg.tcp is not None]
+        gateways: dict[tuple[str, int], list[tuple[ModbusDevice, Profile, DevicePoller]]] = \
+            defaultdict(list)
+        tcp = [cfg for cfg in mine if cfg.tcp is not None and not cfg.tcp.gateway]
         phases = dict(zip((cfg.id for cfg in tcp),
                           tcp_slots([cfg.period_s for cfg in tcp], time.monotonic()),
                           strict=True))
@@ -58,7 +61,10 @@ class ModbusDriver:
             profile = load_profile(cfg.profile)
             poller = DevicePoller(cfg, profile.plan(cfg.limits),
                                   DeviceRules(cfg.id, profile.events, sink, salt=salt), sink)
-            if cfg.tcp is not None:
+            if cfg.tcp is not None and cfg.tcp.gateway:
+                poller.next_due += cfg.period_s * index / max(1, len(mine))
+                gateways[(cfg.tcp.host.lower(), cfg.tcp.port)].append((cfg, profile, poller))
+            elif cfg.tcp is not None:
                 # TCP polls go in bursts (poller.tcp_slots); a bus spreads its own polls.
                 poller.next_due = phases[cfg.id]
                 link = Link.tcp(cfg.tcp.host, cfg.tcp.port, cfg.timeout_s)
@@ -68,6 +74,12 @@ class ModbusDriver:
                 # a bus takes one request at a time: spread its first polls over a period
                 poller.next_due += cfg.period_s * index / max(1, len(mine))
                 buses[cfg.rtu.port].append((cfg, profile, poller))
+        for (host, port), group in gateways.items():
+            # a TCP-to-RTU gateway is a bus: one connection, one request at a time
+            link = Link.tcp(host, port, max(cfg.timeout_s for cfg, _, _ in group))
+            self.bus_loops.append(SerialBusLoop([poller for _, _, poller in group], link))
+            for cfg, profile, poller in group:
+                self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)
         for group in buses.values():
             rtu = group[0][0].rtu
             assert rtu is not None

@@ -16,6 +16,7 @@ from edge_agent.driver_api import Driver
 from edge_agent.envelope import Hierarchy
 from edge_agent.logs import get_logger
 from edge_agent.mqtt import Endpoint
+from edge_agent.open_alarms import OpenAlarms
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
 from edge_agent.registry import available
@@ -59,6 +60,7 @@ class Agent:
                             commit_linger_s=cfg.outbox.commit_linger_ms / 1000,
                             on_rows=uplink.offer, credential_salt=salt)
         pipeline.snapshots = cfg.snapshots
+        pipeline.open_alarms = OpenAlarms(cfg.outbox.path.parent / "open-alarms.json")
         drivers = build_drivers(cfg.devices, pipeline)
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
 

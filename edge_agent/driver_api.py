@@ -47,6 +47,15 @@ def credential_salt(sink: EventSink) -> bytes:
     return salt if isinstance(salt, bytes) else b""
 
 
+def restored_alarms(sink: EventSink, device: str) -> dict[str, list[str]]:
+    """Alarms of `device` still open when the agent last stopped, by type: their
+    `alarm_id`s, oldest first (edge_agent.open_alarms). A driver's alarm rules go on with
+    them instead of raising anew. Optional on a sink: {} from one without it."""
+    restore = getattr(sink, "restored_alarms", None)
+    found = restore(device) if callable(restore) else {}
+    return found if isinstance(found, dict) else {}
+
+
 def report_poll_error(sink: EventSink, device: str, reason: str) -> None:
     """Count one failed poll/read of `device` (status page, `/metrics`). Optional on a sink:
     a sink without `poll_error` (a test's) ignores it. `reason` must hold no secret."""

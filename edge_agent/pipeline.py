@@ -27,6 +27,7 @@ from edge_agent.envelope import (
     new_event,
 )
 from edge_agent.logs import get_logger
+from edge_agent.open_alarms import OpenAlarms
 from edge_agent.outbox import Appended
 from edge_agent.outbox_thread import OutboxThread
 
@@ -80,6 +81,8 @@ class Pipeline:
     on_event: Callable[[Event], None] | None = None
     #: The gateway's `snapshots:` section, read by camera drivers (drivers/onvif/driver.py).
     snapshots: SnapshotsConfig | None = None
+    #: Alarms open across restarts (edge_agent.open_alarms); None: not kept.
+    open_alarms: OpenAlarms | None = None
 
     def __init__(
         self,
@@ -129,6 +132,8 @@ class Pipeline:
             log.error("event_rejected", device=device, type=type_, error=str(exc))
             return
         self._enqueue(event)
+        if self.open_alarms is not None:
+            self.open_alarms.record(event)
         if self.on_event is not None:
             self.on_event(event)
         status = self.devices.get(device)
@@ -150,6 +155,10 @@ class Pipeline:
         event = transition_event(previous, state, reason, now - since)
         if event is not None:
             self.emit(device, *event)
+
+    def restored_alarms(self, device: str) -> dict[str, list[str]]:
+        """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
+        return self.open_alarms.claim(device) if self.open_alarms is not None else {}
 
     def poll_error(self, device: str, reason: str) -> None:
         """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""

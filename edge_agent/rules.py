@@ -16,8 +16,10 @@ is worth an event. Values become events through rules, never as raw dumps:
   seen for `debounce_s` (the injected clock; 0 = at once) before a raise (or clear).
   A raise emits `{state: raised, alarm_id, ...data}` with the catalog severity, the clear
   `{state: cleared, alarm_id: <the same>, ...data}` with severity info. An alarm observed
-  inactive at start emits nothing. Debounce is confirmed by polls only: `tick()` never
-  raises or clears, since nothing was observed.
+  inactive at start emits nothing, unless the last run left it open
+  (edge_agent.open_alarms): then it starts raised under its old id, so it goes on
+  without a second raise, and its clear names that id. Debounce is confirmed by polls
+  only: `tick()` never raises or clears, since nothing was observed.
 - **state** (`state`; gate.state): emitted on the first observation and when any mapped
   value changes. A value the map does not cover becomes `"unknown"` where the schema
   allows it (logged as a warning, once per value).
@@ -75,7 +77,7 @@ from edge_agent._rules_spec import (
     parse_rules,
     point_issues,
 )
-from edge_agent.driver_api import EventSink
+from edge_agent.driver_api import EventSink, restored_alarms
 from edge_agent.envelope import CATALOG, Severity, new_ulid
 from edge_agent.logs import get_logger
 from edge_agent.privacy import hash_credential
@@ -152,6 +154,14 @@ class DeviceRules:
         self._salt = salt
         self._warned: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._rules: list[_Rule] = [_build(self, index, rule) for index, rule in enumerate(rules)]
+        self._restore(restored_alarms(sink, device_id))
+
+    def _restore(self, open_alarms: dict[str, list[str]]) -> None:
+        """Alarms left open by the last run go on under their ids (edge_agent.open_alarms):
+        no second raise while they hold, and their clear names the old id."""
+        for rule in self._rules:
+            if isinstance(rule, _Alarm) and open_alarms.get(rule.type):
+                rule.raised, rule.alarm_id = True, open_alarms[rule.type].pop(0)
 
     # ------------------------------------------------------------------ driver API
 

@@ -1,0 +1,126 @@
+"""Alarms open when the agent stops go on under their ids after it starts again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from drivers.modbus.device import ModbusDevice
+from drivers.modbus.driver import ModbusDriver
+from edge_agent.envelope import new_event
+from edge_agent.open_alarms import OpenAlarms
+from edge_agent.outbox import Outbox
+from edge_agent.outbox_thread import OutboxThread
+from edge_agent.pipeline import Pipeline
+from edge_agent.rules import DeviceRules
+from edge_agent.testing import TEST_HIERARCHY as H
+from edge_agent.testing import RecordingSink, running
+from tests.modbus_servers import SMOKE, ModbusServer, Unit, wait_until
+
+
+def alarm(device: str, type_: str, alarm_id: str, state: str) -> Any:
+    return new_event(H, device, type_, {"state": state, "alarm_id": alarm_id})
+
+
+def test_open_alarms_are_kept_in_a_file_until_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "open-alarms.json"
+    ledger = OpenAlarms(path)
+    ledger.record(alarm("smoke-1", "smoke.alarm", "a1", "raised"))
+    ledger.record(alarm("gate-1", "gate.forced_open", "f1", "raised"))
+    ledger.record(alarm("gate-1", "gate.forced_open", "f1", "cleared"))
+    ledger.record(new_event(H, "smoke-1", "smoke.reading", {"battery_pct": 80}))
+    again = OpenAlarms(path)
+    assert len(again) == 1
+    assert again.claim("smoke-1") == {"smoke.alarm": ["a1"]}
+    assert again.claim("gate-1") == {}
+
+
+def test_an_unreadable_file_is_logged_and_starts_afresh(tmp_path: Path) -> None:
+    path = tmp_path / "open-alarms.json"
+    path.write_text("{not json", "utf-8")
+    with structlog.testing.capture_logs() as logs:
+        ledger = OpenAlarms(path)
+    assert len(ledger) == 0 and logs[0]["event"] == "open_alarms_unreadable"
+    ledger.record(alarm("smoke-1", "smoke.alarm", "a2", "raised"))
+    assert json.loads(path.read_text("utf-8")) == {"open": [["smoke-1", "smoke.alarm", "a2"]]}
+
+
+class RestoringSink(RecordingSink):
+    def restored_alarms(self, device: str) -> dict[str, list[str]]:
+        return {"smoke.alarm": ["before-restart"]} if device == "smoke-1" else {}
+
+
+def test_rules_go_on_with_a_restored_alarm_and_clear_it_under_its_id() -> None:
+    from drivers.modbus.profile import load_profile
+
+    now = [0.0]
+    sink = RestoringSink()
+    rules = DeviceRules("smoke-1", load_profile("smoke-detector").events, sink,
+                        clock=lambda: now[0])
+    values = {"alarm": True, "fault": False, "density": 0.1, "temperature": 20.0,
+              "battery": 90, "fault_code": 0}
+    for t in (0.0, 5.0):  # well past the 2 s debounce
+        now[0] = t
+        rules.update(values)
+    assert sink.of("smoke.alarm") == [], "still in alarm: no second raise"
+    for t in (6.0, 9.0):
+        now[0] = t
+        rules.update({**values, "alarm": False})
+    (cleared,) = sink.of("smoke.alarm")
+    assert cleared.data["state"] == "cleared" and cleared.data["alarm_id"] == "before-restart"
+    assert not sink.invalid
+
+
+@contextlib.asynccontextmanager
+async def agent_run(tmp_path: Path, port: int) -> AsyncIterator[Pipeline]:
+    """The agent's own pieces (outbox, pipeline with its open-alarm file, Modbus driver)."""
+    outbox = await OutboxThread.open(tmp_path / "outbox.db", max_bytes=10**8, hierarchy=H)
+    pipeline = Pipeline(H, outbox, commit_linger_s=0.01)
+    pipeline.open_alarms = OpenAlarms(tmp_path / "open-alarms.json")
+    device = ModbusDevice.model_validate({
+        "id": "smoke-1", "driver": "modbus", "profile": "smoke-detector", "unit_id": 1,
+        "tcp": {"host": "127.0.0.1", "port": port}, "period_s": 0.1})
+    pipe_task = asyncio.create_task(pipeline.run())
+    try:
+        async with running(ModbusDriver([device], pipeline)):
+            yield pipeline
+    finally:
+        pipe_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pipe_task
+        await outbox.close()
+
+
+def smoke_alarms(tmp_path: Path) -> list[dict[str, Any]]:
+    with Outbox.open(tmp_path / "outbox.db", max_bytes=10**8, hierarchy=H) as box:
+        rows = box.fetch(lane=1, after_seq=0, limit=1000, max_bytes=10**8)
+    return [json.loads(r.body)["data"] for r in rows if r.type == "smoke.alarm"]
+
+
+async def test_an_alarm_open_across_a_restart_keeps_its_id(tmp_path: Path) -> None:
+    async with ModbusServer([Unit.of(1, "smoke-detector", SMOKE)]) as server:
+        async with agent_run(tmp_path, server.port) as pipeline:
+            seen: list[Any] = []
+            pipeline.on_event = seen.append
+            await wait_until(lambda: [e for e in seen if e.type == "smoke.alarm"], 10)
+            await asyncio.sleep(0.1)  # committed
+        (raised,) = smoke_alarms(tmp_path)
+        assert raised["state"] == "raised"
+        async with agent_run(tmp_path, server.port) as pipeline:  # restarted, still in alarm
+            seen = []
+            pipeline.on_event = seen.append
+            await asyncio.sleep(3.0)  # past the 2 s debounce: a new raise would be here
+            assert [e for e in seen if e.type == "smoke.alarm"] == []
+            await server.set(1, alarm=False)
+            await wait_until(lambda: [e for e in seen if e.type == "smoke.alarm"], 10)
+            await asyncio.sleep(0.1)
+    alarms = smoke_alarms(tmp_path)
+    assert [a["state"] for a in alarms] == ["raised", "cleared"]
+    assert alarms[1]["alarm_id"] == raised["alarm_id"]
+    assert json.loads((tmp_path / "open-alarms.json").read_text("utf-8")) == {"open": []}

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from edge_agent.config.models import DeviceConfig
 from edge_agent.envelope import Severity
+from edge_agent.open_alarms import OpenAlarm
 
 
 class DeviceState(StrEnum):
@@ -47,13 +48,13 @@ def credential_salt(sink: EventSink) -> bytes:
     return salt if isinstance(salt, bytes) else b""
 
 
-def restored_alarms(sink: EventSink, device: str) -> dict[str, list[str]]:
-    """Alarms of `device` still open when the agent last stopped, by type: their
-    `alarm_id`s, oldest first (edge_agent.open_alarms). A driver's alarm rules go on with
-    them instead of raising anew. Optional on a sink: {} from one without it."""
+def restored_alarms(sink: EventSink, device: str) -> list[OpenAlarm]:
+    """Alarms of `device` still open when the agent last stopped, oldest first
+    (edge_agent.open_alarms): a driver goes on with them (same `alarm_id`) instead of
+    raising anew. Optional on a sink: [] from one without it."""
     restore = getattr(sink, "restored_alarms", None)
-    found = restore(device) if callable(restore) else {}
-    return found if isinstance(found, dict) else {}
+    found = restore(device) if callable(restore) else []
+    return [a for a in found if isinstance(a, OpenAlarm)] if isinstance(found, list) else []
 
 
 def report_poll_error(sink: EventSink, device: str, reason: str) -> None:

@@ -20,39 +20,52 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_agent.envelope import ALARM_TYPES, Event
 from edge_agent.logs import get_logger
 
-__all__ = ["MAX_OPEN", "OpenAlarms"]
+__all__ = ["MAX_OPEN", "OpenAlarm", "OpenAlarms"]
 
 log = get_logger("edge_agent.open_alarms")
 
 #: Open alarms kept at most (oldest dropped first).
 MAX_OPEN = 1000
+#: Of a raise's data, the text and number fields are kept (a zone, a rule name), this many.
+MAX_DATA_FIELDS = 16
+
+
+@dataclass(frozen=True)
+class OpenAlarm:
+    """One alarm left open: its type, id and the raise's plain data fields (a zone...)."""
+
+    type: str
+    alarm_id: str
+    data: dict[str, str | int | float | bool]
 
 
 class OpenAlarms:
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        #: (device, type, alarm_id) in the order raised
-        self._open: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        #: (device, type, alarm_id) -> the raise's plain data fields, in the order raised
+        self._open: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
         if path is not None:
             self._load(path)
 
     def _load(self, path: Path) -> None:
         try:
             raw = json.loads(path.read_text("utf-8"))
-            entries = [(str(d), str(t), str(a)) for d, t, a in raw["open"]]
+            entries = [((str(d), str(t), str(a)), _plain(data)) for d, t, a, data in raw["open"]]
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("open_alarms_unreadable", path=str(path), error=str(exc)[:200],
                         hint="alarms open before the restart start afresh")
             return
-        for entry in entries[-MAX_OPEN:]:
-            self._open[entry] = None
+        for key, data in entries[-MAX_OPEN:]:
+            self._open[key] = data
         if self._open:
             log.info("open_alarms_loaded", path=str(path), alarms=len(self._open))
 
@@ -68,7 +81,7 @@ class OpenAlarms:
             return
         key = (event.subject, event.type, alarm_id)
         if state == "raised":
-            self._open[key] = None
+            self._open[key] = _plain(event.data)
             while len(self._open) > MAX_OPEN:
                 self._open.popitem(last=False)
         elif state == "cleared":
@@ -78,23 +91,34 @@ class OpenAlarms:
             return
         self._save()
 
-    def claim(self, device: str) -> dict[str, list[str]]:
-        """The open alarms of `device` by type (oldest first), for its rules to go on with.
-        They stay recorded until their clear arrives."""
-        out: dict[str, list[str]] = {}
-        for dev, type_, alarm_id in self._open:
-            if dev == device:
-                out.setdefault(type_, []).append(alarm_id)
-        return out
+    def claim(self, device: str) -> list[OpenAlarm]:
+        """The open alarms of `device`, oldest first, for its driver to go on with. They
+        stay recorded until their clear arrives."""
+        return [OpenAlarm(type_, alarm_id, dict(data))
+                for (dev, type_, alarm_id), data in self._open.items() if dev == device]
 
     def _save(self) -> None:
         if self.path is None:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps({"open": [list(k) for k in self._open]}), "utf-8")
+            tmp.write_text(json.dumps({"open": [[*k, data] for k, data in self._open.items()]}),
+                           "utf-8")
             os.replace(tmp, self.path)
         except OSError as exc:
             log.warning("open_alarms_not_saved", path=str(self.path), error=str(exc),
                         hint="alarms are still sent; only their continuation after a "
                              "restart is affected")
+
+
+def _plain(data: Any) -> dict[str, Any]:
+    """The text, number and flag fields of `data` (not state/alarm_id), at most a few."""
+    if not isinstance(data, dict):
+        raise TypeError("alarm data is not an object")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("state", "alarm_id") or not isinstance(key, str):
+            continue
+        if isinstance(value, str | int | float | bool) and len(out) < MAX_DATA_FIELDS:
+            out[key] = value[:200] if isinstance(value, str) else value
+    return out

@@ -27,7 +27,7 @@ from edge_agent.envelope import (
     new_event,
 )
 from edge_agent.logs import get_logger
-from edge_agent.open_alarms import OpenAlarms
+from edge_agent.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.outbox import Appended
 from edge_agent.outbox_thread import OutboxThread
 
@@ -156,9 +156,9 @@ class Pipeline:
         if event is not None:
             self.emit(device, *event)
 
-    def restored_alarms(self, device: str) -> dict[str, list[str]]:
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
         """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
-        return self.open_alarms.claim(device) if self.open_alarms is not None else {}
+        return self.open_alarms.claim(device) if self.open_alarms is not None else []
 
     def poll_error(self, device: str, reason: str) -> None:
         """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""

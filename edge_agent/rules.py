@@ -80,6 +80,7 @@ from edge_agent._rules_spec import (
 from edge_agent.driver_api import EventSink, restored_alarms
 from edge_agent.envelope import CATALOG, Severity, new_ulid
 from edge_agent.logs import get_logger
+from edge_agent.open_alarms import OpenAlarm
 from edge_agent.privacy import hash_credential
 
 __all__ = [
@@ -156,12 +157,16 @@ class DeviceRules:
         self._rules: list[_Rule] = [_build(self, index, rule) for index, rule in enumerate(rules)]
         self._restore(restored_alarms(sink, device_id))
 
-    def _restore(self, open_alarms: dict[str, list[str]]) -> None:
+    def _restore(self, open_alarms: list[OpenAlarm]) -> None:
         """Alarms left open by the last run go on under their ids (edge_agent.open_alarms):
         no second raise while they hold, and their clear names the old id."""
+        left = list(open_alarms)
         for rule in self._rules:
-            if isinstance(rule, _Alarm) and open_alarms.get(rule.type):
-                rule.raised, rule.alarm_id = True, open_alarms[rule.type].pop(0)
+            found = next((a for a in left if isinstance(rule, _Alarm) and a.type == rule.type),
+                         None)
+            if found is not None and isinstance(rule, _Alarm):
+                left.remove(found)
+                rule.raised, rule.alarm_id = True, found.alarm_id
 
     # ------------------------------------------------------------------ driver API
 

@@ -14,7 +14,7 @@ import structlog
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from edge_agent.envelope import new_event
-from edge_agent.open_alarms import OpenAlarms
+from edge_agent.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
@@ -31,14 +31,15 @@ def alarm(device: str, type_: str, alarm_id: str, state: str) -> Any:
 def test_open_alarms_are_kept_in_a_file_until_cleared(tmp_path: Path) -> None:
     path = tmp_path / "open-alarms.json"
     ledger = OpenAlarms(path)
-    ledger.record(alarm("smoke-1", "smoke.alarm", "a1", "raised"))
+    ledger.record(new_event(H, "smoke-1", "smoke.alarm",
+                            {"state": "raised", "alarm_id": "a1", "density_db_m": 0.2}))
     ledger.record(alarm("gate-1", "gate.forced_open", "f1", "raised"))
     ledger.record(alarm("gate-1", "gate.forced_open", "f1", "cleared"))
     ledger.record(new_event(H, "smoke-1", "smoke.reading", {"battery_pct": 80}))
     again = OpenAlarms(path)
     assert len(again) == 1
-    assert again.claim("smoke-1") == {"smoke.alarm": ["a1"]}
-    assert again.claim("gate-1") == {}
+    assert again.claim("smoke-1") == [OpenAlarm("smoke.alarm", "a1", {"density_db_m": 0.2})]
+    assert again.claim("gate-1") == []
 
 
 def test_an_unreadable_file_is_logged_and_starts_afresh(tmp_path: Path) -> None:
@@ -48,12 +49,13 @@ def test_an_unreadable_file_is_logged_and_starts_afresh(tmp_path: Path) -> None:
         ledger = OpenAlarms(path)
     assert len(ledger) == 0 and logs[0]["event"] == "open_alarms_unreadable"
     ledger.record(alarm("smoke-1", "smoke.alarm", "a2", "raised"))
-    assert json.loads(path.read_text("utf-8")) == {"open": [["smoke-1", "smoke.alarm", "a2"]]}
+    assert json.loads(path.read_text("utf-8")) == {"open": [["smoke-1", "smoke.alarm", "a2", {}]]}
 
 
 class RestoringSink(RecordingSink):
-    def restored_alarms(self, device: str) -> dict[str, list[str]]:
-        return {"smoke.alarm": ["before-restart"]} if device == "smoke-1" else {}
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        return ([OpenAlarm("smoke.alarm", "before-restart", {})] if device == "smoke-1"
+                else [])
 
 
 def test_rules_go_on_with_a_restored_alarm_and_clear_it_under_its_id() -> None:
@@ -124,3 +126,21 @@ async def test_an_alarm_open_across_a_restart_keeps_its_id(tmp_path: Path) -> No
     assert [a["state"] for a in alarms] == ["raised", "cleared"]
     assert alarms[1]["alarm_id"] == raised["alarm_id"]
     assert json.loads((tmp_path / "open-alarms.json").read_text("utf-8")) == {"open": []}
+
+
+def test_a_fire_panel_zone_left_in_alarm_is_taken_back_and_cleared_under_its_id() -> None:
+    from drivers.serial_line.alarms import AlarmTracker
+    from drivers.serial_line.options import AlarmSpec
+
+    spec = AlarmSpec.model_validate({"type": "smoke.alarm", "per": "zone", "state": "status",
+                                     "raise": ["ALARM"], "clear": ["NORMAL"]})
+    sink = RecordingSink()
+    tracker = AlarmTracker("panel", sink)
+    tracker.restore([spec], [OpenAlarm("smoke.alarm", "zone-12-old", {"zone": "12"}),
+                             OpenAlarm("water.leak", "not-mine", {"zone": "1"})])
+    tracker.apply(spec, {"zone": "12", "status": "ALARM"}, 1.0)  # the panel repeats it
+    assert sink.events == []
+    tracker.apply(spec, {"zone": "12", "status": "NORMAL"}, 2.0)
+    (cleared,) = sink.of("smoke.alarm")
+    assert cleared.data == {"zone": "12", "state": "cleared", "alarm_id": "zone-12-old"}
+    assert tracker.raised() == {} and not sink.invalid

@@ -7,8 +7,9 @@ a zone goes into alarm (a panel repeating the line emits nothing more) and `clea
 with the same `alarm_id` when the zone is seen normal again. Clearing a zone that is
 not raised emits nothing, so a panel's status roll-call after a restart is quiet.
 
-Nothing here is persisted: after an agent restart a zone still in alarm is raised
-again (a new `alarm_id`) when the panel next reports it.
+After an agent restart the zones left in alarm are taken back (`restore`, from
+edge_agent.open_alarms): a panel repeating one emits nothing, and its clear names the
+alarm_id of the raise before the restart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from edge_agent.driver_api import EventSink
 from edge_agent.envelope import CATALOG, Severity, new_ulid
 from edge_agent.logs import get_logger
+from edge_agent.open_alarms import OpenAlarm
 
 from .options import AlarmSpec
 
@@ -68,6 +70,21 @@ class AlarmTracker:
         self.max_active = max_active
         self.active: dict[Key, _Raised] = {}
         self.refused = 0  # raises dropped because max_active was reached
+
+    def restore(self, specs: Iterable[AlarmSpec], open_alarms: Iterable[OpenAlarm]) -> None:
+        """Take back the alarms the last run left open (their `per` groups from the
+        raise's data); ones no spec of this device names are left alone."""
+        specs = list(specs)
+        for alarm in open_alarms:
+            for spec in specs:
+                values = tuple(alarm.data.get(g) for g in spec.per)
+                if spec.type != alarm.type or not all(isinstance(v, str) for v in values):
+                    continue
+                per = tuple(str(v) for v in values)
+                if len(self.active) < self.max_active:
+                    self.active[(spec.type, per)] = _Raised(
+                        alarm.alarm_id, dict(zip(spec.per, per, strict=True)))
+                break
 
     def apply(self, spec: AlarmSpec, groups: Mapping[str, str | None],
               observed_at: float) -> None:

@@ -25,7 +25,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge_agent.config.models import DeviceConfig
-from edge_agent.driver_api import DeviceState, EventSink, credential_salt, report_poll_error
+from edge_agent.driver_api import (
+    DeviceState,
+    EventSink,
+    credential_salt,
+    report_poll_error,
+    restored_alarms,
+)
 from edge_agent.logs import get_logger
 from edge_agent.rules import DeviceRules
 
@@ -98,6 +104,8 @@ class _Device:
         self.rules = (DeviceRules(cfg.id, cfg.rules, sink, salt=credential_salt(sink))
                       if cfg.rules else None)
         self.alarms = AlarmTracker(cfg.id, sink)
+        self.alarms.restore([spec for frame in cfg.frames for spec in frame.alarms],
+                            restored_alarms(sink, cfg.id))
         self.counters: dict[str, int] = {f.count: 0 for f in cfg.frames if f.count}
         self.stats: Counter[str] = Counter()
         self.bad = _BadLines(cfg.id, cfg.log_line_prefix, clock)

@@ -106,6 +106,8 @@ class Uplink:
         self._was_connected = False
         self._draining = False  # connected with a backlog: log once when it is gone
         self._session_started = 0.0
+        #: bumped by every fall-back: a fetch that began before one never catches a lane up
+        self._generation = 0
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -141,8 +143,7 @@ class Uplink:
         #: per lane: every row up to the cursor was sent and later rows arrive by `offer`
         self._caught_up = dict.fromkeys(LANES, False)
         self._fresh: dict[int, deque[OutboxRow]] = {lane: deque() for lane in LANES}
-        #: bumped by every fall-back: a fetch that began before one never catches a lane up
-        self._generation = getattr(self, "_generation", 0) + 1
+        self._generation += 1  # a fetch under way belongs to the old session
 
     # ------------------------------------------------------------------ connection
 

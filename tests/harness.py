@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -135,3 +136,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def wait_until(cond: Callable[[], Any], within: float = 10.0, what: str = "") -> None:
+    """`wait_for` for async tests: wait for `cond()` to hold (checked every 10 ms);
+    AssertionError after `within` s."""
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what or cond}")
+        await asyncio.sleep(0.01)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from drivers.modbus.points import PointType, Table
 from drivers.modbus.profile import Profile, load_profile
 from edge_agent.envelope import Hierarchy
 from edge_agent.testing import RecordingSink as RecordingSink
+from tests.harness import wait_until
 from tests.peers import free_port, require_binary
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -254,14 +255,5 @@ class JunkServer:
                 writer.write(self.junk)
                 await writer.drain()
         writer.close()
-
-
-async def wait_until(cond: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
-    """Wait for `cond()` to hold (checked every 10 ms); AssertionError after `within` s."""
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what or cond}")
-        await asyncio.sleep(0.01)
 
 

@@ -13,7 +13,6 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,6 +29,7 @@ from tests.harness import (
     query,
     sim_devices,
     wait_for,
+    wait_until,
     write_yaml,
 )
 from tests.peers import FaultProxy, Mosquitto
@@ -130,15 +130,6 @@ def test_chaos_broker_outage_and_kills_lose_nothing(tmp_path: Path, mosquitto: M
     assert not list(tmp_path.glob("outbox.db.corrupt-*"))
 
 
-async def async_wait_for(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-
-
 async def test_publish_timeout_after_delivery_makes_no_duplicate(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     """PUBACKs and acks are swallowed while publishes still reach the broker and the
@@ -158,10 +149,10 @@ async def test_publish_timeout_after_delivery_makes_no_duplicate(
         def count() -> int:
             return event_count(store)
 
-        await async_wait_for(lambda: count() > 20, 30, "first events in the store")
+        await wait_until(lambda: count() > 20, 30, "first events in the store")
         before = count()
         proxy.blackhole_downstream = True            # the broker's answers vanish
-        await async_wait_for(lambda: count() > before, 15,
+        await wait_until(lambda: count() > before, 15,
                              "publishes reaching the collector while PUBACKs are lost")
         await asyncio.sleep(3)                       # publish timeouts, reconnect attempts
         proxy.blackhole_downstream = False

@@ -36,6 +36,7 @@ from drivers.modbus.writes import (
 from edge_agent.driver_api import DeviceState
 from edge_agent.privacy import hash_credential
 from edge_agent.testing import running
+from tests.harness import wait_until
 from tests.modbus_servers import (
     GATE,
     RELAY,
@@ -46,7 +47,6 @@ from tests.modbus_servers import (
     ModbusServer,
     RecordingSink,
     Unit,
-    wait_until,
 )
 from tests.peers import free_port
 

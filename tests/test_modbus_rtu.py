@@ -27,6 +27,7 @@ from drivers.modbus.transport import (
 )
 from drivers.modbus.writes import write_point
 from edge_agent.driver_api import DeviceState
+from tests.harness import wait_until
 from tests.modbus_servers import (
     GATE,
     RELAY,
@@ -37,7 +38,6 @@ from tests.modbus_servers import (
     RecordingSink,
     Unit,
     pty_pair,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(60)

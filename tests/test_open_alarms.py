@@ -21,7 +21,8 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.rules import DeviceRules
 from edge_agent.testing import TEST_HIERARCHY as H
 from edge_agent.testing import RecordingSink, running
-from tests.modbus_servers import SMOKE, ModbusServer, Unit, wait_until
+from tests.harness import wait_until
+from tests.modbus_servers import SMOKE, ModbusServer, Unit
 
 
 def alarm(device: str, type_: str, alarm_id: str, state: str) -> Any:

@@ -14,7 +14,7 @@ import os
 import subprocess
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from edge_agent.config.loader import ConfigError, load_gateway_config
 from edge_agent.driver_api import DeviceState
 from edge_agent.envelope import Event, Hierarchy, Severity, new_event, schema
 from edge_agent.testing import running
-from tests.peers import require_binary
+from tests.harness import wait_until
+from tests.peers import require_binary, stop_process
 
 SAMPLE = Path(__file__).parent.parent / "drivers" / "serial_line" / "sample.yaml"
 HIERARCHY = Hierarchy(district="371312", street="371312001", community="371312001001",
@@ -113,13 +114,6 @@ class RecordingSink:
             assert not errors, (body, errors)
 
 
-async def until(check: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.02)
-
 
 # --------------------------------------------------------------------------- socat ptys
 
@@ -164,13 +158,7 @@ class PtyPair:
         if self._writer is not None:
             os.close(self._writer)
             self._writer = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
         with self.log.open("r+") as fh:  # the next start() looks for its own ready line
             fh.truncate(0)
@@ -233,7 +221,7 @@ async def test_fire_alarms_raise_and_clear_per_zone_through_garbage(
     cfg = device(FIRE_PANEL, tmp_path, port=str(ptys.b), idle="0")
     driver = SerialLineDriver([cfg], sink)
     async with running(driver):
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
         ptys.write("FIRE ZONE 03 ALARM\r\n")
         ptys.write("FIRE ZONE 07 ALARM\r\nFIRE ZONE 12 FAULT\r\n")
         # garbage: noise, bytes that are not ASCII, an overlong line, a half-known line
@@ -243,7 +231,7 @@ async def test_fire_alarms_raise_and_clear_per_zone_through_garbage(
         ptys.write("FIRE ZONE 03 NORMAL\r\n")
         ptys.write("FIRE ZONE 07 NORMAL\r\nFIRE ZONE 44 NORMAL\r\n")  # 44 was never raised
         ptys.write("SYSTEM RESET\r\n")  # clears the fault of zone 12
-        await until(lambda: len(sink.of("smoke.fault")) == 2, what="the fault cleared")
+        await wait_until(lambda: len(sink.of("smoke.fault")) == 2, what="the fault cleared")
     assert alarm_events(sink) == [("03", "raised"), ("07", "raised"),
                                   ("03", "cleared"), ("07", "cleared")]
     assert alarm_events(sink, "smoke.fault") == [("12", "raised"), ("12", "cleared")]
@@ -269,16 +257,16 @@ async def test_far_end_closes_and_comes_back(ptys: PtyPair, tmp_path: Path) -> N
     sink = RecordingSink()
     cfg = device(FIRE_PANEL, tmp_path, port=str(ptys.b), idle="0")
     async with running(SerialLineDriver([cfg], sink)):
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
         ptys.write("FIRE ZONE 05 ALARM\r\n")
-        await until(lambda: len(sink.of("smoke.alarm")) == 1, what="the alarm")
+        await wait_until(lambda: len(sink.of("smoke.alarm")) == 1, what="the alarm")
         ptys.stop()  # the panel's cable (socat) goes away
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE, what="offline")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE, what="offline")
         await asyncio.sleep(0.3)  # a few reopen attempts against a missing port
         ptys.start()
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
         ptys.write("FIRE ZONE 05 NORMAL\r\n")  # the alarm raised before the outage clears
-        await until(lambda: len(sink.of("smoke.alarm")) == 2, what="the clear")
+        await wait_until(lambda: len(sink.of("smoke.alarm")) == 2, what="the clear")
     offline = sink.of("device.offline")
     assert len(offline) == 1
     assert "hung up" in offline[0].data["reason"] or "I/O error" in offline[0].data["reason"]
@@ -299,12 +287,12 @@ async def test_idle_timeout_turns_the_device_offline_and_a_frame_back_online(
         await asyncio.sleep(0.1)
         assert sink.state_of("fire-panel") is DeviceState.UNKNOWN  # open, nothing heard yet
         ptys.write("SYSTEM OK\r\n")
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="online")
         ptys.write("garbage\r\n")  # a bad line is no sign of a healthy panel
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE, what="idle")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE, what="idle")
         ptys.write("FIRE ZONE 09 ALARM\r\n")
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="back")
-        await until(lambda: len(sink.of("smoke.alarm")) == 1, what="the alarm")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE, what="back")
+        await wait_until(lambda: len(sink.of("smoke.alarm")) == 1, what="the alarm")
     (offline,) = sink.of("device.offline")
     assert offline.data["reason"].startswith("no valid frame for 0.4 s (1 lines rejected: "
                                              "no_match 1")
@@ -319,9 +307,9 @@ async def test_no_frame_after_opening_is_offline_with_a_hint(ptys: PtyPair,
     cfg = device(FIRE_PANEL, tmp_path, port=str(ptys.b), idle="0.3")
     driver = SerialLineDriver([cfg], sink)
     async with running(driver):
-        await until(lambda: driver.stats()["fire-panel"].get("opens") == 1, what="open")
+        await wait_until(lambda: driver.stats()["fire-panel"].get("opens") == 1, what="open")
         ptys.write(b"\xf0\x9f\x94\xa5 noise at the wrong baud rate \x80\x81\r\n")
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE, what="idle")
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE, what="idle")
     (offline,) = sink.of("device.offline")
     assert offline.data["reason"] == (
         f"no valid frame within 0.3 s of opening {ptys.b} (1 lines rejected: no_match 1; "
@@ -334,13 +322,13 @@ async def test_port_missing_at_start_then_appears(tmp_path: Path) -> None:
     cfg = device(FIRE_PANEL, tmp_path, port=str(pair.b), idle="0")
     try:
         async with running(SerialLineDriver([cfg], sink)):
-            await until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE,
+            await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.OFFLINE,
                         what="offline")
             pair.start()
-            await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE,
+            await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE,
                         what="online")
             pair.write("FIRE ZONE 01 ALARM\r\n")
-            await until(lambda: len(sink.of("smoke.alarm")) == 1, what="the alarm")
+            await wait_until(lambda: len(sink.of("smoke.alarm")) == 1, what="the alarm")
     finally:
         pair.stop()
     (offline,) = sink.of("device.offline")
@@ -372,11 +360,11 @@ async def test_values_go_through_the_rules_with_a_checksum(ptys: PtyPair,
         return f"{body};{checksum_of(ChecksumKind.CRC16_MODBUS, body.encode()):04X}\n"
 
     async with running(SerialLineDriver([cfg], sink)):
-        await until(lambda: sink.state_of("smoke-hub") is DeviceState.ONLINE, what="online")
+        await wait_until(lambda: sink.state_of("smoke-hub") is DeviceState.ONLINE, what="online")
         ptys.write(line("SMK 0.010 N") + line("SMK 0.020 N"))  # within the deadband
         ptys.write("SMK 0.900 A;0000\n")  # bad checksum: not an alarm
         ptys.write(line("SMK 0.900 A") + line("SMK 0.012 N"))
-        await until(lambda: len(sink.of("smoke.alarm")) == 2, what="raise and clear")
+        await wait_until(lambda: len(sink.of("smoke.alarm")) == 2, what="raise and clear")
     readings = [r.data["density_db_m"] for r in sink.of("smoke.reading")]
     assert readings == [0.01, 0.9, 0.012]
     raised, cleared = sink.of("smoke.alarm")
@@ -390,7 +378,7 @@ async def test_cancel_closes_the_port(ptys: PtyPair, tmp_path: Path) -> None:
     cfg = device(FIRE_PANEL, tmp_path, port=str(ptys.b), idle="0")
     for _ in range(2):  # the exclusive lock is released: a second run opens it again
         async with running(SerialLineDriver([cfg], sink)) as task:
-            await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE)
+            await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE)
         assert task.cancelled()
         sink._state.clear()
     assert not any(state is DeviceState.OFFLINE for _, state, _ in sink.states)
@@ -401,8 +389,8 @@ async def test_two_devices_on_one_port(ptys: PtyPair, tmp_path: Path) -> None:
     first = device(FIRE_PANEL, tmp_path, port=str(ptys.b), idle="0")
     second = first.model_copy(update={"id": "fire-panel-2"})
     async with running(SerialLineDriver([first, second], sink)):
-        await until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE)
-        await until(lambda: sink.state_of("fire-panel-2") is DeviceState.OFFLINE)
+        await wait_until(lambda: sink.state_of("fire-panel") is DeviceState.ONLINE)
+        await wait_until(lambda: sink.state_of("fire-panel-2") is DeviceState.OFFLINE)
     (offline,) = sink.of("device.offline")
     assert offline.device == "fire-panel-2"
     assert offline.data["reason"] == (f"port {ptys.b} is already used by device `fire-panel`; "

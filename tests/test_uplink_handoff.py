@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.testing import TEST_HIERARCHY as H
 from edge_agent.topics import GatewayTopics
 from edge_agent.uplink import Uplink
-from tests.harness import collector, collector_yaml, gateway_yaml, query, write_yaml
+from tests.harness import collector, collector_yaml, gateway_yaml, query, wait_until, write_yaml
 from tests.peers import Mosquitto
 
 READING = {"density_db_m": 0.01, "temperature_c": 21.5, "battery_pct": 90}
@@ -67,28 +66,19 @@ def stored(store: Path, type_: str = "smoke.reading") -> list[int]:
                                      type_)]
 
 
-async def until(predicate: Any, limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-
-
 async def test_caught_up_lanes_send_committed_rows_without_reading_them_back(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     async with forwarding(tmp_path, mosquitto) as (pipeline, uplink, outbox, store):
-        await until(lambda: uplink.status.connected, 20, "connected")
-        await until(lambda: all(uplink._caught_up.values()), 10, "both lanes caught up")
+        await wait_until(lambda: uplink.status.connected, 20, "connected")
+        await wait_until(lambda: all(uplink._caught_up.values()), 10, "both lanes caught up")
         reads = outbox.fetches
         for i in range(60):
             pipeline.emit(f"smoke-{i % 3}", "smoke.reading", READING)
             if i % 20 == 19:
                 pipeline.emit("smoke-0", "smoke.alarm", {"state": "raised", "alarm_id": str(i)})
             await asyncio.sleep(0.01)
-        await until(lambda: len(stored(store)) == 60 and len(stored(store, "smoke.alarm")) == 3,
-                    30, "every event stored")
+        await wait_until(lambda: len(stored(store)) == 60
+                         and len(stored(store, "smoke.alarm")) == 3, 30, "every event stored")
         assert outbox.fetches == reads, "a caught-up uplink read rows back"
     seqs = sorted(stored(store) + stored(store, "smoke.alarm"))
     assert seqs == list(range(seqs[0], seqs[0] + 63))
@@ -98,16 +88,16 @@ async def test_an_eviction_sends_the_lane_back_to_the_outbox_and_nothing_is_unac
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     async with forwarding(tmp_path, mosquitto, max_bytes=6000) as (pipeline, uplink, outbox,
                                                                    store):
-        await until(lambda: uplink.status.connected, 20, "connected")
-        await until(lambda: all(uplink._caught_up.values()), 10, "both lanes caught up")
+        await wait_until(lambda: uplink.status.connected, 20, "connected")
+        await wait_until(lambda: all(uplink._caught_up.values()), 10, "both lanes caught up")
         reads = outbox.fetches
         for _ in range(40):  # a burst bigger than the cap: the outbox evicts and reports
             pipeline.emit("smoke-1", "smoke.reading", {**READING, "note": "x" * 300})
-        await until(lambda: outbox.stats().evicted_total > 0, 10, "an eviction")
-        await until(lambda: stored(store, "gateway.data_loss"), 30, "the data_loss report")
+        await wait_until(lambda: outbox.stats().evicted_total > 0, 10, "an eviction")
+        await wait_until(lambda: stored(store, "gateway.data_loss"), 30, "the data_loss report")
         created = pipeline.counters.committed
         evicted = outbox.stats().evicted_total
-        await until(lambda: len(stored(store)) + evicted >= 40, 30, "the rest stored")
+        await wait_until(lambda: len(stored(store)) + evicted >= 40, 30, "the rest stored")
         assert outbox.fetches > reads, "after an eviction the lane must read the outbox"
     assert created >= 40 and len(stored(store)) + evicted == 40
 

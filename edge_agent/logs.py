@@ -1,12 +1,76 @@
-"""structlog JSON logging with stable keys (`event`, `level`, `timestamp`, `logger`)."""
+"""structlog JSON logging with stable keys (`event`, `level`, `timestamp`, `logger`).
+
+Repeats are rate-limited (`RepeatLimiter`): a warning or error that comes again with the
+same event name and the same identity fields (device, gateway, topic, ...) within
+`REPEAT_WINDOW_S` is counted, not printed; the next one printed after the window carries
+`repeated` (how many were held back) and `repeated_for_s`. Info and debug lines pass.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
+
+#: how long a repeated warning/error stays quiet after it was printed
+REPEAT_WINDOW_S = 60.0
+#: the fields that tell one repeating problem from another (a device, a topic, ...)
+IDENTITY_KEYS = ("logger", "device", "gateway", "camera", "topic", "bus", "port", "host",
+                 "path", "stream", "consumer", "subscription", "driver", "reason")
+#: how many distinct repeating problems are remembered (oldest forgotten first)
+REPEAT_KEYS_MAX = 2048
+_LIMITED_LEVELS = frozenset({"warning", "error", "critical", "exception"})
+
+
+class RepeatLimiter:
+    """A structlog processor that prints a repeating warning/error once per window.
+
+    Pure apart from the clock (injectable). Lines may opt out with `repeat_ok=True`
+    (dropped from the output) when each one matters (an audit line, a security refusal
+    that must be counted elsewhere anyway).
+    """
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = REPEAT_KEYS_MAX) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.max_keys = max_keys
+        # key -> [time printed, repeats held back since]
+        self._seen: OrderedDict[tuple[Any, ...], list[float]] = OrderedDict()
+
+    def __call__(self, _logger: Any, method: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event_dict.pop("repeat_ok", False) or method not in _LIMITED_LEVELS:
+            return event_dict
+        key = (method, str(event_dict.get("event")),
+               *(_hashable(event_dict.get(k)) for k in IDENTITY_KEYS))
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            raise structlog.DropEvent
+        if seen is not None and seen[1]:
+            event_dict["repeated"] = int(seen[1])
+            event_dict["repeated_for_s"] = round(now - seen[0], 1)
+        self._seen[key] = [now, 0]
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+        return event_dict
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def configure(level: str = "info", *, stream: Any = None) -> None:
@@ -18,7 +82,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info,
+        processors=[*shared, RepeatLimiter(), structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
@@ -28,7 +92,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.JSONRenderer(ensure_ascii=False)],
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, RepeatLimiter()],
     ))
     root = logging.getLogger()
     root.handlers[:] = [handler]

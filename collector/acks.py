@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from collector.model import Verdict
+from collections.abc import Sequence
+
+from collector.model import Rejected, Verdict
 from edge_agent.wire import Ack, to_ranges
+
+
+def as_stored(verdict: Verdict, diverted: Sequence[Rejected]) -> Verdict:
+    """The verdict after the store: `diverted` accepted events (conflicts, refused by the
+    transaction) count as rejected, so the edge is acked for them and stops resending."""
+    if not diverted:
+        return verdict
+    moved = {(d.epoch, d.seq) for d in diverted}
+    return Verdict([r for r in verdict.accepted if (r.epoch, r.seq) not in moved],
+                   [*verdict.rejected, *diverted])
 
 
 def build_acks(verdict: Verdict) -> list[Ack]:

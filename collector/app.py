@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from collector.broker import EmbeddedBroker
 from collector.config import CollectorConfig
 from collector.ingest import Collector
+from collector.registry import Registry, RegistryFile
 from collector.store import Store, open_store
 from collector.validate import Limits
+from edge_agent.config import ConfigError
 from edge_agent.logs import get_logger
 from edge_agent.mqtt import Endpoint, tls_context
 
@@ -30,12 +35,31 @@ def check_tls(endpoint: Endpoint) -> None:
             raise SetupError(f"broker TLS settings: {exc}") from None
 
 
-def build_collector(cfg: CollectorConfig, store: Store, endpoint: Endpoint) -> Collector:
+def open_registry(cfg: CollectorConfig) -> RegistryFile | None:
+    """The gateway registry file, read now (SetupError listing every issue), reloaded on SIGHUP."""
+    if cfg.gateways is None:
+        log.warning("gateway_registry_missing",
+                    hint="without a `gateways:` file any gateway may claim any district, street "
+                         "or community; see docs/config.md")
+        return None
+    try:
+        registry = RegistryFile(cfg.gateways.file, cfg.gateways.unregistered)
+    except ConfigError as exc:
+        raise SetupError("gateways file:\n" + str(exc)) from None
+    with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, registry.request_reload)
+    return registry
+
+
+def build_collector(cfg: CollectorConfig, store: Store, endpoint: Endpoint,
+                    registry: RegistryFile | None = None) -> Collector:
     share_group = cfg.broker.share_group if cfg.broker is not None else None
+    current: Callable[[], Registry | None] = (
+        registry.current if registry is not None else lambda: None)
     return Collector(
         store, endpoint, client_id=cfg.client_id, share_group=share_group,
         limits=Limits(cfg.ingest.max_payload_bytes, cfg.ingest.max_events_per_batch),
-        backoff=cfg.reconnect, ack_timeout_s=cfg.ingest.ack_timeout_s,
+        backoff=cfg.reconnect, ack_timeout_s=cfg.ingest.ack_timeout_s, registry=current,
     )
 
 
@@ -45,7 +69,8 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
     Raises StoreError, SecretError, SetupError or EmbeddedBrokerError for problems an
     operator must fix.
     """
-    store = open_store(cfg.store)
+    registry = open_registry(cfg)
+    store = open_store(cfg.store, quarantine=cfg.quarantine)
     broker: EmbeddedBroker | None = None
     try:
         if cfg.broker is not None:
@@ -58,7 +83,7 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
             endpoint = broker.endpoint()
         log.info("collector_started", collector=cfg.collector.id, broker=endpoint.describe(),
                  embedded=broker is not None)
-        await build_collector(cfg, store, endpoint).run(stop)
+        await build_collector(cfg, store, endpoint, registry).run(stop)
     finally:
         if broker is not None:
             loop = asyncio.get_running_loop()

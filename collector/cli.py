@@ -1,4 +1,8 @@
-"""`edge-collector`: run the collector, and look into its store (gaps, quarantine, stats)."""
+"""`edge-collector`: run the collector, and look into its store (gaps, quarantine, stats).
+
+Everything printed from the store goes through `_out`, which escapes control and
+format characters (`collector.text.visible`): a payload cannot drive the terminal.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,15 @@ from typing import NoReturn
 import click
 
 from collector.store import Store, StoreError, open_store
+from collector.text import visible
 from edge_agent.config import ConfigError, load_model
 from edge_agent.config.models import SecretError
 from edge_agent.logs import configure
+
+
+def _out(*fields: object) -> None:
+    """One tab-separated line; each field with its invisible characters escaped."""
+    click.echo("\t".join(visible(str(f)) for f in fields))
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -87,7 +97,7 @@ def gaps(store_url: str, gateway: str | None) -> None:
         return
     for g in found:
         kind = f"explained ({g.reason})" if g.explained else "UNEXPLAINED"
-        click.echo(f"{g.gateway}\t{g.epoch}\t{g.from_seq}-{g.to_seq}\t{g.size} events\t{kind}")
+        _out(g.gateway, g.epoch, f"{g.from_seq}-{g.to_seq}", f"{g.size} events", kind)
     lost = sum(g.size for g in found if not g.explained)
     evicted = sum(g.size for g in found if g.explained)
     click.echo(f"total: {lost} unexplained, {evicted} explained")
@@ -103,18 +113,26 @@ def quarantine(store_url: str, limit: int) -> None:
     if not entries:
         click.echo("quarantine is empty")
     for q in entries:
-        click.echo(f"#{q.id}\t{q.received_at}\t{q.gateway_from_topic or '-'}\t"
-                   f"{q.raw_size} bytes\t{q.reason}")
+        _out(f"#{q.id}", q.received_at, q.gateway_from_topic or "-", f"{q.raw_size} bytes",
+             q.reason)
 
 
 @main.command()
 @STORE
 def stats(store_url: str) -> None:
-    """Events, quarantine and per-stream watermarks."""
+    """Events, quarantine (kept and dropped) and per-stream watermarks."""
     with _open(store_url) as store:
         st = store.stats()
-    click.echo(f"events: {st.events}\nquarantined: {st.quarantined}\n"
+    by_cause: dict[str, int] = {}
+    for d in st.dropped:
+        by_cause[d.cause] = by_cause.get(d.cause, 0) + d.rows
+    dropped = ", ".join(f"{cause} {n}" for cause, n in sorted(by_cause.items())) or "0"
+    click.echo(f"events: {st.events}\nquarantined: {st.quarantined} ({st.quarantine_bytes} bytes)"
+               f"\nquarantine dropped: {dropped}\n"
                f"gateways: {st.gateways}\nlast received: {st.last_received_at or '-'}")
     for s in st.streams:
-        click.echo(f"{s.gateway}\t{s.epoch}\thigh {s.high_seq}\treceived {s.received}\t"
-                   f"contiguous {s.contiguous_through}\tmissing {s.missing}\tlast {s.last_seen}")
+        _out(s.gateway, s.epoch, f"high {s.high_seq}", f"received {s.received}",
+             f"contiguous {s.contiguous_through}", f"missing {s.missing}", f"last {s.last_seen}")
+    for d in st.dropped:
+        _out("dropped", d.gateway or "-", d.cause, f"{d.rows} entries", f"{d.bytes} bytes",
+             f"last {d.last_at}")

@@ -6,10 +6,13 @@ never inline.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from collector.quarantine import QuarantineLimits
+from collector.registry import Unregistered
 from edge_agent.config.models import (
     SEGMENT,
     BackoffConfig,
@@ -89,6 +92,17 @@ class IngestConfig(Strict):
     ack_timeout_s: float = Field(default=5.0, gt=0, le=600)
 
 
+class GatewaysConfig(Strict):
+    """Where each gateway is installed: the registry file and the rule for the unlisted."""
+
+    file: Path = Field(description="YAML: `gateways:` mapping gateway id -> district, street, "
+                                   "community (docs/config.md)")
+    unregistered: Unregistered = Field(
+        default="quarantine",
+        description="events of a gateway the file does not list: `quarantine` (and ack) or "
+                    "`accept` with a warning")
+
+
 def _embedded_as_none(value: Any) -> Any:
     """`broker: embedded` (the default) is stored as None; a mapping is an external broker."""
     if isinstance(value, str):
@@ -105,6 +119,9 @@ class CollectorConfig(Strict):
     broker: Annotated[BrokerConnection | None, BeforeValidator(_embedded_as_none)] = None
     embedded_broker: EmbeddedBrokerConfig | None = None
     ingest: IngestConfig = IngestConfig()
+    #: None: no registry, every place is accepted (warned at start).
+    gateways: GatewaysConfig | None = None
+    quarantine: QuarantineLimits = QuarantineLimits()
     reconnect: BackoffConfig = BackoffConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
@@ -24,9 +25,11 @@ import aiomqtt
 from aiomqtt import ProtocolVersion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
-from collector.acks import build_acks
+from collector.acks import as_stored, build_acks
 from collector.model import Rejected
+from collector.registry import Registry
 from collector.store import IngestResult, Origin, Store
+from collector.text import storable
 from collector.validate import Limits, check_payload
 from edge_agent.config.models import BackoffConfig
 from edge_agent.logs import get_logger
@@ -48,12 +51,21 @@ class Outcome:
     reasons: list[str] = field(default_factory=list)
 
 
-class PayloadHandler:
-    """Synchronous part of ingest (runs in the worker thread): topic, validation, store."""
+def _no_registry() -> Registry | None:
+    return None
 
-    def __init__(self, store: Store, limits: Limits) -> None:
+
+class PayloadHandler:
+    """Synchronous part of ingest (runs in the worker thread): topic, validation, store.
+
+    `registry()` gives the gateway registry in force (None: every place is accepted).
+    """
+
+    def __init__(self, store: Store, limits: Limits,
+                 registry: Callable[[], Registry | None] = _no_registry) -> None:
         self.store = store
         self.limits = limits
+        self.registry = registry
 
     def __call__(self, topic: str, payload: bytes) -> Outcome:
         try:
@@ -64,10 +76,17 @@ class PayloadHandler:
             rejected = [Rejected(f"topic: {exc}", payload)]
             n = self.store.quarantine(Origin(topic, None), rejected)
             return Outcome(IngestResult(quarantined=n), None, reasons=[r.reason for r in rejected])
-        verdict = check_payload(payload, gw, self.limits)
+        registry = self.registry()
+        if registry is not None and registry.unregistered == "accept" \
+                and not registry.knows(gw.gateway):
+            log.warning("gateway_unregistered", gateway=gw.gateway,
+                        hint="add it to the gateways file; until then its events are accepted "
+                             "wherever they claim to be (gateways.unregistered: accept)")
+        verdict = check_payload(payload, gw, self.limits, registry)
         result = self.store.ingest(Origin(topic, gw.gateway), verdict.accepted, verdict.rejected)
-        return Outcome(result, gw.gateway, gw.ack, build_acks(verdict),
-                       [r.reason for r in verdict.rejected])
+        stored = as_stored(verdict, result.diverted)
+        return Outcome(result, gw.gateway, gw.ack, build_acks(stored),
+                       [r.reason for r in stored.rejected])
 
 
 @dataclass
@@ -76,6 +95,8 @@ class Counters:
     inserted: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    dropped: int = 0
+    conflicts: int = 0
     acks_sent: int = 0
     ack_failures: int = 0
     store_failures: int = 0
@@ -96,13 +117,14 @@ class Collector:
 
     def __init__(self, store: Store, endpoint: Endpoint, *, client_id: str,
                  share_group: str | None = None, limits: Limits | None = None,
-                 backoff: BackoffConfig | None = None, ack_timeout_s: float = 5.0) -> None:
+                 backoff: BackoffConfig | None = None, ack_timeout_s: float = 5.0,
+                 registry: Callable[[], Registry | None] = _no_registry) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.share_group = share_group
         self.backoff = backoff or BackoffConfig()
         self.ack_timeout_s = ack_timeout_s
-        self.handler = PayloadHandler(store, limits or Limits())
+        self.handler = PayloadHandler(store, limits or Limits(), registry)
         self.counters = Counters()
         #: Set while subscribed (tests and health checks wait on it).
         self.subscribed = asyncio.Event()
@@ -228,11 +250,16 @@ class Collector:
         c.inserted += r.inserted
         c.duplicates += r.duplicates
         c.quarantined += r.quarantined
+        c.dropped += r.dropped
+        c.conflicts += r.conflicts
         log.info("batch_ingested", gateway=outcome.gateway, inserted=r.inserted,
-                 duplicates=r.duplicates, quarantined=r.quarantined)
+                 duplicates=r.duplicates, quarantined=r.quarantined, dropped=r.dropped,
+                 conflicts=r.conflicts)
         if outcome.reasons:
+            # One line a minute per gateway (RepeatLimiter): the reason is not an identity key.
             log.warning("payload_quarantined", gateway=outcome.gateway, count=r.quarantined,
-                        reason=outcome.reasons[0], more=len(outcome.reasons) - 1)
+                        dropped=r.dropped, first_reason=storable(outcome.reasons[0], 500),
+                        more=len(outcome.reasons) - 1)
 
     async def _publish_ack(self, client: aiomqtt.Client, outcome: Outcome, ack: Ack) -> None:
         assert outcome.ack_topic is not None

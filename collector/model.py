@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 #: Column order of the `events` table (DESIGN.md, a public contract).
@@ -33,6 +34,16 @@ class EventRow:
         return (self.id, self.type, self.source, self.district, self.street, self.community,
                 self.gateway, self.device, self.time, received_at, self.epoch, self.seq,
                 self.severity, self.data)
+
+    def envelope_json(self) -> bytes:
+        """The event as the edge sent it (envelope v1), ASCII-escaped: always encodable."""
+        return json.dumps({
+            "specversion": "1.0", "id": self.id, "source": self.source, "type": self.type,
+            "time": self.time, "subject": self.device, "datacontenttype": "application/json",
+            "district": self.district, "street": self.street, "community": self.community,
+            "gateway": self.gateway, "epoch": self.epoch, "seq": self.seq,
+            "severity": self.severity, "data": json.loads(self.data),
+        }, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)

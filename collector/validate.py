@@ -3,6 +3,9 @@
 Pure: no I/O, no clock. Defensive about hostile input: the size is checked before
 parsing, NaN/Infinity and deep nesting are refused, and every rejection carries a
 precise reason such as ``event 3 (id 01J…): data.state must be one of ['raised', 'cleared']``.
+Beyond the schema: times must be real (`9999-99-99…` matches the pattern), `seq` must be
+a JSON integer (not `13.0`), every value must fit the store (`collector.storable`), and
+the event's place must be the one its gateway is registered at (`collector.registry`).
 
 Speed: the envelope schema is compiled without its `allOf` (the per-type `data` rules)
 and each type's `data` schema is compiled on its own, so an event is checked by two
@@ -11,21 +14,32 @@ small validators instead of eighteen `if/then` branches.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import fastjsonschema
 
 from collector.model import EventRow, Rejected, Verdict
+from collector.registry import Registry
+from collector.storable import unstorable
+from collector.text import storable
 from edge_agent.envelope import CATALOG, schema
 from edge_agent.topics import GatewayTopics
 
 _EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 _MAX_SEQ = 9007199254740991
+_ULID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+#: How much of an untrusted id a reason quotes.
+_ID_SHOWN = 40
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: Longest reason kept (a hostile event can make fastjsonschema quote a lot of it).
+REASON_MAX = 2000
 #: The envelope fields that must equal the topic's segments.
 _TOPIC_KEYS = ("district", "community", "gateway")
 
@@ -38,16 +52,29 @@ class Limits:
     max_events_per_batch: int = 5000
 
 
+def _real_time(value: str) -> bool:
+    """The time pattern admits `9999-99-99T99:99:99.999Z`; the calendar does not."""
+    try:
+        datetime.strptime(value, _TIME_FORMAT)
+    except ValueError:
+        return False
+    return True
+
+
 @functools.cache
 def _validators() -> tuple[Check, dict[str, Check]]:
-    full = schema()
+    full = copy.deepcopy(schema())
     defs = full.get("$defs", {})
-    envelope = fastjsonschema.compile({k: v for k, v in full.items() if k != "allOf"})
+    if "time" in defs:
+        defs["time"]["format"] = "real-time"
+    formats = {"real-time": _real_time}
+    envelope = fastjsonschema.compile({k: v for k, v in full.items() if k != "allOf"},
+                                      formats=formats)
     by_type: dict[str, Check] = {}
     for branch in full.get("allOf", []):
         type_ = branch["if"]["properties"]["type"]["const"]
         data_schema = branch["then"]["properties"]["data"]
-        by_type[type_] = fastjsonschema.compile({"$defs": defs, **data_schema})
+        by_type[type_] = fastjsonschema.compile({"$defs": defs, **data_schema}, formats=formats)
     plain_object = fastjsonschema.compile({"type": "object"})
     for type_ in CATALOG:
         by_type.setdefault(type_, plain_object)
@@ -62,6 +89,9 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException, *, in_data: bool) ->
     if exc.rule == "required" and isinstance(exc.value, dict):
         missing = [k for k in (exc.rule_definition or []) if k not in exc.value]
         return f"{where} is missing {', '.join(missing)}"
+    if exc.rule == "format" and exc.rule_definition == "real-time":
+        return (f"{where} {exc.value!r} is not a real date and time "
+                "(YYYY-MM-DDTHH:MM:SS.mmmZ, UTC)")
     return f"{where} {text}"
 
 
@@ -78,6 +108,14 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+def _raw(obj: Any) -> bytes:
+    """The event as quarantine keeps it; a lone surrogate is kept as its `\\udXXX` escape."""
+    try:
+        return _compact(obj).encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def _ack_key(obj: dict[str, Any]) -> tuple[str | None, int | None]:
     """The (epoch, seq) of a rejected event when both are well formed, for the ack."""
     epoch, seq = obj.get("epoch"), obj.get("seq")
@@ -86,7 +124,7 @@ def _ack_key(obj: dict[str, Any]) -> tuple[str | None, int | None]:
     return ok_epoch, ok_seq
 
 
-def _problem(obj: dict[str, Any], topic: GatewayTopics) -> str | None:
+def _problem(obj: dict[str, Any], topic: GatewayTopics, registry: Registry | None) -> str | None:
     """The first thing wrong with one decoded event object, or None."""
     envelope, by_type = _validators()
     type_ = obj.get("type")
@@ -101,6 +139,11 @@ def _problem(obj: dict[str, Any], topic: GatewayTopics) -> str | None:
         data_check(obj["data"])
     except fastjsonschema.JsonSchemaValueException as exc:
         return _describe(exc, in_data=True)
+    if type(obj["seq"]) is not int:
+        return f"seq must be a JSON integer, not {obj['seq']!r}"
+    problem = unstorable(obj)
+    if problem is not None:
+        return problem
     if obj["gateway"] != topic.gateway or obj["district"] != topic.district \
             or obj["community"] != topic.community:
         key = next(k for k in _TOPIC_KEYS if obj[k] != getattr(topic, k))
@@ -110,20 +153,27 @@ def _problem(obj: dict[str, Any], topic: GatewayTopics) -> str | None:
     if obj["source"] != expected:
         return (f"source {obj['source']!r} does not match its hierarchy and subject "
                 f"(expected {expected!r})")
-    return None
+    return registry.misplaced(obj) if registry is not None else None
 
 
-def check_event(index: int, obj: Any, topic: GatewayTopics) -> EventRow | Rejected:
-    """Validate one decoded event from the batch at position `index` (0-based)."""
+def check_event(index: int, obj: Any, topic: GatewayTopics,
+                registry: Registry | None = None) -> EventRow | Rejected:
+    """Validate one decoded event from the batch at position `index` (0-based).
+
+    `registry`: where each gateway is registered; None accepts any place.
+    """
     if not isinstance(obj, dict):
-        raw = _compact(obj).encode()
-        return Rejected(f"event {index}: is a JSON {_json_kind(obj)}, expected an object", raw)
-    problem = _problem(obj, topic)
+        return Rejected(f"event {index}: is a JSON {_json_kind(obj)}, expected an object",
+                        _raw(obj))
+    problem = _problem(obj, topic, registry)
     if problem is not None:
-        event_id = obj.get("id") if isinstance(obj.get("id"), str) else None
-        label = f"event {index} (id {event_id})" if event_id else f"event {index}"
+        given_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+        label = f"event {index} (id {storable(given_id, _ID_SHOWN)})" if given_id \
+            else f"event {index}"
+        event_id = given_id if given_id and _ULID_RE.match(given_id) else None
         epoch, seq = _ack_key(obj)
-        return Rejected(f"{label}: {problem}", _compact(obj).encode(), event_id, epoch, seq)
+        return Rejected(storable(f"{label}: {problem}", REASON_MAX), _raw(obj), event_id, epoch,
+                        seq)
     return EventRow(
         id=obj["id"], type=obj["type"], source=obj["source"], district=obj["district"],
         street=obj["street"], community=obj["community"], gateway=obj["gateway"],
@@ -132,7 +182,8 @@ def check_event(index: int, obj: Any, topic: GatewayTopics) -> EventRow | Reject
     )
 
 
-def check_payload(payload: bytes, topic: GatewayTopics, limits: Limits = Limits()) -> Verdict:
+def check_payload(payload: bytes, topic: GatewayTopics, limits: Limits = Limits(),
+                  registry: Registry | None = None) -> Verdict:
     """Split one MQTT payload into accepted rows and quarantine entries."""
     if len(payload) > limits.max_payload_bytes:
         return _whole(payload, f"payload of {len(payload)} bytes exceeds ingest.max_payload_bytes "
@@ -155,7 +206,7 @@ def check_payload(payload: bytes, topic: GatewayTopics, limits: Limits = Limits(
                                f"ingest.max_events_per_batch ({limits.max_events_per_batch})")
     verdict = Verdict()
     for index, obj in enumerate(decoded):
-        result = check_event(index, obj, topic)
+        result = check_event(index, obj, topic, registry)
         if isinstance(result, EventRow):
             verdict.accepted.append(result)
         else:

@@ -133,9 +133,12 @@ def test_quarantine_keeps_raw_bytes_and_real_size(store: Store) -> None:
 def test_a_failed_transaction_leaves_nothing(store: Store, tmp_path: Path) -> None:
     epoch = new_epoch()
     good = rows([reading("gw-a", epoch, 1)])
-    broken = Rejected("x", b"x", event_id=object())  # type: ignore[arg-type]
-    with pytest.raises(sqlite3.Error):
-        store.ingest(ORIGIN, good, [broken])
+    conn = sqlite3.connect(tmp_path / "district.db")
+    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
+                  "BEGIN SELECT RAISE(ABORT, 'no quarantine today'); END")
+    conn.close()
+    with pytest.raises(sqlite3.Error):  # and the one-by-one retry fails the same way
+        store.ingest(ORIGIN, good, [Rejected("x", b"x")])
     stats = store.stats()
     assert (stats.events, stats.quarantined, stats.streams) == (0, 0, [])
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collector.store.base import (
+    DroppedCount,
     Gap,
     IngestResult,
     Origin,
@@ -14,12 +17,19 @@ from collector.store.base import (
 )
 from collector.store.url import StoreUrl, parse_store_url
 
-__all__ = ["Gap", "IngestResult", "Origin", "QuarantineEntry", "Store", "StoreError",
-           "StoreStats", "StoreUrl", "StreamInfo", "open_store", "parse_store_url"]
+if TYPE_CHECKING:
+    from collector.quarantine import QuarantineLimits
+
+__all__ = ["DroppedCount", "Gap", "IngestResult", "Origin", "QuarantineEntry", "Store",
+           "StoreError", "StoreStats", "StoreUrl", "StreamInfo", "open_store", "parse_store_url"]
 
 
-def open_store(url: str, *, create: bool = True) -> Store:
-    """Open (and with `create`, initialise) the store at `url`; raises StoreError."""
+def open_store(url: str, *, create: bool = True,
+               quarantine: QuarantineLimits | None = None) -> Store:
+    """Open (and with `create`, initialise) the store at `url`; raises StoreError.
+
+    `quarantine`: the bounds on quarantined entries (defaults: `QuarantineLimits()`).
+    """
     try:
         parsed = parse_store_url(url)
     except ValueError as exc:
@@ -29,6 +39,6 @@ def open_store(url: str, *, create: bool = True) -> Store:
     from collector.store.sqlite import SqliteStore
 
     assert parsed.path is not None
-    store = SqliteStore(parsed.path, create=create)
+    store = SqliteStore(parsed.path, create=create, quarantine=quarantine)
     store.open()
     return store

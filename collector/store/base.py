@@ -23,9 +23,19 @@ class Origin:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
+    """`quarantined`: entries written; `dropped`: rejections not kept (rate, caps), counted.
+
+    `diverted`: accepted events the store quarantined instead (an id already stored with
+    other content: `conflicts` of them; or a value the transaction refused); the edge
+    is acked for them as rejected.
+    """
+
     inserted: int = 0
     duplicates: int = 0
     quarantined: int = 0
+    dropped: int = 0
+    conflicts: int = 0
+    diverted: tuple[Rejected, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +82,25 @@ class StreamInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DroppedCount:
+    """Quarantine entries not kept (or expired) for one gateway ("" = none) and cause."""
+
+    gateway: str
+    cause: str
+    rows: int
+    bytes: int
+    last_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     events: int
     quarantined: int
     gateways: int
     last_received_at: str | None
     streams: list[StreamInfo] = field(default_factory=list)
+    quarantine_bytes: int = 0
+    dropped: list[DroppedCount] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -89,6 +112,8 @@ class Store(Protocol):
         """Insert events idempotently, update watermarks and quarantine, in ONE transaction.
 
         When this returns, everything is durably committed; when it raises, nothing is.
+        An event the transaction refuses (a value the backend cannot hold) does not fail
+        the others: they are inserted one by one and the refused one is quarantined.
         """
 
     def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
@@ -99,6 +124,9 @@ class Store(Protocol):
 
     def quarantined(self, limit: int = 50) -> list[QuarantineEntry]:
         """Most recent quarantine entries first."""
+
+    def expire_quarantine(self) -> int:
+        """Delete entries older than the retention; returns how many went (counted)."""
 
     def stats(self) -> StoreStats: ...
 

@@ -74,7 +74,17 @@ QUARANTINE = Table(
      Column("raw", "blob"), Column("raw_size", "integer"),
      Column("event_id", "text", not_null=False)),
     pk=("id",),
-    indexes=(("received_at",),),
+    # (gateway, raw_size) covers the per-gateway usage sums of the quarantine caps.
+    indexes=(("received_at",), ("gateway_from_topic", "raw_size")),
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, STREAMS, EXPLAINED_GAPS, QUARANTINE)
+#: What the quarantine did not keep (rate, caps) or let go (expired), per gateway and cause;
+#: `gateway` is "" for payloads on a topic that names none.
+QUARANTINE_DROPPED = Table(
+    "quarantine_dropped",
+    (_t("gateway"), _t("cause"), Column("rows", "integer"), Column("bytes", "integer"),
+     _t("first_at"), _t("last_at")),
+    pk=("gateway", "cause"),
+)
+
+TABLES: tuple[Table, ...] = (EVENTS, STREAMS, EXPLAINED_GAPS, QUARANTINE, QUARANTINE_DROPPED)

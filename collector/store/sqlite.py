@@ -3,22 +3,32 @@
 Schema creation goes through sqlite-utils from `schema.py`; the hot path is plain sqlite3.
 Several collector processes may share one file: `BEGIN IMMEDIATE` takes the write lock
 up front and waits up to `busy_timeout_s` for it.
+
+A payload is one transaction. If an event makes it fail (a value SQLite cannot bind:
+validation should have caught it), the transaction is rolled back and run again with one
+SAVEPOINT per event: the refused event is quarantined, the others are stored. An id
+already stored with other content is a conflict: quarantined with both content hashes.
+Quarantine entries are bounded (`collector.quarantine`): rate and caps per gateway, a
+total cap, retention; what is not kept is counted in `quarantine_dropped`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
 from collector.model import EVENT_COLUMNS, EventRow, Rejected
+from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
 from collector.store.base import (
+    DroppedCount,
     Gap,
     IngestResult,
     Origin,
@@ -29,7 +39,11 @@ from collector.store.base import (
 )
 from collector.store.intervals import split_missing
 from collector.store.schema import RAW_CAP, SCHEMA_VERSION, TABLES, Column
+from collector.text import storable
 from edge_agent.envelope import format_time
+from edge_agent.logs import get_logger
+
+log = get_logger("collector.store")
 
 _PY_TYPES: dict[str, type] = {"text": str, "integer": int, "blob": bytes, "json": str}
 _INSERT_EVENT = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
@@ -52,18 +66,39 @@ SELECT prev + 1, seq - 1 FROM (
 ) WHERE seq > prev + 1
 """
 _EXPLAINED = "SELECT from_seq, to_seq, reason FROM explained_gaps WHERE gateway = ? AND epoch = ?"
+_CONTENT_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "received_at")
+_STORED_CONTENT = f"SELECT {', '.join(_CONTENT_COLUMNS)} FROM events WHERE id = ?"
+_USAGE = "SELECT COUNT(*), COALESCE(SUM(MIN(raw_size, ?)), 0) FROM quarantine"
+_COUNT_DROPPED = """
+INSERT INTO quarantine_dropped (gateway, cause, rows, bytes, first_at, last_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (gateway, cause) DO UPDATE SET rows = rows + excluded.rows,
+  bytes = bytes + excluded.bytes, last_at = excluded.last_at
+"""
 _IN_CHUNK = 500
+#: Expired quarantine entries are deleted at most this often (and at start-up).
+EXPIRE_EVERY_S = 600.0
+#: Errors an event's values cause while binding or inserting: that event is refused, the
+#: rest stored. Everything else (disk full, lock timeout, I/O) fails the payload unacked.
+_EVENT_FAULTS = (ValueError, OverflowError, sqlite3.IntegrityError, sqlite3.InterfaceError,
+                 sqlite3.DataError)
+#: Longest text kept from untrusted input in a quarantine row.
+_REASON_MAX, _TOPIC_MAX, _ID_MAX = 2000, 300, 64
 
 StreamKey = tuple[str, str]
 
 
 class SqliteStore:
     def __init__(self, path: Path, *, create: bool = True, busy_timeout_s: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 quarantine: QuarantineLimits | None = None) -> None:
         self.path = path
         self._create = create
         self._busy_timeout_s = busy_timeout_s
         self._clock = clock
+        self.limits = quarantine or QuarantineLimits()
+        self._rate = RateGate(self.limits.rows_per_minute_per_gateway)
+        self._expired_at = float("-inf")
         self._conn: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,6 +121,8 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._conn = conn
+        if self._create:
+            self.expire_quarantine()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -102,29 +139,69 @@ class SqliteStore:
 
     def ingest(self, origin: Origin, accepted: Sequence[EventRow],
                rejected: Sequence[Rejected]) -> IngestResult:
-        now = format_time(self._clock())
+        now = self._clock()
+        try:
+            with _transaction(self.conn) as cur:
+                return self._ingest(cur, origin, accepted, rejected, now, one_by_one=False)
+        except _EVENT_FAULTS as exc:
+            log.warning("batch_refused_by_store", gateway=origin.gateway, events=len(accepted),
+                        error=storable(f"{type(exc).__name__}: {exc}", _REASON_MAX),
+                        hint="inserting its events one by one; the refused ones are quarantined")
         with _transaction(self.conn) as cur:
-            inserted = self._insert_events(cur, accepted, now)
-            self._insert_quarantine(cur, origin, rejected, now)
-        return IngestResult(len(inserted), len(accepted) - len(inserted), len(rejected))
+            return self._ingest(cur, origin, accepted, rejected, now, one_by_one=True)
 
     def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
         return self.ingest(origin, (), rejected).quarantined
 
+    def _ingest(self, cur: sqlite3.Cursor, origin: Origin, accepted: Sequence[EventRow],
+                rejected: Sequence[Rejected], now: float, *, one_by_one: bool) -> IngestResult:
+        stamp = format_time(now)
+        refused: list[Rejected] = []
+        if one_by_one:
+            inserted: list[EventRow] = []
+            conflicts: list[Rejected] = []
+            for row in accepted:
+                cur.execute("SAVEPOINT one_event")
+                try:
+                    ins, con = self._insert_events(cur, [row], stamp)
+                except _EVENT_FAULTS as exc:
+                    cur.execute("ROLLBACK TO one_event")
+                    ins, con = [], []
+                    refused.append(_refused(row, exc))
+                cur.execute("RELEASE one_event")
+                inserted += ins
+                conflicts += con
+        else:
+            inserted, conflicts = self._insert_events(cur, accepted, stamp)
+        diverted = (*conflicts, *refused)
+        kept, dropped = self._insert_quarantine(cur, origin, [*rejected, *diverted], now)
+        if now - self._expired_at >= EXPIRE_EVERY_S:
+            self._expire(cur, now)
+        return IngestResult(len(inserted), len(accepted) - len(inserted) - len(diverted), kept,
+                            dropped, len(conflicts), diverted)
+
     def _insert_events(self, cur: sqlite3.Cursor, rows: Sequence[EventRow],
-                       now: str) -> list[EventRow]:
+                       now: str) -> tuple[list[EventRow], list[Rejected]]:
+        """Insert `rows`; returns those inserted and the conflicts (id stored, other content)."""
         if not rows:
-            return []
+            return [], []
         groups: dict[StreamKey, list[EventRow]] = defaultdict(list)
         for row in rows:
             groups[(row.gateway, row.epoch)].append(row)
         before = {key: _existing_seqs(cur, key, {r.seq for r in group})
                   for key, group in groups.items()}
         inserted: list[EventRow] = []
+        conflicts: list[Rejected] = []
         for row in rows:
             cur.execute(_INSERT_EVENT, row.values(now))
             if cur.rowcount == 1:
                 inserted.append(row)
+                continue
+            stored = cur.execute(_STORED_CONTENT, (row.id,)).fetchone()
+            received = tuple(v for c, v in zip(EVENT_COLUMNS, row.values(now), strict=True)
+                             if c != "received_at")
+            if stored is not None and tuple(stored) != received:
+                conflicts.append(_conflict(row, _content_hash(stored), _content_hash(received)))
         new_by_stream: dict[StreamKey, set[int]] = defaultdict(set)
         for row in inserted:
             new_by_stream[(row.gateway, row.epoch)].add(row.seq)
@@ -132,14 +209,68 @@ class SqliteStore:
                 _record_explained(cur, row)
         for key, seqs in new_by_stream.items():
             _advance_stream(cur, key, seqs - before[key], now)
-        return inserted
+        return inserted, conflicts
 
     def _insert_quarantine(self, cur: sqlite3.Cursor, origin: Origin,
-                           rejected: Iterable[Rejected], now: str) -> None:
+                           rejected: Sequence[Rejected], now: float) -> tuple[int, int]:
+        """Write what the bounds allow; returns (entries written, rejections dropped)."""
+        if not rejected:
+            return 0, 0
+        stamp = format_time(now)
+        gateway = origin.gateway or ""
+        entries = condense(rejected)
+        allowed = self._rate.take(gateway, len(entries), now)
+        drops: dict[DropCause, list[int]] = defaultdict(lambda: [0, 0])
+        for entry in entries[allowed:]:
+            drops["rate"][0] += 1
+            drops["rate"][1] += len(entry.raw)
+        lim = self.limits
+        gw_rows, gw_bytes = cur.execute(_USAGE + " WHERE gateway_from_topic IS ?",
+                                        (RAW_CAP, origin.gateway)).fetchone()
+        all_rows, all_bytes = cur.execute(_USAGE, (RAW_CAP,)).fetchone()
+        keep: list[Rejected] = []
+        for entry in entries[:allowed]:
+            size = stored_size(entry)
+            cause: DropCause | None = None
+            if gw_rows >= lim.max_rows_per_gateway or gw_bytes + size > lim.max_bytes_per_gateway:
+                cause = "gateway_cap"
+            elif all_rows >= lim.max_rows or all_bytes + size > lim.max_bytes:
+                cause = "total_cap"
+            if cause is not None:
+                drops[cause][0] += 1
+                drops[cause][1] += len(entry.raw)
+                continue
+            keep.append(entry)
+            gw_rows, gw_bytes = gw_rows + 1, gw_bytes + size
+            all_rows, all_bytes = all_rows + 1, all_bytes + size
+        topic = storable(origin.topic, _TOPIC_MAX)
         cur.executemany(_INSERT_QUARANTINE, [
-            (now, origin.topic, origin.gateway, r.reason, r.raw[:RAW_CAP], len(r.raw), r.event_id)
-            for r in rejected
+            (stamp, topic, origin.gateway, storable(r.reason, _REASON_MAX), r.raw[:RAW_CAP],
+             len(r.raw), storable(r.event_id, _ID_MAX) if r.event_id is not None else None)
+            for r in keep
         ])
+        for cause, (rows, size) in drops.items():
+            cur.execute(_COUNT_DROPPED, (gateway, cause, rows, size, stamp, stamp))
+        return len(keep), sum(rows for rows, _ in drops.values())
+
+    def expire_quarantine(self) -> int:
+        now = self._clock()
+        with _transaction(self.conn) as cur:
+            return self._expire(cur, now)
+
+    def _expire(self, cur: sqlite3.Cursor, now: float) -> int:
+        self._expired_at = now
+        cutoff = format_time(now - self.limits.retention_days * 86400)
+        stamp = format_time(now)
+        by_gateway = cur.execute(
+            "SELECT COALESCE(gateway_from_topic, ''), COUNT(*), SUM(raw_size) FROM quarantine "
+            "WHERE received_at < ? GROUP BY 1", (cutoff,)).fetchall()
+        if not by_gateway:
+            return 0
+        cur.execute("DELETE FROM quarantine WHERE received_at < ?", (cutoff,))
+        for gateway, rows, size in by_gateway:
+            cur.execute(_COUNT_DROPPED, (gateway, "expired", rows, size, stamp, stamp))
+        return sum(rows for _, rows, _ in by_gateway)
 
     # ------------------------------------------------------------------ reads
 
@@ -168,12 +299,19 @@ class SqliteStore:
         streams = [StreamInfo(*row) for row in c.execute(
             "SELECT gateway, epoch, first_seen, last_seen, high_seq, received, contiguous_through "
             "FROM streams ORDER BY gateway, first_seen")]
+        quarantined, quarantine_bytes = c.execute(
+            "SELECT COUNT(*), COALESCE(SUM(raw_size), 0) FROM quarantine").fetchone()
+        dropped = [DroppedCount(*row) for row in c.execute(
+            "SELECT gateway, cause, rows, bytes, last_at FROM quarantine_dropped "
+            "ORDER BY gateway, cause")] if _has_table(c, "quarantine_dropped") else []
         return StoreStats(
             events=c.execute("SELECT COUNT(*) FROM events").fetchone()[0],
-            quarantined=c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0],
+            quarantined=quarantined,
             gateways=len({s.gateway for s in streams}),
             last_received_at=c.execute("SELECT MAX(received_at) FROM events").fetchone()[0],
             streams=streams,
+            quarantine_bytes=quarantine_bytes,
+            dropped=dropped,
         )
 
 
@@ -218,8 +356,34 @@ def _not_null(column: Column, pk: tuple[str, ...]) -> bool:
 
 
 def _has_schema(conn: sqlite3.Connection) -> bool:
-    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'")
+    return _has_table(conn, "events")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
     return row.fetchone() is not None
+
+
+def _content_hash(values: Sequence[Any]) -> str:
+    """sha256 of an event's content (every column but received_at; `data` canonical)."""
+    *head, data = values
+    try:
+        parsed: Any = json.loads(data)
+    except ValueError:
+        parsed = data
+    canonical = json.dumps([*head, parsed], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _conflict(row: EventRow, stored: str, received: str) -> Rejected:
+    return Rejected(f"event id {row.id}: conflict: this id is stored with other content "
+                    f"(stored sha256:{stored}, received sha256:{received}); the stored event "
+                    "is kept", row.envelope_json(), row.id, row.epoch, row.seq)
+
+
+def _refused(row: EventRow, exc: Exception) -> Rejected:
+    return Rejected(f"event id {row.id}: the store refused it ({type(exc).__name__}: {exc})",
+                    row.envelope_json(), row.id, row.epoch, row.seq)
 
 
 def _existing_seqs(cur: sqlite3.Cursor, key: StreamKey, seqs: set[int]) -> set[int]:

@@ -18,9 +18,10 @@ import structlog
 from click.testing import CliRunner
 
 from collector.cli import main
+from collector.config import CollectorConfig
 from collector.registry import Place, Registry, RegistryFile, load_registry
 from collector.store import open_store
-from edge_agent.config import ConfigError
+from edge_agent.config import ConfigError, load_model
 from edge_agent.topics import GatewayTopics
 from edge_agent.wire import Ack
 from tests.harness import Proc, collector, collector_yaml, query, wait_for, write_yaml
@@ -223,3 +224,13 @@ async def test_unregistered_gateways_accepted_with_a_warning_when_configured(
     warned = [e for e in logs if e["event"] == "gateway_unregistered"]
     assert warned and warned[0]["gateway"] == "gw-a", logs
 
+
+
+def test_the_shipped_collector_configs_and_gateways_files_load() -> None:
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for name in ("collector.example.yaml", "collector.demo.yaml"):
+        cfg = load_model(root / name, CollectorConfig)
+        assert cfg.gateways is not None and cfg.gateways.unregistered == "quarantine"
+    demo = load_registry(root / "gateways.demo.yaml", "quarantine")
+    assert demo.places["gw-demo-01"] == Place(**HOME)  # the place in gateway.demo.yaml
+    assert len(load_registry(root / "gateways.example.yaml", "quarantine").places) == 2

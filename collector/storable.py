@@ -5,14 +5,22 @@ but not UTF-8; an integer may be any size, an INTEGER column (SQLite, PostgreSQL
 bigint) holds 64 bits; `1e400` parses to infinity, which JSON cannot write back; NUL
 cannot be kept in PostgreSQL text. One such value in one event used to fail the whole
 batch's transaction. Pure; walks iteratively (no recursion on hostile nesting).
+
+Fast path: in a schema-valid event only `source` and `data` can hold such values, and
+`data` is serialised for its row anyway: that text is looked at (encodable, no NUL
+escape, no `Infinity`/`NaN`, no run of 19 digits); only an event it flags is walked,
+for the precise place.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: 2**63 has 19 digits: shorter runs of digits are always in range.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 def _string_problem(text: str) -> str | None:
@@ -41,8 +49,31 @@ def _value_problem(value: Any) -> str | None:
     return None
 
 
-def unstorable(event: dict[str, Any]) -> str | None:
-    """`where: what` for the first value of `event` no store can hold, or None."""
+def unstorable(event: dict[str, Any], data_text: str | None = None) -> str | None:
+    """`where: what` for the first value of `event` no store can hold, or None.
+
+    `data_text`: `event["data"]` as compact JSON (`ensure_ascii=False`), when the caller
+    has it; then `event` must be schema-valid (only `source` and `data` are looked at).
+    """
+    if data_text is None:
+        return _walk(event)
+    source = event.get("source")
+    if (isinstance(source, str) and not source.isascii()) or _flagged(data_text):
+        return _walk(event)
+    return None
+
+
+def _flagged(text: str) -> bool:
+    """Whether the JSON text may hold an unstorable value (false alarms are walked)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return ("\\u0000" in text or "Infinity" in text or "NaN" in text
+            or _LONG_DIGITS.search(text) is not None)
+
+
+def _walk(event: dict[str, Any]) -> str | None:
     stack: list[tuple[str, Any]] = [("", event)]
     while stack:
         path, value = stack.pop()

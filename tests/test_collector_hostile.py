@@ -181,7 +181,7 @@ async def test_a_value_validation_missed_is_refused_alone_by_the_store(
         district: District, monkeypatch: pytest.MonkeyPatch) -> None:
     """Second line of defence: were validation to let an unstorable value through, the
     failed batch transaction is retried event by event; the refused one is quarantined."""
-    monkeypatch.setattr(validate, "unstorable", lambda event: None)
+    monkeypatch.setattr(validate, "unstorable", lambda *args: None)
     epoch = new_epoch()
     surrogate = _set("data.alarm_id", "a-\ud800")(as_dict(alarm("gw-a", epoch, 2)))
     huge = as_dict(data_loss("gw-a", epoch, 4, [[2**64, 2**64]]))

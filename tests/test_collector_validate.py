@@ -136,3 +136,14 @@ def test_mixed_batch_keeps_the_good_events() -> None:
 def test_empty_batch_is_nothing() -> None:
     verdict = check_payload(b"[]", topics("gw-a"))
     assert verdict.accepted == [] and verdict.rejected == []
+
+
+@pytest.mark.parametrize("text", ["Infinity", "NaN", "1234567890123456789012", "\\u0000",
+                                  "烟感 2 号", "\U0001f525"])
+def test_what_only_looks_unstorable_is_accepted(text: str) -> None:
+    """The fast check flags these; the walk then finds nothing wrong."""
+    ev = as_dict(alarm("gw-a", EPOCH, 1))
+    ev["data"]["alarm_id"] = text
+    ev["data"]["density_db_m"] = 2**63 - 1
+    verdict = check_payload(dumps([ev]), topics("gw-a"))
+    assert verdict.rejected == [] and json.loads(verdict.accepted[0].data)["alarm_id"] == text

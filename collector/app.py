@@ -37,18 +37,25 @@ def check_tls(endpoint: Endpoint) -> None:
 
 def open_registry(cfg: CollectorConfig) -> RegistryFile | None:
     """The gateway registry file, read now (SetupError listing every issue), reloaded on SIGHUP."""
+    registry: RegistryFile | None = None
     if cfg.gateways is None:
         log.warning("gateway_registry_missing",
                     hint="without a `gateways:` file any gateway may claim any district, street "
                          "or community; see docs/config.md")
-        return None
-    try:
-        registry = RegistryFile(cfg.gateways.file, cfg.gateways.unregistered)
-    except ConfigError as exc:
-        raise SetupError("gateways file:\n" + str(exc)) from None
+    else:
+        try:
+            registry = RegistryFile(cfg.gateways.file, cfg.gateways.unregistered)
+        except ConfigError as exc:
+            raise SetupError("gateways file:\n" + str(exc)) from None
+    # SIGHUP (systemctl reload) must never end the process, registry or not.
+    on_hup = registry.request_reload if registry is not None else _nothing_to_reload
     with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not main thread
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, registry.request_reload)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
     return registry
+
+
+def _nothing_to_reload() -> None:
+    log.info("reload_ignored", reason="no gateways file configured")
 
 
 def build_collector(cfg: CollectorConfig, store: Store, endpoint: Endpoint,

@@ -139,9 +139,9 @@ def district(district_mosquitto: tuple[Mosquitto, dict[str, str]], tmp_path: Pat
     return District(mq, users, f"sqlite:///{tmp_path / 'district.db'}")
 
 
-def collector_for(district: District, store: Store) -> Collector:
+def collector_for(district: District, store: Store, **kw: Any) -> Collector:
     return Collector(store, district.collector_endpoint(), client_id="collector-c1",
-                     share_group="collectors", backoff=FAST)
+                     share_group="collectors", backoff=FAST, **kw)
 
 
 def encode(events: list[dict[str, Any]]) -> bytes:

@@ -212,8 +212,7 @@ def test_a_broken_gateways_file_stops_the_start_with_file_and_line(tmp_path: Pat
 async def test_unregistered_gateways_accepted_with_a_warning_when_configured(
         district: District) -> None:
     store = open_store(district.store_url)
-    collector_ = collector_for(district, store)
-    collector_.handler.registry = lambda: Registry({}, "accept")
+    collector_ = collector_for(district, store, registry=lambda: Registry({}, "accept"))
     epoch = new_epoch()
     with structlog.testing.capture_logs() as logs:
         async with running(collector_), district.gateway("gw-a") as gw:
@@ -234,3 +233,16 @@ def test_the_shipped_collector_configs_and_gateways_files_load() -> None:
     demo = load_registry(root / "gateways.demo.yaml", "quarantine")
     assert demo.places["gw-demo-01"] == Place(**HOME)  # the place in gateway.demo.yaml
     assert len(load_registry(root / "gateways.example.yaml", "quarantine").places) == 2
+
+
+def test_sighup_without_a_gateways_file_does_not_end_the_collector(
+        district: District, tmp_path: Path) -> None:
+    proc = start_collector(district, tmp_path)
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(e["event"] == "reload_ignored" for e in proc.log_events()), 10,
+             "the collector to say there is nothing to reload")
+    assert proc.alive()
+    assert proc.stop() == 0
+    names = [e["event"] for e in proc.log_events()]
+    assert "gateway_registry_missing" in names, names

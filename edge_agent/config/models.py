@@ -184,6 +184,36 @@ class SnapshotsConfig(Strict):
     max_files: int = Field(default=2000, ge=1, le=1_000_000, description="file count bound")
 
 
+class ChatterConfig(Strict):
+    """Chatter control (edge_agent.chatter): an alarm instance (a rule of a device, a zone
+    of a panel) that toggles more than `max_toggles_per_min` times in a minute is reported
+    once as `<kind>.chattering` instead of storing every raise and clear."""
+
+    enabled: bool = Field(default=True, description="false: every toggle is an event")
+    max_toggles_per_min: int = Field(
+        default=10, ge=2, le=1000,
+        description="raises plus clears in any 60 s beyond which the alarm is chattering")
+    calm_s: float = Field(
+        default=60.0, ge=1, le=3600, allow_inf_nan=False,
+        description="no toggle for this long ends the chatter (the alarm's state is then "
+        "reported as it is)")
+
+    def overridden(self, override: ChatterOverride | None) -> ChatterConfig:
+        """These settings with the keys a rule or zone sets itself replaced."""
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+
+class ChatterOverride(Strict):
+    """`chatter:` of one alarm rule or zone spec: the keys given replace the gateway's
+    `alarm_chatter` (the others keep the gateway's values)."""
+
+    enabled: bool | None = None
+    max_toggles_per_min: int | None = Field(default=None, ge=2, le=1000)
+    calm_s: float | None = Field(default=None, ge=1, le=3600, allow_inf_nan=False)
+
+
 class DeviceConfig(BaseModel):
     """Common part of every device entry; the driver validates the rest."""
 
@@ -202,6 +232,7 @@ class GatewayConfig(Strict):
     status_page: StatusPageConfig = StatusPageConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
     heartbeat_s: float = Field(default=60.0, gt=0, le=86400)
+    alarm_chatter: ChatterConfig = ChatterConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     devices: list[DeviceConfig] = Field(default_factory=list)
 

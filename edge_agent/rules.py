@@ -20,6 +20,11 @@ is worth an event. Values become events through rules, never as raw dumps:
   (edge_agent.open_alarms): then it starts raised under its old id, so it goes on
   without a second raise, and its clear names that id. Debounce is confirmed by polls
   only: `tick()` never raises or clears, since nothing was observed.
+  An alarm that toggles (raise or clear) more than `max_toggles_per_min` times a minute
+  is chattering (edge_agent.chatter; the gateway's `alarm_chatter`, a rule's `chatter:`
+  overrides it): one `<kind>.chattering` raise, its toggles counted instead of sent
+  (a raise while reported cleared is still sent), and after `calm_s` without a toggle,
+  seen by a poll, its state as it is and the chattering clear.
 - **state** (`state`; gate.state): emitted on the first observation and when any mapped
   value changes. A value the map does not cover becomes `"unknown"` where the schema
   allows it (logged as a warning, once per value).

@@ -23,6 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.config._secret_files import (
+    MAX_TLS_FILE_BYTES,
+    SecretFileError,
+    inspect_file,
+    read_secret_file,
+)
+
 SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -86,9 +93,9 @@ class SecretRef(Strict):
             return SecretStr(value)
         assert self.file is not None
         try:
-            return SecretStr(self.file.read_text("utf-8").strip())
-        except OSError as exc:
-            raise SecretError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+            return SecretStr(read_secret_file(self.file))
+        except SecretFileError as exc:
+            raise SecretError(f"secret file {exc}") from None
 
 
 class SecretError(RuntimeError):
@@ -119,6 +126,17 @@ class TlsConfig(Strict):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
+
+    def check_files(self) -> None:
+        """Raise SecretError naming a file that cannot be used, before OpenSSL reads it
+        (a directory, /dev/zero, a missing or oversized file)."""
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            error = inspect_file(path, cap=MAX_TLS_FILE_BYTES, private=False).error
+            if error is not None:
+                raise SecretError(f"tls.{key}: {error}")
 
 
 class BackoffConfig(Strict):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,14 @@ import pytest
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.serial_line import SerialLineDevice
+from drivers.serial_line.alarms import AlarmTracker
 from drivers.serial_line.driver import SerialLineDriver
+from drivers.serial_line.options import AlarmSpec
 from edge_agent.chatter import ChatterGuard
 from edge_agent.config.models import ChatterConfig, DeviceConfig
 from edge_agent.driver_api import Driver
 from edge_agent.envelope import schema
-from edge_agent.open_alarms import OpenAlarms
+from edge_agent.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
@@ -246,3 +249,45 @@ async def test_a_flapping_panel_zone_is_reported_once_and_ends_right(
     assert [d["state"] for d in zone7] == ["raised"], "the other zone's fire is kept"
     assert size < 64 * 1024
     assert open_alarm_types(tmp_path) == ["smoke.alarm"] * (2 if ends_in_alarm else 1)
+
+
+class RestoringSink(RecordingSink):
+    """Gives back a chattering alarm (and its alarm) left open by the last run."""
+
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        return [OpenAlarm("gate.forced_open", "forced-before", {}),
+                OpenAlarm("gate.chattering", "chatter-before",
+                          {"alarm_type": "gate.forced_open", "toggles": 11})]
+
+
+def test_a_chattering_alarm_left_open_by_the_last_run_is_cleared_once_calm() -> None:
+    rules = parse_rules([{"type": "gate.forced_open", "when": {"point": "forced"}}],
+                        ["forced"])
+    sink = RestoringSink()
+    now = [100.0]
+    device = DeviceRules("gate-1", rules, sink, clock=lambda: now[0], chatter=POLICY)
+    device.update({"forced": False}, observed_at=1000.0)  # it calmed down while we were off
+    assert sink.events == []
+    now[0] += POLICY.calm_s
+    device.update({"forced": False}, observed_at=1001.0)
+    assert [(e.type, e.data["state"], e.data["alarm_id"]) for e in sink.events] == [
+        ("gate.forced_open", "cleared", "forced-before"),
+        ("gate.chattering", "cleared", "chatter-before")]
+    assert sink.events[1].data["final_state"] == "cleared" and not sink.invalid
+
+
+def test_a_chattering_zone_left_open_by_the_last_run_is_cleared_once_calm() -> None:
+    spec = AlarmSpec.model_validate({"type": "smoke.alarm", "per": "zone", "state": "status",
+                                     "raise": ["ALARM"], "clear": ["NORMAL"]})
+    sink = RecordingSink()
+    tracker = AlarmTracker("panel", sink, chatter=POLICY)
+    tracker.restore([spec], [OpenAlarm("smoke.alarm", "zone-3-before", {"zone": "03"}),
+                             OpenAlarm("smoke.chattering", "chatter-before",
+                                       {"zone": "03", "alarm_type": "smoke.alarm"})])
+    started = time.time()
+    tracker.apply(spec, {"zone": "03", "status": "ALARM"}, started)  # still in alarm
+    tracker.settle(started + POLICY.calm_s + 1)
+    assert [(e.type, e.data["state"], e.data["alarm_id"]) for e in sink.events] == [
+        ("smoke.chattering", "cleared", "chatter-before")]
+    assert sink.events[0].data["final_state"] == "raised"
+    assert tracker.raised() == {"smoke.alarm": ["zone-3-before"]} and not sink.invalid

@@ -291,3 +291,21 @@ def test_a_chattering_zone_left_open_by_the_last_run_is_cleared_once_calm() -> N
         ("smoke.chattering", "cleared", "chatter-before")]
     assert sink.events[0].data["final_state"] == "raised"
     assert tracker.raised() == {"smoke.alarm": ["zone-3-before"]} and not sink.invalid
+
+
+def test_a_panel_reset_during_chatter_clears_the_zone_once_calm() -> None:
+    spec = AlarmSpec.model_validate({"type": "smoke.alarm", "per": "zone", "state": "status",
+                                     "raise": ["ALARM"], "clear": ["NORMAL"]})
+    sink = RecordingSink()
+    tracker = AlarmTracker("panel", sink, chatter=POLICY)
+    for i in range(13):  # the 11th toggle starts the chatter; the zone ends in alarm
+        tracker.apply(spec, {"zone": "03", "status": "ALARM" if i % 2 == 0 else "NORMAL"},
+                      1000.0 + i * 0.1)
+    tracker.clear_all(["smoke.alarm"], 1002.0)  # SYSTEM RESET
+    tracker.clear_all(["smoke.alarm"], 1002.1)  # repeated: nothing more
+    tracker.settle(1002.1 + POLICY.calm_s)
+    states = [(e.type, e.data["state"]) for e in sink.events]
+    assert states[-4:] == [("smoke.chattering", "raised"), ("smoke.alarm", "raised"),
+                           ("smoke.alarm", "cleared"), ("smoke.chattering", "cleared")]
+    assert sink.events[-1].data["toggles"] == 4  # the 11th, 12th, 13th and the reset
+    assert tracker.raised() == {} and not sink.invalid

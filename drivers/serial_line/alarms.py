@@ -146,14 +146,14 @@ class AlarmTracker:
     def clear_all(self, types: Iterable[str], observed_at: float) -> None:
         """Clear every raised alarm of these types (a panel reset)."""
         wanted = set(types)
-        for key in [k for k in self.active if k[0] in wanted]:
+        keys = [k for k in self.active if k[0] in wanted]
+        keys += [k for k, z in self.zones.items() if k[0] in wanted and z.observed
+                 and k not in self.active]  # in alarm, not sent: chattering
+        for key in keys:
             zone = self.zones.get(key)
             if zone is None:
                 self._clear(key, {}, observed_at)
-            else:
-                self._toggle(zone, key, {}, False, observed_at)
-        for key, zone in list(self.zones.items()):
-            if key[0] in wanted and zone.observed:
+            elif zone.observed:  # else normal already: the chatter's calm puts it right
                 self._toggle(zone, key, {}, False, observed_at)
 
     def settle(self, now: float) -> None:

@@ -4,14 +4,17 @@
 
 One JSON line per device map and a final `{"summary": ...}` line. Maps: the reference
 map (tests/data/modbus/scattered-20.yaml: 20 points in five runs over holding registers
-0-54; target 1 request), every shipped profile in configs/profiles, and a synthetic
-500-point map for the planner's own cost.
+0-54; target 1 request), the peer workload (tests/data/modbus/peer-20.yaml: 20
+registers in five runs over 0-54 with a 14-register hole; target 1 request over TCP),
+every shipped profile in configs/profiles, and a synthetic 500-point map for the
+planner's own cost. Each map is planned for three links, since the gap fill follows
+what a request costs on the link (drivers/modbus/planner.py): `tcp`, `rtu_9600`
+(8E1) and `rtu_115200` (8N1).
 
 `rtu_9600_ms` estimates the bus time of one poll on RS-485 at 9,600 baud, 8E1
 (11 bits a character): per request an 8-byte request frame, a 5 + data-byte response
 and a 3.5-character silence after each frame; device turnaround is not counted. The
-same model gives ~40 single-register reads/s and ~400 registers/s at 125 per request,
-the figures measured in /work/shared/NOTES-deps.md.
+same model gives ~40 single-register reads/s and ~400 registers/s at 125 per request.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench._common import emit, summary  # noqa: E402
-from drivers.modbus.planner import Limits, ReadRequest, plan  # noqa: E402
+from drivers.modbus.planner import Limits, LinkCost, ReadRequest, gap_fill, plan  # noqa: E402
 from drivers.modbus.points import Point, PointType, Table  # noqa: E402
 from drivers.modbus.profile import (  # noqa: E402
     available_profiles,
@@ -37,7 +40,10 @@ from drivers.modbus.profile import (  # noqa: E402
 )
 
 SCATTERED = ROOT / "tests" / "data" / "modbus" / "scattered-20.yaml"
+PEER = ROOT / "tests" / "data" / "modbus" / "peer-20.yaml"
 BAUD = 9600
+LINKS = {"tcp": LinkCost.tcp(), "rtu_9600": LinkCost.rtu(9600),
+         "rtu_115200": LinkCost.rtu(115200, bits_per_char=10)}
 BITS_PER_CHAR = 11  # start + 8 data + parity + stop (8E1), or 8N2
 
 
@@ -84,7 +90,8 @@ def synthetic(count: int, seed: int = 1) -> list[Point]:
 
 
 def measure(name: str, points: list[Point], limits: Limits, rounds: int) -> dict[str, Any]:
-    planned = plan(points, limits)
+    planned = plan(points, limits, LINKS["rtu_9600"])
+    by_link = {link: len(plan(points, limits, cost)) for link, cost in LINKS.items()}
     naive = one_per_point(points)
     hatch = plan(points, limits.model_copy(update={"single_point_requests": True}))
     no_fill = plan(points, limits.model_copy(update={"gap_fill_registers": 0,
@@ -94,6 +101,7 @@ def measure(name: str, points: list[Point], limits: Limits, rounds: int) -> dict
         "points": len(points),
         "requests": {"planner": len(planned), "one_per_point": len(naive),
                      "escape_hatch": len(hatch), "gap_fill_off": len(no_fill)},
+        "requests_by_link": by_link,
         "registers_read": {"planner": sum(r.count for r in planned),
                            "one_per_point": sum(r.count for r in naive)},
         "rtu_9600_ms": {"planner": rtu_ms(planned), "one_per_point": rtu_ms(naive)},
@@ -112,6 +120,8 @@ def main() -> None:
     rows = []
     scattered = load_profile(SCATTERED)
     rows.append(measure("scattered-20", list(scattered.points), scattered.limits, args.rounds))
+    peer = load_profile(PEER)
+    rows.append(measure("peer-20", list(peer.points), peer.limits, args.rounds))
     load_us = {}
     for name in available_profiles():
         clear_profile_cache()
@@ -130,7 +140,12 @@ def main() -> None:
                          "one_per_point": ref["requests"]["one_per_point"],
                          "target": 1, "met": ref["requests"]["planner"] <= 1,
                          "rtu_9600_ms": ref["rtu_9600_ms"]},
-        "requests_per_poll": {r["map"]: r["requests"]["planner"] for r in rows},
+        "peer_20": {"requests_by_link": rows[1]["requests_by_link"],
+                    "target_tcp": 1, "met": rows[1]["requests_by_link"]["tcp"] <= 1},
+        "gap_fill_by_link": {link: dict(zip(("registers", "bits"), gap_fill(cost),
+                                            strict=True))
+                             for link, cost in LINKS.items()},
+        "requests_per_poll": {r["map"]: r["requests_by_link"] for r in rows},
         "plan_us": {r["map"]: r["plan_us"] for r in rows},
         "profile_load_cold_us": load_us,
     })

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import fastjsonschema
 
-from edge_agent.envelope import ALARM_TYPES, CATALOG, Retention, schema
+from edge_agent.envelope import ALARM_TYPES, CATALOG, CHATTER_TYPES, Retention, schema
 
 RuleKind = Literal["reading", "alarm", "state", "record"]
 
@@ -34,8 +34,9 @@ STATE_TYPES = frozenset({"gate.state"})
 
 
 def agent_owned(type_: str) -> bool:
-    """`device.*` and `gateway.*` are emitted by the agent itself, never by device rules."""
-    return type_.startswith(("device.", "gateway."))
+    """`device.*`, `gateway.*` and `*.chattering` (chatter control) are emitted by the
+    agent itself, never by device rules."""
+    return type_.startswith(("device.", "gateway.")) or type_ in CHATTER_TYPES
 
 
 def kind_for_type(type_: str) -> RuleKind | None:

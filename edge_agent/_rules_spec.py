@@ -39,6 +39,7 @@ from edge_agent._rules_catalog import (
     kind_for_type,
     types_for_kind,
 )
+from edge_agent.config.models import ChatterOverride
 from edge_agent.envelope import CATALOG
 
 Loc = tuple[str | int, ...]
@@ -308,6 +309,9 @@ class AlarmRule(_Rule):
         description="the condition must hold (or be gone) this long before raise (or clear)")
     data: dict[str, FieldRef] = Field(default_factory=dict,
                                       description="extra data fields -> point")
+    chatter: ChatterOverride | None = Field(
+        default=None, description="this alarm's chatter control; default: the gateway's "
+        "`alarm_chatter`")
 
     def data_fields(self) -> Mapping[str, FieldSpec]:
         return self.data

@@ -60,6 +60,7 @@ class Agent:
                             commit_linger_s=cfg.outbox.commit_linger_ms / 1000,
                             on_rows=uplink.offer, credential_salt=salt)
         pipeline.snapshots = cfg.snapshots
+        pipeline.alarm_chatter = cfg.alarm_chatter
         pipeline.open_alarms = OpenAlarms(cfg.outbox.path.parent / "open-alarms.json")
         drivers = build_drivers(cfg.devices, pipeline)
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
@@ -100,7 +101,8 @@ class Agent:
         s = self.outbox.stats()
         data: dict[str, object] = {
             "uptime_s": round(time.time() - self.started, 1), "outbox_events": s.events,
-            "outbox_bytes": s.bytes, "evicted_total": s.evicted_total, "version": __version__}
+            "outbox_bytes": s.bytes, "evicted_total": s.evicted_total, "version": __version__,
+            "alarm_toggles_suppressed": self.pipeline.counters.alarm_toggles_suppressed}
         if s.oldest_created is not None:
             data["oldest_waiting_s"] = round(max(0.0, time.time() - s.oldest_created), 1)
         return data

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edge_agent import __version__, logs
-from edge_agent.config.loader import ConfigError, load_gateway_config
+from edge_agent.config.loader import ConfigError, ConfigIssue, check_secrets, load_gateway_config
 from edge_agent.config.models import GatewayConfig, SecretError
 
 if TYPE_CHECKING:
@@ -28,6 +28,25 @@ def _load_or_exit(path: Path) -> GatewayConfig:
             click.echo(str(issue), err=True)
         click.echo(f"{len(err.issues)} problem(s) in {path}; nothing was started.", err=True)
         sys.exit(EXIT_CONFIG)
+
+
+def _secrets_or_exit(path: Path, cfg: GatewayConfig) -> list[ConfigIssue]:
+    """Check the secret and TLS files the config names (reading none); exit 2 on errors.
+    Returns the warnings (a secret others may read, TLS verification off, ...)."""
+    errors, warnings = check_secrets(path, cfg)
+    for issue in errors:
+        click.echo(str(issue), err=True)
+    if errors:
+        click.echo(f"{len(errors)} problem(s) with the secrets of {path}; nothing was "
+                   "started.", err=True)
+        sys.exit(EXIT_CONFIG)
+    return warnings
+
+
+def _warning_text(issue: ConfigIssue) -> str:
+    head = f"{issue.file}:{issue.line}:{issue.col}: {issue.key}: " if issue.key else ""
+    hint = f" (hint: {issue.hint})" if issue.hint else ""
+    return f"{head}warning: {issue.message}{hint}"
 
 
 @click.group()
@@ -75,10 +94,21 @@ def discover_cameras(target: str, multicast: bool, timeout_s: float, username: s
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-def validate(path: Path) -> None:
-    """Check a gateway YAML file completely, touching no device. Exit 0 ok, 2 errors."""
+@click.option("--skip-secrets", is_flag=True,
+              help="check the YAML only, not the secret and TLS files it names (for a "
+                   "config checked away from its gateway)")
+def validate(path: Path, skip_secrets: bool) -> None:
+    """Check a gateway YAML file completely, touching no device. Exit 0 ok, 2 errors.
+
+    The secret and TLS files it names are checked too (exist, regular file, size,
+    readable by this user; a warning if group or others may read them), without
+    reading them: run it as the agent's user."""
     cfg = _load_or_exit(path)
-    click.echo(f"{path}: ok: gateway {cfg.gateway.id}, {len(cfg.devices)} device(s)")
+    warnings = [] if skip_secrets else _secrets_or_exit(path, cfg)
+    for issue in warnings:
+        click.echo(_warning_text(issue), err=True)
+    tail = f", {len(warnings)} warning(s)" if warnings else ""
+    click.echo(f"{path}: ok: gateway {cfg.gateway.id}, {len(cfg.devices)} device(s){tail}")
 
 
 @main.command()
@@ -89,7 +119,14 @@ def run(config_path: Path) -> None:
     # Until the event loop installs its own handler, SIGTERM means a plain clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cfg = _load_or_exit(config_path)
+    warnings = _secrets_or_exit(config_path, cfg)
     logs.configure(cfg.log_level)
+    log = logs.get_logger("edge_agent.cli")
+    for issue in warnings:
+        event = "tls_verification_off" if issue.key.endswith("insecure_skip_verify") \
+            else "config_warning"
+        log.warning(event, path=f"{issue.file}:{issue.line}", key=issue.key,
+                    detail=issue.message, hint=issue.hint)
     from edge_agent.agent import run_agent
     from edge_agent.outbox import OutboxError
 

@@ -83,12 +83,25 @@ CATALOG: dict[str, EventKind] = {
         _k("device.offline", _S.WARNING, _R.RECORD, "device stopped answering"),
         _k("gateway.heartbeat", _S.INFO, _R.TELEMETRY, "gateway alive, with outbox figures"),
         _k("gateway.data_loss", _S.WARNING, _R.ALARM, "events the outbox had to evict"),
+        _k("gate.chattering", _S.WARNING, _R.ALARM, "a door alarm toggles too often"),
+        _k("smoke.chattering", _S.WARNING, _R.ALARM, "a smoke alarm or zone toggles too often"),
+        _k("water.chattering", _S.WARNING, _R.ALARM, "a water alarm toggles too often"),
+        _k("camera.chattering", _S.WARNING, _R.ALARM, "a camera alarm toggles too often"),
     )
 }
 
 #: Alarm types carry data.state = raised|cleared and data.alarm_id.
 ALARM_TYPES = frozenset(t for t, k in CATALOG.items() if k.retention is Retention.ALARM
                         and t != "gateway.data_loss") | {"camera.motion"}
+
+#: `<kind>.chattering`: raised by the agent's chatter control (edge_agent.chatter) for an
+#: alarm of that kind that toggles too often; never configured as a rule's or zone's type.
+CHATTER_TYPES = frozenset(t for t in CATALOG if t.endswith(".chattering"))
+
+
+def chatter_type(alarm_type: str) -> str:
+    """The chattering alarm reported for `alarm_type` (`smoke.alarm` -> `smoke.chattering`)."""
+    return alarm_type.split(".", 1)[0] + ".chattering"
 
 
 # --------------------------------------------------------------------------- ULID

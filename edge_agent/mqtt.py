@@ -62,6 +62,8 @@ class Endpoint:
 
 
 def tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
+    if tls is not None:
+        tls.check_files()  # never hand OpenSSL a directory or /dev/zero
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
     if tls and tls.cert_file and tls.key_file:
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.config.models import SnapshotsConfig
+from edge_agent.config.models import ChatterConfig, SnapshotsConfig
 from edge_agent.driver_api import DeviceState
 from edge_agent.envelope import (
     Event,
@@ -74,6 +74,8 @@ class PipelineCounters:
     committed: int = 0
     dropped: int = 0
     rejected: int = 0
+    #: alarm raises and clears counted by chatter control and not sent (edge_agent.chatter)
+    alarm_toggles_suppressed: int = 0
 
 
 class Pipeline:
@@ -83,6 +85,8 @@ class Pipeline:
     snapshots: SnapshotsConfig | None = None
     #: Alarms open across restarts (edge_agent.open_alarms); None: not kept.
     open_alarms: OpenAlarms | None = None
+    #: The gateway's `alarm_chatter`, read by drivers (edge_agent.chatter.chatter_policy).
+    alarm_chatter: ChatterConfig | None = None
 
     def __init__(
         self,
@@ -159,6 +163,10 @@ class Pipeline:
     def restored_alarms(self, device: str) -> list[OpenAlarm]:
         """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
         return self.open_alarms.claim(device) if self.open_alarms is not None else []
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        """Alarm toggles chatter control counted instead of sending (heartbeat)."""
+        self.counters.alarm_toggles_suppressed += suppressed
 
     def poll_error(self, device: str, reason: str) -> None:
         """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""

@@ -20,6 +20,11 @@ is worth an event. Values become events through rules, never as raw dumps:
   (edge_agent.open_alarms): then it starts raised under its old id, so it goes on
   without a second raise, and its clear names that id. Debounce is confirmed by polls
   only: `tick()` never raises or clears, since nothing was observed.
+  An alarm that toggles (raise or clear) more than `max_toggles_per_min` times a minute
+  is chattering (edge_agent.chatter; the gateway's `alarm_chatter`, a rule's `chatter:`
+  overrides it): one `<kind>.chattering` raise, its toggles counted instead of sent
+  (a raise while reported cleared is still sent), and after `calm_s` without a toggle,
+  seen by a poll, its state as it is and the chattering clear.
 - **state** (`state`; gate.state): emitted on the first observation and when any mapped
   value changes. A value the map does not cover becomes `"unknown"` where the schema
   allows it (logged as a warning, once per value).
@@ -77,8 +82,10 @@ from edge_agent._rules_spec import (
     parse_rules,
     point_issues,
 )
+from edge_agent.chatter import ChatterGuard, chatter_alarm_id, chatter_policy, report_chatter
+from edge_agent.config.models import ChatterConfig
 from edge_agent.driver_api import EventSink, restored_alarms
-from edge_agent.envelope import CATALOG, Severity, new_ulid
+from edge_agent.envelope import CATALOG, CHATTER_TYPES, Severity, chatter_type, new_ulid
 from edge_agent.logs import get_logger
 from edge_agent.open_alarms import OpenAlarm
 from edge_agent.privacy import hash_credential
@@ -148,11 +155,14 @@ class DeviceRules:
         *,
         clock: Callable[[], float] = time.monotonic,
         salt: bytes = b"",
+        chatter: ChatterConfig | None = None,
     ) -> None:
         self.device_id = device_id
         self._sink = sink
         self._clock = clock
         self._salt = salt
+        #: chatter control of the alarm rules (a rule's `chatter:` overrides keys of it)
+        self.chatter = chatter if chatter is not None else chatter_policy(sink)
         self._warned: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._rules: list[_Rule] = [_build(self, index, rule) for index, rule in enumerate(rules)]
         self._restore(restored_alarms(sink, device_id))
@@ -162,11 +172,17 @@ class DeviceRules:
         no second raise while they hold, and their clear names the old id."""
         left = list(open_alarms)
         for rule in self._rules:
-            found = next((a for a in left if isinstance(rule, _Alarm) and a.type == rule.type),
-                         None)
-            if found is not None and isinstance(rule, _Alarm):
+            if not isinstance(rule, _Alarm):
+                continue
+            found = next((a for a in left if a.type == rule.type), None)
+            if found is not None:
                 left.remove(found)
                 rule.raised, rule.alarm_id = True, found.alarm_id
+            chattering = next((a for a in left if a.type in CHATTER_TYPES
+                               and a.data.get("alarm_type") == rule.type), None)
+            if chattering is not None:  # cleared once the alarm has been calm for a while
+                left.remove(chattering)
+                rule.chatter.resume(chattering.alarm_id, self._clock())
 
     # ------------------------------------------------------------------ driver API
 
@@ -202,6 +218,10 @@ class DeviceRules:
     @property
     def salt(self) -> bytes:
         return self._salt
+
+    @property
+    def sink(self) -> EventSink:
+        return self._sink
 
     def emit(self, type_: str, data: dict[str, Any], observed_at: float,
              severity: Severity | None = None) -> None:
@@ -388,9 +408,10 @@ class _Alarm(_Rule):
         self.when: WhenSpec = rule.when
         self.debounce_s = rule.debounce_s
         self.severity = CATALOG[rule.type].severity
-        self.raised = False
-        self.alarm_id: str | None = None
+        self.raised = False  # the condition, debounced (what hysteresis works from)
+        self.alarm_id: str | None = None  # set while the events sent say "raised"
         self.since: float | None = None  # when the opposite of `raised` was first seen
+        self.chatter = ChatterGuard(owner.chatter.overridden(rule.chatter))
 
     def reset(self) -> None:
         self.since = None  # observations before the outage do not count toward debounce
@@ -401,14 +422,41 @@ class _Alarm(_Rule):
             return  # unknown this poll: keep the state (and a running debounce)
         if active == self.raised:
             self.since = None
+        else:
+            if self.since is None:
+                self.since = now
+            if now - self.since >= self.debounce_s:
+                self.since = None
+                self.raised = active
+                self._toggled(values, now, observed_at)
+        self._settle(values, now, observed_at)
+
+    def _toggled(self, values: Mapping[str, Any], now: float, observed_at: float) -> None:
+        """The debounced condition changed: send it, unless chatter control counts it."""
+        verdict = self.chatter.toggle(self.raised, self.alarm_id is not None, now)
+        if verdict.start:
+            self._chattering("raised", {"toggles": verdict.toggles}, observed_at)
+        if verdict.send:
+            self._report(values, observed_at)
+        if verdict.start or not verdict.send:
+            report_chatter(self.owner.sink, self.owner.device_id, self.type,
+                           suppressed=0 if verdict.send else 1, started=verdict.start)
+
+    def _settle(self, values: Mapping[str, Any], now: float, observed_at: float) -> None:
+        """A chatter that calmed down: report the alarm's state as it is, then clear it."""
+        calm = self.chatter.settle(self.raised, self.alarm_id is not None, now)
+        if calm is None:
             return
-        if self.since is None:
-            self.since = now
-        if now - self.since < self.debounce_s:
-            return
-        self.since = None
+        if calm.send:
+            self._report(values, observed_at)
+        self._chattering("cleared", {"toggles": calm.toggles, "chatter_s": calm.chatter_s,
+                                     "final_state": "raised" if self.raised else "cleared"},
+                         observed_at)
+
+    def _report(self, values: Mapping[str, Any], observed_at: float) -> None:
+        """Send the alarm's raise or clear (by `raised`)."""
         data = self.collect(values, need_all=False) or {}
-        if active:
+        if self.raised:
             self.alarm_id = new_alarm_id(self.owner.device_id, self.type, observed_at)
             self.owner.emit(self.type, {"state": "raised", "alarm_id": self.alarm_id, **data},
                             observed_at, self.severity)
@@ -416,7 +464,18 @@ class _Alarm(_Rule):
             self.owner.emit(self.type, {"state": "cleared", "alarm_id": self.alarm_id, **data},
                             observed_at, Severity.INFO)
             self.alarm_id = None
-        self.raised = active
+
+    def _chattering(self, state: str, extra: dict[str, Any], observed_at: float) -> None:
+        type_ = chatter_type(self.type)
+        if state == "raised":
+            self.chatter.alarm_id = chatter_alarm_id(self.owner.device_id, self.type,
+                                                     observed_at)
+        data = {"state": state, "alarm_id": self.chatter.alarm_id, "alarm_type": self.type,
+                **extra}
+        self.owner.emit(type_, data, observed_at,
+                        CATALOG[type_].severity if state == "raised" else Severity.INFO)
+        if state == "cleared":
+            self.chatter.alarm_id = None
 
     def _active(self, raw: Any) -> bool | None:
         """The condition now, given whether the alarm is raised (hysteresis)."""

@@ -38,6 +38,10 @@ SAMPLE_DATA = {
                           "by_type": {"smoke.reading": {"count": 2,
                                                         "first_time": "2026-11-28T00:00:00.000Z",
                                                         "last_time": "2026-11-28T00:00:01.000Z"}}},
+    **{f"{kind}.chattering": {"state": "raised", "alarm_id": "c-1", "alarm_type": alarm,
+                              "toggles": 11}
+       for kind, alarm in (("gate", "gate.forced_open"), ("smoke", "smoke.alarm"),
+                           ("water", "water.leak"), ("camera", "camera.tamper"))},
 }
 
 
@@ -63,6 +67,9 @@ def test_every_catalog_type_mints_a_valid_event(type_: str) -> None:
     ("smoke.alarm", {"state": "raised"}, "alarm_id"),
     ("gate.access", {"result": "granted", "credential": "12345678"}, "credential"),
     ("water.level", {"level_cm": 3}, "level_m"),
+    ("smoke.chattering", {"state": "raised", "alarm_id": "c"}, "alarm_type"),
+    ("smoke.chattering", {"state": "raised", "alarm_id": "c", "alarm_type": "water.leak"},
+     "alarm_type"),
 ])
 def test_schema_rejects_bad_data(type_: str, data: dict[str, object], needle: str) -> None:
     body = json.loads(new_event(H, "d", type_, data).stamped("0123456789abcdef", 1).to_json())

@@ -480,3 +480,32 @@ def test_devices_at_one_address_must_agree_on_gateway() -> None:
     (problem,) = check_buses(devices)
     assert problem.startswith("device b: tcp://10.0.0.9:1502 is a gateway for a "
                               "(`tcp.gateway`) but not for this device")
+
+
+PEER_20 = "peer-20"  # tests/data/modbus/peer-20.yaml
+
+
+@pytest.fixture
+def peer_profiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The shipped profiles and tests/data/modbus (peer-20.yaml) by name."""
+    monkeypatch.setattr(profile_module, "DEFAULT_SEARCH_PATH",
+                        (SHIPPED_PROFILES, Path(__file__).parent / "data" / "modbus"))
+    clear_profile_cache()
+    yield
+    clear_profile_cache()
+
+
+@pytest.mark.usefixtures("peer_profiles")
+async def test_a_tcp_device_reads_the_peer_workload_in_one_request_per_poll() -> None:
+    """20 registers in five runs over 0-54 with a 14-register hole: over TCP the gap fill
+    follows the link (a round trip costs more than 14 registers), so one FC3 per poll."""
+    values = {f"{run}{i}": 100 + n for n, (run, i) in
+              enumerate(itertools.product("abcde", range(4)))}
+    async with ModbusServer([Unit.of(1, PEER_20, values)]) as server:
+        sink = RecordingSink()
+        driver = ModbusDriver([tcp_device("peer-1", PEER_20, server.port, period_s=0.05)], sink)
+        async with running(driver):
+            await wait_until(lambda: len(server.polls_of(1)) >= 5, 5, "five polls")
+    reads = {(r.function_code, r.address, r.count) for r in server.requests}
+    assert reads == {(3, 0, 55)}, "one request per poll, the whole span"
+    assert driver.device("peer-1").poller.cfg.link_cost().kind == "tcp"

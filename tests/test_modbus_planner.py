@@ -15,15 +15,19 @@ from hypothesis import strategies as st
 
 from drivers.modbus.decode import DecodeError, encode
 from drivers.modbus.planner import (
+    DEFAULT_LINK,
     MAX_READ_BITS,
     MAX_READ_REGISTERS,
     DeviceLimits,
     Limits,
+    LinkCost,
     PlanError,
     ReadRequest,
     extract,
+    gap_fill,
     oversized,
     plan,
+    rtu_request_overhead_s,
 )
 from drivers.modbus.points import Point, PointType, Table
 from drivers.modbus.profile import load_profile
@@ -57,19 +61,20 @@ def _shape(requests: list[ReadRequest], with_names: bool) -> list[list[Any]]:
 def test_planner_case(case: dict[str, Any]) -> None:
     points = _points(case)
     limits = Limits(**case.get("limits", {}))
+    link = LinkCost(**case["link"]) if "link" in case else DEFAULT_LINK
     if "error" in case:
         with pytest.raises(PlanError) as err:
-            plan(points, limits)
+            plan(points, limits, link)
         assert case["error"] in str(err.value)
         return
-    requests = plan(points, limits)
+    requests = plan(points, limits, link)
     if "expect_count" in case:
         assert len(requests) == case["expect_count"]
     for expected, got in zip(case.get("expect", []), requests, strict=False):
         assert _shape([got], len(expected) == 4)[0] == expected, str(got)
     if "expect" in case:
         assert len(requests) == len(case["expect"]), [str(r) for r in requests]
-    _check_invariants(points, limits, requests)
+    _check_invariants(points, limits, requests, link)
 
 
 def test_figure_scattered_map_planner_vs_one_request_per_point() -> None:
@@ -88,6 +93,34 @@ def test_plan_is_deterministic_under_shuffling() -> None:
     for _ in range(20):
         rng.shuffle(points)
         assert plan(points, Limits(gap_fill_registers=4)) == expected
+
+
+@pytest.mark.parametrize(("link", "registers", "bits"), [
+    # TCP: a request is a round trip; merge up to the protocol maxima
+    (LinkCost.tcp(), 125, 2000),
+    # RTU <= 19,200 baud: 8 + 5 characters of frames and 2 x 3.5 of silence = 20 characters,
+    # whatever the character's bits: a hole of 10 registers (20 characters) is not cheaper
+    (LinkCost.rtu(9600), 9, 159),
+    (LinkCost.rtu(9600, bits_per_char=10), 9, 159),
+    (LinkCost.rtu(1200), 9, 159),
+    (LinkCost.rtu(19200), 9, 159),
+    # above 19,200 the silences are a fixed 1.75 ms: worth more characters the faster
+    (LinkCost.rtu(38400, bits_per_char=10), 13, 211),
+    (LinkCost.rtu(115200, bits_per_char=10), 26, 426),
+    # a configured pause between requests is wire time a merge saves too (10 ms at 9600
+    # 8E1: 8.7 characters)
+    (LinkCost.rtu(9600, pause_s=0.01), 14, 229),
+    # never beyond the protocol maxima
+    (LinkCost.rtu(9600, pause_s=10.0), 125, 2000),
+])
+def test_gap_fill_follows_the_cost_of_a_request(link: LinkCost, registers: int,
+                                                bits: int) -> None:
+    assert gap_fill(link) == (registers, bits)
+    # the cost model: the fill's wire time is under a request's, one more is not
+    overhead = rtu_request_overhead_s(link) if link.kind == "rtu" else None
+    if overhead is not None and registers < MAX_READ_REGISTERS:
+        per_register = 2 * link.char_s
+        assert registers * per_register < overhead <= (registers + 1) * per_register * 1.000001
 
 
 def test_oversized_lists_every_point_that_cannot_fit() -> None:
@@ -240,13 +273,14 @@ _limits = st.builds(
 )
 
 
-def _check_invariants(points: list[Point], limits: Limits, requests: list[ReadRequest]) -> None:
+def _check_invariants(points: list[Point], limits: Limits, requests: list[ReadRequest],
+                      link: LinkCost = DEFAULT_LINK) -> None:
     covered = [p.name for r in requests for p in r.points]
     assert sorted(covered) == sorted(p.name for p in points), "every point exactly once"
     assert len(requests) <= len(points)
     by_table: dict[Table, list[ReadRequest]] = {}
     for r in requests:
-        most, gap = limits.for_table(r.table)
+        most, gap = limits.for_table(r.table, link)
         assert 1 <= r.count <= most
         assert r.start >= 0 and r.last_address <= 65535
         assert r.points, "no empty request"

@@ -220,3 +220,36 @@ async def test_a_write_never_interleaves_with_polls_on_the_bus(
     for i in writes:  # each bit write: its own read of register 1 just before, nothing between
         assert log[i - 1] == (1, 3, 1), log[i - 3:i + 1]
     assert {u for u, _, _ in log} == {1, 2, 3}, "the polls went on meanwhile"
+
+
+PEER_20 = "peer-20"  # tests/data/modbus/peer-20.yaml
+
+
+@pytest.fixture
+def peer_profiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The shipped profiles and tests/data/modbus (peer-20.yaml) by name."""
+    monkeypatch.setattr(profile_module, "DEFAULT_SEARCH_PATH",
+                        (SHIPPED_PROFILES, Path(__file__).parent / "data" / "modbus"))
+    clear_profile_cache()
+    yield
+    clear_profile_cache()
+
+
+@pytest.mark.usefixtures("peer_profiles")
+@pytest.mark.parametrize(("baudrate", "per_poll"), [(9600, {(3, 0, 37), (3, 51, 4)}),
+                                                    (115200, {(3, 0, 55)})])
+async def test_the_gap_fill_follows_the_bus_baud_rate(
+        ptys: tuple[str, str], baudrate: int, per_poll: set[tuple[int, int, int]]) -> None:
+    """The peer workload's 14-register hole costs 28 characters: more than a new request
+    (20 characters) at 9,600 baud, less than one with the fixed 1.75 ms silences at 115,200."""
+    a, b = ptys
+    values = {f"{run}{i}": 7 for run in "abcde" for i in range(4)}
+    async with ModbusServer([Unit.of(1, PEER_20, values)], serial_port=a) as server:
+        sink = RecordingSink()
+        device = rtu_device("peer", PEER_20, b, 1)
+        device = ModbusDevice.model_validate({**device.model_dump(exclude_none=True),
+                                              "rtu": {"port": b, "baudrate": baudrate}})
+        driver = ModbusDriver([device], sink)
+        async with running(driver):
+            await wait_until(lambda: len(server.polls_of(1)) >= 6, 10, "three polls")
+    assert {(r.function_code, r.address, r.count) for r in server.requests} == per_poll

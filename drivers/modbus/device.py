@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drivers.modbus.planner import DeviceLimits, oversized
+from drivers.modbus.planner import DEFAULT_LINK, DeviceLimits, LinkCost, oversized
 from drivers.modbus.points import raise_issues
 from drivers.modbus.profile import Profile, ProfileName, load_profile
 from drivers.modbus.transport import SerialSettings
@@ -89,6 +89,18 @@ class ModbusDevice(DeviceConfig):
         issues += _write_issues(self.allow_writes, profile)
         raise_issues("ModbusDevice", issues)
         return self
+
+    def link_cost(self) -> LinkCost:
+        """What a request costs on this device's link (the planner's gap fill): TCP a round
+        trip; RTU wire time at the bus's settings; a TCP-to-RTU gateway's bus, whose baud
+        rate the agent does not know, RS-485 at 9,600 baud."""
+        if self.rtu is not None:
+            serial = self.rtu.settings()
+            bits = round(serial.char_time_s() * serial.baudrate)
+            return LinkCost.rtu(serial.baudrate, bits, self.rtu.pause_ms / 1000)
+        if self.tcp is not None and not self.tcp.gateway:
+            return LinkCost.tcp()
+        return DEFAULT_LINK
 
 
 def _limit_issues(limits: DeviceLimits | None, profile: Profile) -> list[Issue]:

@@ -59,7 +59,7 @@ class ModbusDriver:
                           strict=True))
         for index, cfg in enumerate(mine):
             profile = load_profile(cfg.profile)
-            poller = DevicePoller(cfg, profile.plan(cfg.limits),
+            poller = DevicePoller(cfg, profile.plan(cfg.limits, cfg.link_cost()),
                                   DeviceRules(cfg.id, profile.events, sink, salt=salt), sink)
             if cfg.tcp is not None and cfg.tcp.gateway:
                 poller.next_due += cfg.period_s * index / max(1, len(mine))

@@ -2,13 +2,25 @@
 
 Per table, points are sorted by address and merged greedily into one request while
 the hole before the next point is at most the gap fill (unused registers or bits read
-anyway, cheaper than another round trip) and the request stays within the limits.
+anyway, cheaper than another request) and the request stays within the limits.
 Because a point is never split across requests and a shorter run of a feasible group
 is always feasible, taking the longest feasible run from the left gives the fewest
 requests for non-overlapping points.
 
-On RS-485 RTU one request costs about as much bus time as 10 more registers (see
-/work/shared/NOTES-deps.md), so coalescing is what makes a bus fast.
+The gap fill follows from what a request costs on the device's link (`LinkCost`,
+`gap_fill()`), unless the profile or the device sets one:
+
+- **TCP**: a request costs a round trip (milliseconds, a gateway's queue), a register a
+  few bytes in a packet already sent: merge whenever the read stays within
+  `max_registers` / `max_bits` (the fill is the protocol maximum).
+- **RTU** (RS-485, and a TCP-to-RTU gateway's bus): everything is wire time. A new
+  request costs its request frame (8 characters), the response's own overhead (address,
+  function, byte count, CRC: 5 characters), the 3.5-character silence after each of
+  the two frames (a fixed 1.75 ms above 19,200 baud) and the bus's configured extra
+  pause; one more register costs 2 characters of response, one more bit 1/8. Merge
+  when the hole costs less than that: at 9,600 baud 9 registers (20 characters of
+  overhead), at 115,200 baud 26 registers (the fixed silences weigh more).
+  Device turnaround is not counted (unknown; it only makes merging more worthwhile).
 
 `single_point_requests` is the escape hatch for devices that answer only reads of
 exactly one mapped value: one request per point (points on the very same registers,
@@ -17,8 +29,10 @@ such as bits of one status word, share it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,21 +41,90 @@ from drivers.modbus.points import Point, Table
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_LINK",
     "MAX_READ_BITS",
     "MAX_READ_REGISTERS",
     "DeviceLimits",
     "Limits",
+    "LinkCost",
     "PlanError",
     "ReadRequest",
     "extract",
+    "gap_fill",
     "oversized",
     "plan",
+    "rtu_request_overhead_s",
 ]
 
 #: Protocol maximum of one FC3/FC4 read (Modbus Application Protocol 1.1b3, 6.3/6.4).
 MAX_READ_REGISTERS = 125
 #: Protocol maximum of one FC1/FC2 read.
 MAX_READ_BITS = 2000
+
+#: Characters of an RTU read request: unit, function, start (2), count (2), CRC (2).
+RTU_REQUEST_CHARS = 8
+#: Characters of an RTU read response besides its data: unit, function, byte count, CRC (2).
+RTU_RESPONSE_OVERHEAD_CHARS = 5
+#: The silence that ends each RTU frame, in characters (Modbus over serial line 2.5.1.1)...
+RTU_FRAME_GAP_CHARS = 3.5
+#: ... fixed at this many seconds above RTU_FIXED_GAP_ABOVE_BAUD.
+RTU_FIXED_GAP_S = 0.00175
+RTU_FIXED_GAP_ABOVE_BAUD = 19200
+#: Characters of response data per register, and bits per character of response data.
+CHARS_PER_REGISTER = 2
+BITS_PER_DATA_CHAR = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCost:
+    """What one more request costs on a device's link, for choosing the gap fill."""
+
+    kind: Literal["tcp", "rtu"]
+    baudrate: int = 9600
+    bits_per_char: int = 11  # start + 8 data + parity + stop (8E1, the Modbus default)
+    pause_s: float = 0.0  # extra silence configured between requests on the bus
+
+    @classmethod
+    def tcp(cls) -> LinkCost:
+        return cls("tcp")
+
+    @classmethod
+    def rtu(cls, baudrate: int, bits_per_char: int = 11, pause_s: float = 0.0) -> LinkCost:
+        return cls("rtu", baudrate, bits_per_char, pause_s)
+
+    @property
+    def char_s(self) -> float:
+        return self.bits_per_char / self.baudrate
+
+
+#: The link assumed when none is known (a profile checked alone): RS-485 at 9,600 baud.
+DEFAULT_LINK = LinkCost.rtu(9600)
+
+
+def rtu_request_overhead_s(link: LinkCost) -> float:
+    """Wire time one more read request costs on an RTU bus, besides its data: request
+    frame, response overhead, the silence after each frame, the configured pause."""
+    char_s = link.char_s
+    gap_s = (RTU_FIXED_GAP_S if link.baudrate > RTU_FIXED_GAP_ABOVE_BAUD
+             else RTU_FRAME_GAP_CHARS * char_s)
+    return (RTU_REQUEST_CHARS + RTU_RESPONSE_OVERHEAD_CHARS) * char_s + 2 * gap_s \
+        + link.pause_s
+
+
+def gap_fill(link: LinkCost) -> tuple[int, int]:
+    """(registers, bits): the largest holes worth reading to save a request on `link`.
+
+    TCP: the protocol maxima (merge whenever the read stays within the limits). RTU:
+    the most unused registers (bits) whose wire time is less than a new request's.
+    """
+    if link.kind == "tcp":
+        return MAX_READ_REGISTERS, MAX_READ_BITS
+    overhead = rtu_request_overhead_s(link)
+    per_register = CHARS_PER_REGISTER * link.char_s
+    per_bit = link.char_s / BITS_PER_DATA_CHAR
+    registers = math.ceil(overhead / per_register - 1e-9) - 1  # strictly less than a request
+    bits = math.ceil(overhead / per_bit - 1e-9) - 1
+    return (max(0, min(registers, MAX_READ_REGISTERS)), max(0, min(bits, MAX_READ_BITS)))
 
 
 class Limits(BaseModel):
@@ -53,18 +136,23 @@ class Limits(BaseModel):
                                description="registers per FC3/FC4 request")
     max_bits: int = Field(default=MAX_READ_BITS, ge=1, le=MAX_READ_BITS,
                           description="coils or inputs per FC1/FC2 request")
-    gap_fill_registers: int = Field(default=10, ge=0, le=MAX_READ_REGISTERS,
-                                    description="unused registers read to merge two points")
-    gap_fill_bits: int = Field(default=32, ge=0, le=MAX_READ_BITS,
-                               description="unused bits read to merge two points")
+    gap_fill_registers: int | None = Field(
+        default=None, ge=0, le=MAX_READ_REGISTERS,
+        description="unused registers read to merge two points; default: from the link's "
+                    "cost (TCP: up to max_registers; RTU: by baud rate)")
+    gap_fill_bits: int | None = Field(
+        default=None, ge=0, le=MAX_READ_BITS,
+        description="unused bits read to merge two points; default: from the link's cost")
     single_point_requests: bool = Field(default=False,
                                         description="one request per point (no merging)")
 
-    def for_table(self, table: Table) -> tuple[int, int]:
-        """(max per request, gap fill) for the table."""
+    def for_table(self, table: Table, link: LinkCost = DEFAULT_LINK) -> tuple[int, int]:
+        """(max per request, gap fill) for the table; a fill set here wins over the link's."""
+        registers, bits = gap_fill(link)
         if table.is_bits:
-            return self.max_bits, self.gap_fill_bits
-        return self.max_registers, self.gap_fill_registers
+            return self.max_bits, bits if self.gap_fill_bits is None else self.gap_fill_bits
+        return (self.max_registers,
+                registers if self.gap_fill_registers is None else self.gap_fill_registers)
 
     def lowered(self, device: DeviceLimits | None) -> Limits:
         """These (profile) limits made more conservative by a device's settings.
@@ -82,7 +170,7 @@ class Limits(BaseModel):
                 if mine and not value:
                     problems.append("single_point_requests cannot be turned off: the "
                                     "profile says this device model needs it")
-            elif value > mine:
+            elif mine is not None and value > mine:
                 problems.append(f"{key} {value} is more than the profile's {mine}; "
                                 "a device may only lower it")
         if problems:
@@ -147,8 +235,10 @@ def oversized(points: Iterable[Point], limits: Limits = DEFAULT_LIMITS
     return found
 
 
-def plan(points: Iterable[Point], limits: Limits = DEFAULT_LIMITS) -> list[ReadRequest]:
-    """The fewest read requests that cover every point once, within `limits`.
+def plan(points: Iterable[Point], limits: Limits = DEFAULT_LIMITS,
+         link: LinkCost = DEFAULT_LINK) -> list[ReadRequest]:
+    """The fewest read requests that cover every point once, within `limits`, with the
+    gap fill of `limits` or else of `link`.
 
     Requests come ordered by function code then address; points in a request by
     address then name. Raises PlanError for a point larger than the limits or a
@@ -172,7 +262,7 @@ def plan(points: Iterable[Point], limits: Limits = DEFAULT_LIMITS) -> list[ReadR
         if limits.single_point_requests:
             requests += _one_per_range(table, ordered)
         else:
-            most, gap = limits.for_table(table)
+            most, gap = limits.for_table(table, link)
             requests += _merged(table, ordered, most, gap)
     return requests
 

@@ -25,8 +25,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from drivers.modbus.planner import (
     DEFAULT_LIMITS,
+    DEFAULT_LINK,
     DeviceLimits,
     Limits,
+    LinkCost,
     ReadRequest,
     oversized,
     plan,
@@ -93,9 +95,11 @@ class Profile(BaseModel):
                 return point
         raise KeyError(name)
 
-    def plan(self, device: DeviceLimits | None = None) -> list[ReadRequest]:
-        """The read requests of one poll, with the device's own limits applied."""
-        return plan(self.points, self.limits.lowered(device))
+    def plan(self, device: DeviceLimits | None = None,
+             link: LinkCost = DEFAULT_LINK) -> list[ReadRequest]:
+        """The read requests of one poll, with the device's own limits applied and the gap
+        fill (unless a limit sets it) from the cost of a request on `link`."""
+        return plan(self.points, self.limits.lowered(device), link)
 
 
 def _loc_key(loc: Loc) -> tuple[str, ...]:

@@ -10,17 +10,28 @@ not raised emits nothing, so a panel's status roll-call after a restart is quiet
 After an agent restart the zones left in alarm are taken back (`restore`, from
 edge_agent.open_alarms): a panel repeating one emits nothing, and its clear names the
 alarm_id of the raise before the restart.
+
+Chatter control (edge_agent.chatter) works per zone: a zone that goes into alarm and back
+more than `max_toggles_per_min` times a minute raises one `<kind>.chattering` alarm (with
+the zone), its raises and clears are then counted, not sent (a raise while the zone is
+reported normal is still sent at once), and `settle()`, called by the driver's ticker,
+reports the zone's state as it is and clears the chattering alarm once the zone has been
+calm for `calm_s`.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.chatter import ChatterGuard, chatter_alarm_id, chatter_policy, report_chatter
+from edge_agent.config.models import ChatterConfig
 from edge_agent.driver_api import EventSink
-from edge_agent.envelope import CATALOG, Severity, new_ulid
+from edge_agent.envelope import CATALOG, CHATTER_TYPES, Severity, chatter_type, new_ulid
 from edge_agent.logs import get_logger
 from edge_agent.open_alarms import OpenAlarm
 
@@ -61,14 +72,27 @@ class _Raised:
     per_data: dict[str, str]  # the `per` groups of the raising line, repeated on the clear
 
 
+@dataclass
+class _Zone:
+    """What chatter control remembers of one alarm instance."""
+
+    guard: ChatterGuard
+    observed: bool  # what the panel's lines say now (the events may say otherwise)
+    per_data: dict[str, str]
+    severity: Severity
+
+
 class AlarmTracker:
     """The raised alarms of one device; emits through the sink."""
 
-    def __init__(self, device: str, sink: EventSink, *, max_active: int = MAX_ACTIVE) -> None:
+    def __init__(self, device: str, sink: EventSink, *, max_active: int = MAX_ACTIVE,
+                 chatter: ChatterConfig | None = None) -> None:
         self.device = device
         self.sink = sink
         self.max_active = max_active
-        self.active: dict[Key, _Raised] = {}
+        self.chatter = chatter if chatter is not None else chatter_policy(sink)
+        self.active: dict[Key, _Raised] = {}  # raised as far as the events sent say
+        self.zones: OrderedDict[Key, _Zone] = OrderedDict()  # at most max_active
         self.refused = 0  # raises dropped because max_active was reached
 
     def restore(self, specs: Iterable[AlarmSpec], open_alarms: Iterable[OpenAlarm]) -> None:
@@ -76,14 +100,20 @@ class AlarmTracker:
         raise's data); ones no spec of this device names are left alone."""
         specs = list(specs)
         for alarm in open_alarms:
+            chattering = alarm.type in CHATTER_TYPES
+            type_ = alarm.data.get("alarm_type") if chattering else alarm.type
             for spec in specs:
                 values = tuple(alarm.data.get(g) for g in spec.per)
-                if spec.type != alarm.type or not all(isinstance(v, str) for v in values):
+                if spec.type != type_ or not all(isinstance(v, str) for v in values):
                     continue
                 per = tuple(str(v) for v in values)
-                if len(self.active) < self.max_active:
-                    self.active[(spec.type, per)] = _Raised(
-                        alarm.alarm_id, dict(zip(spec.per, per, strict=True)))
+                per_data = dict(zip(spec.per, per, strict=True))
+                if chattering:  # cleared once the zone has been calm for a while
+                    zone = self._zone(spec, (spec.type, per), per_data)
+                    zone.observed = (spec.type, per) in self.active
+                    zone.guard.resume(alarm.alarm_id, time.time())
+                elif len(self.active) < self.max_active:
+                    self.active[(spec.type, per)] = _Raised(alarm.alarm_id, per_data)
                 break
 
     def apply(self, spec: AlarmSpec, groups: Mapping[str, str | None],
@@ -99,10 +129,8 @@ class AlarmTracker:
         key: Key = (spec.type, values)
         extra = {name: text for name, g in spec.data.items()
                  if (text := groups.get(g)) is not None}
-        if action == "raise":
-            self._raise(spec, key, dict(zip(spec.per, values, strict=True)), extra, observed_at)
-        else:
-            self._clear(key, extra, observed_at)
+        per_data = dict(zip(spec.per, values, strict=True))
+        self._observe(spec, key, per_data, extra, action == "raise", observed_at)
 
     @staticmethod
     def _action(spec: AlarmSpec, groups: Mapping[str, str | None]) -> str | None:
@@ -118,23 +146,109 @@ class AlarmTracker:
     def clear_all(self, types: Iterable[str], observed_at: float) -> None:
         """Clear every raised alarm of these types (a panel reset)."""
         wanted = set(types)
-        for key in [k for k in self.active if k[0] in wanted]:
-            self._clear(key, {}, observed_at)
+        keys = [k for k in self.active if k[0] in wanted]
+        keys += [k for k, z in self.zones.items() if k[0] in wanted and z.observed
+                 and k not in self.active]  # in alarm, not sent: chattering
+        for key in keys:
+            zone = self.zones.get(key)
+            if zone is None:
+                self._clear(key, {}, observed_at)
+            elif zone.observed:  # else normal already: the chatter's calm puts it right
+                self._toggle(zone, key, {}, False, observed_at)
 
-    def _raise(self, spec: AlarmSpec, key: Key, per_data: dict[str, str],
+    def settle(self, now: float) -> None:
+        """End the chatter of zones calm for `calm_s`: report their state as it is and
+        clear their chattering alarm (the driver calls this every second)."""
+        for key, zone in list(self.zones.items()):
+            if not zone.guard.chattering:
+                continue
+            calm = zone.guard.settle(zone.observed, key in self.active, now)
+            if calm is None:
+                continue
+            if calm.send:
+                self._send(zone, key, {}, now)
+            self._chattering(zone, key, "cleared", {
+                "toggles": calm.toggles, "chatter_s": calm.chatter_s,
+                "final_state": "raised" if zone.observed else "cleared"}, now)
+
+    # ------------------------------------------------------------------ chatter control
+
+    def _observe(self, spec: AlarmSpec, key: Key, per_data: dict[str, str],
+                 extra: dict[str, Any], active: bool, observed_at: float) -> None:
+        zone = self.zones.get(key)
+        observed = zone.observed if zone is not None else key in self.active
+        if active == observed:
+            return  # a panel repeats its lines; a clear of a normal zone is a roll-call
+        if active and key not in self.active and len(self.active) >= self.max_active:
+            self._refuse(key)
+            return
+        if zone is None:
+            zone = self._zone(spec, key, per_data)
+        self._toggle(zone, key, extra, active, observed_at)
+
+    def _zone(self, spec: AlarmSpec, key: Key, per_data: dict[str, str]) -> _Zone:
+        zone = self.zones.get(key)
+        if zone is None:
+            zone = _Zone(ChatterGuard(self.chatter.overridden(spec.chatter)),
+                         key in self.active, per_data,
+                         spec.severity or CATALOG[key[0]].severity)
+            if len(self.zones) >= self.max_active:  # forget the oldest calm zone
+                old = next((k for k, z in self.zones.items() if z.guard.idle), None)
+                if old is not None:
+                    del self.zones[old]
+            self.zones[key] = zone
+        self.zones.move_to_end(key)
+        return zone
+
+    def _toggle(self, zone: _Zone, key: Key, extra: dict[str, Any], active: bool,
+                observed_at: float) -> None:
+        zone.observed = active
+        verdict = zone.guard.toggle(active, key in self.active, observed_at)
+        if verdict.start:
+            self._chattering(zone, key, "raised", {"toggles": verdict.toggles}, observed_at)
+        if verdict.send:
+            self._send(zone, key, extra, observed_at)
+        if verdict.start or not verdict.send:
+            report_chatter(self.sink, self.device, key[0], suppressed=0 if verdict.send else 1,
+                           started=verdict.start, instance=zone.per_data)
+
+    def _send(self, zone: _Zone, key: Key, extra: dict[str, Any], observed_at: float) -> None:
+        if zone.observed:
+            self._raise(zone.severity, key, zone.per_data, extra, observed_at)
+        else:
+            self._clear(key, extra, observed_at)
+
+    def _chattering(self, zone: _Zone, key: Key, state: str, extra: dict[str, Any],
+                    observed_at: float) -> None:
+        type_ = chatter_type(key[0])
+        guard = zone.guard
+        if state == "raised":
+            guard.alarm_id = chatter_alarm_id(self.device, key[0], observed_at)
+        self._emit(type_, {**zone.per_data, "state": state, "alarm_id": guard.alarm_id,
+                           "alarm_type": key[0], **extra},
+                   CATALOG[type_].severity if state == "raised" else Severity.INFO,
+                   observed_at)
+        if state == "cleared":
+            guard.alarm_id = None
+
+    # ------------------------------------------------------------------ events
+
+    def _refuse(self, key: Key) -> None:
+        self.refused += 1
+        if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
+            log.error("serial_line_alarms_full", device=self.device, type=key[0],
+                      active=len(self.active), refused=self.refused,
+                      hint="more raised alarms than any panel has zones; check `per`")
+
+    def _raise(self, severity: Severity, key: Key, per_data: dict[str, str],
                extra: dict[str, Any], observed_at: float) -> None:
         if key in self.active:
             return  # already raised: a panel repeats its alarms
         if len(self.active) >= self.max_active:
-            self.refused += 1
-            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                log.error("serial_line_alarms_full", device=self.device, type=key[0],
-                          active=len(self.active), refused=self.refused,
-                          hint="more raised alarms than any panel has zones; check `per`")
+            self._refuse(key)
             return
         raised = _Raised(alarm_id(self.device, key[0], key[1], observed_at), per_data)
         self.active[key] = raised
-        severity = spec.severity or CATALOG[key[0]].severity
         self._emit(key[0], {**extra, **per_data, "state": "raised",
                             "alarm_id": raised.alarm_id}, severity, observed_at)
 

@@ -232,6 +232,7 @@ class _Device:
     def tick(self) -> None:
         if self.rules is not None:
             self.rules.tick()
+        self.alarms.settle(self.wall())
         idle = self.cfg.idle_timeout_s
         if idle <= 0 or not self.port_open or self.state is DeviceState.OFFLINE:
             return

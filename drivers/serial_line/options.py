@@ -33,8 +33,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from edge_agent.config.models import DeviceConfig
-from edge_agent.envelope import ALARM_TYPES, CATALOG, Severity, schema
+from edge_agent.config.models import ChatterOverride, DeviceConfig
+from edge_agent.envelope import ALARM_TYPES, CATALOG, CHATTER_TYPES, Severity, schema
 from edge_agent.rules import RuleSpec, parse_rules
 
 from .framing import (
@@ -238,11 +238,17 @@ class AlarmSpec(_Strict):
                                  description="extra data field -> group (its text)")
     severity: Severity | None = Field(default=None,
                                       description="default: the catalog's severity")
+    chatter: ChatterOverride | None = Field(
+        default=None, description="chatter control per zone; default: the gateway's "
+        "`alarm_chatter`")
 
     def issues(self) -> Issues:
         issues: Issues = []
-        if self.type not in ALARM_TYPES:
-            alarms = ", ".join(sorted(ALARM_TYPES))
+        if self.type in CHATTER_TYPES:
+            issues.append((("type",), f"`{self.type}` is raised by the agent's chatter control "
+                                      "itself; give the alarm that chatters, e.g. smoke.alarm"))
+        elif self.type not in ALARM_TYPES:
+            alarms = ", ".join(sorted(ALARM_TYPES - CHATTER_TYPES))
             what = "not in the event catalog" if self.type not in CATALOG else "not an alarm type"
             issues.append((("type",), f"`{self.type}` is {what}; alarm types: {alarms}"))
         if self.action is not None:

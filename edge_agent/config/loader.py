@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from edge_agent.config._devices import assemble, validate_devices
 from edge_agent.config._issues import ConfigError, ConfigIssue, dotted
 from edge_agent.config._messages import validate
+from edge_agent.config._secret_refs import secret_issues
 from edge_agent.config._yaml import (
     MAX_ALIASES,
     MAX_DEPTH,
@@ -44,6 +45,7 @@ __all__ = [
     "MAX_NODES",
     "ConfigError",
     "ConfigIssue",
+    "check_secrets",
     "load_gateway_config",
     "load_model",
 ]
@@ -80,6 +82,15 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     _raise_if(doc, issues)
     assert cfg is not None
     return assemble(doc, cfg, devices)
+
+
+def check_secrets(path: str | Path, cfg: GatewayConfig
+                  ) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
+    """(errors, warnings) about the secret files, variables and TLS files `cfg` (loaded
+    from `path`) names, each at the file:line of its key. Reads no secret: each file is
+    checked for existence, type, size and readability, and warned about when group or
+    others may read it; `insecure_skip_verify` is warned about."""
+    return secret_issues(read_document(path, _EventParser), cfg)
 
 
 def _raise_if(doc: Document, issues: list[ConfigIssue]) -> None:

@@ -23,6 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.config._secret_files import (
+    MAX_TLS_FILE_BYTES,
+    SecretFileError,
+    inspect_file,
+    read_secret_file,
+)
+
 SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
@@ -86,9 +93,9 @@ class SecretRef(Strict):
             return SecretStr(value)
         assert self.file is not None
         try:
-            return SecretStr(self.file.read_text("utf-8").strip())
-        except OSError as exc:
-            raise SecretError(f"cannot read secret file {self.file}: {exc.strerror}") from None
+            return SecretStr(read_secret_file(self.file))
+        except SecretFileError as exc:
+            raise SecretError(f"secret file {exc}") from None
 
 
 class SecretError(RuntimeError):
@@ -119,6 +126,17 @@ class TlsConfig(Strict):
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
+
+    def check_files(self) -> None:
+        """Raise SecretError naming a file that cannot be used, before OpenSSL reads it
+        (a directory, /dev/zero, a missing or oversized file)."""
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            error = inspect_file(path, cap=MAX_TLS_FILE_BYTES, private=False).error
+            if error is not None:
+                raise SecretError(f"tls.{key}: {error}")
 
 
 class BackoffConfig(Strict):
@@ -184,6 +202,36 @@ class SnapshotsConfig(Strict):
     max_files: int = Field(default=2000, ge=1, le=1_000_000, description="file count bound")
 
 
+class ChatterConfig(Strict):
+    """Chatter control (edge_agent.chatter): an alarm instance (a rule of a device, a zone
+    of a panel) that toggles more than `max_toggles_per_min` times in a minute is reported
+    once as `<kind>.chattering` instead of storing every raise and clear."""
+
+    enabled: bool = Field(default=True, description="false: every toggle is an event")
+    max_toggles_per_min: int = Field(
+        default=10, ge=2, le=1000,
+        description="raises plus clears in any 60 s beyond which the alarm is chattering")
+    calm_s: float = Field(
+        default=60.0, ge=1, le=3600, allow_inf_nan=False,
+        description="no toggle for this long ends the chatter (the alarm's state is then "
+        "reported as it is)")
+
+    def overridden(self, override: ChatterOverride | None) -> ChatterConfig:
+        """These settings with the keys a rule or zone sets itself replaced."""
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+
+class ChatterOverride(Strict):
+    """`chatter:` of one alarm rule or zone spec: the keys given replace the gateway's
+    `alarm_chatter` (the others keep the gateway's values)."""
+
+    enabled: bool | None = None
+    max_toggles_per_min: int | None = Field(default=None, ge=2, le=1000)
+    calm_s: float | None = Field(default=None, ge=1, le=3600, allow_inf_nan=False)
+
+
 class DeviceConfig(BaseModel):
     """Common part of every device entry; the driver validates the rest."""
 
@@ -202,6 +250,7 @@ class GatewayConfig(Strict):
     status_page: StatusPageConfig = StatusPageConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
     heartbeat_s: float = Field(default=60.0, gt=0, le=86400)
+    alarm_chatter: ChatterConfig = ChatterConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     devices: list[DeviceConfig] = Field(default_factory=list)
 

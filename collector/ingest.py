@@ -172,6 +172,9 @@ class Collector:
             with attempt:
                 client = await self._connect_once(stack)
         assert client is not None
+        attempts = retrying.statistics.get("attempt_number", 1)
+        if attempts > 1:  # the failures between were rate-limited: say how many there were
+            log.info("broker_reconnected", broker=self.endpoint.describe(), attempts=attempts)
         return client
 
     async def _connect_once(self, stack: AsyncExitStack) -> aiomqtt.Client:

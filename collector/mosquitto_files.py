@@ -8,8 +8,8 @@ account's session. Each collector account gets its own `user` block.
 Passwords are stored as Mosquitto's own `$7$` hashes (PBKDF2-SHA512, 12-byte salt, 101
 iterations: what `mosquitto_passwd` 2.0 writes), computed here with `hashlib` instead of
 one `mosquitto_passwd -b` process per user: no plaintext password ever reaches the disk
-or a command line, and 1,000 users take ~0.2 s instead of ~2 s (measured on the 2-core
-dev box; docs/deploy.md).
+or a command line, and 1,000 users take 0.06 s instead of 5.4 s (`mosquitto_passwd -U`
+on a plaintext file: 0.10 s; measured on the 2-core dev box, docs/deploy.md).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -137,7 +136,7 @@ class ManagedBroker:
             listeners.append(Listener("127.0.0.1", self._local_port))
         conf = mosquitto_conf(listeners=listeners, state_dir=state,
                               message_size_limit=self.cfg.message_size_limit,
-                              run_as=pwd.getpwuid(os.geteuid()).pw_name)
+                              run_as_root=os.geteuid() == 0)
         for name, text in (("passwd", password_file(passwords)), ("acl", acl_file(collectors)),
                            ("mosquitto.conf", conf)):
             path = state / name
@@ -257,9 +256,8 @@ class ManagedBroker:
         delay = self.cfg.restart.initial_s
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            assert self._proc is not None
             started = loop.time()
-            code = await self._proc.wait()
+            code = await self._proc.wait() if self._proc is not None else None
             if self._stopping:
                 return
             if loop.time() - started >= STABLE_AFTER_S:
@@ -269,7 +267,12 @@ class ManagedBroker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.cfg.restart.max_s)
             self.restarts += 1
-            await self._spawn(binary, conf)
+            try:
+                await self._spawn(binary, conf)
+            except OSError as exc:  # the binary went away (package removed, upgrade)
+                log.error("managed_broker_restart_failed", error=str(exc))
+                self._proc = None
+                continue
             if await self._wait_listening(START_TIMEOUT_S):
                 log.info("managed_broker_restarted", pid=self._pid(), restarts=self.restarts)
 

@@ -93,7 +93,7 @@ class Listener:
 
 
 def mosquitto_conf(*, listeners: Iterable[Listener], state_dir: Path, message_size_limit: int,
-                   run_as: str) -> str:
+                   run_as_root: bool = False) -> str:
     """The whole mosquitto.conf; every path absolute (Mosquitto does not resolve them)."""
     state_dir = state_dir.resolve()
     return "".join((
@@ -105,8 +105,9 @@ def mosquitto_conf(*, listeners: Iterable[Listener], state_dir: Path, message_si
         "use_username_as_clientid true\n",
         f"password_file {state_dir / 'passwd'}\n",
         f"acl_file {state_dir / 'acl'}\n",
-        # Started as root, Mosquitto would switch to `mosquitto`, who cannot read 0600 files.
-        f"user {run_as}\n",
+        # Started as root, Mosquitto would switch to `mosquitto`, who cannot read our 0600
+        # files: it stays root with the collector (run the collector unprivileged instead).
+        "user root\n" if run_as_root else "",
         # A whole packet: the payload limit plus room for the topic and properties. A client
         # sending more is disconnected; nothing of it is delivered.
         f"max_packet_size {message_size_limit + PACKET_OVERHEAD}\n",

@@ -33,7 +33,17 @@ from collector.store import Store, open_store
 from edge_agent.config.models import SecretRef
 from edge_agent.topics import COLLECTOR_PRESENCE_FILTER, collector_presence_topic
 from edge_agent.wire import Ack
-from tests.harness import wait_until
+from tests.harness import (
+    Proc,
+    agent,
+    gateway_yaml,
+    query,
+    sim_devices,
+    wait_for,
+    wait_until,
+    write_yaml,
+)
+from tests.harness import collector as collector_process
 from tests.peers import FaultProxy, free_port, require_binary
 from tests.test_collector_mqtt import FAST, acks_until, db_rows, running
 from tests.test_collector_support import alarm, batch, new_epoch, reading, topics
@@ -461,3 +471,70 @@ async def test_connections_that_never_send_connect_do_not_stop_the_site(site: Si
         for writer in writers:
             abort(writer)
     assert not site.kicked
+
+
+# ---------------------------------------------------------------------- as processes
+
+
+def _managed_collector_yaml(tmp: Path, port: int) -> Path:
+    (tmp / "gw-e2e.password").write_text("pw-e2e-5c1d\n")
+    return write_yaml(tmp / "collector.yaml", {
+        "collector": {"id": "e2e"}, "store": f"sqlite:///{tmp / 'district.db'}",
+        "broker": "managed",
+        "managed_broker": {"listen": f"127.0.0.1:{port}", "state_dir": str(tmp / "broker"),
+                           "users": [{"username": "gw-e2e",
+                                      "password": {"file": str(tmp / "gw-e2e.password")}}]},
+        "log_level": "info"})
+
+
+def _mosquitto_pid(proc: Proc) -> int:
+    started = [e for e in proc.log_events() if e.get("event") == "managed_broker_started"]
+    return int(started[-1]["pid"]) if started else 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # a zombie is gone for our purpose
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    return False
+
+
+def test_an_agent_delivers_through_the_managed_broker_and_nothing_outlives_the_collector(
+        tmp_path: Path) -> None:
+    require_binary("mosquitto")
+    port = free_port()
+    coll = collector_process(_managed_collector_yaml(tmp_path, port),
+                             tmp_path / "collector.log").start()
+    gw_cfg = gateway_yaml("gw-e2e", f"mqtt://127.0.0.1:{port}", tmp_path / "outbox.db",
+                          devices=sim_devices(1, period_s=0.2, alarm_every_s=1.0),
+                          uplink={"username": "gw-e2e",
+                                  "password": {"file": str(tmp_path / "gw-e2e.password")}})
+    gw = agent(write_yaml(tmp_path / "gateway.yaml", gw_cfg), tmp_path / "agent.log")
+    db = tmp_path / "district.db"
+    try:
+        first = wait_for(lambda: _mosquitto_pid(coll), 20, "the managed broker")
+        gw.start()
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM events WHERE gateway = 'gw-e2e' "
+                                   "AND type = 'smoke.alarm'") != [(0,)], 30, "an alarm stored")
+        # SIGKILL: no SIGTERM handler runs, yet Mosquitto must not stay behind on the port.
+        coll.kill()
+        wait_for(lambda: not _alive(first), 15, "the orphaned mosquitto gone")
+        coll.start()  # same port, fresh broker: the agent reconnects and goes on
+        wait_for(lambda: _mosquitto_pid(coll) not in (0, first), 20, "a new managed broker")
+        stored = query(db, "SELECT COUNT(*) FROM events")[0][0]
+        wait_for(lambda: query(db, "SELECT COUNT(*) FROM events")[0][0] > stored, 30,
+                 "more events after the collector's restart")
+        assert gw.stop() == 0
+        second = _mosquitto_pid(coll)
+        assert coll.stop() == 0
+        assert not _alive(second), "a clean stop leaves no mosquitto"
+    finally:
+        gw.kill()
+        coll.kill()
+    names = [e["event"] for e in coll.log_events()]
+    assert names.count("managed_broker_started") == 2 and "managed_broker_stopped" in names
+    # The agent's account worked on both brokers (a refused CONNECT would say "not authorised").
+    assert not [e for e in gw.log_events() if "authori" in str(e.get("error", ""))]

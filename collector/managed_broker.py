@@ -54,11 +54,15 @@ class ManagedBrokerError(RuntimeError):
     """The managed broker cannot start; the message says what to fix."""
 
 
+#: libc loaded once here: the child between fork and exec must not load libraries.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the collector dies, even by SIGKILL (no orphan holding
-    the port)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    the port). Linux only; elsewhere a no-op."""
+    with contextlib.suppress(AttributeError):
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def connect_packet(username: str, password: str) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from aiomqtt import ProtocolVersion
+from paho.mqtt.client import topic_matches_sub
 
 from collector.config import BrokerUser, ManagedBrokerConfig
 from collector.ingest import Collector
@@ -31,7 +32,13 @@ from collector.managed_broker import ManagedBroker, ManagedBrokerError
 from collector.mosquitto_files import GATEWAY_PATTERNS, mosquitto_hash
 from collector.store import Store, open_store
 from edge_agent.config.models import SecretRef
-from edge_agent.topics import COLLECTOR_PRESENCE_FILTER, collector_presence_topic
+from edge_agent.topics import (
+    COLLECTOR_PRESENCE_FILTER,
+    EVENTS_FILTER,
+    TopicError,
+    collector_presence_topic,
+    parse_topic,
+)
 from edge_agent.wire import Ack
 from tests.harness import (
     Proc,
@@ -538,3 +545,14 @@ def test_an_agent_delivers_through_the_managed_broker_and_nothing_outlives_the_c
     assert names.count("managed_broker_started") == 2 and "managed_broker_stopped" in names
     # The agent's account worked on both brokers (a refused CONNECT would say "not authorised").
     assert not [e for e in gw.log_events() if "authori" in str(e.get("error", ""))]
+
+
+def test_the_presence_topic_is_outside_every_gateway_topic() -> None:
+    topic = collector_presence_topic("c1")
+    assert topic == "cd/v1/_collectors/c1/status"
+    assert topic_matches_sub(COLLECTOR_PRESENCE_FILTER, topic)
+    assert not topic_matches_sub(EVENTS_FILTER, topic)
+    with pytest.raises(TopicError):
+        parse_topic(topic)
+    with pytest.raises(TopicError):
+        collector_presence_topic("c1/#")

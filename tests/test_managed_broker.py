@@ -16,6 +16,7 @@ import signal
 import ssl
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+import yaml
 from aiomqtt import ProtocolVersion
 from paho.mqtt.client import topic_matches_sub
 
@@ -556,3 +558,46 @@ def test_the_presence_topic_is_outside_every_gateway_topic() -> None:
         parse_topic(topic)
     with pytest.raises(TopicError):
         collector_presence_topic("c1/#")
+
+
+def test_a_crash_looping_broker_is_restarted_with_back_off_and_logged_once(
+        tmp_path: Path) -> None:
+    """Mosquitto killed, then failing at once on every restart until the operator fixes it:
+    restarts go on with back-off; the log says it once (RepeatLimiter), not per restart."""
+    real = require_binary("mosquitto")
+    broken = tmp_path / "broken"
+    wrapper = tmp_path / "mosquitto-wrapper"
+    wrapper.write_text(f"#!/bin/sh\nif [ -e {broken} ]; then echo 'Error: simulated crash' >&2;"
+                       f" exit 3; fi\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    port = free_port()
+    config = _managed_collector_yaml(tmp_path, port)
+    text = yaml.safe_load(config.read_text())
+    text["managed_broker"] |= {"binary": str(wrapper),
+                               "restart": {"initial_s": 0.05, "max_s": 0.2}}
+    config.write_text(yaml.safe_dump(text))
+    coll = collector_process(config, tmp_path / "collector.log").start()
+    try:
+        first = wait_for(lambda: _mosquitto_pid(coll), 20, "the managed broker")
+        wait_for(lambda: [e for e in coll.log_events() if e["event"] == "broker_connected"],
+                 20, "the collector subscribed")
+        broken.touch()
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: len([e for e in coll.log_events()
+                              if e["event"] == "managed_broker_exited"]) >= 1, 10, "the crash")
+        time.sleep(3)  # the crash loop: ~15 restarts at 0.05-0.2 s
+        broken.unlink()
+        restarted = wait_for(lambda: [e for e in coll.log_events()
+                                      if e["event"] == "managed_broker_restarted"], 15,
+                             "a restart that stays up")
+        wait_for(lambda: [e for e in coll.log_events() if e["event"] == "broker_reconnected"],
+                 15, "the collector back on its broker")
+        assert coll.stop() == 0
+    finally:
+        coll.kill()
+    assert restarted[0]["restarts"] >= 5, restarted
+    events = coll.log_events()
+    assert [e["event"] for e in events].count("managed_broker_exited") == 1
+    crashes = [e for e in events if e.get("reason") == "Error: simulated crash"]
+    assert len(crashes) == 1, crashes
+    assert len(events) < 30, [e["event"] for e in events]

@@ -7,9 +7,11 @@ Rounds (one JSON line each, then `{"summary": ...}`):
 - `store`: `SqliteStore.ingest` of already validated rows, one transaction per batch
   (WAL, synchronous=FULL: the production settings);
 - `handler`: both, as the collector's worker thread runs them;
-- `mosquitto` / `embedded`: a fake gateway publishes `--batches` batches with up to
+- `mosquitto` / `managed`: a fake gateway publishes `--batches` batches with up to
   `--inflight` unacknowledged at a time (the uplink's default is 8) and waits for every
   ack; events/s counts acknowledged events, latency is publish -> ack per batch.
+  `managed` is the collector's own supervised Mosquitto (`broker: managed`: passwords,
+  ACL, client id bound to the user name).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import Timer, emit, rate, summary  # noqa: E402
-from collector.broker import EmbeddedBroker  # noqa: E402
-from collector.config import BrokerUser, EmbeddedBrokerConfig  # noqa: E402
+from collector.config import BrokerUser, ManagedBrokerConfig  # noqa: E402
 from collector.ingest import Collector, PayloadHandler  # noqa: E402
+from collector.managed_broker import ManagedBroker  # noqa: E402
 from collector.store import Origin, open_store  # noqa: E402
 from collector.validate import Limits, check_payload  # noqa: E402
 from edge_agent.config.models import BackoffConfig, SecretRef  # noqa: E402
@@ -116,9 +118,10 @@ async def publish_all(port: int, protocol: ProtocolVersion, batches: list[bytes]
 
 
 @contextlib.asynccontextmanager
-async def collector_running(store_url: str, ep: Endpoint) -> AsyncIterator[None]:
+async def collector_running(store_url: str, ep: Endpoint,
+                            client_id: str = "bench-collector") -> AsyncIterator[None]:
     store = open_store(store_url)
-    c = Collector(store, ep, client_id="bench-collector", share_group="bench",
+    c = Collector(store, ep, client_id=client_id, share_group="bench",
                   backoff=BackoffConfig(initial_s=0.05, max_s=0.5))
     stop = asyncio.Event()
     task = asyncio.create_task(c.run(stop))
@@ -156,14 +159,16 @@ async def bench_mqtt(batches: list[bytes], size: int, inflight: int,
         mq.stop()
     (tmp / "gw.pw").write_text("pw\n")
     port = free_port()
-    broker = EmbeddedBroker(EmbeddedBrokerConfig(listen=f"127.0.0.1:{port}", users=[
-        BrokerUser(username=HIER.gateway, password=SecretRef(file=tmp / "gw.pw"))]), "bench")
+    broker = ManagedBroker(ManagedBrokerConfig(
+        listen=f"127.0.0.1:{port}", state_dir=tmp / "managed", users=[
+            BrokerUser(username=HIER.gateway, password=SecretRef(file=tmp / "gw.pw"))]), "bench")
     await broker.start()
     try:
-        async with collector_running(f"sqlite:///{tmp / 'emb.db'}", broker.endpoint()):
-            seconds, lat = await publish_all(port, ProtocolVersion.V311, batches, inflight,
+        async with collector_running(f"sqlite:///{tmp / 'managed.db'}", broker.endpoint(),
+                                     broker.username):
+            seconds, lat = await publish_all(port, ProtocolVersion.V5, batches, inflight,
                                              HIER.gateway, "pw")
-        out["embedded_events_per_s"] = report("embedded", seconds, lat, events)["events_per_s"]
+        out["managed_events_per_s"] = report("managed", seconds, lat, events)["events_per_s"]
     finally:
         await broker.stop()
     return out

@@ -1,4 +1,4 @@
-"""Compose one collector process: store, optional embedded broker, ingest loop."""
+"""Compose one collector process: store, optional managed broker, ingest loop."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import contextlib
 import signal
 import ssl
 from collections.abc import Callable
-from typing import Any
 
-from collector.broker import EmbeddedBroker
 from collector.config import CollectorConfig
 from collector.ingest import Collector
+from collector.managed_broker import ManagedBroker
 from collector.registry import Registry, RegistryFile
 from collector.store import Store, open_store
 from collector.validate import Limits
@@ -67,40 +66,32 @@ def build_collector(cfg: CollectorConfig, store: Store, endpoint: Endpoint,
         store, endpoint, client_id=cfg.client_id, share_group=share_group,
         limits=Limits(cfg.ingest.max_payload_bytes, cfg.ingest.max_events_per_batch),
         backoff=cfg.reconnect, ack_timeout_s=cfg.ingest.ack_timeout_s, registry=current,
+        collector_id=cfg.collector.id,
     )
 
 
 async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then shut down in order: ingest, broker, store.
 
-    Raises StoreError, SecretError, SetupError or EmbeddedBrokerError for problems an
+    Raises StoreError, SecretError, SetupError or ManagedBrokerError for problems an
     operator must fix.
     """
     registry = open_registry(cfg)
     store = open_store(cfg.store, quarantine=cfg.quarantine)
-    broker: EmbeddedBroker | None = None
+    broker: ManagedBroker | None = None
     try:
         if cfg.broker is not None:
             endpoint = cfg.broker.endpoint()
             check_tls(endpoint)
         else:
-            assert cfg.embedded_broker is not None
-            broker = EmbeddedBroker(cfg.embedded_broker, cfg.collector.id)
+            assert cfg.managed_broker is not None
+            broker = ManagedBroker(cfg.managed_broker, cfg.collector.id)
             await broker.start()
             endpoint = broker.endpoint()
         log.info("collector_started", collector=cfg.collector.id, broker=endpoint.describe(),
-                 embedded=broker is not None)
+                 managed=broker is not None)
         await build_collector(cfg, store, endpoint, registry).run(stop)
     finally:
         if broker is not None:
-            loop = asyncio.get_running_loop()
-            loop.set_exception_handler(_ignore_cancelled)
             await broker.stop()
         store.close()
-
-
-def _ignore_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """amqtt's shutdown cancels connection tasks whose callbacks asyncio reports as errors."""
-    if isinstance(context.get("exception"), asyncio.CancelledError):
-        return
-    loop.default_exception_handler(context)

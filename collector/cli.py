@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -21,6 +21,9 @@ from collector.text import visible
 from edge_agent.config import ConfigError, load_model
 from edge_agent.config.models import SecretError
 from edge_agent.logs import configure
+
+if TYPE_CHECKING:
+    from collector.config import CollectorConfig
 
 
 def _out(*fields: object) -> None:
@@ -38,21 +41,43 @@ def main() -> None:
     """District collector: ingest gateway events into the district store."""
 
 
+def _load(config_path: Path) -> CollectorConfig:
+    """The config, or every mistake as `PATH:LINE:COL: key: message` and exit 2."""
+    from collector.config import CollectorConfig
+
+    try:
+        return load_model(config_path, CollectorConfig)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("config_path", metavar="PATH", type=click.Path(dir_okay=False, path_type=Path))
+def validate(config_path: Path) -> None:
+    """Check a collector YAML (and that a managed broker's mosquitto is installed); exit 2
+    on mistakes."""
+    from collector.managed_broker import ManagedBroker, ManagedBrokerError
+
+    cfg = _load(config_path)
+    if cfg.managed_broker is not None:
+        try:
+            ManagedBroker(cfg.managed_broker, cfg.collector.id).binary()
+        except ManagedBrokerError as exc:
+            _fail(f"{config_path}: {exc}")
+    click.echo(f"{config_path}: ok")
+
+
 @main.command()
 @click.option("--config", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="collector YAML")
 def run(config_path: Path) -> None:
     """Ingest until SIGINT/SIGTERM."""
     from collector.app import SetupError, serve
-    from collector.broker import EmbeddedBrokerError
-    from collector.config import CollectorConfig
+    from collector.managed_broker import ManagedBrokerError
 
-    try:
-        cfg = load_model(config_path, CollectorConfig)
-    except ConfigError as exc:
-        for issue in exc.issues:
-            click.echo(str(issue), err=True)
-        sys.exit(2)
+    cfg = _load(config_path)
     configure(cfg.log_level)
 
     async def main_async() -> None:
@@ -64,7 +89,7 @@ def run(config_path: Path) -> None:
 
     try:
         asyncio.run(main_async())
-    except (StoreError, SecretError, SetupError, EmbeddedBrokerError) as exc:
+    except (StoreError, SecretError, SetupError, ManagedBrokerError) as exc:
         _fail(str(exc))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from collector.quarantine import QuarantineLimits
 from collector.registry import Unregistered
@@ -25,7 +25,8 @@ from edge_agent.config.models import (
 from edge_agent.mqtt import Endpoint
 
 LISTEN = r"^[^:\s]+:\d{1,5}$"
-#: Reserved for the collector's own connection to its embedded broker.
+#: The collector's own account on its managed broker: `_collector-<id>`. The leading `_`
+#: keeps it out of the names a configured user may take (SEGMENT starts alphanumeric).
 INTERNAL_USER_PREFIX = "_collector-"
 
 
@@ -53,29 +54,43 @@ class BrokerConnection(Strict):
 
 
 class BrokerUser(Strict):
-    """A broker account. A `gateway` user's name is its gateway id."""
+    """A broker account. A `gateway` user's name is its gateway id (and its client id)."""
 
     username: str = Field(pattern=SEGMENT)
     password: SecretRef
     role: Literal["gateway", "collector"] = "gateway"
 
 
-class EmbeddedBrokerConfig(Strict):
-    listen: str = Field(default="127.0.0.1:1883", pattern=LISTEN)
-    users: list[BrokerUser] = Field(default_factory=list)
-    allow_anonymous: bool = False
+class ListenerTls(Strict):
+    """The managed broker's TLS listener: its certificate chain and private key (PEM)."""
 
-    @model_validator(mode="after")
-    def _users(self) -> EmbeddedBrokerConfig:
+    cert_file: Path
+    key_file: Path
+
+
+class ManagedBrokerConfig(Strict):
+    """A Mosquitto the collector configures (files in `state_dir`) and supervises."""
+
+    listen: str = Field(default="127.0.0.1:1883", pattern=LISTEN)
+    state_dir: Path = Field(description="mosquitto.conf, password file, ACL, persistence")
+    users: list[BrokerUser] = Field(default_factory=list)
+    tls: ListenerTls | None = None
+    message_size_limit: ByteSize = 1024 * 1024
+    binary: str = Field(default="mosquitto", min_length=1)
+    restart: BackoffConfig = BackoffConfig(initial_s=0.5, max_s=30)
+
+    @field_validator("users")
+    @classmethod
+    def _unique_users(cls, users: list[BrokerUser]) -> list[BrokerUser]:
         seen: set[str] = set()
-        for user in self.users:
+        for user in users:
             if user.username in seen:
                 raise ValueError(f"user {user.username!r} is listed twice")
             seen.add(user.username)
-        if not self.users and not self.allow_anonymous:
-            raise ValueError("no users and allow_anonymous is false: no gateway could connect; "
-                             "add users (one per gateway) or set allow_anonymous: true")
-        return self
+        if not any(u.role == "gateway" for u in users):
+            raise ValueError("no gateway user: no gateway could connect; add one user per "
+                             "gateway (its username is the gateway id)")
+        return users
 
     @property
     def host(self) -> str:
@@ -103,11 +118,14 @@ class GatewaysConfig(Strict):
                     "`accept` with a warning")
 
 
-def _embedded_as_none(value: Any) -> Any:
-    """`broker: embedded` (the default) is stored as None; a mapping is an external broker."""
+def _managed_as_none(value: Any) -> Any:
+    """`broker: managed` (the default) is stored as None; a mapping is an external broker."""
+    if value == "embedded":
+        raise ValueError("the embedded broker (amqtt) was removed; use `broker: managed` with "
+                         "a `managed_broker:` section (a Mosquitto the collector runs)")
     if isinstance(value, str):
-        if value != "embedded":
-            raise ValueError("expected `embedded` or a mapping with url, username, password, …")
+        if value != "managed":
+            raise ValueError("expected `managed` or a mapping with url, username, password, …")
         return None
     return value
 
@@ -115,9 +133,9 @@ def _embedded_as_none(value: Any) -> Any:
 class CollectorConfig(Strict):
     collector: CollectorIdentity
     store: str = Field(description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://…")
-    #: None means `broker: embedded`.
-    broker: Annotated[BrokerConnection | None, BeforeValidator(_embedded_as_none)] = None
-    embedded_broker: EmbeddedBrokerConfig | None = None
+    #: None means `broker: managed`.
+    broker: Annotated[BrokerConnection | None, BeforeValidator(_managed_as_none)] = None
+    managed_broker: ManagedBrokerConfig | None = Field(default=None, validate_default=True)
     ingest: IngestConfig = IngestConfig()
     #: None: no registry, every place is accepted (warned at start).
     gateways: GatewaysConfig | None = None
@@ -133,16 +151,23 @@ class CollectorConfig(Strict):
         parse_store_url(v)  # raises ValueError with the reason
         return v
 
-    @model_validator(mode="after")
-    def _embedded(self) -> CollectorConfig:
-        if self.broker is None and self.embedded_broker is None:
-            raise ValueError("broker: embedded needs an embedded_broker section (listen, users)")
-        if self.broker is not None and self.embedded_broker is not None:
-            raise ValueError("embedded_broker is only used with broker: embedded")
-        return self
+    @field_validator("managed_broker")
+    @classmethod
+    def _managed(cls, value: ManagedBrokerConfig | None,
+                 info: ValidationInfo) -> ManagedBrokerConfig | None:
+        if "broker" not in info.data:  # the broker key itself is wrong: reported there
+            return value
+        if info.data["broker"] is None and value is None:
+            raise ValueError("`broker: managed` needs a managed_broker section "
+                             "(listen, state_dir, users)")
+        if info.data["broker"] is not None and value is not None:
+            raise ValueError("managed_broker is only used with `broker: managed`")
+        return value
 
     @property
     def client_id(self) -> str:
         if self.broker is not None and self.broker.client_id:
             return self.broker.client_id
+        if self.broker is None:  # the managed broker binds client ids to user names
+            return f"{INTERNAL_USER_PREFIX}{self.collector.id}"
         return f"collector-{self.collector.id}"

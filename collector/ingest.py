@@ -5,10 +5,14 @@ after its COMMIT (SQLite: WAL + synchronous=FULL, so the rows survive a power cu
 crash between commit and ack costs only a resend, which the `id` dedupe absorbs.
 
 Messages are handled one at a time, in arrival order: validation and the store call run
-in a single worker thread so the event loop (and an embedded broker living on it) stays
-responsive. Measured on the 2-core dev box (bench/collector_ingest.py, batches of 200):
-validation ~18 µs/event, the FULL-sync transaction ~3 ms/batch, ~25,000 events/s end to
-end through Mosquitto or the embedded broker. Sequential handling is not the bottleneck.
+in a single worker thread so the event loop stays responsive. Measured on the 2-core dev
+box (bench/collector_ingest.py, batches of 200): validation ~18 µs/event, the FULL-sync
+transaction ~3 ms/batch, ~25,000 events/s end to end through Mosquitto. Sequential
+handling is not the bottleneck.
+
+Presence: with a `collector_id`, the collector says `online` (retained, QoS 1) on
+`collector_presence_topic(id)` once its subscription is in place, leaves `offline` there
+as its Last Will, and publishes `offline` itself on a clean stop.
 """
 
 from __future__ import annotations
@@ -34,7 +38,15 @@ from collector.validate import Limits, check_payload
 from edge_agent.config.models import BackoffConfig
 from edge_agent.logs import get_logger
 from edge_agent.mqtt import Endpoint, ProtocolChooser, make_client
-from edge_agent.topics import EVENTS_FILTER, TopicError, parse_topic, shared_subscription
+from edge_agent.topics import (
+    EVENTS_FILTER,
+    PRESENCE_OFFLINE,
+    PRESENCE_ONLINE,
+    TopicError,
+    collector_presence_topic,
+    parse_topic,
+    shared_subscription,
+)
 from edge_agent.wire import Ack
 
 log = get_logger("collector.ingest")
@@ -118,12 +130,14 @@ class Collector:
     def __init__(self, store: Store, endpoint: Endpoint, *, client_id: str,
                  share_group: str | None = None, limits: Limits | None = None,
                  backoff: BackoffConfig | None = None, ack_timeout_s: float = 5.0,
-                 registry: Callable[[], Registry | None] = _no_registry) -> None:
+                 registry: Callable[[], Registry | None] = _no_registry,
+                 collector_id: str | None = None) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.share_group = share_group
         self.backoff = backoff or BackoffConfig()
         self.ack_timeout_s = ack_timeout_s
+        self.presence_topic = collector_presence_topic(collector_id) if collector_id else None
         self.handler = PayloadHandler(store, limits or Limits(), registry)
         self.counters = Counters()
         #: Set while subscribed (tests and health checks wait on it).
@@ -154,7 +168,11 @@ class Collector:
             try:
                 async with AsyncExitStack() as stack:
                     client = await self._connect(stack)
-                    await self._consume(client)
+                    try:
+                        await self._consume(client)
+                    except asyncio.CancelledError:
+                        await self._say_offline(client)
+                        raise
             except aiomqtt.MqttError as exc:
                 log.warning("broker_lost", broker=self.endpoint.describe(), error=str(exc))
             finally:
@@ -176,6 +194,9 @@ class Collector:
             with attempt:
                 client = await self._connect_once(stack)
         assert client is not None
+        attempts = retrying.statistics.get("attempt_number", 1)
+        if attempts > 1:  # the failures between were rate-limited: say how many there were
+            log.info("broker_reconnected", broker=self.endpoint.describe(), attempts=attempts)
         return client
 
     async def _connect_once(self, stack: AsyncExitStack) -> aiomqtt.Client:
@@ -193,6 +214,9 @@ class Collector:
             codes = [getattr(g, "value", g) for g in granted]
             if any(c >= 0x80 for c in codes):
                 raise SubscriptionRefused(f"broker refused the subscription to {topic} ({codes})")
+            if self.presence_topic is not None:
+                await client.publish(self.presence_topic, PRESENCE_ONLINE, qos=1, retain=True,
+                                     timeout=self.ack_timeout_s)
             await stack.enter_async_context(attempt.pop_all())
         log.info("broker_connected", broker=self.endpoint.describe(), client_id=self.client_id,
                  protocol=self._protocol.label,
@@ -203,8 +227,19 @@ class Collector:
         # aiomqtt acknowledges incoming QoS 1 before our code sees the message (NOTES-deps),
         # so a crash here loses the broker's copy. That is safe: the edge keeps every event
         # until our application-level ack and resends it. Unbounded queue: never drop.
+        will = (aiomqtt.Will(self.presence_topic, PRESENCE_OFFLINE, qos=1, retain=True)
+                if self.presence_topic is not None else None)
         return make_client(self.endpoint, self._protocol.current, identifier=self.client_id,
-                           persistent=True, max_queued_incoming=0, timeout_s=self.ack_timeout_s)
+                           persistent=True, max_queued_incoming=0, timeout_s=self.ack_timeout_s,
+                           will=will)
+
+    async def _say_offline(self, client: aiomqtt.Client) -> None:
+        """A clean stop: replace the retained `online` now rather than leave it to the Will."""
+        if self.presence_topic is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.presence_topic, PRESENCE_OFFLINE, qos=1, retain=True,
+                                 timeout=min(self.ack_timeout_s, 2.0))
 
     def _subscription(self) -> str:
         if self._protocol.current == ProtocolVersion.V5 and self.share_group:

@@ -3,10 +3,11 @@
 structlog imports `rich` (and with it pygments) for pretty console tracebacks when it is
 installed, and sqlite-utils imports numpy for its numpy column adapters when numpy is
 installed. The agent uses neither (JSON logs; plain Python values in the outbox), yet
-both are installed beside it (amqtt → typer → rich; OpenCV → numpy), and together they
-cost ~25 MiB of resident memory on a box whose budget is 60 MiB (issue 3). So both
-libraries are imported once here with those optional modules hidden, then the modules are
-unhidden: code that really needs numpy (camera video health) imports it as usual.
+either may be installed beside it (rich by any tool in the same environment; OpenCV →
+numpy), and together they cost ~25 MiB of resident memory on a box whose budget is
+60 MiB (issue 3). So both libraries are imported once here with those optional modules
+hidden, then the modules are unhidden: code that really needs numpy (camera video
+health) imports it as usual.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`./run demo`: the whole system on the embedded default, until Ctrl-C.
+"""`./run demo`: the whole system on the one-machine default, until Ctrl-C.
 
 Starts, in this order, each waiting for the one before to listen:
 1. `edge-agent simulate --gateway configs/gateway.demo.yaml --scenario ...`: Modbus TCP
@@ -6,8 +6,8 @@ Starts, in this order, each waiting for the one before to listen:
    water sensor, playing the fire, leak, forced-gate, access and silent-device
    scenarios in a loop (alarms within a minute), and `python -m drivers.onvif.simulator`:
    one ONVIF camera on 127.0.0.1:18090 (motion every 20 s, tamper every 60 s);
-2. `edge-collector run` (embedded MQTT broker on 127.0.0.1:18830, SQLite store under
-   var/demo/);
+2. `edge-collector run` (`broker: managed`: the collector runs a Mosquitto on
+   127.0.0.1:18830 with files in var/demo/broker/; SQLite store under var/demo/);
 3. `edge-agent run --config configs/gateway.demo.yaml`, polling the simulators with the
    `modbus` and `onvif` drivers.
 All of them log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = ROOT / "var" / "demo" / "secrets"
-USERS = ("collector", "gw-demo-01")
+USERS = ("gw-demo-01",)
 #: The demo's simulated ONVIF camera (configs/gateway.demo.yaml's cam-gate-north).
 CAMERA, CAMERA_PORT = "cam-gate-north", 18090
 BROKER_PORT = 18830

@@ -74,7 +74,7 @@ def _hashable(value: Any) -> Any:
 
 
 def configure(level: str = "info", *, stream: Any = None) -> None:
-    """One JSON object per line on stderr; stdlib loggers (aiomqtt, amqtt) routed through."""
+    """One JSON object per line on stderr; stdlib loggers (aiomqtt, paho) routed through."""
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -98,7 +98,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(max(lvl, logging.INFO))
     # Chatty third-party loggers: warnings and up only.
-    for name in ("amqtt", "transitions", "mqtt", "aiomqtt", "paho"):
+    for name in ("mqtt", "aiomqtt", "paho"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

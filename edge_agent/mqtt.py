@@ -91,9 +91,9 @@ class ProtocolChooser:
     """Which MQTT version to try next under `protocol: auto`.
 
     A broker that refuses v5 (CONNACK 0x01 / 0x84) gets 3.1.1 from then on. A CONNECT
-    that times out is ambiguous: amqtt 0.12.1 never answers a v5 CONNECT carrying
-    properties, but an overloaded v5 broker may time out too. So a timeout alternates
-    the version, and whichever version connects is kept.
+    that times out is ambiguous: some 3.1.1-only brokers never answer a v5 CONNECT
+    carrying properties, but an overloaded v5 broker may time out too. So a timeout
+    alternates the version, and whichever version connects is kept.
     """
 
     def __init__(self, setting: ProtocolSetting) -> None:

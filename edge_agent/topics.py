@@ -14,6 +14,19 @@ SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: What a collector subscribes to (prefix with `$share/<group>/` on MQTT v5).
 EVENTS_FILTER = f"{PREFIX}/+/+/+/events"
 
+#: Collector presence: each collector keeps `online` retained here while it is subscribed
+#: (QoS 1), and its Last Will (or a clean stop) replaces it with `offline`. Every client may
+#: read it: an agent resends its backlog at once when a collector comes back.
+COLLECTOR_PRESENCE_FILTER = f"{PREFIX}/_collectors/+/status"
+PRESENCE_ONLINE, PRESENCE_OFFLINE = b"online", b"offline"
+
+
+def collector_presence_topic(collector_id: str) -> str:
+    """`cd/v1/_collectors/<collector-id>/status`, where that collector says online/offline."""
+    if not SEGMENT_RE.match(collector_id):
+        raise TopicError(f"{collector_id!r} is not a valid collector id")
+    return f"{PREFIX}/_collectors/{collector_id}/status"
+
 
 @dataclass(frozen=True, slots=True)
 class GatewayTopics:

@@ -1,4 +1,4 @@
-"""`edge-collector`: run as a real process (embedded broker), then inspect the store."""
+"""`edge-collector`: run as a real process (managed Mosquitto), then inspect the store."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from collector.cli import main
 from edge_agent.wire import Ack
-from tests.peers import free_port, wait_port
+from tests.harness import wait_for
+from tests.peers import Mosquitto, free_port, require_binary, wait_port
 from tests.test_collector_mqtt import acks_until
 from tests.test_collector_support import (
     as_dict,
@@ -37,9 +38,10 @@ def write_config(tmp: Path, port: int, **overrides: Any) -> Path:
     cfg: dict[str, Any] = {
         "collector": {"id": "t1"},
         "store": f"sqlite:///{tmp / 'var' / 'district.db'}",
-        "broker": "embedded",
-        "embedded_broker": {"listen": f"127.0.0.1:{port}", "users": [
-            {"username": "gw-a", "password": {"file": str(tmp / "gw-a.password")}}]},
+        "broker": "managed",
+        "managed_broker": {"listen": f"127.0.0.1:{port}", "state_dir": str(tmp / "broker"),
+                           "users": [{"username": "gw-a",
+                                      "password": {"file": str(tmp / "gw-a.password")}}]},
         "log_level": "info",
         **overrides,
     }
@@ -64,14 +66,15 @@ async def publish_and_wait(port: int, payloads: list[bytes], seqs: set[int]) -> 
 
 
 def test_run_ingests_and_the_inspection_commands_report(tmp_path: Path) -> None:
+    require_binary("mosquitto")
     port = free_port()
     config = write_config(tmp_path, port)
     log = tmp_path / "collector.log"
     proc = start(config, log)
     try:
         wait_port(port)
-        # The broker listens a moment before the collector has subscribed; amqtt drops what
-        # nobody subscribed to yet (a real gateway would resend after its ack timeout).
+        # The broker listens a moment before the collector has subscribed; Mosquitto drops
+        # what nobody subscribed to yet (a real gateway would resend after its ack timeout).
         deadline = time.monotonic() + 10
         while "broker_connected" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -88,8 +91,8 @@ def test_run_ingests_and_the_inspection_commands_report(tmp_path: Path) -> None:
     assert code == 0, log.read_text()
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     names = [r["event"] for r in records]
-    for expected in ("embedded_broker_started", "broker_connected", "payload_quarantined",
-                     "collector_stopped", "embedded_broker_stopped"):
+    for expected in ("managed_broker_started", "broker_connected", "payload_quarantined",
+                     "collector_stopped", "managed_broker_stopped"):
         assert expected in names, names
     stopped = next(r for r in records if r["event"] == "collector_stopped")
     assert (stopped["inserted"], stopped["quarantined"]) == (6, 2)
@@ -125,6 +128,7 @@ def test_config_mistakes_are_listed_with_exit_2(tmp_path: Path) -> None:
 
 
 def test_operator_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
+    require_binary("mosquitto")
     port = free_port()
     cases = {
         "postgres": (write_config(tmp_path, port, store="postgresql://c@127.0.0.1:1/d"),
@@ -140,7 +144,8 @@ def test_operator_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "gw-a.password").unlink()
     result = subprocess.run([sys.executable, "-m", "collector", "run", "--config", str(config)],
                             capture_output=True, timeout=30)
-    assert result.returncode == 2 and b"cannot read secret file" in result.stderr, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert b"gw-a.password does not exist" in result.stderr, result.stderr
     config = write_config(tmp_path, port)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", port))
@@ -148,8 +153,17 @@ def test_operator_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
         result = subprocess.run([sys.executable, "-m", "collector", "run", "--config",
                                  str(config)], capture_output=True, timeout=30)
     assert result.returncode == 2, result.stderr
-    assert b"embedded broker cannot listen on 127.0.0.1:" in result.stderr
-    assert b"Traceback" not in result.stderr
+    assert b"managed broker (mosquitto) did not start on 127.0.0.1:" in result.stderr
+    assert b"Address already in use" in result.stderr and b"Traceback" not in result.stderr
+    # No mosquitto installed: `run` and `validate` name the key and the package.
+    config = write_config(tmp_path, port, managed_broker={
+        **yaml.safe_load(config.read_text())["managed_broker"], "binary": "no-such-mosquitto"})
+    for argv in (["run", "--config", str(config)], ["validate", str(config)]):
+        result = subprocess.run([sys.executable, "-m", "collector", *argv],
+                                capture_output=True, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert b"managed_broker.binary: 'no-such-mosquitto' not found" in result.stderr
+        assert b"apt-get install mosquitto" in result.stderr and b"Traceback" not in result.stderr
 
 
 def test_inspection_commands_need_an_existing_store(tmp_path: Path) -> None:
@@ -162,9 +176,67 @@ def test_a_missing_tls_file_is_an_operator_error(tmp_path: Path) -> None:
     config = write_config(tmp_path, free_port(), broker={
         "url": "mqtts://127.0.0.1:8883", "tls": {"ca_file": str(tmp_path / "no-ca.pem")}})
     text = yaml.safe_load(config.read_text())
-    del text["embedded_broker"]
+    del text["managed_broker"]
     config.write_text(yaml.safe_dump(text))
     result = subprocess.run([sys.executable, "-m", "collector", "run", "--config", str(config)],
                             capture_output=True, timeout=30)
     assert result.returncode == 2, result.stderr
     assert b"broker TLS settings:" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_shipped_collector_configs_validate() -> None:
+    require_binary("mosquitto")
+    root = Path(__file__).resolve().parent.parent
+    for name in ("collector.demo.yaml", "collector.example.yaml"):
+        result = CliRunner().invoke(main, ["validate", str(root / "configs" / name)])
+        assert result.exit_code == 0, result.output
+
+
+def test_the_removed_embedded_broker_is_named_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("collector: {id: c1}\nstore: sqlite:///x.db\nbroker: embedded\n"
+                    "embedded_broker: {listen: '127.0.0.1:1883'}\n")
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{path}:3:9: broker: the embedded broker (amqtt) was removed; "
+                               "use `broker: managed`"), lines
+    assert lines[1].startswith(f"{path}:4:1: embedded_broker: unknown key"), lines
+    assert "did you mean `managed_broker`" in lines[1]
+
+
+def test_a_broker_outage_logs_a_few_lines_not_one_per_attempt(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """Reconnect attempts every ≤ 0.2 s for the whole outage; the warnings are counted by
+    RepeatLimiter, and the reconnect says how many attempts it took."""
+    config = tmp_path / "collector.yaml"
+    config.write_text(yaml.safe_dump({
+        "collector": {"id": "t1"}, "store": f"sqlite:///{tmp_path / 'district.db'}",
+        "broker": {"url": mosquitto.url}, "reconnect": {"initial_s": 0.05, "max_s": 0.2},
+        "log_level": "info"}))
+    log = tmp_path / "collector.log"
+    proc = start(config, log)
+
+    def events() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in log.read_text().splitlines()
+                if line.startswith("{")]
+
+    def named(name: str) -> list[dict[str, Any]]:
+        return [e for e in events() if e["event"] == name]
+
+    try:
+        wait_for(lambda: named("broker_connected"), 15, "the collector connected")
+        mosquitto.stop()
+        wait_for(lambda: named("broker_connect_failed"), 15, "a failed reconnect")
+        time.sleep(3)  # the outage: ~15-60 attempts at 0.05-0.2 s
+        mosquitto.start()
+        reconnected = wait_for(lambda: named("broker_reconnected"), 15, "the reconnect")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+    assert code == 0, log.read_text()
+    assert reconnected[0]["attempts"] >= 10, reconnected
+    loud = [e for e in events() if e["level"] in ("warning", "error")
+            and e["event"] != "gateway_registry_missing"]
+    assert [e["event"] for e in loud] == ["broker_lost", "broker_connect_failed"], loud
+    assert len(log.read_text().splitlines()) < 12, log.read_text()

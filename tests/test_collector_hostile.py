@@ -121,8 +121,8 @@ class District:
     store_url: str
 
     def collector_endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.broker.port, username="collector",
-                        password=SecretStr(self.passwords["collector"]))
+        return Endpoint("127.0.0.1", self.broker.port, username="collector-c1",
+                        password=SecretStr(self.passwords["collector-c1"]))
 
     @contextlib.asynccontextmanager
     async def gateway(self, gw: str) -> AsyncIterator[aiomqtt.Client]:

@@ -1,4 +1,4 @@
-"""The collector against real brokers: Mosquitto (v5, $share) and the embedded amqtt (3.1.1, ACL).
+"""The collector against real brokers: Mosquitto (v5, $share) and the collector's managed Mosquitto.
 
 A fake gateway publishes batches with aiomqtt and waits for the collector's acks.
 """
@@ -23,14 +23,15 @@ import pytest
 from aiomqtt import ProtocolVersion
 from pydantic import SecretStr
 
-from collector.broker import EmbeddedBroker
-from collector.config import BrokerUser, EmbeddedBrokerConfig
+from collector.config import BrokerUser, ManagedBrokerConfig
 from collector.ingest import Collector
+from collector.managed_broker import ManagedBroker
 from collector.model import EventRow, Rejected
 from collector.store import IngestResult, Origin, Store, open_store
 from collector.validate import Limits
 from edge_agent.config.models import BackoffConfig, SecretRef
 from edge_agent.mqtt import Endpoint
+from edge_agent.topics import COLLECTOR_PRESENCE_FILTER
 from edge_agent.wire import Ack
 from tests.peers import Mosquitto, free_port, require_binary
 from tests.test_collector_support import (
@@ -58,11 +59,11 @@ class Broker:
     port: int
     protocol: ProtocolVersion
     passwords: dict[str, str]
-    embedded: EmbeddedBroker | None = None
+    managed: ManagedBroker | None = None
 
     def collector_endpoint(self) -> Endpoint:
-        if self.embedded is not None:
-            return self.embedded.endpoint()
+        if self.managed is not None:
+            return self.managed.endpoint()
         return Endpoint("127.0.0.1", self.port, protocol="auto")
 
 
@@ -83,7 +84,7 @@ class SlowStore:
         return getattr(self.inner, name)
 
 
-def embedded_config(port: int, users: dict[str, str], tmp: Path) -> EmbeddedBrokerConfig:
+def managed_config(port: int, users: dict[str, str], tmp: Path) -> ManagedBrokerConfig:
     entries = []
     for name, password in users.items():
         (tmp / f"{name}.password").write_text(password + "\n")
@@ -91,23 +92,31 @@ def embedded_config(port: int, users: dict[str, str], tmp: Path) -> EmbeddedBrok
             "collector" if name.startswith("collector") else "gateway")
         entries.append(BrokerUser(username=name, role=role,
                                   password=SecretRef(file=tmp / f"{name}.password")))
-    return EmbeddedBrokerConfig(listen=f"127.0.0.1:{port}", users=entries)
+    return ManagedBrokerConfig(listen=f"127.0.0.1:{port}", state_dir=tmp / "broker",
+                               users=entries)
 
 
-@pytest.fixture(params=["mosquitto", "embedded"])
+@contextlib.asynccontextmanager
+async def managed_broker(tmp: Path) -> AsyncIterator[Broker]:
+    require_binary("mosquitto")
+    passwords = {"gw-a": "pw-a", "gw-b": "pw-b", "collector-x": "pw-x"}
+    port = free_port()
+    managed = ManagedBroker(managed_config(port, passwords, tmp), "t")
+    await managed.start()
+    try:
+        yield Broker("managed", port, ProtocolVersion.V5, passwords, managed)
+    finally:
+        await managed.stop()
+
+
+@pytest.fixture(params=["mosquitto", "managed"])
 async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
     if request.param == "mosquitto":
         mq: Mosquitto = request.getfixturevalue("mosquitto")
         yield Broker("mosquitto", mq.port, ProtocolVersion.V5, {})
         return
-    passwords = {"gw-a": "pw-a", "gw-b": "pw-b", "collector-x": "pw-x"}
-    port = free_port()
-    embedded = EmbeddedBroker(embedded_config(port, passwords, tmp_path), "t")
-    await embedded.start()
-    try:
-        yield Broker("embedded", port, ProtocolVersion.V311, passwords, embedded)
-    finally:
-        await embedded.stop()
+    async with managed_broker(tmp_path) as b:
+        yield b
 
 
 @contextlib.asynccontextmanager
@@ -125,7 +134,8 @@ async def running(collector: Collector) -> AsyncIterator[Collector]:
 
 
 def make_collector(broker: Broker, store: Store, cid: str = "c1", **kw: Any) -> Collector:
-    return Collector(store, broker.collector_endpoint(), client_id=f"collector-{cid}",
+    client_id = broker.managed.username if broker.managed else f"collector-{cid}"
+    return Collector(store, broker.collector_endpoint(), client_id=client_id,
                      share_group="collectors", backoff=FAST, **kw)
 
 
@@ -300,77 +310,34 @@ async def test_collector_reconnects_after_a_broker_restart(
     store.close()
 
 
-# ---------------------------------------------------------------------- embedded broker ACL
+# ---------------------------------------------------------------------- managed broker
 
 
 @pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[Broker]:
-    passwords = {"gw-a": "pw-a", "gw-b": "pw-b", "collector-x": "pw-x"}
-    port = free_port()
-    eb = EmbeddedBroker(embedded_config(port, passwords, tmp_path), "t")
-    await eb.start()
-    try:
-        yield Broker("embedded", port, ProtocolVersion.V311, passwords, eb)
-    finally:
-        await eb.stop()
-
-
-async def test_embedded_acl_keeps_a_gateway_to_its_own_topics(
-        embedded: Broker, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'district.db'}"
-    store = open_store(url)
-    epoch = new_epoch()
-    async with running(make_collector(embedded, store)), gateway(embedded, "gw-a") as gw_a:
-        # gw-a publishes a well-formed gw-b batch on gw-b's topic: 3.1.1 PUBACKs it, drops it.
-        forged = batch([reading("gw-b", epoch, 1)])
-        await gw_a.publish(topics("gw-b").events, forged, qos=1)
-        await gw_a.publish(topics("gw-a").events, batch([reading("gw-a", epoch, 1)]), qos=1)
-        assert await acks_until(gw_a, {1}) == [Ack(epoch, [[1, 1]], [])]
-        # gw-a may not read gw-b's acks either.
-        granted = await gw_a.subscribe(topics("gw-b").ack, qos=1)
-        assert [getattr(g, "value", g) for g in granted] == [0x80]
-        wildcard = await gw_a.subscribe("cd/v1/+/+/+/ack", qos=1)
-        assert [getattr(g, "value", g) for g in wildcard] == [0x80]
-    store.close()
-    assert db_rows(url, "SELECT gateway FROM events") == [("gw-a",)]
-    assert db_rows(url, "SELECT COUNT(*) FROM quarantine") == [(0,)]
+async def managed(tmp_path: Path) -> AsyncIterator[Broker]:
+    async with managed_broker(tmp_path) as b:
+        yield b
 
 
 @pytest.mark.parametrize(("user", "password"), [("gw-a", "wrong"), (None, None), ("nobody", "x")])
-async def test_embedded_broker_refuses_bad_credentials(
-        embedded: Broker, user: str | None, password: str | None) -> None:
+async def test_managed_broker_refuses_bad_credentials(
+        managed: Broker, user: str | None, password: str | None) -> None:
     with pytest.raises(aiomqtt.MqttError):
-        async with aiomqtt.Client("127.0.0.1", embedded.port, username=user, password=password,
+        async with aiomqtt.Client("127.0.0.1", managed.port, username=user, password=password,
                                   protocol=ProtocolVersion.V311, timeout=5):
             pass
 
 
-async def test_protocol_auto_falls_back_to_311_on_the_embedded_broker(
-        embedded: Broker, tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'district.db'}")
-    ep = Endpoint("127.0.0.1", embedded.port, username="collector-x",
-                  password=SecretStr("pw-x"), protocol="auto")
-    # amqtt hangs on a v5 CONNECT with properties: the CONNECT timeout is the refusal.
-    collector = Collector(store, ep, client_id="collector-auto", share_group="collectors",
-                          backoff=FAST, ack_timeout_s=1)
-    epoch = new_epoch()
-    async with running(collector), gateway(embedded, "gw-a") as gw:
-        await gw.publish(topics("gw-a").events, batch([reading("gw-a", epoch, 1)]), qos=1)
-        assert await acks_until(gw, {1}) == [Ack(epoch, [[1, 1]], [])]
-    assert store.stats().events == 1
-    store.close()
-
-
-async def test_collector_sessions_queue_while_it_is_away(embedded: Broker, tmp_path: Path) -> None:
-    """amqtt keeps QoS 1 for the collector's persistent (named, non-anonymous) session."""
+async def test_collector_sessions_queue_while_it_is_away(managed: Broker, tmp_path: Path) -> None:
+    """Mosquitto keeps QoS 1 for the collector's persistent session (its own account)."""
     store = open_store(f"sqlite:///{tmp_path / 'district.db'}")
     epoch = new_epoch()
-    async with running(make_collector(embedded, store)):
+    async with running(make_collector(managed, store)):
         pass
-    async with gateway(embedded, "gw-a") as gw:
+    async with gateway(managed, "gw-a") as gw:
         await gw.publish(topics("gw-a").events,
                          batch([reading("gw-a", epoch, s) for s in (1, 2)]), qos=1)
-        async with running(make_collector(embedded, store)):
+        async with running(make_collector(managed, store)):
             assert await acks_until(gw, {1, 2}) == [Ack(epoch, [[1, 2]], [])]
     store.close()
 
@@ -382,7 +349,7 @@ async def test_collector_sessions_queue_while_it_is_away(embedded: Broker, tmp_p
 def district_mosquitto(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, str]]]:
     """Mosquitto with password auth and configs/mosquitto/acl exactly as shipped."""
     passwd = require_binary("mosquitto_passwd")
-    users = {"collector": "pw-c", "gw-a": "pw-a", "gw-b": "pw-b"}
+    users = {"collector-c1": "pw-c", "gw-a": "pw-a", "gw-b": "pw-b"}
     # Mosquitto started as root reads its files as user `mosquitto`: not from tmp_path (0700).
     shared = Path(tempfile.mkdtemp(prefix="collector-acl-"))
     shared.chmod(0o755)
@@ -395,7 +362,8 @@ def district_mosquitto(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, st
     shutil.copy(Path(__file__).resolve().parent.parent / "configs" / "mosquitto" / "acl", acl)
     acl.chmod(0o644)
     mq = Mosquitto(tmp_path / "mq", extra_conf=(
-        f"allow_anonymous false\npassword_file {pwfile}\nacl_file {acl}\n"))
+        f"allow_anonymous false\nuse_username_as_clientid true\npassword_file {pwfile}\n"
+        f"acl_file {acl}\n"))
     try:
         mq.start()
         yield mq, users
@@ -410,9 +378,9 @@ async def test_example_mosquitto_acl_keeps_a_gateway_to_its_own_topics(
     b = Broker("mosquitto", mq.port, ProtocolVersion.V5, users)
     url = f"sqlite:///{tmp_path / 'district.db'}"
     store = open_store(url)
-    ep = Endpoint("127.0.0.1", mq.port, username="collector", password=SecretStr("pw-c"))
+    ep = Endpoint("127.0.0.1", mq.port, username="collector-c1", password=SecretStr("pw-c"))
     collector = Collector(store, ep, client_id="collector-c1", share_group="collectors",
-                          backoff=FAST)
+                          backoff=FAST, collector_id="c1")
     epoch = new_epoch()
     async with running(collector), gateway(b, "gw-a") as gw_a:
         await gw_a.publish(topics("gw-b").events, batch([reading("gw-b", epoch, 1)]), qos=1)
@@ -426,22 +394,11 @@ async def test_example_mosquitto_acl_keeps_a_gateway_to_its_own_topics(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.5):
                 await anext(aiter(gw_a.messages))
+        # Every gateway may read the collectors' presence (the shipped ACL lets c1 write it).
+        await gw_a.subscribe(COLLECTOR_PRESENCE_FILTER, qos=1)
+        presence = await anext(aiter(gw_a.messages))
+        assert (presence.topic.value, presence.payload) == ("cd/v1/_collectors/c1/status",
+                                                            b"online")
     store.close()
     assert db_rows(url, "SELECT gateway, seq FROM events ORDER BY gateway") == [
         ("gw-a", 1), ("gw-b", 2)]
-
-
-async def test_a_refused_subscription_is_retried_not_ignored(
-        embedded: Broker, tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'district.db'}")
-    ep = Endpoint("127.0.0.1", embedded.port, username="gw-a", password=SecretStr("pw-a"),
-                  protocol="3.1.1")  # a gateway account may not read the events
-    collector = Collector(store, ep, client_id="collector-wrong", backoff=FAST)
-    stop = asyncio.Event()
-    task = asyncio.create_task(collector.run(stop))
-    await asyncio.sleep(1.0)
-    assert not collector.subscribed.is_set() and not task.done()
-    stop.set()
-    async with asyncio.timeout(5):
-        await task
-    store.close()

@@ -126,9 +126,9 @@ def test_registry_file_reloads_on_change_and_on_request(tmp_path: Path) -> None:
 def start_collector(district: District, tmp_path: Path, **extra: Any) -> Proc:
     """`edge-collector run` as the collector account on the district Mosquitto."""
     secret = tmp_path / "collector.password"
-    secret.write_text(district.passwords["collector"] + "\n")
+    secret.write_text(district.passwords["collector-c1"] + "\n")
     cfg = collector_yaml(district.broker.url, Path(district.store_url.removeprefix("sqlite:///")))
-    cfg["broker"].update(username="collector", password={"file": str(secret)})
+    cfg["broker"].update(username="collector-c1", password={"file": str(secret)})
     cfg.update(extra)
     proc = collector(write_yaml(tmp_path / "collector.yaml", cfg), tmp_path / "collector.log")
     proc.start()

@@ -85,7 +85,7 @@ def test_a_group_or_world_readable_secret_is_a_warning(tmp_path: Path) -> None:
     assert code == 0
     assert lines[0] == (f"{path}:9:20: uplink.password.file: warning: secret file {file} "
                         f"may be read by group and others (mode 0644) (hint: chmod 600 {file}; "
-                        "only the agent's user needs it)")
+                        "only the service's user needs it)")
     file.chmod(0o600)
     assert validate(path) == (0, [])
 

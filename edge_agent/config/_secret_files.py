@@ -73,11 +73,11 @@ def _os_error(path: Path, exc: OSError) -> SecretFileError:
     if isinstance(exc, FileNotFoundError):
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
         return SecretFileError(f"{path} does not exist{where}",
-                               "create it (the secret on one line, chmod 600, owned by the "
-                               "agent's user) or correct the path")
+                               "create it or correct the path (a secret: one line, chmod 600, "
+                               "owned by the service's user)")
     if isinstance(exc, PermissionError):
         return SecretFileError(f"{path} cannot be read by this user (uid {os.getuid()})",
-                               "chown it to the agent's user and chmod 600; check it as that "
+                               "chown it to the service's user and chmod 600; check it as that "
                                "user: sudo -u edge-agent edge-agent validate ...")
     return SecretFileError(f"cannot read {path}: {exc.strerror or type(exc).__name__}",
                            "check the path and the disk")
@@ -107,7 +107,7 @@ def inspect_file(path: Path, *, cap: int = MAX_SECRET_BYTES, private: bool = Tru
             "others" if info.st_mode & (stat.S_IROTH | stat.S_IWOTH) else "its group"
         check.warnings.append((f"{path} may be read by {who} (mode "
                                f"{stat.S_IMODE(info.st_mode):04o})",
-                               f"chmod 600 {path}; only the agent's user needs it"))
+                               f"chmod 600 {path}; only the service's user needs it"))
     if info.st_size == 0:
         check.warnings.append((f"{path} is empty", "write the secret into it"))
     return check

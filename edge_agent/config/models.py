@@ -136,7 +136,9 @@ class TlsConfig(Strict):
                 continue
             error = inspect_file(path, cap=MAX_TLS_FILE_BYTES, private=False).error
             if error is not None:
-                raise SecretError(f"tls.{key}: {error}")
+                raise SecretError(f"broker TLS settings: tls.{key}: {error.message} (a PEM "
+                                  "file; check the path and that this service's user can "
+                                  "read it)")
 
 
 class BackoffConfig(Strict):

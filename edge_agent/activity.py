@@ -2,8 +2,15 @@
 
 Fed by the pipeline with every event it mints (`Activity.record`); bounded in memory
 whatever the devices do. Telemetry and heartbeats are left out of `recent` (the device
-table shows each device's last reading); alarms are keyed by (device, type, alarm_id)
-and leave `open` when their `cleared` event arrives.
+table shows each device's last reading).
+
+Open alarms: what makes an event part of one is its kind in the catalog, not its
+severity. The alarm-retention types (`smoke.alarm`, `camera.tamper`, ...) open an alarm
+with `data.state == "raised"`, keyed by (device, type, alarm_id), and close it with
+`data.state == "cleared"` under the same key, whatever severity either carries: the
+engines send their clears with severity `info` (edge_agent/rules.py, serial-line zones,
+video health) and a raise may be configured down to `info`. `camera.motion` carries
+raised/cleared too but is a record, not an alarm, so the page does not list it.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.envelope import ALARM_TYPES, CATALOG, Event, Retention, Severity, parse_time
+from edge_agent.envelope import ALARM_TYPES, CATALOG, Event, Retention, parse_time
 
 RECENT_MAX = 100
 OPEN_ALARMS_MAX = 1000
@@ -23,6 +30,8 @@ SNAPSHOT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 #: Keys never copied to the page (hashes of access credentials are not for display).
 HIDDEN_KEYS = frozenset({"credential_hash", "snapshot"})
 LEFT_OUT = frozenset({"gateway.heartbeat"})
+#: Types listed as open alarms: raised/cleared with an alarm_id, and alarms by the catalog.
+OPEN_ALARM_TYPES = frozenset(t for t in ALARM_TYPES if CATALOG[t].retention is Retention.ALARM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,7 @@ class Activity:
         self.recent.append(entry)
         if snap is not None:
             self.snapshots.append(entry)
-        if event.type in ALARM_TYPES and event.severity is not Severity.INFO:
+        if event.type in OPEN_ALARM_TYPES:
             self._alarm(event, entry)
         self.changes += 1
 

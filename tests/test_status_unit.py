@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 
 from edge_agent.activity import Activity
-from edge_agent.envelope import CATALOG, Hierarchy, new_event
+from edge_agent.envelope import CATALOG, Hierarchy, Severity, new_event
 from edge_agent.status.access import Credential, HostPolicy, split_host
 from edge_agent.status.reasons import RULES, reason_code, scrub
 
@@ -35,6 +35,23 @@ def test_activity_opens_and_clears_alarms_by_device_type_and_id() -> None:
     assert [e.type for e in act.recent] == ["smoke.alarm", "gate.held_open"]  # no telemetry
     act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": "a1"}))
     assert [a.device for a in act.open_alarms()] == ["gate-1"]
+
+
+def test_activity_closes_alarms_by_their_clear_whatever_its_severity() -> None:
+    """The engines send clears with severity info (rules, serial-line zones, video health);
+    a raise configured down to info is still an open alarm; motion is no alarm."""
+    act = Activity()
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "raised", "alarm_id": "a1"}))
+    act.record(new_event(H, "panel", "smoke.fault", {"state": "raised", "alarm_id": "f1"},
+                         severity=Severity.INFO))
+    act.record(new_event(H, "cam-1", "camera.motion", {"state": "raised", "alarm_id": "m1"}))
+    assert [(a.device, a.severity) for a in act.open_alarms()] == [("smoke-1", "critical"),
+                                                                    ("panel", "info")]
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": "a1"},
+                         severity=Severity.INFO))
+    act.record(new_event(H, "panel", "smoke.fault", {"state": "cleared", "alarm_id": "f1"},
+                         severity=Severity.INFO))
+    assert act.open_alarms() == []
 
 
 def test_activity_is_bounded_and_hides_credential_hashes() -> None:

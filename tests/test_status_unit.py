@@ -12,6 +12,7 @@ from edge_agent.activity import Activity
 from edge_agent.envelope import CATALOG, Hierarchy, Severity, new_event
 from edge_agent.status.access import Credential, HostPolicy, split_host
 from edge_agent.status.reasons import RULES, reason_code, scrub
+from edge_agent.status.throttle import client_key
 
 H = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-u")
 SNAP = "01KB2ZQ5E8Y3V0N7W1T6G4H9C2"
@@ -152,3 +153,16 @@ def test_catalogs_have_the_same_keys_and_cover_states_reasons_and_event_types() 
     assert needed <= set(zh), sorted(needed - set(zh))
     assert zh["uplink.offline_since"].startswith("离线自")
     assert all(v.strip() for v in zh.values()) and all(v.strip() for v in en.values())
+
+
+@pytest.mark.parametrize(("remote", "key"), [
+    ("192.168.1.20", "192.168.1.20"),
+    ("::ffff:192.168.1.20", "192.168.1.20"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb:cccc:dddd:eeee", "2001:db8:1:2::/64"),  # same host's /64: one line
+    ("fe80::1%eth0", "fe80::/64"),
+    (None, "?"),
+    ("not-an-address", "not-an-address"),
+])
+def test_guess_lines_are_per_ipv4_address_and_per_ipv6_64(remote: str | None, key: str) -> None:
+    assert client_key(remote) == key

@@ -247,7 +247,8 @@ function setupLogin() {
     form.elements.password.value = "";
     if (r.ok) { form.hidden = true; await refresh(); connect(); return; }
     const body = await r.json().catch(() => ({}));
-    error.textContent = body.error === "no_credential" ? tt("login.no_credential") : tt("login.wrong");
+    error.textContent = body.error === "no_credential" ? tt("login.no_credential")
+      : body.error === "too_many_attempts" ? tt("login.too_many") : tt("login.wrong");
   });
 }
 

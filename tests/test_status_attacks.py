@@ -17,11 +17,13 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from edge_agent.agent import Agent
 from edge_agent.status import app as status_app
 from edge_agent.status.app import StatusApp
+from tests.browser import chromium, page
 from tests.test_status_app import PASSWORD, config, status_schema
 
 STAFF = "127.0.0.9"
@@ -281,3 +283,41 @@ async def test_a_cross_origin_post_does_not_log_out(
             assert r.status == 200
         async with staff.get(base + "/api/status") as r:
             assert not (await r.json())["viewer"]["authenticated"]
+
+
+async def test_another_site_cannot_log_staff_out_in_chromium(
+        served: tuple[StatusApp, str]) -> None:
+    """The real attack: a page of another site (http://localhost:<port>) submits a form
+    to the gateway's /logout in the staff member's browser. The SameSite=Strict cookie is
+    not sent with it, but the answer's Set-Cookie used to delete it all the same."""
+    _, base = served
+    evil = web.Application()
+
+    async def attack(_request: web.Request) -> web.Response:
+        return web.Response(content_type="text/html", text=(
+            f'<form id="f" method="post" action="{base}/logout"></form>'
+            '<script>document.getElementById("f").submit()</script>'))
+
+    evil.router.add_get("/", attack)
+    evil_server = TestServer(evil, host="127.0.0.1")
+    await evil_server.start_server()
+    authed = "fetch('/api/status').then(r => r.json()).then(d => d.viewer.authenticated)"
+    try:
+        async with chromium() as browser, page(browser) as p:
+            await p.goto(base + "/")
+            await p.click("#login-btn")
+            await p.fill("#login-form [name=password]", PASSWORD)
+            await p.click("#login-form [type=submit]")
+            await p.wait_for_function("document.getElementById('login-form').hidden")
+            assert await p.evaluate(authed)
+            await p.goto(f"http://localhost:{evil_server.port}/")
+            await p.wait_for_url(base + "/logout")
+            assert "cross_origin" in await p.content()
+            await p.goto(base + "/")
+            assert await p.evaluate(authed)  # still logged in
+            # the page's own logout button still works (a same-origin POST)
+            await p.wait_for_selector("#login-btn:not([hidden])")
+            await p.click("#login-btn")
+            await p.wait_for_function(f"{authed}.then(a => !a)")
+    finally:
+        await evil_server.close()

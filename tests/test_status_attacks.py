@@ -256,6 +256,51 @@ async def test_junk_authorization_does_not_open_more_streams_than_the_cap(
         assert r.status == 200
 
 
+async def test_one_host_cannot_take_every_stream(
+        served: tuple[StatusApp, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, base = served
+    monkeypatch.setattr(status_app, "STREAMS_PER_CLIENT", 3, raising=False)
+    async with client_from(HOSTILE[0]) as hostile, client_from(STAFF) as staff:
+        held = [await hostile.get(base + "/api/stream") for _ in range(3)]
+        try:
+            assert [r.status for r in held] == [200] * 3
+            async with hostile.get(base + "/api/stream") as r:
+                assert r.status == 503 and "from this computer" in await r.text()
+            async with staff.get(base + "/api/stream") as r:
+                assert r.status == 200
+        finally:
+            for r in held:
+                r.close()
+
+
+async def test_the_page_keeps_updating_when_every_stream_slot_is_taken(
+        agent: Agent, served: tuple[StatusApp, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile hosts hold every stream slot: the page's stream is refused (503), and
+    the browser never retries that by itself; the page polls instead and still shows
+    a new alarm."""
+    _, base = served
+    monkeypatch.setattr(status_app, "STREAMS_MAX", 2)
+    async with client_from(HOSTILE[0]) as a, client_from(HOSTILE[1]) as b:
+        held = [await a.get(base + "/api/stream"), await b.get(base + "/api/stream")]
+        try:
+            assert [r.status for r in held] == [200, 200]
+            async with chromium() as browser, page(browser) as p:
+                refused: list[int] = []
+                p.on("response", lambda r: refused.append(r.status)
+                     if r.url.endswith("/api/stream") else None)
+                await p.goto(base + "/")
+                await p.wait_for_selector("#alarm-list .none")
+                await until(lambda: 503 in refused)
+                agent.pipeline.emit("smoke-1", "smoke.alarm",
+                                    {"state": "raised", "alarm_id": "while-refused"})
+                await p.wait_for_selector("[data-testid=alarm][data-device=smoke-1]",
+                                          timeout=15_000)
+        finally:
+            for r in held:
+                r.close()
+
+
 # --------------------------------------------------------------------------- logout
 
 

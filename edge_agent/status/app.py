@@ -23,7 +23,7 @@ from edge_agent.status.access import SESSION_COOKIE, SESSION_TTL_S, Credential, 
 from edge_agent.status.health import Health
 from edge_agent.status.snapshot import AgentView, DiskGauge, build_status
 from edge_agent.status.stream import Broadcaster
-from edge_agent.status.throttle import GuessThrottle, Verdict
+from edge_agent.status.throttle import GuessThrottle, Verdict, client_key
 
 log = get_logger("edge_agent.status")
 
@@ -33,6 +33,8 @@ DEFAULT_SNAPSHOT_DIR = Path("/var/lib/edge-agent/snapshots")
 SNAPSHOT_NAME = re.compile(r"^([0-9A-HJKMNP-TV-Z]{26})\.jpg$")
 SNAPSHOT_MAX_BYTES = 8 * 1024 * 1024
 STREAMS_MAX = 50
+#: open streams one client address may hold (a hostile host cannot take every slot)
+STREAMS_PER_CLIENT = 8
 LOGIN_FAIL_DELAY_S = 1.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -98,6 +100,7 @@ class StatusApp:
         self.stream = Broadcaster(self.status)
         self.guesses = GuessThrottle()  # see _guarded
         self._streams = 0  # open /api/stream responses, and ones being opened
+        self._client_streams: dict[str, int] = {}  # the same per client address
 
     def status(self, authenticated: bool) -> dict[str, Any]:
         return build_status(self.view, self.disk, authenticated=authenticated,
@@ -190,13 +193,21 @@ class StatusApp:
     async def _api_stream(self, request: web.Request) -> web.StreamResponse:
         # The slot is taken before the first await: a stream still checking its
         # Authorization header (a wrong one pauses) counts against the cap too.
+        client = client_key(request.remote)
         if self._streams >= STREAMS_MAX:
             raise web.HTTPServiceUnavailable(text="too many open status pages; use polling")
+        if self._client_streams.get(client, 0) >= STREAMS_PER_CLIENT:
+            raise web.HTTPServiceUnavailable(
+                text="too many open status pages from this computer; close some")
         self._streams += 1
+        self._client_streams[client] = self._client_streams.get(client, 0) + 1
         try:
             return await self._serve_stream(request)
         finally:
             self._streams -= 1
+            self._client_streams[client] -= 1
+            if not self._client_streams[client]:
+                del self._client_streams[client]
 
     async def _serve_stream(self, request: web.Request) -> web.StreamResponse:
         authed = await self.authenticated(request)

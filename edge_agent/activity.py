@@ -11,22 +11,34 @@ with `data.state == "raised"`, keyed by (device, type, alarm_id), and close it w
 engines send their clears with severity `info` (edge_agent/rules.py, serial-line zones,
 video health) and a raise may be configured down to `info`. `camera.motion` carries
 raised/cleared too but is a record, not an alarm, so the page does not list it.
+
+After a restart, the alarms a driver takes back from the last run (edge_agent.open_alarms,
+through `Pipeline.restored_alarms`) are listed again (`restore`): the driver goes on with
+them under their old ids without a second raise, so without this the page would say all
+is well while a detector is still in alarm. Their `raised_at` is read from the ULID every
+engine ends an alarm_id with (the raise's time), their severity is the catalog's.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.envelope import ALARM_TYPES, CATALOG, Event, Retention, parse_time
+from edge_agent.open_alarms import OpenAlarm as KeptAlarm
 
 RECENT_MAX = 100
 OPEN_ALARMS_MAX = 1000
 SNAPSHOTS_MAX = 24
 #: A snapshot id: a ULID (Crockford base32, 26 characters).
 SNAPSHOT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+#: The ULID an alarm_id ends with (`<device>:<type>:<ULID>`, `<ULID>`, ...).
+_ID_ULID = re.compile(r"(?:^|:)([0-9A-HJKMNP-TV-Z]{26})$")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 #: Keys never copied to the page (hashes of access credentials are not for display).
 HIDDEN_KEYS = frozenset({"credential_hash", "snapshot"})
 LEFT_OUT = frozenset({"gateway.heartbeat"})
@@ -62,6 +74,19 @@ def shown_data(data: dict[str, Any]) -> dict[str, Any]:
     """`data` without hidden keys and without nested values (the page shows scalars)."""
     return {k: v for k, v in data.items()
             if k not in HIDDEN_KEYS and isinstance(v, str | int | float | bool)}
+
+
+def raised_time(alarm_id: str, now: float) -> float | None:
+    """The raise's time from the ULID ending `alarm_id`; None without one or if it lies
+    in the future."""
+    match = _ID_ULID.search(alarm_id)
+    if match is None:
+        return None
+    ms = 0
+    for char in match.group(1)[:10]:
+        ms = ms * 32 + _CROCKFORD.index(char)
+    at = ms / 1000
+    return at if at <= now + 60 else None
 
 
 def snapshot_id(data: dict[str, Any]) -> str | None:
@@ -112,6 +137,21 @@ class Activity:
                 self.open.popitem(last=False)
         elif state == "cleared":
             self.open.pop(key, None)
+
+    def restore(self, device: str, alarms: Iterable[KeptAlarm]) -> None:
+        """List again the alarms a driver of `device` goes on with after a restart."""
+        now = time.time()
+        for alarm in alarms:
+            key = (device, alarm.type, alarm.alarm_id)
+            if alarm.type not in OPEN_ALARM_TYPES or key in self.open:
+                continue
+            data = shown_data({"state": "raised", "alarm_id": alarm.alarm_id, **alarm.data})
+            self.open[key] = OpenAlarm(device, alarm.type, alarm.alarm_id,
+                                       str(CATALOG[alarm.type].severity),
+                                       raised_time(alarm.alarm_id, now) or now, data)
+            while len(self.open) > self.open_max:
+                self.open.popitem(last=False)
+            self.changes += 1
 
     def open_alarms(self) -> list[OpenAlarm]:
         """Open alarms, critical first, then newest first."""

@@ -61,8 +61,10 @@ class Agent:
                             on_rows=uplink.offer, credential_salt=salt)
         pipeline.snapshots = cfg.snapshots
         pipeline.open_alarms = OpenAlarms(cfg.outbox.path.parent / "open-alarms.json")
+        activity = Activity()
+        pipeline.on_restored = activity.restore  # drivers take their alarms back when built
         drivers = build_drivers(cfg.devices, pipeline)
-        return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
+        return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers, activity=activity)
 
     async def run(self) -> None:
         stats = self.outbox.stats()

@@ -83,6 +83,8 @@ class Pipeline:
     snapshots: SnapshotsConfig | None = None
     #: Alarms open across restarts (edge_agent.open_alarms); None: not kept.
     open_alarms: OpenAlarms | None = None
+    #: Called with what a driver takes back (the status page's Activity.restore).
+    on_restored: Callable[[str, list[OpenAlarm]], None] | None = None
 
     def __init__(
         self,
@@ -158,7 +160,10 @@ class Pipeline:
 
     def restored_alarms(self, device: str) -> list[OpenAlarm]:
         """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
-        return self.open_alarms.claim(device) if self.open_alarms is not None else []
+        alarms = self.open_alarms.claim(device) if self.open_alarms is not None else []
+        if alarms and self.on_restored is not None:
+            self.on_restored(device, alarms)
+        return alarms
 
     def poll_error(self, device: str, reason: str) -> None:
         """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""

@@ -8,7 +8,8 @@ One agent process, three real alarm engines, each with its real peer:
   picture the test covers and uncovers.
 Each engine sends its clear as the engine really does (severity `info` for all three):
 `/api/status`, `/metrics` and the page in Chromium must list the three alarms while
-raised and none once they are cleared.
+raised and none once they are cleared. An agent restarted while alarms hold lists them
+again (the engines go on with them without a second raise) until their clears.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.onvif.simulator import OnvifSimulator
+from edge_agent.envelope import parse_time
 from tests import harness
 from tests.browser import chromium, page, screenshot
 from tests.modbus_servers import SMOKE, ModbusServer, Unit, pty_pair
@@ -161,3 +163,66 @@ async def _have(read: Callable[[], Awaitable[set[tuple[str, str]]]],
 
 async def _none(read: Callable[[], Awaitable[set[tuple[str, str]]]]) -> bool:
     return not await read()
+
+
+async def test_alarms_held_across_an_agent_restart_stay_listed_until_cleared(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The Modbus rules engine and the serial panel take their open alarms back after a
+    restart (no second raise): the page lists them again, under the same ids and since
+    the original raise, and drops them on their clears."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    modbus = ModbusServer([Unit.of(1, "smoke-detector", {**SMOKE, "alarm": False})])
+    cam = OnvifSimulator(video_fps=2)
+    wanted = {("smoke-modbus", "smoke.alarm"), ("fire-panel", "smoke.alarm")}
+    async with modbus, cam, pty_pair(tmp_path) as (panel_end, agent_end), \
+            aiohttp.ClientSession() as http:
+        config = agent_config(tmp_path, mosquitto.url, modbus.port, agent_end, cam, port)
+        agent = harness.agent(config, tmp_path / "agent.log")
+        agent.env[CAMERA_PASSWORD_ENV] = cam.users[next(iter(cam.users))]
+        panel = os.open(panel_end, os.O_WRONLY | os.O_NOCTTY)
+
+        async def alarms() -> dict[tuple[str, str], dict[str, Any]]:
+            try:
+                async with http.get(f"{base}/api/status") as r:
+                    doc = await r.json()
+            except aiohttp.ClientError:
+                return {}
+            return {(a["device"], a["type"]): a for a in doc["alarms"]}
+
+        async def listed() -> dict[tuple[str, str], dict[str, Any]] | None:
+            shown = await alarms()
+            return shown if set(shown) >= wanted else None
+
+        async def online() -> bool:
+            try:
+                async with http.get(f"{base}/api/status") as r:
+                    doc = await r.json()
+            except aiohttp.ClientError:
+                return False
+            states = {d["id"]: d["state"] for d in doc["devices"]}
+            return states.get("smoke-modbus") == states.get("fire-panel") == "online"
+
+        try:
+            agent.start()
+            await until(online, 40, "the detector answering and the panel's port open")
+            await modbus.set(1, alarm=True)
+            os.write(panel, b"FIRE ZONE 03 ALARM\r\n")
+            before = await until(listed, 40, "both alarms listed")
+            assert agent.stop() == 0
+            agent.start()  # same outbox folder: open-alarms.json is beside it
+            after = await until(listed, 40, "both alarms listed after the restart")
+            for key in wanted:
+                assert after[key]["alarm_id"] == before[key]["alarm_id"], key
+                assert abs((parse_time(after[key]["raised_at"])
+                            - parse_time(before[key]["raised_at"])).total_seconds()) < 0.01
+            await modbus.set(1, alarm=False)
+            os.write(panel, b"FIRE ZONE 03 NORMAL\r\n")
+
+            async def gone() -> bool:
+                return not (set(await alarms()) & wanted)
+
+            await until(gone, 30, "the alarms cleared after the restart")
+        finally:
+            os.close(panel)
+            agent.stop()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from importlib import resources
 
 import pytest
 
 from edge_agent.activity import Activity
 from edge_agent.envelope import CATALOG, Hierarchy, Severity, new_event
+from edge_agent.open_alarms import OpenAlarm as KeptAlarm
+from edge_agent.rules import new_alarm_id
 from edge_agent.status.access import Credential, HostPolicy, split_host
 from edge_agent.status.reasons import RULES, reason_code, scrub
 from edge_agent.status.throttle import client_key
@@ -53,6 +56,25 @@ def test_activity_closes_alarms_by_their_clear_whatever_its_severity() -> None:
     act.record(new_event(H, "panel", "smoke.fault", {"state": "cleared", "alarm_id": "f1"},
                          severity=Severity.INFO))
     assert act.open_alarms() == []
+
+
+def test_activity_lists_again_the_alarms_a_driver_takes_back_after_a_restart() -> None:
+    raised_at = time.time()  # ULIDs are monotonic: an id minted now carries about now
+    rules_id = new_alarm_id("smoke-1", "smoke.alarm", raised_at)
+    act = Activity()
+    act.restore("smoke-1", [KeptAlarm("smoke.alarm", rules_id, {"density_db_m": 0.2}),
+                            KeptAlarm("camera.motion", "m1", {})])
+    act.restore("panel", [KeptAlarm("smoke.fault", "no-ulid-here", {"zone": "07"})])
+    opened = {a.device: a for a in act.open_alarms()}
+    assert set(opened) == {"smoke-1", "panel"}  # motion is no alarm
+    assert opened["smoke-1"].raised_at == pytest.approx(raised_at, abs=0.5)
+    assert opened["smoke-1"].severity == "critical"
+    assert opened["smoke-1"].data == {"state": "raised", "alarm_id": rules_id,
+                                      "density_db_m": 0.2}
+    assert opened["panel"].raised_at == pytest.approx(time.time(), abs=60)  # unknown: now
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": rules_id},
+                         severity=Severity.INFO))
+    assert [a.device for a in act.open_alarms()] == ["panel"]
 
 
 def test_activity_is_bounded_and_hides_credential_hashes() -> None:

@@ -12,11 +12,12 @@ engines send their clears with severity `info` (edge_agent/rules.py, serial-line
 video health) and a raise may be configured down to `info`. `camera.motion` carries
 raised/cleared too but is a record, not an alarm, so the page does not list it.
 
-After a restart, the alarms a driver takes back from the last run (edge_agent.open_alarms,
-through `Pipeline.restored_alarms`) are listed again (`restore`): the driver goes on with
-them under their old ids without a second raise, so without this the page would say all
-is well while a detector is still in alarm. Their `raised_at` is read from the ULID every
-engine ends an alarm_id with (the raise's time), their severity is the catalog's.
+After a restart, the alarms the last run left open for a device are listed again when
+its driver asks for them (`Pipeline.restored_alarms`, edge_agent.open_alarms; `restore`):
+the driver goes on with them under their old ids without a second raise, so without this
+the page would say all is well while a detector is still in alarm. A driver that does
+not ask (it raises anew) gets nothing listed. Their `raised_at` is read from the ULID
+every engine ends an alarm_id with (the raise's time), their severity is the catalog's.
 """
 
 from __future__ import annotations

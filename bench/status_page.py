@@ -111,9 +111,12 @@ async def measure(session: aiohttp.ClientSession, base: str, n: int,
     out["GET /api/status x10 concurrent"] = await latency(session, base + "/api/status", n, 10)
 
 
-async def sse_reader(session: aiohttp.ClientSession, url: str, stop: asyncio.Event,
-                     counts: list[int]) -> None:
-    async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as r:
+async def sse_reader(url: str, source: str, stop: asyncio.Event, counts: list[int]) -> None:
+    """One browser's stream, from its own address (the page allows 8 streams per address)."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as r:
+        assert r.status == 200, r.status
         while not stop.is_set():
             line = await r.content.readline()
             if not line:
@@ -140,8 +143,9 @@ async def phase(name: str, folder: Path, args: argparse.Namespace) -> dict[str, 
         async with aiohttp.ClientSession() as session:
             base = f"http://127.0.0.1:{port}"
             if name == "sse10":
-                streams = [asyncio.create_task(sse_reader(session, f"{base}/api/stream", stop,
-                                                          frames)) for _ in range(10)]
+                streams = [asyncio.create_task(sse_reader(f"{base}/api/stream",
+                                                          f"127.0.0.{10 + i}", stop, frames))
+                           for i in range(10)]
                 await asyncio.sleep(1)
             if name == "on":  # hammered during the window: the worst case for polling
                 await measure(session, base, args.requests, out)

@@ -2,27 +2,49 @@
 
 Fed by the pipeline with every event it mints (`Activity.record`); bounded in memory
 whatever the devices do. Telemetry and heartbeats are left out of `recent` (the device
-table shows each device's last reading); alarms are keyed by (device, type, alarm_id)
-and leave `open` when their `cleared` event arrives.
+table shows each device's last reading).
+
+Open alarms: what makes an event part of one is its kind in the catalog, not its
+severity. The alarm-retention types (`smoke.alarm`, `camera.tamper`, ...) open an alarm
+with `data.state == "raised"`, keyed by (device, type, alarm_id), and close it with
+`data.state == "cleared"` under the same key, whatever severity either carries: the
+engines send their clears with severity `info` (edge_agent/rules.py, serial-line zones,
+video health) and a raise may be configured down to `info`. `camera.motion` carries
+raised/cleared too but is a record, not an alarm, so the page does not list it.
+
+After a restart, the alarms the last run left open for a device are listed again when
+its driver asks for them (`Pipeline.restored_alarms`, edge_agent.open_alarms; `restore`):
+the driver goes on with them under their old ids without a second raise, so without this
+the page would say all is well while a detector is still in alarm. A driver that does
+not ask (it raises anew) gets nothing listed. Their `raised_at` is read from the ULID
+every engine ends an alarm_id with (the raise's time), their severity is the catalog's.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.envelope import ALARM_TYPES, CATALOG, Event, Retention, Severity, parse_time
+from edge_agent.envelope import ALARM_TYPES, CATALOG, Event, Retention, parse_time
+from edge_agent.open_alarms import OpenAlarm as KeptAlarm
 
 RECENT_MAX = 100
 OPEN_ALARMS_MAX = 1000
 SNAPSHOTS_MAX = 24
 #: A snapshot id: a ULID (Crockford base32, 26 characters).
 SNAPSHOT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+#: The ULID an alarm_id ends with (`<device>:<type>:<ULID>`, `<ULID>`, ...).
+_ID_ULID = re.compile(r"(?:^|:)([0-9A-HJKMNP-TV-Z]{26})$")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 #: Keys never copied to the page (hashes of access credentials are not for display).
 HIDDEN_KEYS = frozenset({"credential_hash", "snapshot"})
 LEFT_OUT = frozenset({"gateway.heartbeat"})
+#: Types listed as open alarms: raised/cleared with an alarm_id, and alarms by the catalog.
+OPEN_ALARM_TYPES = frozenset(t for t in ALARM_TYPES if CATALOG[t].retention is Retention.ALARM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +75,19 @@ def shown_data(data: dict[str, Any]) -> dict[str, Any]:
     """`data` without hidden keys and without nested values (the page shows scalars)."""
     return {k: v for k, v in data.items()
             if k not in HIDDEN_KEYS and isinstance(v, str | int | float | bool)}
+
+
+def raised_time(alarm_id: str, now: float) -> float | None:
+    """The raise's time from the ULID ending `alarm_id`; None without one or if it lies
+    in the future."""
+    match = _ID_ULID.search(alarm_id)
+    if match is None:
+        return None
+    ms = 0
+    for char in match.group(1)[:10]:
+        ms = ms * 32 + _CROCKFORD.index(char)
+    at = ms / 1000
+    return at if at <= now + 60 else None
 
 
 def snapshot_id(data: dict[str, Any]) -> str | None:
@@ -86,7 +121,7 @@ class Activity:
         self.recent.append(entry)
         if snap is not None:
             self.snapshots.append(entry)
-        if event.type in ALARM_TYPES and event.severity is not Severity.INFO:
+        if event.type in OPEN_ALARM_TYPES:
             self._alarm(event, entry)
         self.changes += 1
 
@@ -103,6 +138,21 @@ class Activity:
                 self.open.popitem(last=False)
         elif state == "cleared":
             self.open.pop(key, None)
+
+    def restore(self, device: str, alarms: Iterable[KeptAlarm]) -> None:
+        """List again the alarms a driver of `device` goes on with after a restart."""
+        now = time.time()
+        for alarm in alarms:
+            key = (device, alarm.type, alarm.alarm_id)
+            if alarm.type not in OPEN_ALARM_TYPES or key in self.open:
+                continue
+            data = shown_data({"state": "raised", "alarm_id": alarm.alarm_id, **alarm.data})
+            self.open[key] = OpenAlarm(device, alarm.type, alarm.alarm_id,
+                                       str(CATALOG[alarm.type].severity),
+                                       raised_time(alarm.alarm_id, now) or now, data)
+            while len(self.open) > self.open_max:
+                self.open.popitem(last=False)
+            self.changes += 1
 
     def open_alarms(self) -> list[OpenAlarm]:
         """Open alarms, critical first, then newest first."""

@@ -62,8 +62,10 @@ class Agent:
         pipeline.snapshots = cfg.snapshots
         pipeline.alarm_chatter = cfg.alarm_chatter
         pipeline.open_alarms = OpenAlarms(cfg.outbox.path.parent / "open-alarms.json")
+        activity = Activity()
+        pipeline.on_restored = activity.restore  # drivers take their alarms back when built
         drivers = build_drivers(cfg.devices, pipeline)
-        return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers)
+        return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers, activity=activity)
 
     async def run(self) -> None:
         stats = self.outbox.stats()

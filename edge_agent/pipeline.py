@@ -87,6 +87,8 @@ class Pipeline:
     open_alarms: OpenAlarms | None = None
     #: The gateway's `alarm_chatter`, read by drivers (edge_agent.chatter.chatter_policy).
     alarm_chatter: ChatterConfig | None = None
+    #: Called with what a driver takes back (the status page's Activity.restore).
+    on_restored: Callable[[str, list[OpenAlarm]], None] | None = None
 
     def __init__(
         self,
@@ -162,7 +164,10 @@ class Pipeline:
 
     def restored_alarms(self, device: str) -> list[OpenAlarm]:
         """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
-        return self.open_alarms.claim(device) if self.open_alarms is not None else []
+        alarms = self.open_alarms.claim(device) if self.open_alarms is not None else []
+        if alarms and self.on_restored is not None:
+            self.on_restored(device, alarms)
+        return alarms
 
     def chatter_toggles(self, device: str, suppressed: int) -> None:
         """Alarm toggles chatter control counted instead of sending (heartbeat)."""

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from importlib import resources
 
 import pytest
 
 from edge_agent.activity import Activity
-from edge_agent.envelope import CATALOG, Hierarchy, new_event
+from edge_agent.envelope import CATALOG, Hierarchy, Severity, new_event
+from edge_agent.open_alarms import OpenAlarm as KeptAlarm
+from edge_agent.rules import new_alarm_id
 from edge_agent.status.access import Credential, HostPolicy, split_host
 from edge_agent.status.reasons import RULES, reason_code, scrub
+from edge_agent.status.throttle import client_key
 
 H = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-u")
 SNAP = "01KB2ZQ5E8Y3V0N7W1T6G4H9C2"
@@ -35,6 +39,42 @@ def test_activity_opens_and_clears_alarms_by_device_type_and_id() -> None:
     assert [e.type for e in act.recent] == ["smoke.alarm", "gate.held_open"]  # no telemetry
     act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": "a1"}))
     assert [a.device for a in act.open_alarms()] == ["gate-1"]
+
+
+def test_activity_closes_alarms_by_their_clear_whatever_its_severity() -> None:
+    """The engines send clears with severity info (rules, serial-line zones, video health);
+    a raise configured down to info is still an open alarm; motion is no alarm."""
+    act = Activity()
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "raised", "alarm_id": "a1"}))
+    act.record(new_event(H, "panel", "smoke.fault", {"state": "raised", "alarm_id": "f1"},
+                         severity=Severity.INFO))
+    act.record(new_event(H, "cam-1", "camera.motion", {"state": "raised", "alarm_id": "m1"}))
+    assert [(a.device, a.severity) for a in act.open_alarms()] == [("smoke-1", "critical"),
+                                                                    ("panel", "info")]
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": "a1"},
+                         severity=Severity.INFO))
+    act.record(new_event(H, "panel", "smoke.fault", {"state": "cleared", "alarm_id": "f1"},
+                         severity=Severity.INFO))
+    assert act.open_alarms() == []
+
+
+def test_activity_lists_again_the_alarms_a_driver_takes_back_after_a_restart() -> None:
+    raised_at = time.time()  # ULIDs are monotonic: an id minted now carries about now
+    rules_id = new_alarm_id("smoke-1", "smoke.alarm", raised_at)
+    act = Activity()
+    act.restore("smoke-1", [KeptAlarm("smoke.alarm", rules_id, {"density_db_m": 0.2}),
+                            KeptAlarm("camera.motion", "m1", {})])
+    act.restore("panel", [KeptAlarm("smoke.fault", "no-ulid-here", {"zone": "07"})])
+    opened = {a.device: a for a in act.open_alarms()}
+    assert set(opened) == {"smoke-1", "panel"}  # motion is no alarm
+    assert opened["smoke-1"].raised_at == pytest.approx(raised_at, abs=0.5)
+    assert opened["smoke-1"].severity == "critical"
+    assert opened["smoke-1"].data == {"state": "raised", "alarm_id": rules_id,
+                                      "density_db_m": 0.2}
+    assert opened["panel"].raised_at == pytest.approx(time.time(), abs=60)  # unknown: now
+    act.record(new_event(H, "smoke-1", "smoke.alarm", {"state": "cleared", "alarm_id": rules_id},
+                         severity=Severity.INFO))
+    assert [a.device for a in act.open_alarms()] == ["panel"]
 
 
 def test_activity_is_bounded_and_hides_credential_hashes() -> None:
@@ -135,3 +175,16 @@ def test_catalogs_have_the_same_keys_and_cover_states_reasons_and_event_types() 
     assert needed <= set(zh), sorted(needed - set(zh))
     assert zh["uplink.offline_since"].startswith("离线自")
     assert all(v.strip() for v in zh.values()) and all(v.strip() for v in en.values())
+
+
+@pytest.mark.parametrize(("remote", "key"), [
+    ("192.168.1.20", "192.168.1.20"),
+    ("::ffff:192.168.1.20", "192.168.1.20"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb:cccc:dddd:eeee", "2001:db8:1:2::/64"),  # same host's /64: one line
+    ("fe80::1%eth0", "fe80::/64"),
+    (None, "?"),
+    ("not-an-address", "not-an-address"),
+])
+def test_guess_lines_are_per_ipv4_address_and_per_ipv6_64(remote: str | None, key: str) -> None:
+    assert client_key(remote) == key

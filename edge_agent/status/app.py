@@ -23,6 +23,7 @@ from edge_agent.status.access import SESSION_COOKIE, SESSION_TTL_S, Credential, 
 from edge_agent.status.health import Health
 from edge_agent.status.snapshot import AgentView, DiskGauge, build_status
 from edge_agent.status.stream import Broadcaster
+from edge_agent.status.throttle import GuessThrottle, Verdict, client_key
 
 log = get_logger("edge_agent.status")
 
@@ -32,6 +33,8 @@ DEFAULT_SNAPSHOT_DIR = Path("/var/lib/edge-agent/snapshots")
 SNAPSHOT_NAME = re.compile(r"^([0-9A-HJKMNP-TV-Z]{26})\.jpg$")
 SNAPSHOT_MAX_BYTES = 8 * 1024 * 1024
 STREAMS_MAX = 50
+#: open streams one client address may hold (a hostile host cannot take every slot)
+STREAMS_PER_CLIENT = 8
 LOGIN_FAIL_DELAY_S = 1.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -95,7 +98,9 @@ class StatusApp:
         self.assets = load_assets()
         self.snapshots = snapshot_dir(view)
         self.stream = Broadcaster(self.status)
-        self._login_failures = asyncio.Lock()  # see _guarded
+        self.guesses = GuessThrottle()  # see _guarded
+        self._streams = 0  # open /api/stream responses, and ones being opened
+        self._client_streams: dict[str, int] = {}  # the same per client address
 
     def status(self, authenticated: bool) -> dict[str, Any]:
         return build_status(self.view, self.disk, authenticated=authenticated,
@@ -140,8 +145,9 @@ class StatusApp:
         header = request.headers.get("Authorization")
         if not header or not self.credential.configured:
             return False
-        return await self._guarded(lambda: self.credential.authorization_valid(header),
-                                   request)
+        verdict = await self._guarded(lambda: self.credential.authorization_valid(header),
+                                      request)
+        return verdict is Verdict.OK
 
     def _still_authenticated(self, request: web.Request) -> bool:
         """For an open stream: its session still open, or its header still the credential
@@ -149,16 +155,16 @@ class StatusApp:
         return (self.credential.session_valid(request.cookies.get(SESSION_COOKIE))
                 or self.credential.authorization_valid(request.headers.get("Authorization")))
 
-    async def _guarded(self, check: Callable[[], bool], request: web.Request) -> bool:
-        """One credential check at a time, a failed one answered after a pause: guessing
-        with many parallel requests (login or Authorization headers) is no faster than
-        one guess a second."""
-        async with self._login_failures:
-            if check():
-                return True
-            log.warning("status_page_login_failed", remote=request.remote)
-            await asyncio.sleep(LOGIN_FAIL_DELAY_S)
-            return False
+    async def _guarded(self, check: Callable[[], bool], request: web.Request) -> Verdict:
+        """Credential checks one at a time per client address, a failed one answered after
+        a pause (edge_agent.status.throttle): guessing with many parallel requests (login
+        or Authorization headers) from one address is no faster than one guess a second,
+        and it does not delay anyone else."""
+        verdict = await self.guesses.check(request.remote, check, LOGIN_FAIL_DELAY_S)
+        if verdict is not Verdict.OK:
+            log.warning("status_page_login_failed", remote=request.remote,
+                        verdict=verdict.value)
+        return verdict
 
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         h = response.headers
@@ -185,12 +191,29 @@ class StatusApp:
         return web.json_response(self.status(await self.authenticated(request)), dumps=_dumps)
 
     async def _api_stream(self, request: web.Request) -> web.StreamResponse:
-        if len(self.stream.listeners) >= STREAMS_MAX:
+        # The slot is taken before the first await: a stream still checking its
+        # Authorization header (a wrong one pauses) counts against the cap too.
+        client = client_key(request.remote)
+        if self._streams >= STREAMS_MAX:
             raise web.HTTPServiceUnavailable(text="too many open status pages; use polling")
+        if self._client_streams.get(client, 0) >= STREAMS_PER_CLIENT:
+            raise web.HTTPServiceUnavailable(
+                text="too many open status pages from this computer; close some")
+        self._streams += 1
+        self._client_streams[client] = self._client_streams.get(client, 0) + 1
+        try:
+            return await self._serve_stream(request)
+        finally:
+            self._streams -= 1
+            self._client_streams[client] -= 1
+            if not self._client_streams[client]:
+                del self._client_streams[client]
+
+    async def _serve_stream(self, request: web.Request) -> web.StreamResponse:
+        authed = await self.authenticated(request)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        authed = await self.authenticated(request)
         listener = self.stream.subscribe(authed)
         try:
             await response.write(b"retry: 3000\n\n")
@@ -213,15 +236,18 @@ class StatusApp:
         return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
 
     async def _login(self, request: web.Request) -> web.Response:
-        origin = request.headers.get("Origin")
-        if origin and origin.partition("://")[2] != request.headers.get("Host", ""):
+        if cross_origin(request):
             return web.json_response({"error": "cross_origin"}, status=403)
         if not self.credential.configured:
             return web.json_response({"error": "no_credential"}, status=403)
         form = await request.post()
         password = form.get("password")
-        if not await self._guarded(lambda: isinstance(password, str)
-                                   and self.credential.matches(password), request):
+        verdict = await self._guarded(lambda: isinstance(password, str)
+                                      and self.credential.matches(password), request)
+        if verdict is Verdict.BUSY:
+            return web.json_response({"error": "too_many_attempts"}, status=429,
+                                     headers={"Retry-After": "1"})
+        if verdict is not Verdict.OK:
             return web.json_response({"error": "wrong_password"}, status=401)
         log.info("status_page_login", remote=request.remote)
         response = web.json_response({"ok": True})
@@ -230,6 +256,8 @@ class StatusApp:
         return response
 
     async def _logout(self, request: web.Request) -> web.Response:
+        if cross_origin(request):  # another site must not end a staff member's session
+            return web.json_response({"error": "cross_origin"}, status=403)
         self.credential.close_session(request.cookies.get(SESSION_COOKIE))
         response = web.json_response({"ok": True})
         response.del_cookie(SESSION_COOKIE, path="/")
@@ -253,6 +281,25 @@ class StatusApp:
             return web.Response(status=404, text="no such snapshot")
         return web.Response(body=body, headers={"Content-Type": "image/jpeg",
                                                 "Cache-Control": "private, max-age=3600"})
+
+
+def cross_origin(request: web.Request) -> bool:
+    """Whether a state-changing request (login, logout) comes from another origin's page.
+
+    Browsers say so in `Sec-Fetch-Site` and `Origin`: anything but `same-origin` (or
+    `none`, typed by the user), or an Origin whose host:port is not the Host the request
+    was sent to (`null` included), is refused. A client without either header is no
+    browser page (curl, a monitoring script) and is served."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    scheme, sep, rest = origin.strip().partition("://")
+    host = request.headers.get("Host", "")
+    return not sep or scheme.lower() not in ("http", "https") or not host \
+        or rest.lower() != host.strip().lower()
 
 
 def _read_small(path: Path) -> bytes:

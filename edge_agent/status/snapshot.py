@@ -86,7 +86,7 @@ def build_status(view: AgentView, disk: DiskGauge, *, authenticated: bool,
         "generated_at": format_time(now),
         "gateway": _gateway(view, disk, now),
         "uplink": _uplink(view),
-        "outbox": _outbox(view, now),
+        "outbox": _outbox(view, now, authenticated),
         "pipeline": {"created": view.pipeline.counters.created,
                      "committed": view.pipeline.counters.committed,
                      "dropped": view.pipeline.counters.dropped,
@@ -121,13 +121,17 @@ def _uplink(view: AgentView) -> dict[str, Any]:
             "last_error": scrub(s.last_error) or None}
 
 
-def _outbox(view: AgentView, now: float) -> dict[str, Any]:
+def _outbox(view: AgentView, now: float, authenticated: bool) -> dict[str, Any]:
     s = view.outbox.stats()
-    return {"events": s.events, "bytes": s.bytes, "max_bytes": view.cfg.outbox.max_bytes,
-            "oldest_created_at": ts(s.oldest_created),
-            "oldest_age_s": (None if s.oldest_created is None
-                             else round(max(0.0, now - s.oldest_created), 1)),
-            "evicted_total": s.evicted_total, "epoch": s.epoch}
+    out: dict[str, Any] = {
+        "events": s.events, "bytes": s.bytes, "max_bytes": view.cfg.outbox.max_bytes,
+        "oldest_created_at": ts(s.oldest_created),
+        "oldest_age_s": (None if s.oldest_created is None
+                         else round(max(0.0, now - s.oldest_created), 1)),
+        "evicted_total": s.evicted_total}
+    if authenticated:  # an ack names the epoch: nobody on the LAN needs it to read the page
+        out["epoch"] = s.epoch
+    return out
 
 
 def _device(s: DeviceStatus, name: str | None) -> dict[str, Any]:

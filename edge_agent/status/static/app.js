@@ -14,6 +14,7 @@ let catalog = {};
 let doc = null;
 let stream = null;
 let streamLost = false;
+let poller = null;
 
 function pickLang() {
   const q = new URLSearchParams(location.search).get("lang");
@@ -226,7 +227,18 @@ function connect() {
   if (!window.EventSource) { setInterval(() => refresh().catch(() => {}), 3000); return; }
   stream = new EventSource("/api/stream");
   stream.addEventListener("status", (ev) => { doc = JSON.parse(ev.data); streamLost = false; render(); });
-  stream.onerror = () => { streamLost = true; render(); };
+  stream.onerror = () => {
+    streamLost = true; render();
+    // refused (503: too many open pages) or broken for good: the browser gives up, so
+    // poll instead and try the stream again later
+    if (stream.readyState === EventSource.CLOSED) pollForAWhile();
+  };
+}
+
+function pollForAWhile() {
+  if (poller) return;
+  poller = setInterval(() => refresh().catch(() => {}), 3000);
+  setTimeout(() => { clearInterval(poller); poller = null; connect(); }, 30000);
 }
 
 function setupLogin() {
@@ -247,7 +259,8 @@ function setupLogin() {
     form.elements.password.value = "";
     if (r.ok) { form.hidden = true; await refresh(); connect(); return; }
     const body = await r.json().catch(() => ({}));
-    error.textContent = body.error === "no_credential" ? tt("login.no_credential") : tt("login.wrong");
+    error.textContent = body.error === "no_credential" ? tt("login.no_credential")
+      : body.error === "too_many_attempts" ? tt("login.too_many") : tt("login.wrong");
   });
 }
 

@@ -342,9 +342,9 @@ class CameraClient:
                             hint="the camera asks for HTTP Basic on its snapshot URI: over "
                                  "http the password crosses the network readable; prefer "
                                  "Digest or https in the camera's settings")
-            auth = aiohttp.BasicAuth(self.username or "", self._password or "")
-            async with http.get(uri, allow_redirects=False, auth=auth,
-                                middlewares=()) as reply:
+            basic = aiohttp.encode_basic_auth(self.username or "", self._password or "")
+            async with http.get(uri, allow_redirects=False, middlewares=(),
+                                headers={"Authorization": basic}) as reply:
                 return await self._image(reply, max_bytes)
 
     async def _image(self, reply: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:

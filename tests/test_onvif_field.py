@@ -22,10 +22,11 @@ from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig
 from edge_agent.driver_api import DeviceState
-from edge_agent.open_alarms import OpenAlarms
+from edge_agent.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.outbox import Outbox
 from edge_agent.outbox_thread import OutboxThread
 from edge_agent.pipeline import Pipeline
+from edge_agent.status.reasons import reason_code
 from edge_agent.testing import TEST_HIERARCHY as H
 from edge_agent.testing import RecordingSink, running
 from tests.onvif_sim import camera, data_of, driver, wait_for
@@ -73,6 +74,7 @@ async def test_a_camera_without_events_service_stays_online_with_video_and_snaps
             ref = await drv.worker("cam-1").taker.take()
     assert sink.current["cam-1"] is DeviceState.ONLINE
     assert [s for s in sink.states if s[0] == "cam-1"][-1][2] == NO_EVENTS_REASON
+    assert reason_code(NO_EVENTS_REASON) == "no_events", "the page says it in plain words"
     assert "camera.events_lost" not in sink.types() and "device.offline" not in sink.types()
     assert sim.requests["CreatePullPointSubscription"] == 0
     assert sim.requests["GetProfiles"] == 1, "connected once, no reconnect loop"
@@ -219,3 +221,32 @@ async def test_a_camera_alarm_open_across_a_restart_keeps_its_id(
     assert [a["state"] for a in alarms] == ["raised", "cleared"]
     assert alarms[1]["alarm_id"] == raised["alarm_id"]
     assert json.loads((tmp_path / "open-alarms.json").read_text("utf-8")) == {"open": []}
+
+
+class RestoringSink(RecordingSink):
+    """What the pipeline hands a driver at start: the camera's alarms left open."""
+
+    def __init__(self, open_alarms: list[OpenAlarm]) -> None:
+        super().__init__()
+        self.open_alarms = open_alarms
+
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        return self.open_alarms if device == "cam-1" else []
+
+
+async def test_video_and_channel_alarms_open_before_a_restart_clear_under_their_ids(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    """Video loss and a lost event channel left open by the last run: the video is fine
+    and the channel comes up now, so both clear under their old ids; nothing is raised."""
+    sink = RestoringSink([
+        OpenAlarm("camera.video_loss", "video-before", {"reason": "stream stopped"}),
+        OpenAlarm("camera.events_lost", "channel-before", {"reason": "unreachable"})])
+    cam = camera(sim, tmp_path / "pw", video={"enabled": True, "sample_fps": 5,
+                                              "clear_after": 2})
+    async with running(driver([cam], sink, tmp_path)):
+        await wait_for(lambda: sink.of("camera.video_loss") and sink.of("camera.events_lost"),
+                       40, "both cleared")
+    (video,) = data_of(sink, "camera.video_loss")
+    (channel,) = data_of(sink, "camera.events_lost")
+    assert (video["state"], video["alarm_id"]) == ("cleared", "video-before")
+    assert (channel["state"], channel["alarm_id"]) == ("cleared", "channel-before")

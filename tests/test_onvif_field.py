@@ -85,6 +85,21 @@ async def test_a_camera_without_events_service_stays_online_with_video_and_snaps
     assert health["fps"] > 0 and health["width"] == 640
 
 
+async def test_a_camera_that_cannot_subscribe_is_a_camera_without_events(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    sim.fault_on("CreatePullPointSubscription", "Receiver", "ter:ActionNotSupported",
+                 "PullPoint is not supported")
+    sink = RecordingSink()
+    cam = camera(sim, tmp_path / "pw", events={"pull_timeout_s": 1, "liveness_s": 2})
+    async with running(driver([cam], sink, tmp_path)):
+        await wait_for(lambda: sink.current.get("cam-1") is DeviceState.ONLINE, what="online")
+        await asyncio.sleep(3)  # past liveness_s
+    assert sim.requests["CreatePullPointSubscription"] == 1, "asked once, no loop"
+    assert sim.requests["GetDeviceInformation"] >= 2, "still watched"
+    assert sink.states[-1][2] == NO_EVENTS_REASON
+    assert "camera.events_lost" not in sink.types() and "device.offline" not in sink.types()
+
+
 async def test_snapshot_behind_basic_auth_answers_the_challenge(
         sim: OnvifSimulator, tmp_path: Path) -> None:
     sim.switches.basic_snapshots = True

@@ -33,7 +33,7 @@ from edge_agent.supervise import supervise
 
 from .alarms import CameraAlarms, SnapshotTaker
 from .client import CameraClient, MediaProfile, with_credentials
-from .errors import AuthError, OnvifError, SubscriptionLost, Unreachable
+from .errors import AuthError, OnvifError, SoapFault, SubscriptionLost, Unreachable
 from .events import EventChannel
 from .options import OnvifCamera
 from .snapshots import SnapshotRing
@@ -54,6 +54,12 @@ def pick_profile(profiles: list[MediaProfile], choice: int | str) -> MediaProfil
     if isinstance(choice, str):
         return next((p for p in profiles if p.token == choice), None)
     return profiles[choice] if -len(profiles) <= choice < len(profiles) else None
+
+
+def _events_unsupported(fault: SoapFault) -> bool:
+    """A camera that lists an events service but refuses to subscribe at all."""
+    return fault.operation == "CreatePullPointSubscription" and (
+        "ActionNotSupported" in fault.subcode or "not supported" in fault.text.lower())
 
 
 def snapshot_settings(sink: EventSink) -> SnapshotsConfig:
@@ -150,7 +156,14 @@ class CameraWorker:
             self.has_events = True
             self.channel = EventChannel(client, cfg.events, self.alarms.handle, self._channel_up,
                                         self.alarms.channel_lost)
-            await self.channel.run()
+            try:
+                await self.channel.run()
+            except SoapFault as fault:
+                if not _events_unsupported(fault):
+                    raise
+                self.channel = None  # listed, but it cannot subscribe: the same as none
+                self._without_events_service()
+                await self._watch_without_events(client)
         except asyncio.CancelledError:
             await client.unsubscribe()  # a courtesy on shutdown, bounded (3 s)
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ def _challenges(reply: aiohttp.ClientResponse) -> set[str]:
             for h in reply.headers.getall("WWW-Authenticate", []) if h.strip()}
 
 
+@functools.cache
 def _anonymous_camera() -> type[Any]:
     """ONVIFCamera whose services send no WS-Security header: for a camera configured
     without `username` (the library would put `None` into a UsernameToken)."""
@@ -333,8 +335,13 @@ class CameraClient:
             async with http.get(uri, allow_redirects=False) as reply:
                 schemes = _challenges(reply) if reply.status == 401 else set()
                 if reply.status != 401 or not creds or "digest" in schemes \
-                        or "basic" not in schemes or not same_host:
+                        or "basic" not in schemes:
                     return await self._image(reply, max_bytes)
+            if not same_host:
+                raise AuthError(self.device, "GetSnapshot", "the snapshot URI is on another "
+                                "host and asks for HTTP Basic: the password was not sent",
+                                "keep `pin_to_host: true`, or make the camera hand out its "
+                                "own address")
             if not self._basic_warned:
                 self._basic_warned = True
                 log.warning("snapshot_basic_auth", device=self.device,

@@ -146,6 +146,7 @@ class CameraWorker:
                      profiles=[p.token for p in profiles],
                      clock_skew_s=round(client.clock_skew_s, 1))
             if not cfg.events.enabled:
+                self.alarms.drop_channel_loss("events.enabled is false")
                 self._online()
                 await self._watch_without_events(client)
                 return

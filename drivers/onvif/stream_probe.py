@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 __all__ = ["why_not_open"]
 
+#: The probe waits at most this long for an answer (it runs in the shared opener thread).
+PROBE_MAX_S = 3.0
 _STATUS = re.compile(rb"^(?:RTSP|HTTP)/\d\.\d (\d{3})(?: ([^\r\n]*))?")
 
 
@@ -136,6 +138,7 @@ def _rtsp(url: str, host: str, port: int, timeout_s: float, safe: str) -> str:
 def why_not_open(url: str, host: str, port: int, timeout_s: float, safe: str) -> str:
     """A plain reason why `url` (credentials inside, never echoed) gives no video; `safe`
     is the URL as it may be shown."""
+    timeout_s = min(timeout_s, PROBE_MAX_S)
     scheme = urlsplit(url).scheme.lower()
     if scheme == "http":
         return _http(url, timeout_s, safe)

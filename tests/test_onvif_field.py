@@ -183,6 +183,18 @@ async def test_a_stream_answering_503_is_reported_as_such(sim: OnvifSimulator,
     assert "wrong path" not in reason and "sim-password" not in reason
 
 
+async def test_onvif_answering_503_is_a_busy_camera_not_a_wrong_port(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    sim.switches.soap_status = 503
+    sink = RecordingSink()
+    async with running(driver([camera(sim, tmp_path / "pw")], sink, tmp_path)):
+        await wait_for(lambda: sink.of("device.offline"), what="down")
+        sim.switches.soap_status = 0
+        await wait_for(lambda: sink.current["cam-1"] is DeviceState.ONLINE, what="online")
+    reason = data_of(sink, "device.offline")[0]["reason"]
+    assert "HTTP 503" in reason and "busy" in reason and "ONVIF port" not in reason, reason
+
+
 # ---------------------------------------------------------------- across a restart
 
 

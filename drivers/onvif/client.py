@@ -200,6 +200,10 @@ class CameraClient:
             if status == 401:
                 return AuthError(d, operation, "HTTP 401 Unauthorized",
                                  "check username and password")
+            if status in (502, 503, 504):
+                return BadReply(d, operation, f"HTTP {status}: the camera is busy or starting "
+                                "and cannot answer now", "retried with back-off; if it lasts, "
+                                "restart the camera")
             return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
                             f"is {self.address} an ONVIF port?")
         if isinstance(seen, (zx.XMLSyntaxError, zx.XMLParseError)):

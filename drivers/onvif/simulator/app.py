@@ -65,6 +65,8 @@ class Switches:
     stream_status: int = 0
     #: the video stream accepts the connection and never answers (a stalled encoder)
     stall_stream: bool = False
+    #: every SOAP service answers this HTTP status with a plain-text body (e.g. 503); 0: off
+    soap_status: int = 0
 
 
 def _free_port() -> int:
@@ -221,6 +223,8 @@ class OnvifSimulator:
         async def handle(request: web.Request) -> web.Response:
             if kind in ("events", "subscription") and self.switches.no_events:
                 raise web.HTTPNotFound(text="no such service\n")
+            if self.switches.soap_status:
+                return web.Response(status=self.switches.soap_status, text="busy\n")
             body = await request.read()
             try:
                 req = parse_request(body)

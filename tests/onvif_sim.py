@@ -19,13 +19,17 @@ PASSWORD_ENV = "ONVIF_TEST_PASSWORD"
 
 def camera(sim: OnvifSimulator, secret: Path, *, device: str = "cam-1", password: str | None = None,
            **options: Any) -> OnvifCamera:
-    """A validated camera entry for `sim`, its password in the file `secret`."""
-    secret.write_text((password or sim.users[next(iter(sim.users))]) + "\n")
+    """A validated camera entry for `sim`, its password in the file `secret` (an open
+    simulator, `username=None`, gets an entry without credentials)."""
+    login: dict[str, Any] = {}
+    if sim.users:
+        secret.write_text((password or sim.users[next(iter(sim.users))]) + "\n")
+        login = {"username": next(iter(sim.users)), "password": {"file": str(secret)}}
     events = {"pull_timeout_s": 1, "liveness_s": 5, "termination_s": 60, "renew_margin_s": 10,
               **options.pop("events", {})}
     entry: dict[str, Any] = {
         "id": device, "driver": "onvif", "host": "127.0.0.1", "port": sim.port,
-        "username": next(iter(sim.users)), "password": {"file": str(secret)},
+        **login,
         "timeout_s": 3, "offline_after": 2,
         "backoff": {"initial_s": 0.1, "max_s": 0.5},
         "events": events,

@@ -7,6 +7,11 @@ while the channel was down. A raise (or a line-crossing record) of a type listed
 `snapshots.on` waits at most `wait_s` for one snapshot, referenced as
 `data.snapshot = {id, bytes, sha256}`; without one in time, the event goes without.
 It also raises and clears `camera.events_lost` for the event channel itself.
+
+Alarms left open when the agent stopped (`restore`, from edge_agent.open_alarms) go on
+under their ids: the camera's next state for the same topic, video source and rule
+(the Initialized state a new subscription starts with) either continues the alarm
+(no second raise) or clears it under the old id.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from typing import Any
 from edge_agent.driver_api import EventSink
 from edge_agent.envelope import new_ulid
 from edge_agent.logs import get_logger
+from edge_agent.open_alarms import OpenAlarm
 
 from .options import SnapshotOptions
 from .snapshots import SnapshotRef, SnapshotRing, is_jpeg
-from .topics import Mapped, Notification, map_notification
+from .topics import CAMERA_EVENT_TYPES, Mapped, Notification, map_notification
 
 __all__ = ["CameraAlarms", "SnapshotTaker"]
 
@@ -93,6 +99,13 @@ class _Planned:
     snapshot: bool
 
 
+def _restore_key(type_: str, data: dict[str, Any]) -> tuple[str, ...]:
+    """What identifies a camera alarm in the data kept across a restart (the live key
+    holds every source item; the event data keeps topic, video source and rule)."""
+    return (type_, *(str(data.get(k, "")) for k in ("onvif_topic", "video_source", "rule",
+                                                    "reason")))
+
+
 class CameraAlarms:
     def __init__(self, device: str, sink: EventSink, options: SnapshotOptions,
                  taker: SnapshotTaker | None, clock_skew_s: Callable[[], float]) -> None:
@@ -100,7 +113,37 @@ class CameraAlarms:
         self.clock_skew_s = clock_skew_s
         self.active: dict[str, str] = {}  # key -> alarm_id
         self._lost: tuple[str, float] | None = None  # (alarm_id, since)
+        #: alarms open before a restart, not yet seen again: restore key -> alarm_id
+        self.restored: dict[tuple[str, ...], str] = {}
         self.unmapped = 0
+
+    def restore(self, open_alarms: list[OpenAlarm]) -> list[OpenAlarm]:
+        """Take back the camera's event alarms and its `camera.events_lost` left open by
+        the last run; returns the others (the video monitor's)."""
+        rest: list[OpenAlarm] = []
+        for alarm in open_alarms:
+            if alarm.type == "camera.events_lost":
+                if self._lost is None:  # the gap counts from this start
+                    self._lost = (alarm.alarm_id, time.time())
+            elif alarm.type in CAMERA_EVENT_TYPES and "onvif_topic" in alarm.data:
+                if len(self.restored) < ACTIVE_MAX:
+                    self.restored[_restore_key(alarm.type, alarm.data)] = alarm.alarm_id
+            else:
+                rest.append(alarm)
+        if len(rest) < len(open_alarms):
+            log.info("camera_alarms_restored", device=self.device,
+                     alarms=len(open_alarms) - len(rest))
+        return rest
+
+    def drop_channel_loss(self, reason: str) -> None:
+        """Clear a `camera.events_lost` that no longer means anything (the camera has no
+        events service at all)."""
+        if self._lost is None:
+            return
+        alarm_id, _since = self._lost
+        self._lost = None
+        self.sink.emit(self.device, "camera.events_lost",
+                       {"state": "cleared", "alarm_id": alarm_id, "reason": reason[:200]})
 
     # ------------------------------------------------------------------ event channel
 
@@ -163,6 +206,12 @@ class CameraAlarms:
         if m.active is None:
             return data
         alarm_id = self.active.get(m.key)
+        if alarm_id is None and self.restored:
+            alarm_id = self.restored.pop(_restore_key(m.type, data), None)
+            if alarm_id is not None:  # open before the restart: go on with its id
+                self.active[m.key] = alarm_id
+                if m.active:
+                    return None
         if m.active and alarm_id is None:
             if len(self.active) >= ACTIVE_MAX:
                 log.warning("alarm_not_raised", device=self.device, type=m.type,

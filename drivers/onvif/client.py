@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
+
+from edge_agent.logs import get_logger
 
 from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
 from .xmlsafe import harden_zeep
@@ -29,6 +32,8 @@ __all__ = ["CameraClient", "DeviceInfo", "MediaProfile", "PullPoint", "redact_ur
 
 T = TypeVar("T")
 _PULLPOINT_NS = "http://www.onvif.org/ver10/events/wsdl/PullPointSubscription"
+_EVENTS_NS = "http://www.onvif.org/ver10/events/wsdl"
+log = get_logger("drivers.onvif.client")
 for _name in ("onvif", "zeep", "httpx"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -94,6 +99,35 @@ def _subcode(fault: Any) -> str:
     return "/".join(names)
 
 
+def _says_not_authorized(text: str) -> bool:
+    """A fault text that names an authentication failure: "Sender not Authorized",
+    "ter:NotAuthorized", "not_authorized" (cameras that put the subcode in the text)."""
+    squashed = "".join(ch for ch in text.lower() if ch.isalnum())
+    return "notauthorized" in squashed or "unauthorized" in squashed
+
+
+def _challenges(reply: aiohttp.ClientResponse) -> set[str]:
+    """The auth schemes a 401 offers (`WWW-Authenticate`), lower case."""
+    return {h.strip().split(" ", 1)[0].lower()
+            for h in reply.headers.getall("WWW-Authenticate", []) if h.strip()}
+
+
+@functools.cache
+def _anonymous_camera() -> type[Any]:
+    """ONVIFCamera whose services send no WS-Security header: for a camera configured
+    without `username` (the library would put `None` into a UsernameToken)."""
+    from onvif import ONVIFCamera
+
+    class AnonymousCamera(ONVIFCamera):  # type: ignore[misc]
+        async def create_onvif_service(self, *args: Any, **kwargs: Any) -> Any:
+            service = await super().create_onvif_service(*args, **kwargs)
+            if service.zeep_client is not None:
+                service.zeep_client.wsse = None
+            return service
+
+    return AnonymousCamera
+
+
 class CameraClient:
     """One camera session. Not shared between tasks that call it concurrently."""
 
@@ -109,6 +143,7 @@ class CameraClient:
         self._cam: Any = None
         self._pullpoint: Any = None
         self._subscription: Any = None
+        self._basic_warned = False
 
     @property
     def address(self) -> str:
@@ -150,7 +185,7 @@ class CameraClient:
             return seen
         if isinstance(seen, zx.Fault):
             sub, text = _subcode(seen), str(seen.message or "")[:200]
-            if "NotAuthorized" in sub or "not authorized" in text.lower():
+            if "NotAuthorized" in sub or _says_not_authorized(text):
                 return AuthError(d, operation, f"the camera refused the credentials ({text})",
                                  "check username and password; with adjust_time: false a "
                                  "camera clock far from ours also fails")
@@ -165,6 +200,10 @@ class CameraClient:
             if status == 401:
                 return AuthError(d, operation, "HTTP 401 Unauthorized",
                                  "check username and password")
+            if status in (502, 503, 504):
+                return BadReply(d, operation, f"HTTP {status}: the camera is busy or starting "
+                                "and cannot answer now", "retried with back-off; if it lasts, "
+                                "restart the camera")
             return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
                             f"is {self.address} an ONVIF port?")
         if isinstance(seen, (zx.XMLSyntaxError, zx.XMLParseError)):
@@ -195,11 +234,22 @@ class CameraClient:
         from onvif import ONVIFCamera
 
         await self.close()
-        self._cam = ONVIFCamera(self.host, self.port, self.username, self._password,
-                                adjust_time=self.adjust_time, nat_override=self.pin_to_host)
+        # Without a username the camera is asked without WS-Security at all (an empty
+        # user would be a login attempt; None breaks the library's UsernameToken).
+        camera_class = ONVIFCamera if self.username else _anonymous_camera()
+        self._cam = camera_class(self.host, self.port, self.username or "",
+                                 self._password or "", adjust_time=self.adjust_time,
+                                 nat_override=self.pin_to_host)
         await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
         if not self._cam.xaddrs:
             raise BadReply(self.device, "GetServices", "the camera lists no services")
+
+    @property
+    def has_events(self) -> bool:
+        """Whether the camera lists an events service (GetServices, or GetCapabilities on
+        cameras without GetServices). Many cheap cameras have none."""
+        xaddrs = getattr(self._cam, "xaddrs", None) or {}
+        return _EVENTS_NS in xaddrs
 
     async def close(self) -> None:
         cam, self._cam = self._cam, None
@@ -264,9 +314,10 @@ class CameraClient:
         return urlunsplit(parts._replace(netloc=netloc))
 
     async def snapshot(self, token: str, max_bytes: int, limit_s: float) -> bytes | None:
-        """A JPEG from the snapshot URI (Digest auth), or None when the camera has none.
-        Never holds more than `max_bytes` of a reply: a larger image is refused as it
-        streams in (the library's own download reads the whole body first)."""
+        """A JPEG from the snapshot URI, or None when the camera has none. Credentials
+        go only in answer to the camera's challenge (`_download`). Never holds more
+        than `max_bytes` of a reply: a larger image is refused as it streams in (the
+        library's own download reads the whole body first)."""
         cam = self._camera()
         uri = await self._call("GetSnapshotUri", cam.get_snapshot_uri(token))
         if not uri:
@@ -275,25 +326,60 @@ class CameraClient:
                                 limit_s + self.timeout_s)
 
     async def _download(self, uri: str, max_bytes: int, limit_s: float) -> bytes | None:
-        middlewares = ((aiohttp.DigestAuthMiddleware(self.username, self._password),)
-                       if self.username and self._password else ())
+        """GET `uri`, first without credentials. A 401 is answered with the scheme the
+        camera asks for: Digest (the password never crosses the network), or Basic when
+        that is all it offers, and then only to the configured host (Basic hands the
+        password to whoever answers). Nothing is sent before a challenge."""
+        creds = bool(self.username and self._password)
+        same_host = (urlsplit(uri).hostname or "").strip("[]") == self.host.strip("[]")
+        digest = ((aiohttp.DigestAuthMiddleware(self.username or "", self._password or ""),)
+                  if creds else ())
         timeout = aiohttp.ClientTimeout(total=limit_s)
-        async with aiohttp.ClientSession(timeout=timeout, middlewares=middlewares) as http, \
-                http.get(uri, allow_redirects=False) as reply:
-            if reply.status == 401:
-                raise AuthError(self.device, "GetSnapshot", "the camera refused the "
-                                "username or password for its snapshot URI",
-                                "check `username` and `password:` of this camera")
-            if reply.status >= 300:
-                return None
-            if (reply.content_length or 0) > max_bytes:
-                raise self._too_big(reply.content_length or 0, max_bytes)
-            data = bytearray()
-            async for chunk in reply.content.iter_chunked(64 * 1024):
-                data += chunk
-                if len(data) > max_bytes:
-                    raise self._too_big(len(data), max_bytes)
-            return bytes(data)
+        async with aiohttp.ClientSession(timeout=timeout, middlewares=digest) as http:
+            async with http.get(uri, allow_redirects=False) as reply:
+                schemes = _challenges(reply) if reply.status == 401 else set()
+                if reply.status != 401 or not creds or "digest" in schemes \
+                        or "basic" not in schemes:
+                    return await self._image(reply, max_bytes)
+            if not same_host:
+                raise AuthError(self.device, "GetSnapshot", "the snapshot URI is on another "
+                                "host and asks for HTTP Basic: the password was not sent",
+                                "keep `pin_to_host: true`, or make the camera hand out its "
+                                "own address")
+            if not self._basic_warned:
+                self._basic_warned = True
+                log.warning("snapshot_basic_auth", device=self.device,
+                            secure=uri.lower().startswith("https://"),
+                            hint="the camera asks for HTTP Basic on its snapshot URI: over "
+                                 "http the password crosses the network readable; prefer "
+                                 "Digest or https in the camera's settings")
+            basic = aiohttp.encode_basic_auth(self.username or "", self._password or "")
+            async with http.get(uri, allow_redirects=False, middlewares=(),
+                                headers={"Authorization": basic}) as reply:
+                return await self._image(reply, max_bytes)
+
+    async def _image(self, reply: aiohttp.ClientResponse, max_bytes: int) -> bytes | None:
+        if reply.status == 401:
+            if not (self.username and self._password):
+                raise AuthError(self.device, "GetSnapshot", "the snapshot URI wants "
+                                "credentials (HTTP 401)",
+                                "set `username` and `password:` of this camera")
+            raise AuthError(self.device, "GetSnapshot", "the camera refused the "
+                            "username or password for its snapshot URI",
+                            "check `username` and `password:` of this camera")
+        if reply.status >= 300:
+            raise BadReply(self.device, "GetSnapshot",
+                           f"HTTP {reply.status} {reply.reason or ''}".strip(),
+                           "the camera could not give a picture now (busy or starting)"
+                           if reply.status == 503 else "check the camera's snapshot settings")
+        if (reply.content_length or 0) > max_bytes:
+            raise self._too_big(reply.content_length or 0, max_bytes)
+        data = bytearray()
+        async for chunk in reply.content.iter_chunked(64 * 1024):
+            data += chunk
+            if len(data) > max_bytes:
+                raise self._too_big(len(data), max_bytes)
+        return bytes(data)
 
     def _too_big(self, size: int, max_bytes: int) -> BadReply:
         return BadReply(self.device, "GetSnapshot", f"image of more than {max_bytes} bytes "

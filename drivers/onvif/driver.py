@@ -8,6 +8,13 @@ reason, and after `offline_after` in a row the device goes `offline` (unreachabl
 `error` (wrong password, SOAP faults, bad replies); retries back off up to
 `backoff.max_s`. The event channel's own losses are reported as `camera.events_lost`
 raised/cleared (with `gap_s`).
+
+A camera without an events service (GetServices/GetCapabilities list none) is said so
+once (`camera_without_events`, and as the device's reason on the status page), stays
+online and keeps video health and snapshots; it gets no `camera.events_lost`. Once a
+camera is reported down, later failures with other reasons only update the reason shown
+(no second `device.offline` before a `device.online`). Alarms open when the agent
+stopped go on under their ids (`restored_alarms`).
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_agent.config.models import DeviceConfig, SecretError, SnapshotsConfig
-from edge_agent.driver_api import DeviceState, EventSink, report_poll_error
+from edge_agent.driver_api import DeviceState, EventSink, report_poll_error, restored_alarms
 from edge_agent.logs import get_logger
+from edge_agent.open_alarms import OpenAlarm
 from edge_agent.supervise import supervise
 
 from .alarms import CameraAlarms, SnapshotTaker
 from .client import CameraClient, MediaProfile, with_credentials
-from .errors import AuthError, OnvifError, SubscriptionLost, Unreachable
+from .errors import AuthError, OnvifError, SoapFault, SubscriptionLost, Unreachable
 from .events import EventChannel
 from .options import OnvifCamera
 from .snapshots import SnapshotRing
@@ -37,11 +45,21 @@ __all__ = ["CameraWorker", "OnvifDriver", "pick_profile"]
 
 log = get_logger("drivers.onvif.driver")
 
+#: The device's reason on the status page for a camera without an events service.
+NO_EVENTS_REASON = ("the camera has no ONVIF events service: no camera events, video "
+                    "health and snapshots only")
+
 
 def pick_profile(profiles: list[MediaProfile], choice: int | str) -> MediaProfile | None:
     if isinstance(choice, str):
         return next((p for p in profiles if p.token == choice), None)
     return profiles[choice] if -len(profiles) <= choice < len(profiles) else None
+
+
+def _events_unsupported(fault: SoapFault) -> bool:
+    """A camera that lists an events service but refuses to subscribe at all."""
+    return fault.operation == "CreatePullPointSubscription" and (
+        "ActionNotSupported" in fault.subcode or "not supported" in fault.text.lower())
 
 
 def snapshot_settings(sink: EventSink) -> SnapshotsConfig:
@@ -65,6 +83,13 @@ class CameraWorker:
         self.alarms = CameraAlarms(self.device, sink, cfg.snapshots,
                                    self.taker if cfg.snapshots.enabled else None,
                                    self._skew)
+        #: the video monitor's alarms from before a restart (handed to the first one)
+        self._video_restore: list[OpenAlarm] = self.alarms.restore(
+            restored_alarms(sink, cfg.id))
+        #: the state reported while down (kept until online again); None when up
+        self._down: DeviceState | None = None
+        #: False once the camera showed it has no events service
+        self.has_events: bool | None = None
 
     def _skew(self) -> float:
         return self.client.clock_skew_s if self.client is not None else 0.0
@@ -121,12 +146,25 @@ class CameraWorker:
                      profiles=[p.token for p in profiles],
                      clock_skew_s=round(client.clock_skew_s, 1))
             if not cfg.events.enabled:
+                self.alarms.drop_channel_loss("events.enabled is false")
                 self._online()
                 await self._watch_without_events(client)
                 return
+            if not client.has_events:
+                self._without_events_service()
+                await self._watch_without_events(client)
+                return
+            self.has_events = True
             self.channel = EventChannel(client, cfg.events, self.alarms.handle, self._channel_up,
                                         self.alarms.channel_lost)
-            await self.channel.run()
+            try:
+                await self.channel.run()
+            except SoapFault as fault:
+                if not _events_unsupported(fault):
+                    raise
+                self.channel = None  # listed, but it cannot subscribe: the same as none
+                self._without_events_service()
+                await self._watch_without_events(client)
         except asyncio.CancelledError:
             await client.unsubscribe()  # a courtesy on shutdown, bounded (3 s)
             raise
@@ -158,15 +196,27 @@ class CameraWorker:
             await asyncio.sleep(self.cfg.events.liveness_s)
             await client.device_info()
 
+    def _without_events_service(self) -> None:
+        """The camera lists no events service: say so once, stay online without events."""
+        reason = NO_EVENTS_REASON
+        if self.has_events is not False:
+            log.warning("camera_without_events", device=self.device, reason=reason,
+                        hint="motion and tamper come only from video health (video.enabled);"
+                             " set events.enabled: false to silence this")
+        self.has_events = False
+        self.alarms.drop_channel_loss(reason)
+        self._online(reason)
+
     def _channel_up(self) -> None:
         self._online()
         self.alarms.channel_up()
 
-    def _online(self) -> None:
+    def _online(self, reason: str = "") -> None:
         if self.failures:
             log.info("camera_recovered", device=self.device, failures=self.failures)
         self.failures = 0
-        self.sink.device_state(self.device, DeviceState.ONLINE)
+        self._down = None
+        self.sink.device_state(self.device, DeviceState.ONLINE, reason)
 
     def _failed(self, err: OnvifError) -> None:
         self.failures += 1
@@ -176,11 +226,16 @@ class CameraWorker:
                     failures=self.failures)
         # A channel that was up and is lost is a gap in the camera's events; one that never
         # came up is reported once the camera counts as failed.
-        if self.cfg.events.enabled and (self.channel is not None or isinstance(
+        if self.cfg.events.enabled and self.has_events is not False and (
+                self.channel is not None or isinstance(
                 err, SubscriptionLost) or self.failures >= self.cfg.offline_after):
             self.alarms.channel_lost(err.reason)
         if self.failures >= self.cfg.offline_after:
-            state = DeviceState.OFFLINE if isinstance(err, Unreachable) else DeviceState.ERROR
+            # Down is reported once: a later failure for another reason (unreachable,
+            # then HTTP 503, then a fault) keeps the state and only updates its reason.
+            state = self._down or (DeviceState.OFFLINE if isinstance(err, Unreachable)
+                                   else DeviceState.ERROR)
+            self._down = state
             self.sink.device_state(self.device, state, err.reason)
 
     # ------------------------------------------------------------------ video
@@ -196,6 +251,8 @@ class CameraWorker:
         self._video_url = url
         self.video = VideoMonitor(self.device, url, self.cfg.video, self.sink,
                                   secrets=(password,) if password else ())
+        restore, self._video_restore = self._video_restore, []
+        self.video.restore(restore)
         log.info("camera_video_started", device=self.device, stream=self.video.safe_url)
         self._video_task = asyncio.create_task(
             supervise(f"onvif-video:{self.device}", self.video.run))

@@ -32,6 +32,7 @@ import numpy as np
 from edge_agent.driver_api import EventSink, report_poll_error
 from edge_agent.envelope import Severity
 from edge_agent.logs import get_logger
+from edge_agent.open_alarms import OpenAlarm
 from edge_agent.rules import new_alarm_id
 
 from .video_analysis import Condition, FrameMetrics, Hysteresis, classify, measure, motion_region
@@ -117,6 +118,22 @@ class VideoMonitor:
         self._last_failure = ""
         self.samples = 0          # samples analysed
         self.failures = 0         # failed opens and reads
+
+    def restore(self, open_alarms: Iterable[OpenAlarm]) -> None:
+        """Go on with the video alarms the last run left open (same `alarm_id`): each is
+        raised again only in our books, and clears once the picture is good again."""
+        by_reason: dict[str, str] = {text: cond for cond, text in _REASONS.items()}
+        for alarm in open_alarms:
+            reason = alarm.data.get("reason")
+            key: str | None = by_reason.get(reason) if isinstance(reason, str) else None
+            if key is None and alarm.type == "camera.video_loss":
+                key = NO_SIGNAL
+            target = (self._motion if alarm.type == "camera.motion" and "region" in alarm.data
+                      else self._alarms.get(key) if key is not None else None)
+            if target is None or target.type != alarm.type or target.alarm_id is not None:
+                continue
+            target.alarm_id, target.data = alarm.alarm_id, dict(alarm.data)
+            target.tracker.raised = True
 
     # ---- what others read -----------------------------------------------------------
 

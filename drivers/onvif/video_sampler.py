@@ -263,5 +263,6 @@ class VideoSampler:
             return f"cannot connect to {where}: connection refused"
         except OSError as exc:
             return f"cannot connect to {where}: {exc.strerror or type(exc).__name__}"
-        return (f"cannot open stream {self.safe_url}: the camera answers on {where} but sent "
-                "no video (wrong path, credentials or codec)")
+        from .stream_probe import why_not_open
+
+        return why_not_open(self._url, host, port, self.options.open_timeout_s, self.safe_url)

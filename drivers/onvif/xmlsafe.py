@@ -8,6 +8,7 @@ settings onvif-zeep-async gives zeep for camera replies.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from lxml import etree
 
@@ -60,4 +61,26 @@ def harden_zeep() -> None:
     DEFAULT_SETTINGS.forbid_entities = True
     DEFAULT_SETTINGS.forbid_external = True
     DEFAULT_SETTINGS.xml_huge_tree = False
+    _refuse_non_xml_replies()
     _hardened = True
+
+
+def _refuse_non_xml_replies() -> None:
+    """A reply that is no XML at all (an HTTP 503 page, "busy") makes zeep's lenient
+    parser return nothing and then fail with AttributeError; make it the XMLSyntaxError
+    zeep turns into a TransportError that keeps the HTTP status."""
+    import zeep.wsdl.bindings.soap as soap
+    from zeep.exceptions import XMLSyntaxError
+
+    original: Any = getattr(soap, "parse_xml")  # noqa: B009 (not exported by zeep)
+    if getattr(original, "_refuses_non_xml", False):
+        return
+
+    def parse_xml(content: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(content, *args, **kwargs)
+        except AttributeError:
+            raise XMLSyntaxError("the reply is not XML") from None  # type: ignore[no-untyped-call]
+
+    parse_xml._refuses_non_xml = True  # type: ignore[attr-defined]
+    setattr(soap, "parse_xml", parse_xml)  # noqa: B010

@@ -3,8 +3,9 @@
     python -m drivers.onvif.simulator --port 18090 --password-file var/demo/secrets/cam.pw \
         --discovery-port 13702 --scenario
 
-`--scenario` plays motion (raised 5 s every 20 s) and a tamper alarm (10 s every 60 s)
-in a loop. Listens on 127.0.0.1 only.
+`--open` asks no credentials, `--no-events` has no events service, `--basic-snapshots`
+puts the snapshot behind HTTP Basic. `--scenario` plays motion (raised 5 s every 20 s)
+and a tamper alarm (10 s every 60 s) in a loop. Listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ async def _scenario(sim: OnvifSimulator) -> None:
 
 
 async def _main(args: argparse.Namespace, password: str) -> None:
-    sim = OnvifSimulator(port=args.port, username=args.username, password=password,
-                         clock_skew_s=args.skew, name=args.name)
+    sim = OnvifSimulator(port=args.port, username=None if args.open else args.username,
+                         password=password, clock_skew_s=args.skew, name=args.name)
+    sim.switches.no_events = args.no_events
+    sim.switches.basic_snapshots = args.basic_snapshots
     await sim.start()
     responder = None
     if args.discovery_port:
@@ -69,6 +72,12 @@ def main() -> None:
     parser.add_argument("--discovery-port", type=int, default=0,
                         help="answer WS-Discovery probes on this UDP port (127.0.0.1)")
     parser.add_argument("--scenario", action="store_true", help="play motion/tamper events")
+    parser.add_argument("--open", action="store_true",
+                        help="ask no credentials anywhere (a camera as many ship)")
+    parser.add_argument("--no-events", action="store_true",
+                        help="no events service (GetServices/GetCapabilities list none)")
+    parser.add_argument("--basic-snapshots", action="store_true",
+                        help="the snapshot URI challenges with HTTP Basic only")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
     logs.configure(args.log_level)

@@ -2,10 +2,11 @@
 
 Services: device (`/onvif/device_service`), media (`/onvif/media_service`), events
 (`/onvif/event_service`, PullPoint subscriptions at `/onvif/subscription/<id>`), a
-Digest-protected snapshot (`/onvif/snapshot`) and the MJPEG stream of a
-`SyntheticScene` (`/video.mjpg`, Basic or Digest). Every SOAP operation except
-GetSystemDateAndTime wants a WS-UsernameToken whose Created time matches the camera's
-clock (real time + `clock_skew_s`). Unknown operations answer a SOAP Fault.
+Digest-protected snapshot (`/onvif/snapshot`; Basic with `switches.basic_snapshots`) and
+the MJPEG stream of a `SyntheticScene` (`/video.mjpg`, Basic or Digest). Every SOAP
+operation except GetSystemDateAndTime wants a WS-UsernameToken whose Created time matches
+the camera's clock (real time + `clock_skew_s`); with `username=None` the camera is open
+(no credentials anywhere, as many cameras ship). Unknown operations answer a SOAP Fault.
 
 Scripting: `fire(topic, data, source)` (and `motion()`, `tamper()`), `reboot(downtime_s)`
 (drops every subscription and refuses connections meanwhile), `set_password()`,
@@ -56,6 +57,16 @@ class Switches:
     hang_pulls: bool = False
     #: GetSnapshotUri answers a fault (the driver falls back to a stream frame)
     no_snapshot_uri: bool = False
+    #: no events service: GetServices/GetCapabilities list none, its address answers 404
+    no_events: bool = False
+    #: the snapshot URI challenges with HTTP Basic only (and accepts only Basic)
+    basic_snapshots: bool = False
+    #: the video stream answers this HTTP status instead of video (e.g. 503); 0: off
+    stream_status: int = 0
+    #: the video stream accepts the connection and never answers (a stalled encoder)
+    stall_stream: bool = False
+    #: every SOAP service answers this HTTP status with a plain-text body (e.g. 503); 0: off
+    soap_status: int = 0
 
 
 def _free_port() -> int:
@@ -65,7 +76,7 @@ def _free_port() -> int:
 
 
 class OnvifSimulator:
-    def __init__(self, *, port: int = 0, username: str = "admin",
+    def __init__(self, *, port: int = 0, username: str | None = "admin",
                  password: str = "sim-password", clock_skew_s: float = 0.0,
                  max_termination_s: float = 3600.0, scene: SyntheticScene | None = None,
                  stream_auth: bool = True, name: str = "sim-camera",
@@ -74,7 +85,8 @@ class OnvifSimulator:
         #: host:port put in every URL handed out (a camera behind NAT, or one that points
         #: elsewhere); None: the address it listens on
         self.advertise = advertise
-        self.users = {username: password}
+        #: who may log in; empty: an open camera that asks nobody for credentials
+        self.users = {username: password} if username is not None else {}
         self.clock_skew_s = clock_skew_s
         self.max_termination_s = max_termination_s
         self.scene = scene or SyntheticScene()
@@ -85,6 +97,8 @@ class OnvifSimulator:
         self.subscriptions = Subscriptions()
         self.requests: Counter[str] = Counter()
         self.snapshots_served = 0
+        #: the auth scheme of each snapshot request, in order ("" when it had none)
+        self.snapshot_auth_seen: list[str] = []
         self.properties: dict[tuple[str, tuple[tuple[str, str], ...]], Message] = {}
         self._tokens = UsernameTokenChecker()
         self._digest = DigestChallenge()
@@ -207,6 +221,10 @@ class OnvifSimulator:
         table = services.OPERATIONS[kind]
 
         async def handle(request: web.Request) -> web.Response:
+            if kind in ("events", "subscription") and self.switches.no_events:
+                raise web.HTTPNotFound(text="no such service\n")
+            if self.switches.soap_status:
+                return web.Response(status=self.switches.soap_status, text="busy\n")
             body = await request.read()
             try:
                 req = parse_request(body)
@@ -221,7 +239,7 @@ class OnvifSimulator:
                 if handler is None:
                     raise Fault("Receiver", "ter:ActionNotSupported",
                                 f"{req.operation} is not supported by the {kind} service")
-                if req.operation not in services.AUTHLESS:
+                if req.operation not in services.AUTHLESS and self.users:
                     self._tokens.check(req.header, self.users, self.camera_now())
                 injected = self.switches.faults.get(req.operation)
                 if injected is not None:
@@ -246,12 +264,22 @@ class OnvifSimulator:
                             headers={"Content-Type": _SOAP})
 
     def _unauthorized(self) -> web.Response:
+        challenge = ('Basic realm="onvif-sim"' if self.switches.basic_snapshots
+                     else self._digest.challenge())
         return web.Response(status=401, text="401 Unauthorized\n", headers={
-            "WWW-Authenticate": self._digest.challenge()})
+            "WWW-Authenticate": challenge})
+
+    def _snapshot_allowed(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        self.snapshot_auth_seen.append(header.split(" ", 1)[0].lower() if header else "")
+        if not self.users:
+            return True
+        if self.switches.basic_snapshots and not header.lower().startswith("basic "):
+            return False
+        return self._digest.verify(header, request.method, self.users)
 
     async def _snapshot(self, request: web.Request) -> web.Response:
-        if not self._digest.verify(request.headers.get("Authorization", ""), request.method,
-                                   self.users):
+        if not self._snapshot_allowed(request):
             return self._unauthorized()
         if self.scene.mode == "off":
             raise web.HTTPServiceUnavailable(text="camera off\n")
@@ -263,8 +291,15 @@ class OnvifSimulator:
     async def _video_auth(self, request: web.Request,
                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                           ) -> web.StreamResponse:
-        if self.stream_auth and request.path.startswith("/video") and not self._digest.verify(
+        if not request.path.startswith("/video"):
+            return await handler(request)
+        if self.switches.stall_stream:
+            await self.hang()
+        if self.stream_auth and self.users and not self._digest.verify(
                 request.headers.get("Authorization", ""), request.method, self.users):
             return web.Response(status=401, text="401 Unauthorized\n", headers={
                 "WWW-Authenticate": 'Basic realm="onvif-sim"'})
+        if self.switches.stream_status:
+            return web.Response(status=self.switches.stream_status,
+                                text=f"{self.switches.stream_status} camera busy\n")
         return await handler(request)

@@ -47,18 +47,22 @@ def get_services(sim: OnvifSimulator, _req: Request) -> str:
     return ("<tds:GetServicesResponse>"
             + _service("http://www.onvif.org/ver10/device/wsdl", sim.url("/onvif/device_service"))
             + _service("http://www.onvif.org/ver10/media/wsdl", sim.url("/onvif/media_service"))
-            + _service("http://www.onvif.org/ver10/events/wsdl", sim.url("/onvif/event_service"))
+            + ("" if sim.switches.no_events else
+               _service("http://www.onvif.org/ver10/events/wsdl",
+                        sim.url("/onvif/event_service")))
             + "</tds:GetServicesResponse>")
 
 
 def get_capabilities(sim: OnvifSimulator, _req: Request) -> str:
+    events = ("" if sim.switches.no_events else
+              f"<tt:Events><tt:XAddr>{sim.url('/onvif/event_service')}</tt:XAddr>"
+              "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
+              "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
+              "<tt:WSPausableSubscriptionManagerInterfaceSupport>false"
+              "</tt:WSPausableSubscriptionManagerInterfaceSupport></tt:Events>")
     return ("<tds:GetCapabilitiesResponse><tds:Capabilities>"
             f"<tt:Device><tt:XAddr>{sim.url('/onvif/device_service')}</tt:XAddr></tt:Device>"
-            f"<tt:Events><tt:XAddr>{sim.url('/onvif/event_service')}</tt:XAddr>"
-            "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
-            "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
-            "<tt:WSPausableSubscriptionManagerInterfaceSupport>false"
-            "</tt:WSPausableSubscriptionManagerInterfaceSupport></tt:Events>"
+            + events +
             f"<tt:Media><tt:XAddr>{sim.url('/onvif/media_service')}</tt:XAddr>"
             "<tt:StreamingCapabilities><tt:RTPMulticast>false</tt:RTPMulticast>"
             "<tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP>"

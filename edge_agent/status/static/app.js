@@ -174,7 +174,8 @@ function renderDevices() {
     || (STATE_RANK[a.state] - STATE_RANK[b.state]) || a.id.localeCompare(b.id));
   document.querySelector("#devices tbody").replaceChildren(...devices.map((d) => {
     const down = d.state === "offline" || d.state === "error";
-    const reason = down && d.reason ? el("span", null, tt("reason." + d.reason_code, null, d.reason),
+    // an online device shows its reason only when it is a note (a camera without events)
+    const reason = (down || d.reason_code === "no_events") && d.reason ? el("span", null, tt("reason." + d.reason_code, null, d.reason),
       el("span", { class: "raw" }, d.reason)) : "";
     const last = d.last_event_type ? eventName(d.last_event_type) + (d.last_data ? ": " + dataText(d.last_data) : "") : "";
     return el("tr", { class: (alarmed.has(d.id) ? "alarm " : "") + d.state, "data-testid": "device-row",

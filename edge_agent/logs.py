@@ -25,6 +25,9 @@ IDENTITY_KEYS = ("logger", "device", "gateway", "camera", "topic", "bus", "port"
 #: how many distinct repeating problems are remembered (oldest forgotten first)
 REPEAT_KEYS_MAX = 2048
 _LIMITED_LEVELS = frozenset({"warning", "error", "critical", "exception"})
+#: structlog's cache_logger_on_first_use; the test suite turns it off (tests/conftest.py)
+#: so that a command run in-process cannot pin loggers past `capture_logs`.
+CACHE_LOGGERS = True
 
 
 class RepeatLimiter:
@@ -86,7 +89,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
                     structlog.processors.JSONRenderer(ensure_ascii=False)],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=CACHE_LOGGERS,
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(

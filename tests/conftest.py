@@ -4,8 +4,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
+from edge_agent import logs
 from tests.peers import Mosquitto
+
+# A command run in-process (CliRunner) configures logging; with cached loggers that
+# configuration would outlive the test and hide later tests' `capture_logs`.
+logs.CACHE_LOGGERS = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ Invariants
    A PUBACK, a publish that raised or timed out, a reconnect: all "outcome unknown",
    the row stays and is sent again later with the same id (the collector dedupes).
 2. At most `max_inflight_batches` unacknowledged batches are out at once; a batch
-   without an ack after `ack_timeout_s` is sent again (rows still present only).
+   without an ack after `ack_timeout_s` is sent again (rows still present only), or at
+   once when a collector comes online (see 8).
 3. Alarms first: lane 1 (alarm retention) is drained before lane 0 on every pick.
 4. On every (re)connect all in-flight state is forgotten and sending restarts from
    the oldest row: the collector may have committed some of it; duplicates are free.
@@ -17,6 +18,9 @@ Invariants
    (an eviction, a data_loss report, a reconnect, an overfull hand-over buffer) sends
    the lane back to fetching from its cursor (`notify`), and a fetch that was under way
    then cannot mark the lane caught up (`_generation`).
+7. An ack acts on in-flight seqs only: its ranges are intersected with them (never
+   expanded), so what one ack can make the agent do is bounded by what is in flight;
+   the rest is ignored, counted (`ack_seqs_ignored`) and logged (rate-limited).
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class UplinkStatus:
     events_sent: int = 0
     events_acked: int = 0
     resends: int = 0
+    #: seqs named by acks that were not in flight (stale, duplicate or forged), ignored
+    ack_seqs_ignored: int = 0
     last_error: str = ""
 
 
@@ -336,7 +342,19 @@ class Uplink:
         if ack.epoch != self.outbox.epoch:
             log.info("ack_other_epoch_ignored", epoch=ack.epoch, current=self.outbox.epoch)
             return
-        seqs = ack.seqs()
+        # Only seqs in flight count (invariant 1 and 7): the ranges are intersected with
+        # them, never expanded, so a hostile or stale ack costs at most the in-flight set.
+        seqs = ack.seqs_among(sorted(self._batch_of))
+        ignored = ack.named() - len(seqs)
+        if ignored > 0:
+            self.status.ack_seqs_ignored += ignored
+            log.warning("ack_seqs_not_in_flight", topic=self.topics.ack, ignored=ignored,
+                        ignored_total=self.status.ack_seqs_ignored,
+                        ranges=len(ack.committed) + len(ack.rejected),
+                        hint="acks for rows not sent in this session are ignored (resent "
+                             "rows are acked again); many of them may mean a forged ack")
+        if not seqs:
+            return
         self.outbox.ack(seqs)  # deleted write-behind, with the next commit
         self.status.last_ack_at = time.time()
         if ack.rejected:

@@ -127,7 +127,10 @@ def _outbox(view: AgentView, now: float) -> dict[str, Any]:
             "oldest_created_at": ts(s.oldest_created),
             "oldest_age_s": (None if s.oldest_created is None
                              else round(max(0.0, now - s.oldest_created), 1)),
-            "evicted_total": s.evicted_total, "epoch": s.epoch}
+            "evicted_total": s.evicted_total, "epoch": s.epoch,
+            "disk_full": view.pipeline.disk_full or not view.outbox.is_open,
+            "disk_full_since": ts(view.pipeline.disk_full_since
+                                  if view.pipeline.disk_full else None)}
 
 
 def _device(s: DeviceStatus, name: str | None) -> dict[str, Any]:

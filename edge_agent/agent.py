@@ -100,7 +100,7 @@ class Agent:
                       dropped_total=p.counters.dropped, repeat_ok=True)
         else:
             log.info("agent_stopped", gateway=self.hierarchy.gateway, not_kept={},
-                     dropped_total=p.counters.dropped)
+                     not_kept_total=0, dropped_total=p.counters.dropped)
 
     async def heartbeat(self) -> None:
         while True:

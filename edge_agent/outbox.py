@@ -401,6 +401,32 @@ class Outbox:
             self._refresh_oldest()
         return deleted
 
+    def reclaim(self) -> bool:
+        """On a full disk: checkpoint the WAL into the main file and truncate it
+        (`wal_checkpoint(TRUNCATE)`). The main file reuses the pages acked rows freed, so
+        this usually gives back most of the WAL's room. True if the WAL shrank; False if
+        it did not (nothing to give back, or no room for the checkpoint either)."""
+        conn = self._live()
+        wal = self._path.with_name(self._path.name + "-wal")
+        try:
+            before = wal.stat().st_size
+        except OSError:
+            return False
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("outbox_checkpoint_failed", path=str(self._path), error=str(exc),
+                        errname=errname(exc))
+            return False
+        try:
+            after = wal.stat().st_size
+        except OSError:
+            after = 0
+        if busy or after >= before:
+            return False
+        log.debug("outbox_wal_reclaimed", path=str(self._path), freed=before - after)
+        return True
+
     # ------------------------------------------------------------------ reads
 
     def fetch(self, *, lane: int, after_seq: int, limit: int, max_bytes: int) -> list[OutboxRow]:

@@ -4,13 +4,15 @@ A file of `RESERVE_BYTES` zeros written next to the outbox while there is space.
 disk fills up (another program's logs, a small partition), releasing it (unlink) gives
 SQLite room to commit the alarms that are waiting and the deletes the collector's acks
 ask for, which in turn free pages for what follows. It is written again once commits
-succeed. It also lets the outbox open at start-up on a disk that filled up meanwhile.
+succeed and the disk has twice its size free. It also lets the outbox open at start-up
+on a disk that filled up meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from edge_agent.logs import get_logger
@@ -34,6 +36,11 @@ def ensure(outbox: Path, size: int = RESERVE_BYTES) -> bool:
     with contextlib.suppress(OSError):
         if path.stat().st_size >= size:
             return True
+    try:
+        if shutil.disk_usage(outbox.parent).free < 2 * size:
+            return False  # the room is needed now; try again later
+    except OSError:
+        return False
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -111,6 +112,12 @@ class OutboxThread:
             outbox_reserve.ensure(self.path)
         return self._outbox
 
+    async def reclaim(self) -> bool:
+        """`Outbox.reclaim` (full disk: checkpoint and truncate the WAL)."""
+        if self._outbox is None:
+            return False
+        return await self._run(self._outbox.reclaim)
+
     async def release_reserve(self) -> bool:
         """Give the reserve's room to the outbox (disk full, alarms waiting)."""
         return await self._run(partial(outbox_reserve.release, self.path))
@@ -145,8 +152,13 @@ class OutboxThread:
 
     async def append_rows(self, events: Sequence[Event]) -> Appended:
         acked = self._take_acked()
-        return await self._keeping_acks(
-            acked, lambda: self._box().append_rows(events, acked=acked))
+        def append() -> Appended:
+            opened_now = self._outbox is None
+            appended = self._box().append_rows(events, acked=acked)
+            # Opened late (degraded start): the rows stored earlier were never read, so
+            # the uplink must read the outbox rather than take only these.
+            return replace(appended, alone=False) if opened_now else appended
+        return await self._keeping_acks(acked, append)
 
     async def fetch(self, *, lane: int, after_seq: int, limit: int, max_bytes: int
                     ) -> list[OutboxRow]:

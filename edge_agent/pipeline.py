@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ COMMIT_RETRY_S = 1.0
 #: A report of dropped events is queued when the queue is half empty again, or this long
 #: after the first drop while the flood goes on.
 DROPPED_REPORT_S = 60.0
+#: How long after the last commit refused for lack of space the disk still counts as full
+#: (a full disk is usually full again soon: the status says so until it stays quiet).
+DISK_FULL_HOLD_S = 30.0
 #: On SIGTERM, how long failing commits are retried before what is left is given up
 #: (and counted): well inside systemd's TimeoutStopSec=30 (systemd/edge-agent.service).
 STOP_BUDGET_S = 15.0
@@ -122,13 +126,16 @@ class Pipeline:
         self._dropped: dict[str, Dropped] = {}
         #: dropped events already named in a queued gateway.data_loss
         self.dropped_reported = 0
-        #: the last commit failed because the disk under the outbox is full
-        self.disk_full = False
+        #: when (unix time) the outbox first met the full disk of the current episode
         self.disk_full_since: float | None = None
+        self._disk_full_last = -math.inf  # monotonic time of the last commit refused
         #: events given up at shutdown (commits kept failing), by retention
         self.not_kept: dict[str, int] = {}
         self._stop_at: float | None = None
         self._committing: asyncio.Future[None] | None = None
+        self._reclaimed = False  # the WAL was reclaimed for the batch being retried
+        self._reserve_released = False
+        self._reserve_tried_at = -math.inf
 
     def register_device(self, device: str, driver: str) -> None:
         self.devices.setdefault(device, DeviceStatus(device, driver))
@@ -235,8 +242,10 @@ class Pipeline:
                     self._committing = asyncio.ensure_future(self._commit(batch))
                     await asyncio.shield(self._committing)
                     self._committing = None
+        except asyncio.CancelledError:
+            self.request_stop()  # shutting down: failing commits are not retried forever
+            raise
         finally:
-            self.request_stop()
             await asyncio.shield(self.flush())
 
     async def flush(self) -> None:
@@ -266,10 +275,15 @@ class Pipeline:
                 if not await self._retry_wait(batch):
                     return
                 continue
-            if self.disk_full:
-                self.disk_full = False
-                log.warning("outbox_disk_space_back", path=str(self.outbox.path))
-                await self.outbox.restore_reserve()
+            if self.disk_full_since is not None:
+                # Keep the WAL at one transaction while the disk is full: the next commit
+                # then finds room in the pages acked rows freed instead of growing the WAL.
+                await self.outbox.reclaim()
+                await self._reserve_back()
+                if not self.disk_full:
+                    log.warning("outbox_disk_space_back", path=str(self.outbox.path),
+                                full_s=round(time.time() - self.disk_full_since, 1))
+                    self.disk_full_since = None
             self.counters.committed += len(batch)
             if self.on_rows is not None:
                 self.on_rows(appended)
@@ -279,22 +293,50 @@ class Pipeline:
 
     async def _disk_full_retry(self, batch: list[Event], exc: Exception) -> list[Event]:
         """The batch to try next after a full disk refused `batch` ([] to stop)."""
-        if not self.disk_full:
-            self.disk_full = True
+        self._disk_full_last = time.monotonic()
+        if self.disk_full_since is None:
             self.disk_full_since = time.time()
         log.error("outbox_disk_full", path=str(self.outbox.path), error=str(exc),
                   pending=len(self._queue) + len(batch),
                   hint="alarms are committed first (the outbox's reserve is released for "
                        "them); telemetry and records wait in memory, then are dropped and "
                        "counted; free space under the outbox")
+        if not self._reclaimed:  # once per refused batch: it may be all it takes
+            self._reclaimed = True
+            if await self.outbox.reclaim():
+                return batch
         alarms = [e for e in batch if is_alarm(e)]
         self._queue.put_back(e for e in batch if not is_alarm(e))
         if alarms and await self.outbox.release_reserve():
+            self._reserve_released = True
+            await self.outbox.reclaim()  # the reserve's room lets the checkpoint finish
             return alarms  # at once, into the space the reserve held
+        self._reclaimed = False
         if not await self._retry_wait(alarms):
             return []
         alarms += self._queue.take_alarms()
         return alarms  # none: back to the queue's order (the run loop retries the front)
+
+    @property
+    def disk_full(self) -> bool:
+        """The outbox met a full disk: a commit was refused for lack of space in the last
+        `DISK_FULL_HOLD_S`, or its reserve could not be written again yet."""
+        return self.disk_full_since is not None and (
+            time.monotonic() - self._disk_full_last < DISK_FULL_HOLD_S
+            or self._reserve_released or not self.outbox.is_open)
+
+    async def _reserve_back(self) -> None:
+        """After a full disk: write the reserve again (tried at most every
+        `COMMIT_RETRY_S` * 10 while there is no room for it)."""
+        self._reclaimed = False
+        if not self._reserve_released:
+            return
+        now = time.monotonic()
+        if now - self._reserve_tried_at < COMMIT_RETRY_S * 10:
+            return
+        self._reserve_tried_at = now
+        if await self.outbox.restore_reserve():
+            self._reserve_released = False
 
     async def _retry_wait(self, batch: list[Event]) -> bool:
         """Wait before retrying (an alarm queued meanwhile ends the wait). False when

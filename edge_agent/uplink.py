@@ -21,6 +21,11 @@ Invariants
 7. An ack acts on in-flight seqs only: its ranges are intersected with them (never
    expanded), so what one ack can make the agent do is bounded by what is in flight;
    the rest is ignored, counted (`ack_seqs_ignored`) and logged (rate-limited).
+8. A collector coming online (its presence on `COLLECTOR_PRESENCE_FILTER`: `online`
+   after `offline`, the first `online` seen in a session, or any `online` it publishes
+   live, i.e. not retained) makes every batch in flight at that moment be sent again at
+   once, rather than after `ack_timeout_s`: it may have missed them (a broker drops what
+   it has no subscriber for). Resends are free (the collector drops duplicates).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from edge_agent.logs import get_logger
 from edge_agent.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.outbox import Appended, OutboxRow
 from edge_agent.outbox_thread import OutboxThread
-from edge_agent.topics import GatewayTopics
+from edge_agent.topics import COLLECTOR_PRESENCE_FILTER, GatewayTopics
 from edge_agent.wire import Ack, AckError, encode_batch
 
 log = get_logger("edge_agent.uplink")
@@ -114,6 +119,11 @@ class Uplink:
         self._session_started = 0.0
         #: bumped by every fall-back: a fetch that began before one never catches a lane up
         self._generation = 0
+        #: collectors' last presence seen in this session (collector id -> payload)
+        self._collectors: dict[str, str] = {}
+        #: set when a collector came online: resend what was in flight then (invariant 8)
+        self._presence = asyncio.Event()
+        self._presence_at = 0.0
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -204,6 +214,8 @@ class Uplink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         await client.subscribe(self.topics.ack, qos=1)
+        self._collectors.clear()
+        await client.subscribe(COLLECTOR_PRESENCE_FILTER, qos=1)
         await client.publish(self.topics.status, b"online", qos=1, retain=True,
                              timeout=self.cfg.publish_timeout_s)
         self._was_connected = True
@@ -303,10 +315,15 @@ class Uplink:
     async def _resend_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         period = max(0.05, min(0.25, self.cfg.ack_timeout_s / 4))
         while True:
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._presence.wait()
             now = time.monotonic()
+            online_at, self._presence_at = self._presence_at, 0.0
+            self._presence.clear()
             for batch in [b for b in self._inflight.values()
-                          if now - b.sent_at >= self._ack_timeout(b)]:
+                          if now - b.sent_at >= self._ack_timeout(b)
+                          or b.sent_at <= online_at]:
                 rows = await self.outbox.get(sorted(batch.seqs))
                 if not rows:  # evicted meanwhile
                     self._forget(batch, batch.seqs)
@@ -326,10 +343,13 @@ class Uplink:
 
     async def _receive_acks(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if str(message.topic) != self.topics.ack:
-                continue
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
+                continue
+            if str(message.topic) != self.topics.ack:
+                if message.topic.matches(COLLECTOR_PRESENCE_FILTER):
+                    self.handle_presence(str(message.topic), bytes(payload),
+                                         retained=bool(message.retain))
                 continue
             try:
                 ack = Ack.decode(payload)
@@ -337,6 +357,24 @@ class Uplink:
                 log.warning("ack_invalid", error=str(exc), size=len(payload))
                 continue
             await self.handle_ack(ack)
+
+    def handle_presence(self, topic: str, payload: bytes, *, retained: bool) -> None:
+        """A collector's presence (invariant 8): resend at once when one comes online."""
+        collector = topic.split("/")[-2][:64]
+        state = payload[:16].decode("ascii", "replace").strip().lower()
+        if state not in ("online", "offline"):
+            return
+        before = self._collectors.get(collector)
+        self._collectors[collector] = state
+        if len(self._collectors) > 1024:  # bounded: forget the oldest
+            del self._collectors[next(iter(self._collectors))]
+        if state != "online" or (before == "online" and retained):
+            return
+        self._presence_at = time.monotonic()
+        self._presence.set()
+        log.info("collector_online", collector=collector, retained=retained,
+                 inflight_batches=len(self._inflight),
+                 inflight_events=len(self._batch_of))
 
     async def handle_ack(self, ack: Ack) -> None:
         if ack.epoch != self.outbox.epoch:

@@ -92,8 +92,8 @@ def test_a_full_disk_keeps_alarms_flowing_stops_in_time_and_restarts_degraded(
     try:
         wait_for(lambda: alarms_after(store, "") > 3, 40, "first alarms in the store")
         filler = fill(small_disk)
-        wait_for(lambda: any(e.get("event") == "outbox_disk_full" for e in ag.log_events()),
-                 30, "the agent to meet the full disk")
+        wait_for(lambda: any(e.get("event") in ("outbox_disk_full", "outbox_append_failed")
+                             for e in ag.log_events()), 30, "the agent to meet the full disk")
         full_at = format_time(time.time())
 
         # 1. Alarms raised while the disk is full still reach the store.

@@ -118,6 +118,11 @@ class OutboxThread:
             return False
         return await self._run(self._outbox.reclaim)
 
+    def mark_sent(self, lane: int, seq: int) -> None:
+        """`Outbox.mark_sent` (in memory, from the loop thread)."""
+        if self._outbox is not None:
+            self._outbox.mark_sent(lane, seq)
+
     async def release_reserve(self) -> bool:
         """Give the reserve's room to the outbox (disk full, alarms waiting)."""
         return await self._run(partial(outbox_reserve.release, self.path))

@@ -261,6 +261,9 @@ class Uplink:
                 self._inflight[batch.id] = batch
                 for seq in batch.seqs:
                     self._batch_of[seq] = batch.id
+                # Before publishing: an evicted row is then never reported "lost" (known
+                # never delivered) when it may have reached the collector.
+                self.outbox.mark_sent(rows[-1].lane, rows[-1].seq)
                 # Publishes run concurrently (PUBACK round trips overlap); one that fails
                 # ends the session through the task group.
                 tg.create_task(self._publish(client, rows))

@@ -590,8 +590,10 @@ def test_loss_report_is_emitted_once_the_interval_has_passed(path: Path) -> None
     VALIDATOR.validate(body)
     assert body["time"] == format_time(clock.now)
     data = body["data"]
-    assert set(data) == {"reason", "evicted", "by_type", "seq_ranges"}
+    assert set(data) == {"reason", "evicted", "lost", "unconfirmed", "by_type", "seq_ranges"}
     assert data["reason"] == "outbox_full"
+    # nothing was marked sent: every evicted event is known never delivered
+    assert data["lost"] == data["evicted"] and data["unconfirmed"] == 0
     # The emitting append evicted one more (its own event's room) and named it too.
     assert data["seq_ranges"] == [[1, data["evicted"]]] and data["evicted"] >= 60
     assert data["by_type"]["smoke.reading"]["count"] == data["evicted"]
@@ -747,7 +749,7 @@ def test_crash_keeps_the_pending_report_for_the_next_run(path: Path) -> None:
     with raw(path) as conn:  # the child is dead: no lock
         report = json.loads(dict(conn.execute("SELECT key, value FROM meta"))["loss_report"])
     assert report["evicted"] == evicted and set(report) == {
-        "evicted", "by_type", "seq_ranges", "pending_since"}
+        "evicted", "by_type", "seq_ranges", "pending_since", "unconfirmed"}
     clock = FakeClock(report["pending_since"] + 30)
     box = Outbox.open(path, max_bytes=8_000, hierarchy=H, clock=clock)
     assert box.stats().loss_pending == box.stats().evicted_total == evicted

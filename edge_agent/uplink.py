@@ -63,6 +63,8 @@ FRESH_MAX_BATCHES = 8
 #: after us, and the broker drops what it has no subscriber for. Resends are free.
 FRESH_SESSION_S = 3.0
 FRESH_ACK_TIMEOUT_S = 0.5
+#: A collector's `online` makes the in-flight batches be resent at most this often.
+PRESENCE_RESEND_MIN_S = 1.0
 
 
 @dataclass
@@ -123,7 +125,7 @@ class Uplink:
         self._collectors: dict[str, str] = {}
         #: set when a collector came online: resend what was in flight then (invariant 8)
         self._presence = asyncio.Event()
-        self._presence_at = 0.0
+        self._presence_at = -PRESENCE_RESEND_MIN_S
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -322,7 +324,7 @@ class Uplink:
                 async with asyncio.timeout(period):
                     await self._presence.wait()
             now = time.monotonic()
-            online_at, self._presence_at = self._presence_at, 0.0
+            online_at = self._presence_at if self._presence.is_set() else 0.0
             self._presence.clear()
             for batch in [b for b in self._inflight.values()
                           if now - b.sent_at >= self._ack_timeout(b)
@@ -373,7 +375,10 @@ class Uplink:
             del self._collectors[next(iter(self._collectors))]
         if state != "online" or (before == "online" and retained):
             return
-        self._presence_at = time.monotonic()
+        now = time.monotonic()
+        if now - self._presence_at < PRESENCE_RESEND_MIN_S:
+            return  # a burst of presence messages resends once
+        self._presence_at = now
         self._presence.set()
         log.info("collector_online", collector=collector, retained=retained,
                  inflight_batches=len(self._inflight),

@@ -1,6 +1,6 @@
 """Overload at the edges: a flood past the in-memory queue, and a hostile ack.
 
-    .venv/bin/python bench/overload.py [--flood 150000] [--alarms 1000]
+    .venv/bin/python bench/overload.py [--flood 50000] [--alarms 1000]
 
 `flood`: the real pipeline and outbox (a temp dir); `--flood` readings and `--alarms`
 alarms are emitted without yielding (faster than any commit), so everything past
@@ -93,7 +93,7 @@ async def hostile_ack(tmp: Path) -> dict[str, object]:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--flood", type=int, default=150_000, help="readings emitted at once")
+    ap.add_argument("--flood", type=int, default=50_000, help="readings emitted at once")
     ap.add_argument("--alarms", type=int, default=1_000, help="alarms among them")
     args = ap.parse_args()
     configure("critical")

@@ -38,7 +38,9 @@ log = get_logger("edge_agent.pipeline")
 #: Events waiting in memory for their commit; beyond this a driver's telemetry and records
 #: are dropped (counted and reported by a gateway.data_loss) rather than letting memory grow
 #: without bound while the disk stalls. Alarms are never dropped (edge_agent.pending).
-MAX_PENDING = 100_000
+#: A waiting event costs ~1.7 KB (bench/overload.py): 20,000 is ~35 MiB, 40 s at 500
+#: events/s, well inside the unit's MemoryMax=256M (100,000 took the agent past 210 MiB).
+MAX_PENDING = 20_000
 #: Wait between attempts to commit while the outbox fails (disk full, I/O errors).
 COMMIT_RETRY_S = 1.0
 #: A report of dropped events is queued when the queue is half empty again, or this long

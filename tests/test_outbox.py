@@ -1259,3 +1259,16 @@ OutboxModel.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_outbox_model = OutboxModel.TestCase
+
+
+def test_a_pending_report_from_before_unconfirmed_was_kept_counts_all_as_unconfirmed() -> None:
+    """A loss report persisted by an older agent has no `unconfirmed`: whether its rows
+    were sent is not known, so none of them may be called `lost`."""
+    from edge_agent._outbox_loss import parse_loss
+
+    old = json.dumps({"evicted": 3, "seq_ranges": [[2, 4]], "pending_since": 1.0,
+                      "by_type": {"smoke.reading": {"count": 3, "first_time": "t",
+                                                    "last_time": "t"}}})
+    loss = parse_loss(old, next_seq=10, evicted_total=3, epoch="0" * 16)
+    assert loss.data()["unconfirmed"] == 3 and loss.data()["lost"] == 0
+    assert json.loads(loss.to_json())["unconfirmed"] == 3

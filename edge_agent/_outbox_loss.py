@@ -31,13 +31,16 @@ class Loss:
     evicted: int = 0
     by_type: dict[str, dict[str, Any]] = field(default_factory=dict)
     seq_ranges: list[list[int]] = field(default_factory=list)
+    #: of `evicted`, rows the uplink may have sent (seq at or below what it had sent when
+    #: they were evicted): perhaps stored, their ack not seen. The rest were never sent.
+    unconfirmed: int = 0
 
     def copy(self) -> Loss:
         return Loss(self.since, self.evicted,
                     {k: dict(v) for k, v in self.by_type.items()},
-                    [[a, b] for a, b in self.seq_ranges])
+                    [[a, b] for a, b in self.seq_ranges], self.unconfirmed)
 
-    def add_run(self, first: int, last: int, max_ranges: int) -> bool:
+    def add_run(self, first: int, last: int, max_ranges: int, sent_through: int = 0) -> bool:
         """Name seqs first..last (none named yet) in `seq_ranges` and count them in
         `evicted`; False (nothing changed) if that would take more than `max_ranges`
         ranges. (Only the first seq of a run can need a new range, so cutting between runs
@@ -58,6 +61,7 @@ class Loss:
         else:
             ranges.insert(i, [first, last])
         self.evicted += last - first + 1
+        self.unconfirmed += max(0, min(last, sent_through) - first + 1)
         return True
 
     def count_types(self, items: Sequence[Evicted]) -> None:
@@ -76,20 +80,22 @@ class Loss:
     def data(self) -> dict[str, Any]:
         """The `data` of the gateway.data_loss event that reports it."""
         return {"reason": "outbox_full", "evicted": self.evicted,
+                "lost": self.evicted - self.unconfirmed, "unconfirmed": self.unconfirmed,
                 "by_type": dict(sorted(self.by_type.items())), "seq_ranges": self.seq_ranges}
 
     def to_json(self) -> str:
         return json.dumps({"evicted": self.evicted, "by_type": self.by_type,
-                           "seq_ranges": self.seq_ranges, "pending_since": self.since},
+                           "seq_ranges": self.seq_ranges, "pending_since": self.since,
+                           "unconfirmed": self.unconfirmed},
                           separators=(",", ":"))
 
 
 def add_loss(loss: Loss | None, items: Sequence[Evicted], now: float,
-             max_ranges: int) -> tuple[Loss, list[Loss]]:
+             max_ranges: int, sent_through: int = 0) -> tuple[Loss, list[Loss]]:
     """`loss` (not modified) with `items` added, and the reports that became full on the
     way: when adding a row would give a report more than `max_ranges` ranges, that report
     (holding exactly `max_ranges`) is done and a new one, pending since `now`, starts with
-    the row."""
+    the row. Rows at or below `sent_through` count as `unconfirmed`."""
     work = loss.copy() if loss is not None else Loss(now)
     done: list[Loss] = []
     rows = sorted(items)
@@ -98,10 +104,10 @@ def add_loss(loss: Loss | None, items: Sequence[Evicted], now: float,
         if j < len(rows) and rows[j][0] == rows[j - 1][0] + 1:
             continue
         run = rows[start:j]  # consecutive seqs
-        if not work.add_run(run[0][0], run[-1][0], max_ranges):
+        if not work.add_run(run[0][0], run[-1][0], max_ranges, sent_through):
             done.append(work)
             work = Loss(now)
-            work.add_run(run[0][0], run[-1][0], max_ranges)
+            work.add_run(run[0][0], run[-1][0], max_ranges, sent_through)
         work.count_types(run)
         start = j
     return work, done
@@ -120,8 +126,10 @@ def parse_loss(text: object, next_seq: int, evicted_total: int, epoch: str) -> L
     except ValueError as exc:
         raise bad(f"not JSON ({exc})") from None
     keys = {"evicted", "by_type", "seq_ranges", "pending_since"}
-    if not isinstance(obj, dict) or set(obj) != keys:
-        raise bad(f"expected an object with keys {sorted(keys)}")
+    if not isinstance(obj, dict) or set(obj) - {"unconfirmed"} != keys:
+        raise bad(f"expected an object with keys {sorted(keys)} (and unconfirmed)")
+    # Written before `unconfirmed` was kept: whether they were sent is not known.
+    unconfirmed: Any = obj.get("unconfirmed", obj["evicted"])
     evicted, by_type, ranges, since = (obj[k] for k in
                                        ("evicted", "by_type", "seq_ranges", "pending_since"))
     if not is_int(evicted) or not 1 <= evicted <= evicted_total:
@@ -145,4 +153,6 @@ def parse_loss(text: object, next_seq: int, evicted_total: int, epoch: str) -> L
         raise bad("by_type entries must be {count, first_time, last_time}")
     if sum(v["count"] for v in by_type.values()) != evicted:
         raise bad("by_type counts do not add up to evicted")
-    return Loss(float(since), evicted, by_type, ranges)
+    if not is_int(unconfirmed) or not 0 <= unconfirmed <= evicted:
+        raise bad(f"unconfirmed={unconfirmed!r} (evicted={evicted})")
+    return Loss(float(since), evicted, by_type, ranges, unconfirmed)

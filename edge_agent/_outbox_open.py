@@ -38,6 +38,8 @@ from edge_agent.logs import get_logger
 log = get_logger("edge_agent.outbox")
 
 _SIDE_FILES = ("", "-wal", "-shm", "-journal")
+#: WAL pages (4 KiB) after which a commit checkpoints them into the main file.
+WAL_AUTOCHECKPOINT_PAGES = 256
 #: Next to the outbox: the note that a run met corruption, so the next open quarantines.
 _MARKER_SUFFIX = ".needs-quarantine"
 _EPOCH_RE = re.compile(r"[0-9a-f]{16}")
@@ -112,7 +114,7 @@ def open_error(exc: sqlite3.Error, path: Path) -> Exception:
         return OutboxLockedError(
             f"outbox {path} is locked by another process (another edge-agent is using it?): "
             f"{exc}")
-    if name == "SQLITE_FULL":
+    if name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE"):  # SHMSIZE: no room for a -shm
         return OutboxFullDiskError(f"cannot open outbox {path}: disk full ({exc}); free space "
                                    f"on {path.parent}")
     hint = " (does the directory exist, and may this user write it?)" if name.startswith(
@@ -214,6 +216,10 @@ def _use_wal(conn: sqlite3.Connection, path: Path) -> None:
     if str(mode).lower() != "wal":
         raise OutboxError(f"outbox {path}: cannot switch to WAL (journal_mode={mode})")
     conn.execute("PRAGMA synchronous=FULL")
+    # A small WAL: checkpointed every WAL_AUTOCHECKPOINT_PAGES pages (SQLite's default is
+    # 1000, 4 MiB), so that on a full disk most of the outbox's space is in the main file,
+    # where the pages acked rows free are reused by the next rows.
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
 
 
 def _load(db: Any) -> Figures | None:

@@ -44,10 +44,12 @@ def is_due(loss: Loss, now: float, interval: float) -> bool:
 
 
 def write(conn: sqlite3.Connection, before: Figures, rows: list[Row], now: float,
-          limits: Limits, *, flush: bool, max_ranges: int) -> Written:
+          limits: Limits, *, flush: bool, max_ranges: int, sent_through: int = 0) -> Written:
     """Insert `rows`; evict if over the cap and add the evictions to the pending loss
     report; emit that report if due (or `flush`), or in parts of `max_ranges` ranges;
-    persist counters and the report. Must run inside a transaction."""
+    persist counters and the report. Evicted rows at or below `sent_through` (the
+    highest seq the uplink sent) count as unconfirmed, the rest as lost. Must run inside a
+    transaction."""
     if rows:
         conn.executemany(INSERT, rows)
     epoch, interval = before.epoch, limits.loss_report_interval_s
@@ -72,7 +74,7 @@ def write(conn: sqlite3.Connection, before: Figures, rows: list[Row], now: float
             break  # only alarms left: the cap is overshot
         total, count = total - freed, count - n
         evicted += batch
-        loss, full = add_loss(loss, batch, now, max_ranges)
+        loss, full = add_loss(loss, batch, now, max_ranges, sent_through)
         for done in full:  # trigger (b): too many ranges for one report
             row = data_loss_row(limits.hierarchy, done, epoch, next_seq, now)
             conn.execute(INSERT, row)

@@ -88,9 +88,22 @@ class Agent:
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:
+        self.pipeline.request_stop()
         await self.pipeline.flush()
         await self.outbox.close()
-        log.info("agent_stopped", gateway=self.hierarchy.gateway)
+        p = self.pipeline
+        not_kept = dict(p.not_kept)
+        if p.dropped_unreported:
+            not_kept["dropped_unreported"] = p.dropped_unreported
+        if not_kept:
+            # The last line says exactly what this run could not keep: events given up
+            # at shutdown by retention, and drops no gateway.data_loss could report.
+            log.error("agent_stopped", gateway=self.hierarchy.gateway, not_kept=not_kept,
+                      not_kept_total=sum(not_kept.values()), disk_full=p.disk_full,
+                      dropped_total=p.counters.dropped, repeat_ok=True)
+        else:
+            log.info("agent_stopped", gateway=self.hierarchy.gateway, not_kept={},
+                     not_kept_total=0, dropped_total=p.counters.dropped)
 
     async def heartbeat(self) -> None:
         while True:
@@ -103,8 +116,11 @@ class Agent:
         s = self.outbox.stats()
         data: dict[str, object] = {
             "uptime_s": round(time.time() - self.started, 1), "outbox_events": s.events,
-            "outbox_bytes": s.bytes, "evicted_total": s.evicted_total, "version": __version__,
+            "outbox_bytes": s.bytes, "evicted_total": s.evicted_total,
+            "dropped_total": self.pipeline.counters.dropped, "version": __version__,
             "alarm_toggles_suppressed": self.pipeline.counters.alarm_toggles_suppressed}
+        if self.pipeline.disk_full or not self.outbox.is_open:
+            data["disk_full"] = True
         if s.oldest_created is not None:
             data["oldest_waiting_s"] = round(max(0.0, time.time() - s.oldest_created), 1)
         return data
@@ -126,7 +142,14 @@ async def run_agent(cfg: GatewayConfig) -> None:
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     assert task is not None
+
+    def stop() -> None:
+        # Failing commits get STOP_BUDGET_S more, then the rest is counted as not kept:
+        # the agent ends well within systemd's TimeoutStopSec, never by its SIGKILL.
+        agent.pipeline.request_stop()
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
     with contextlib.suppress(asyncio.CancelledError):
         await agent.run()

@@ -222,6 +222,9 @@ class Outbox:
         self._figures = figures
         self._oldest: float | None = None
         self._alarms_over_cap = 0
+        #: highest seq of the normal lane the uplink sent (`mark_sent`); what was stored
+        #: before this open may have been sent by an earlier run
+        self._sent_through = figures.next_seq - 1
         self.quarantined = quarantined
         if figures.events:
             self._refresh_oldest()
@@ -401,6 +404,40 @@ class Outbox:
             self._refresh_oldest()
         return deleted
 
+    def mark_sent(self, lane: int, seq: int) -> None:
+        """The uplink is sending the rows of `lane` up to `seq` (called before it
+        publishes). An evicted row at or below it is reported `unconfirmed` (perhaps stored,
+        its ack not seen), any other `lost` (never sent). Only the normal lane is evicted.
+        In memory, no I/O: callable from any thread."""
+        if lane == LANE_NORMAL and seq > self._sent_through:
+            self._sent_through = seq
+
+    def reclaim(self) -> bool:
+        """On a full disk: checkpoint the WAL into the main file and truncate it
+        (`wal_checkpoint(TRUNCATE)`). The main file reuses the pages acked rows freed, so
+        this usually gives back most of the WAL's room. True if the WAL shrank; False if
+        it did not (nothing to give back, or no room for the checkpoint either)."""
+        conn = self._live()
+        wal = self._path.with_name(self._path.name + "-wal")
+        try:
+            before = wal.stat().st_size
+        except OSError:
+            return False
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("outbox_checkpoint_failed", path=str(self._path), error=str(exc),
+                        errname=errname(exc))
+            return False
+        try:
+            after = wal.stat().st_size
+        except OSError:
+            after = 0
+        if busy or after >= before:
+            return False
+        log.debug("outbox_wal_reclaimed", path=str(self._path), freed=before - after)
+        return True
+
     # ------------------------------------------------------------------ reads
 
     def fetch(self, *, lane: int, after_seq: int, limit: int, max_bytes: int) -> list[OutboxRow]:
@@ -495,7 +532,7 @@ class Outbox:
         """`_outbox_write.write` on this outbox; inside a transaction, changes nothing in
         memory."""
         return write(self._live(), figures, rows, now, self._limits, flush=flush,
-                     max_ranges=MAX_LOSS_RANGES)
+                     max_ranges=MAX_LOSS_RANGES, sent_through=self._sent_through)
 
     def _apply(self, written: Written, now: float, *, deleted: int = 0) -> None:
         """Take over the figures of a committed write (made at `now`, after deleting

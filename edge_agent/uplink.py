@@ -5,7 +5,8 @@ Invariants
    A PUBACK, a publish that raised or timed out, a reconnect: all "outcome unknown",
    the row stays and is sent again later with the same id (the collector dedupes).
 2. At most `max_inflight_batches` unacknowledged batches are out at once; a batch
-   without an ack after `ack_timeout_s` is sent again (rows still present only).
+   without an ack after `ack_timeout_s` is sent again (rows still present only), or at
+   once when a collector comes online (see 8).
 3. Alarms first: lane 1 (alarm retention) is drained before lane 0 on every pick.
 4. On every (re)connect all in-flight state is forgotten and sending restarts from
    the oldest row: the collector may have committed some of it; duplicates are free.
@@ -17,6 +18,14 @@ Invariants
    (an eviction, a data_loss report, a reconnect, an overfull hand-over buffer) sends
    the lane back to fetching from its cursor (`notify`), and a fetch that was under way
    then cannot mark the lane caught up (`_generation`).
+7. An ack acts on in-flight seqs only: its ranges are intersected with them (never
+   expanded), so what one ack can make the agent do is bounded by what is in flight;
+   the rest is ignored, counted (`ack_seqs_ignored`) and logged (rate-limited).
+8. A collector coming online (its presence on `COLLECTOR_PRESENCE_FILTER`: `online`
+   after `offline`, the first `online` seen in a session, or any `online` it publishes
+   live, i.e. not retained) makes every batch in flight at that moment be sent again at
+   once, rather than after `ack_timeout_s`: it may have missed them (a broker drops what
+   it has no subscriber for). Resends are free (the collector drops duplicates).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from edge_agent.logs import get_logger
 from edge_agent.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.outbox import Appended, OutboxRow
 from edge_agent.outbox_thread import OutboxThread
-from edge_agent.topics import GatewayTopics
+from edge_agent.topics import COLLECTOR_PRESENCE_FILTER, GatewayTopics
 from edge_agent.wire import Ack, AckError, encode_batch
 
 log = get_logger("edge_agent.uplink")
@@ -54,6 +63,8 @@ FRESH_MAX_BATCHES = 8
 #: after us, and the broker drops what it has no subscriber for. Resends are free.
 FRESH_SESSION_S = 3.0
 FRESH_ACK_TIMEOUT_S = 0.5
+#: A collector's `online` makes the in-flight batches be resent at most this often.
+PRESENCE_RESEND_MIN_S = 1.0
 
 
 @dataclass
@@ -77,6 +88,8 @@ class UplinkStatus:
     events_sent: int = 0
     events_acked: int = 0
     resends: int = 0
+    #: seqs named by acks that were not in flight (stale, duplicate or forged), ignored
+    ack_seqs_ignored: int = 0
     last_error: str = ""
 
 
@@ -108,6 +121,11 @@ class Uplink:
         self._session_started = 0.0
         #: bumped by every fall-back: a fetch that began before one never catches a lane up
         self._generation = 0
+        #: collectors' last presence seen in this session (collector id -> payload)
+        self._collectors: dict[str, str] = {}
+        #: set when a collector came online: resend what was in flight then (invariant 8)
+        self._presence = asyncio.Event()
+        self._presence_at = -PRESENCE_RESEND_MIN_S
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -198,6 +216,8 @@ class Uplink:
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         await client.subscribe(self.topics.ack, qos=1)
+        self._collectors.clear()
+        await client.subscribe(COLLECTOR_PRESENCE_FILTER, qos=1)
         await client.publish(self.topics.status, b"online", qos=1, retain=True,
                              timeout=self.cfg.publish_timeout_s)
         self._was_connected = True
@@ -243,6 +263,9 @@ class Uplink:
                 self._inflight[batch.id] = batch
                 for seq in batch.seqs:
                     self._batch_of[seq] = batch.id
+                # Before publishing: an evicted row is then never reported "lost" (known
+                # never delivered) when it may have reached the collector.
+                self.outbox.mark_sent(rows[-1].lane, rows[-1].seq)
                 # Publishes run concurrently (PUBACK round trips overlap); one that fails
                 # ends the session through the task group.
                 tg.create_task(self._publish(client, rows))
@@ -297,10 +320,15 @@ class Uplink:
     async def _resend_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         period = max(0.05, min(0.25, self.cfg.ack_timeout_s / 4))
         while True:
-            await asyncio.sleep(period)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._presence.wait()
             now = time.monotonic()
+            online_at = self._presence_at if self._presence.is_set() else 0.0
+            self._presence.clear()
             for batch in [b for b in self._inflight.values()
-                          if now - b.sent_at >= self._ack_timeout(b)]:
+                          if now - b.sent_at >= self._ack_timeout(b)
+                          or b.sent_at <= online_at]:
                 rows = await self.outbox.get(sorted(batch.seqs))
                 if not rows:  # evicted meanwhile
                     self._forget(batch, batch.seqs)
@@ -320,10 +348,13 @@ class Uplink:
 
     async def _receive_acks(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if str(message.topic) != self.topics.ack:
-                continue
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
+                continue
+            if str(message.topic) != self.topics.ack:
+                if message.topic.matches(COLLECTOR_PRESENCE_FILTER):
+                    self.handle_presence(str(message.topic), bytes(payload),
+                                         retained=bool(message.retain))
                 continue
             try:
                 ack = Ack.decode(payload)
@@ -332,11 +363,44 @@ class Uplink:
                 continue
             await self.handle_ack(ack)
 
+    def handle_presence(self, topic: str, payload: bytes, *, retained: bool) -> None:
+        """A collector's presence (invariant 8): resend at once when one comes online."""
+        collector = topic.split("/")[-2][:64]
+        state = payload[:16].decode("ascii", "replace").strip().lower()
+        if state not in ("online", "offline"):
+            return
+        before = self._collectors.get(collector)
+        self._collectors[collector] = state
+        if len(self._collectors) > 1024:  # bounded: forget the oldest
+            del self._collectors[next(iter(self._collectors))]
+        if state != "online" or (before == "online" and retained):
+            return
+        now = time.monotonic()
+        if now - self._presence_at < PRESENCE_RESEND_MIN_S:
+            return  # a burst of presence messages resends once
+        self._presence_at = now
+        self._presence.set()
+        log.info("collector_online", collector=collector, retained=retained,
+                 inflight_batches=len(self._inflight),
+                 inflight_events=len(self._batch_of))
+
     async def handle_ack(self, ack: Ack) -> None:
         if ack.epoch != self.outbox.epoch:
             log.info("ack_other_epoch_ignored", epoch=ack.epoch, current=self.outbox.epoch)
             return
-        seqs = ack.seqs()
+        # Only seqs in flight count (invariant 1 and 7): the ranges are intersected with
+        # them, never expanded, so a hostile or stale ack costs at most the in-flight set.
+        seqs = ack.seqs_among(sorted(self._batch_of))
+        ignored = ack.named() - len(seqs)
+        if ignored > 0:
+            self.status.ack_seqs_ignored += ignored
+            log.warning("ack_seqs_not_in_flight", topic=self.topics.ack, ignored=ignored,
+                        ignored_total=self.status.ack_seqs_ignored,
+                        ranges=len(ack.committed) + len(ack.rejected),
+                        hint="acks for rows not sent in this session are ignored (resent "
+                             "rows are acked again); many of them may mean a forged ack")
+        if not seqs:
+            return
         self.outbox.ack(seqs)  # deleted write-behind, with the next commit
         self.status.last_ack_at = time.time()
         if ack.rejected:

@@ -14,8 +14,9 @@ edge deletes them too. Ranges are inclusive [first, last], sorted, disjoint.
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,23 @@ class Ack:
         ).encode()
 
     def seqs(self) -> set[int]:
+        """Every seq the ack names. Expands the ranges: only for acks this process built
+        or already bounded (tests, the collector); the agent uses `seqs_among`."""
         return set(iter_ranges(self.committed)) | set(iter_ranges(self.rejected))
+
+    def named(self) -> int:
+        """How many seqs the ranges name (counted, never expanded; overlaps counted twice)."""
+        return sum(last - first + 1 for first, last in (*self.committed, *self.rejected))
+
+    def seqs_among(self, candidates: Sequence[int]) -> set[int]:
+        """The seqs of sorted `candidates` that the ack names: work and memory bounded by
+        `len(candidates)` and the number of ranges, however wide the ranges are."""
+        found: set[int] = set()
+        for first, last in (*self.committed, *self.rejected):
+            lo = bisect.bisect_left(candidates, first)
+            hi = bisect.bisect_right(candidates, last, lo)
+            found.update(candidates[lo:hi])
+        return found
 
     @classmethod
     def decode(cls, payload: bytes | bytearray) -> Ack:

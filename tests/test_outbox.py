@@ -590,8 +590,10 @@ def test_loss_report_is_emitted_once_the_interval_has_passed(path: Path) -> None
     VALIDATOR.validate(body)
     assert body["time"] == format_time(clock.now)
     data = body["data"]
-    assert set(data) == {"reason", "evicted", "by_type", "seq_ranges"}
+    assert set(data) == {"reason", "evicted", "lost", "unconfirmed", "by_type", "seq_ranges"}
     assert data["reason"] == "outbox_full"
+    # nothing was marked sent: every evicted event is known never delivered
+    assert data["lost"] == data["evicted"] and data["unconfirmed"] == 0
     # The emitting append evicted one more (its own event's room) and named it too.
     assert data["seq_ranges"] == [[1, data["evicted"]]] and data["evicted"] >= 60
     assert data["by_type"]["smoke.reading"]["count"] == data["evicted"]
@@ -747,7 +749,7 @@ def test_crash_keeps_the_pending_report_for_the_next_run(path: Path) -> None:
     with raw(path) as conn:  # the child is dead: no lock
         report = json.loads(dict(conn.execute("SELECT key, value FROM meta"))["loss_report"])
     assert report["evicted"] == evicted and set(report) == {
-        "evicted", "by_type", "seq_ranges", "pending_since"}
+        "evicted", "by_type", "seq_ranges", "pending_since", "unconfirmed"}
     clock = FakeClock(report["pending_since"] + 30)
     box = Outbox.open(path, max_bytes=8_000, hierarchy=H, clock=clock)
     assert box.stats().loss_pending == box.stats().evicted_total == evicted
@@ -1257,3 +1259,16 @@ OutboxModel.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_outbox_model = OutboxModel.TestCase
+
+
+def test_a_pending_report_from_before_unconfirmed_was_kept_counts_all_as_unconfirmed() -> None:
+    """A loss report persisted by an older agent has no `unconfirmed`: whether its rows
+    were sent is not known, so none of them may be called `lost`."""
+    from edge_agent._outbox_loss import parse_loss
+
+    old = json.dumps({"evicted": 3, "seq_ranges": [[2, 4]], "pending_since": 1.0,
+                      "by_type": {"smoke.reading": {"count": 3, "first_time": "t",
+                                                    "last_time": "t"}}})
+    loss = parse_loss(old, next_seq=10, evicted_total=3, epoch="0" * 16)
+    assert loss.data()["unconfirmed"] == 3 and loss.data()["lost"] == 0
+    assert json.loads(loss.to_json())["unconfirmed"] == 3

@@ -35,6 +35,10 @@ class Health:
         if stalled > self.stall_s:
             problems.append(f"pipeline stuck: {p.pending} events waiting, nothing committed "
                             f"for {stalled:.0f} s (check the disk holding the outbox)")
+        if p.disk_full or not self.view.outbox.is_open:
+            problems.append(f"disk full: the outbox at {self.view.outbox.path} cannot commit "
+                            f"({p.pending} events waiting in memory, alarms first; "
+                            f"{p.counters.dropped} dropped); free space on that disk")
         disk = self.disk.read()
         free = disk.get("free_bytes")
         if isinstance(free, int) and free < DISK_FREE_MIN:
@@ -43,5 +47,6 @@ class Health:
             "status": "unhealthy" if problems else "ok", "problems": problems,
             "pending": p.pending, "committed": p.counters.committed,
             "uplink_connected": self.view.uplink.status.connected,
+            "disk_full": p.disk_full or not self.view.outbox.is_open,
         }
         return not problems, body

@@ -128,7 +128,10 @@ def _outbox(view: AgentView, now: float, authenticated: bool) -> dict[str, Any]:
         "oldest_created_at": ts(s.oldest_created),
         "oldest_age_s": (None if s.oldest_created is None
                          else round(max(0.0, now - s.oldest_created), 1)),
-        "evicted_total": s.evicted_total}
+        "evicted_total": s.evicted_total,
+        "disk_full": view.pipeline.disk_full or not view.outbox.is_open,
+        "disk_full_since": ts(view.pipeline.disk_full_since
+                              if view.pipeline.disk_full else None)}
     if authenticated:  # an ack names the epoch: nobody on the LAN needs it to read the page
         out["epoch"] = s.epoch
     return out

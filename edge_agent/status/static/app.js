@@ -159,7 +159,8 @@ function renderCards() {
   dl("uplink", rows);
   dl("outbox", [["outbox.events", tt("outbox.events_value", { n: o.events }), { "data-testid": "outbox-events" }],
     ["outbox.oldest", o.oldest_created_at ? duration(ageSeconds(o.oldest_created_at)) : tt("misc.none")],
-    ["outbox.evicted", String(o.evicted_total)], ["outbox.bytes", bytes(o.bytes) + " / " + bytes(o.max_bytes)]]);
+    ["outbox.evicted", String(o.evicted_total)], ["outbox.bytes", bytes(o.bytes) + " / " + bytes(o.max_bytes)],
+    ...(o.disk_full ? [["outbox.disk", el("span", { class: "pill offline", "data-testid": "outbox-disk-full" }, tt("outbox.disk_full"))]] : [])]);
 }
 
 function renderDevices() {

@@ -1,0 +1,130 @@
+"""What an ack can make the agent do, and when the agent resends: the real agent process
+or the real uplink, a real Mosquitto, a real collector."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiomqtt
+
+from edge_agent.topics import GatewayTopics
+from edge_agent.uplink import FRESH_SESSION_S
+from edge_agent.wire import Ack
+from tests.harness import (
+    COMMUNITY,
+    DISTRICT,
+    agent,
+    collector,
+    collector_yaml,
+    gateway_yaml,
+    query,
+    sim_devices,
+    wait_for,
+    write_yaml,
+)
+from tests.peers import Mosquitto
+
+#: Generous bound on the agent's peak RSS after a hostile ack (it idles at ~60 MiB here;
+#: expanding the ranges below took it past 800 MiB).
+PEAK_RSS_MAX = 250 * 1024 * 1024
+#: Long, so that a resend on the timer cannot pass for one on the collector's presence.
+ACK_TIMEOUT_S = 120.0
+#: tests.harness.collector_yaml's collector id
+COLLECTOR_ID = "c1"
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+def stored_count(store: Path) -> int:
+    rows = query(store, "SELECT COUNT(*) FROM events")
+    return int(rows[0][0]) if rows else 0
+
+
+async def test_a_hostile_ack_costs_no_more_than_what_is_in_flight(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    store, gw = tmp_path / "district.db", "gw-ack"
+    col = collector(write_yaml(tmp_path / "c.yaml", collector_yaml(mosquitto.url, store)),
+                    tmp_path / "c.log").start()
+    ag = agent(write_yaml(tmp_path / "g.yaml", gateway_yaml(
+        gw, mosquitto.url, tmp_path / "o.db", devices=sim_devices(2, period_s=0.05))),
+        tmp_path / "a.log").start()
+    try:
+        wait_for(lambda: stored_count(store) > 20, 40, "first events in the store")
+        started = next(e for e in ag.log_events() if e.get("event") == "agent_started")
+        assert ag.proc is not None
+        before = peak_rss(ag.proc.pid)
+        # 8 ranges of a million seqs each: 8 million seqs named in ~200 bytes.
+        hostile = Ack(started["epoch"], [[1 + i * 1_000_000, (i + 1) * 1_000_000 - 1]
+                                         for i in range(8)])
+        assert len(hostile.encode()) < 300
+        topics = GatewayTopics(DISTRICT, COMMUNITY, gw)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="attacker") as c:
+            for _ in range(3):
+                await c.publish(topics.ack, hostile.encode(), qos=1)
+        # acks arrive in order: once later events are acked, the hostile ones were handled
+        stored = stored_count(store)
+        wait_for(lambda: stored_count(store) > stored + 40, 60, "events still flowing")
+        assert ag.alive()
+        after = peak_rss(ag.proc.pid)
+        print(f"agent peak RSS before the hostile acks {before / 2**20:.0f} MiB, "
+              f"after {after / 2**20:.0f} MiB")
+        assert after < PEAK_RSS_MAX, f"peak RSS {after / 2**20:.0f} MiB"
+        warning = next(e for e in ag.log_events() if e.get("event") == "ack_seqs_not_in_flight")
+        assert warning["ignored"] > 7_000_000 and warning["level"] == "warning"
+        # rate-limited: three hostile acks, one line
+        assert sum(e.get("event") == "ack_seqs_not_in_flight" for e in ag.log_events()) == 1
+    finally:
+        assert ag.stop() == 0
+        col.stop()
+    json.dumps(warning)  # the log line is plain JSON
+
+
+def test_batches_missed_by_a_late_collector_are_resent_when_it_comes_online(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Batches published while no collector listens are lost by the broker; the agent
+    resends them when the collector's presence says `online`, not `ack_timeout_s` later."""
+    store, gw = tmp_path / "district.db", "gw-late"
+    ag = agent(write_yaml(tmp_path / "g.yaml", gateway_yaml(
+        gw, mosquitto.url, tmp_path / "o.db", uplink={"ack_timeout_s": ACK_TIMEOUT_S},
+        devices=sim_devices(1, period_s=0.2, alarm_every_s=1.0))), tmp_path / "a.log").start()
+    col = collector(write_yaml(tmp_path / "c.yaml", collector_yaml(mosquitto.url, store)),
+                    tmp_path / "c.log")
+    try:
+        wait_for(lambda: any(e.get("event") == "uplink_connected" for e in ag.log_events()),
+                 30, "the agent connected")
+        time.sleep(FRESH_SESSION_S + 1)  # past the short timeout of a fresh session
+        wait_for(lambda: sum(e.get("event") == "device_state" for e in ag.log_events()), 10,
+                 "events made while no collector listens")
+        col.start()
+        wait_for(lambda: any(e.get("event") == "broker_connected" for e in col.log_events()),
+                 30, "the collector subscribed")
+        time.sleep(1)
+        # (the 8 batches in flight fill the window: nothing new goes out meanwhile)
+        assert query(store, "SELECT COUNT(*) FROM events WHERE seq = 1") == [(0,)], (
+            "seq 1 was stored before the collector was online: nothing to test")
+
+        async def say_online() -> None:
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port,
+                                      identifier="collector-c1-presence") as c:
+                await c.publish(f"cd/v1/_collectors/{COLLECTOR_ID}/status", b"online", qos=1,
+                                retain=True)
+        said = time.monotonic()
+        asyncio.run(say_online())
+        # The whole backlog, seq 1 first, well before the ack timeout would resend it.
+        wait_for(lambda: query(store, "SELECT COUNT(*) FROM events WHERE seq = 1") == [(1,)],
+                 ACK_TIMEOUT_S / 4, "the missed batches resent on the collector's online",
+                 every=0.05)
+        print(f"missed batches stored {time.monotonic() - said:.2f} s after the collector's "
+              f"online (ack_timeout_s {ACK_TIMEOUT_S})")
+        assert any(e.get("event") == "collector_online" for e in ag.log_events())
+    finally:
+        assert ag.stop() == 0
+        col.stop()

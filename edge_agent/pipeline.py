@@ -72,14 +72,19 @@ class DeviceStatus:
     last_error_at: float | None = None
 
 
+#: The states in which a device is down: moving between them is no new outage.
+DOWN_STATES = frozenset({DeviceState.OFFLINE, DeviceState.ERROR})
+
+
 def transition_event(previous: DeviceState, state: DeviceState, reason: str,
                      offline_s: float) -> tuple[str, dict[str, Any]] | None:
-    """The event a device state change means: `device.offline` on entering offline or
-    error, `device.online` on leaving them; None otherwise (the agent's one rule)."""
-    if state is DeviceState.ONLINE and previous in (DeviceState.OFFLINE, DeviceState.ERROR):
+    """The event a device state change means: `device.offline` on going down (offline or
+    error), `device.online` on coming back up; None otherwise, also between the two down
+    states (one outage is one offline/online pair; the page shows the newest reason)."""
+    if state is DeviceState.ONLINE and previous in DOWN_STATES:
         return "device.online", {"offline_s": round(max(0.0, offline_s), 3),
                                  "reason": reason or "answers again"}
-    if state in (DeviceState.OFFLINE, DeviceState.ERROR) and state != previous:
+    if state in DOWN_STATES and previous not in DOWN_STATES:
         return "device.offline", {"reason": reason or str(state)}
     return None
 
@@ -184,7 +189,10 @@ class Pipeline:
             status.reason = reason
             return
         now = time.time()
-        status.state, status.reason, status.since = state, reason, now
+        still_down = state in DOWN_STATES and previous in DOWN_STATES
+        status.state, status.reason = state, reason
+        if not still_down:  # the outage's start stays the start (device.online's offline_s)
+            status.since = now
         log.info("device_state", device=device, state=str(state), previous=str(previous),
                  reason=reason)
         event = transition_event(previous, state, reason, now - since)

@@ -79,3 +79,25 @@ async def test_an_alarm_alone_is_committed_without_waiting(tmp_path: Path,
         pipe.emit("gate-1", "gate.forced_open", {"state": "raised", "alarm_id": "f1"})
         assert await commits.wait(5.0)
         assert commits == [1]
+
+
+async def test_one_outage_is_one_offline_and_one_online_whatever_the_reasons(
+        tmp_path: Path) -> None:
+    """offline → error → offline (the reason changes while the device stays down) is one
+    outage: one device.offline, then one device.online whose offline_s spans all of it."""
+    from edge_agent.driver_api import DeviceState
+
+    seen: list[tuple[str, dict[str, object]]] = []
+    async with pipeline(tmp_path, 0.0) as (pipe, _commits):
+        pipe.on_event = lambda e: seen.append((e.type, dict(e.data)))
+        pipe.device_state("cam-1", DeviceState.ONLINE)
+        pipe.device_state("cam-1", DeviceState.OFFLINE, "no answer")
+        await asyncio.sleep(0.2)
+        pipe.device_state("cam-1", DeviceState.ERROR, "wrong password")
+        pipe.device_state("cam-1", DeviceState.OFFLINE, "no answer")
+        assert pipe.devices["cam-1"].reason == "no answer"
+        pipe.device_state("cam-1", DeviceState.ONLINE, "answers again")
+    assert [t for t, _ in seen] == ["device.offline", "device.online"], seen
+    assert seen[0][1]["reason"] == "no answer"
+    offline_s = seen[1][1]["offline_s"]
+    assert isinstance(offline_s, float) and offline_s >= 0.2

@@ -37,8 +37,8 @@ from drivers.onvif.driver import OnvifDriver
 from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig
-from edge_agent.envelope import Hierarchy
-from edge_agent.outbox_thread import OutboxThread
+from edge_agent.contract.envelope import Hierarchy
+from edge_agent.outbox import OutboxThread
 from edge_agent.pipeline import Pipeline
 
 HIERARCHY = Hierarchy(district="371312", street="371312001", community="371312001001",
@@ -120,8 +120,7 @@ async def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    from edge_agent import logs
-
+    from edge_agent.contract import logs
     logs.configure("error")
     with tempfile.TemporaryDirectory() as tmp:
         results = {"snapshot=false": await run(args.events, args.cameras, False, Path(tmp)),

@@ -4,7 +4,7 @@
         [--source mjpeg rtsp] [--strategies drain read-all reopen] [--fps 15]
 
 Processes: the video source runs in its own process (its CPU is not counted): an MJPEG
-640x360 15 fps stream over HTTP (drivers/onvif/sim_video.py, one shared encoder, one
+640x360 15 fps stream over HTTP (drivers/onvif/simulator/video.py, one shared encoder, one
 TCP connection per camera), or RTSP H.264 640x360 15 fps from tests/rtsp_server.py
 (gst-rtsp-server under /usr/bin/python3, one shared encoder; skipped if missing). Each
 round runs in a fresh worker process watching N cameras at the default options
@@ -49,7 +49,7 @@ from tests.peers import free_port, wait_port  # noqa: E402
 async def _serve_mjpeg(port: int, fps: float) -> None:
     from aiohttp import web
 
-    from drivers.onvif.sim_video import SyntheticScene, add_mjpeg_routes
+    from drivers.onvif.simulator.video import SyntheticScene, add_mjpeg_routes
 
     app = web.Application()
     add_mjpeg_routes(app, SyntheticScene(), "/video.mjpg", fps)

@@ -40,11 +40,11 @@ from collector.managed_broker import ManagedBroker  # noqa: E402
 from collector.store import Origin, open_store  # noqa: E402
 from collector.validate import Limits, check_payload  # noqa: E402
 from edge_agent.config.models import BackoffConfig, SecretRef  # noqa: E402
-from edge_agent.envelope import Hierarchy, new_event  # noqa: E402
-from edge_agent.logs import configure  # noqa: E402
-from edge_agent.mqtt import Endpoint  # noqa: E402
-from edge_agent.topics import GatewayTopics  # noqa: E402
-from edge_agent.wire import Ack, encode_batch  # noqa: E402
+from edge_agent.contract.envelope import Hierarchy, new_event  # noqa: E402
+from edge_agent.contract.logs import configure  # noqa: E402
+from edge_agent.contract.mqtt import Endpoint  # noqa: E402
+from edge_agent.contract.topics import GatewayTopics  # noqa: E402
+from edge_agent.contract.wire import Ack, encode_batch  # noqa: E402
 from tests.peers import Mosquitto, free_port  # noqa: E402
 
 HIER = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-b1")

@@ -29,8 +29,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, rate, summary
-from edge_agent.envelope import Hierarchy, new_event
-from edge_agent.logs import configure
+from edge_agent.contract.envelope import Hierarchy, new_event
+from edge_agent.contract.logs import configure
 from edge_agent.outbox import Outbox
 from tests.harness import (
     COMMUNITY,

@@ -11,7 +11,7 @@ for the pauses the driver keeps).
 
 Pacing: a pty moves bytes instantly and ignores the baud rate, so the simulator delays
 each reply by the time the frames would take on the wire
-(`drivers.modbus.simulator.rtu_transaction_s`): request (8 bytes) + reply (5 + 2 x 125
+(`drivers.modbus.simulator.server.rtu_transaction_s`): request (8 bytes) + reply (5 + 2 x 125
 bytes) at 11 bits per character, plus the 3.5-character silence between request and
 reply (1.75 ms above 19,200 baud, as the Modbus serial line spec recommends). The
 silence after the reply is the driver's own pause (3.5 characters of its line
@@ -46,10 +46,10 @@ from drivers.modbus import profile as profile_module  # noqa: E402
 from drivers.modbus.device import ModbusDevice  # noqa: E402
 from drivers.modbus.driver import ModbusDriver  # noqa: E402
 from drivers.modbus.points import Table  # noqa: E402
-from drivers.modbus.simulator import rtu_transaction_s, silence_s  # noqa: E402
+from drivers.modbus.simulator.server import rtu_transaction_s, silence_s  # noqa: E402
 from drivers.modbus.transport import Link, SerialSettings  # noqa: E402
-from edge_agent.driver_api import DeviceState  # noqa: E402
-from edge_agent.logs import configure  # noqa: E402
+from edge_agent.contract.logs import configure  # noqa: E402
+from edge_agent.sdk.api import DeviceState  # noqa: E402
 
 REGISTERS = 125
 BITS_PER_CHAR = 11  # 8N2 here (8E1 is the other 11-bit framing; a pty refuses parity)

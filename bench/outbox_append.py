@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent._outbox_body import stamped_body
-from edge_agent.envelope import Event, Hierarchy, new_event
-from edge_agent.logs import configure
+from edge_agent.contract.envelope import Event, Hierarchy, new_event
+from edge_agent.contract.logs import configure
 from edge_agent.outbox import LANE_ALARM, LOSS_REPORT_INTERVAL_S, ROW_OVERHEAD, Outbox
+from edge_agent.outbox._body import stamped_body
 
 try:
     from bench._common import Timer, emit, rate, summary

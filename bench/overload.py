@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 from edge_agent.config.models import UplinkConfig
-from edge_agent.envelope import Hierarchy
-from edge_agent.logs import configure
-from edge_agent.mqtt import Endpoint
-from edge_agent.outbox_thread import OutboxThread
+from edge_agent.contract.envelope import Hierarchy
+from edge_agent.contract.logs import configure
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.contract.wire import Ack
+from edge_agent.outbox import OutboxThread
 from edge_agent.pipeline import MAX_PENDING, Pipeline
-from edge_agent.topics import GatewayTopics
 from edge_agent.uplink import Batch, Uplink
-from edge_agent.wire import Ack
 
 try:
     from bench._common import Timer, emit, summary
@@ -72,7 +71,7 @@ async def flood(tmp: Path, readings: int, alarms: int) -> dict[str, object]:
 async def hostile_ack(tmp: Path) -> dict[str, object]:
     cfg = UplinkConfig(broker="mqtt://127.0.0.1:1")
     outbox = await OutboxThread.open(tmp / "ack.db", max_bytes=1 << 30, hierarchy=H)
-    uplink = Uplink(cfg, Endpoint.from_uplink(cfg), GatewayTopics(H.district, H.community,
+    uplink = Uplink(cfg, cfg.endpoint(), GatewayTopics(H.district, H.community,
                                                                   H.gateway),
                     outbox, client_id=H.gateway)
     for b in range(cfg.max_inflight_batches):  # a full window of unacked batches

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from collector.model import Rejected, Verdict
-from edge_agent.wire import Ack, to_ranges
+from edge_agent.contract.wire import Ack, to_ranges
 
 
 def as_stored(verdict: Verdict, diverted: Sequence[Rejected]) -> Verdict:

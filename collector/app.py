@@ -14,9 +14,9 @@ from collector.managed_broker import ManagedBroker
 from collector.registry import Registry, RegistryFile
 from collector.store import Store, open_store
 from collector.validate import Limits
-from edge_agent.config import ConfigError
-from edge_agent.logs import get_logger
-from edge_agent.mqtt import Endpoint, tls_context
+from edge_agent.contract.logs import get_logger
+from edge_agent.contract.mqtt import Endpoint, tls_context
+from edge_agent.contract.settings import ConfigError
 
 log = get_logger("collector.app")
 

@@ -18,9 +18,8 @@ import click
 
 from collector.store import Store, StoreError, open_store
 from collector.text import visible
-from edge_agent.config import ConfigError, load_model
-from edge_agent.config.models import SecretError
-from edge_agent.logs import configure
+from edge_agent.contract.logs import configure
+from edge_agent.contract.settings import ConfigError, SecretError, load_model
 
 if TYPE_CHECKING:
     from collector.config import CollectorConfig

@@ -13,7 +13,8 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from collector.quarantine import QuarantineLimits
 from collector.registry import Unregistered
-from edge_agent.config.models import (
+from edge_agent.contract.mqtt import Endpoint
+from edge_agent.contract.settings import (
     SEGMENT,
     BackoffConfig,
     BrokerUrl,
@@ -22,7 +23,6 @@ from edge_agent.config.models import (
     Strict,
     TlsConfig,
 )
-from edge_agent.mqtt import Endpoint
 
 LISTEN = r"^[^:\s]+:\d{1,5}$"
 #: The collector's own account on its managed broker: `_collector-<id>`. The leading `_`

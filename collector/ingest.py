@@ -35,10 +35,10 @@ from collector.registry import Registry
 from collector.store import IngestResult, Origin, Store
 from collector.text import storable
 from collector.validate import Limits, check_payload
-from edge_agent.config.models import BackoffConfig
-from edge_agent.logs import get_logger
-from edge_agent.mqtt import Endpoint, ProtocolChooser, make_client
-from edge_agent.topics import (
+from edge_agent.contract.logs import get_logger
+from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
+from edge_agent.contract.settings import BackoffConfig
+from edge_agent.contract.topics import (
     EVENTS_FILTER,
     PRESENCE_OFFLINE,
     PRESENCE_ONLINE,
@@ -47,7 +47,7 @@ from edge_agent.topics import (
     parse_topic,
     shared_subscription,
 )
-from edge_agent.wire import Ack
+from edge_agent.contract.wire import Ack
 
 log = get_logger("collector.ingest")
 

@@ -35,8 +35,8 @@ from collector.mosquitto_files import (
     mosquitto_conf,
     password_file,
 )
-from edge_agent.logs import get_logger
-from edge_agent.mqtt import Endpoint
+from edge_agent.contract.logs import get_logger
+from edge_agent.contract.mqtt import Endpoint
 
 log = get_logger("collector.broker")
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.topics import COLLECTOR_PRESENCE_FILTER, PREFIX, collector_presence_topic
+from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER, PREFIX, collector_presence_topic
 
 #: What `mosquitto_passwd` (2.0) uses; Mosquitto reads the count from each hash.
 PBKDF2_ITERATIONS = 101

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from collector.model import Rejected
 from collector.store.schema import RAW_CAP
-from edge_agent.config.models import ByteSize, Strict
+from edge_agent.contract.settings import ByteSize, Strict
 
 DropCause = Literal["rate", "gateway_cap", "total_cap", "expired"]
 #: How many gateways' buckets are remembered (least recently used forgotten first).

@@ -25,9 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from edge_agent.config import ConfigError, load_model
-from edge_agent.config.models import SEGMENT, AdminCode, Strict
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
+from edge_agent.contract.settings import SEGMENT, AdminCode, ConfigError, Strict, load_model
 
 log = get_logger("collector.registry")
 

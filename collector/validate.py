@@ -29,8 +29,8 @@ from collector.model import EventRow, Rejected, Verdict
 from collector.registry import Registry
 from collector.storable import unstorable
 from collector.text import storable
-from edge_agent.envelope import CATALOG, schema
-from edge_agent.topics import GatewayTopics
+from edge_agent.contract.envelope import CATALOG, schema
+from edge_agent.contract.topics import GatewayTopics
 
 _EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 _MAX_SEQ = 9007199254740991

@@ -10,18 +10,16 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from edge_agent import __version__
-from edge_agent.activity import Activity
 from edge_agent.config.models import DeviceConfig, GatewayConfig
-from edge_agent.driver_api import Driver
-from edge_agent.envelope import Hierarchy
-from edge_agent.logs import get_logger
-from edge_agent.mqtt import Endpoint
-from edge_agent.open_alarms import OpenAlarms
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.registry import available
-from edge_agent.supervise import supervise
-from edge_agent.topics import GatewayTopics
+from edge_agent.contract.envelope import Hierarchy
+from edge_agent.contract.logs import get_logger
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.outbox import OutboxThread
+from edge_agent.pipeline import OpenAlarms, Pipeline
+from edge_agent.sdk.api import Driver
+from edge_agent.sdk.registry import available
+from edge_agent.sdk.supervise import supervise
+from edge_agent.status.activity import Activity
 from edge_agent.uplink import Uplink
 
 log = get_logger("edge_agent.agent")
@@ -54,7 +52,7 @@ class Agent:
         topics = GatewayTopics(gw.district, gw.community, gw.id)
         salt = (gw.credential_salt.reveal().get_secret_value().encode()
                 if gw.credential_salt else b"")
-        uplink = Uplink(cfg.uplink, Endpoint.from_uplink(cfg.uplink), topics, outbox,
+        uplink = Uplink(cfg.uplink, cfg.uplink.endpoint(), topics, outbox,
                         client_id=cfg.uplink.client_id or gw.id)
         pipeline = Pipeline(hierarchy, outbox, commit_batch_max=cfg.outbox.commit_batch_max,
                             commit_linger_s=cfg.outbox.commit_linger_ms / 1000,

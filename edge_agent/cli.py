@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edge_agent import __version__, logs
+from edge_agent import __version__
 from edge_agent.config.loader import ConfigError, ConfigIssue, check_secrets, load_gateway_config
 from edge_agent.config.models import GatewayConfig, SecretError
+from edge_agent.contract import logs
 
 if TYPE_CHECKING:
-    from drivers.modbus.simulator import SimulateConfig
+    from drivers.modbus.simulator.server import SimulateConfig
 
 EXIT_CONFIG = 2
 
@@ -140,7 +141,8 @@ def run(config_path: Path) -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="simulator YAML: servers, units, scenarios (see drivers/modbus/_sim_config.py)")
+              help="simulator YAML: servers, units, scenarios "
+                   "(see drivers/modbus/simulator/config.py)")
 @click.option("--gateway", "gateway_path", type=click.Path(path_type=Path),
               help="serve every Modbus TCP device of this gateway config")
 @click.option("--profile", help="profile name (or file) to serve, with --tcp or --rtu")
@@ -175,8 +177,7 @@ def simulate(config_path: Path | None, gateway_path: Path | None, profile: str |
     """
     from pydantic import ValidationError
 
-    from drivers.modbus import simulator
-
+    from drivers.modbus.simulator import server as simulator
     try:
         cfg, skipped = _simulate_config(config_path, gateway_path, profile, tcp, rtu,
                                         baudrate, parity, int(stopbits), pace, units, sets,
@@ -218,7 +219,7 @@ def _simulate_config(config_path: Path | None, gateway_path: Path | None, profil
                      ) -> tuple[SimulateConfig, list[str]]:
     """The config the options describe (one of --config, --gateway, --profile), and the
     gateway's RTU devices that cannot be served from it."""
-    from drivers.modbus import _sim_config as sc
+    from drivers.modbus.simulator import config as sc
     from edge_agent.config.loader import load_model
 
     sources = [name for name, given in (("--config", config_path), ("--gateway", gateway_path),

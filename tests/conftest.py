@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from edge_agent import logs
+from edge_agent.contract import logs
 from tests.peers import Mosquitto
 
 # A command run in-process (CliRunner) configures logging; with cached loggers that

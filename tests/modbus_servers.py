@@ -34,8 +34,8 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.modbus.decode import Value, encode
 from drivers.modbus.points import PointType, Table
 from drivers.modbus.profile import Profile, load_profile
-from edge_agent.envelope import Hierarchy
-from edge_agent.testing import RecordingSink as RecordingSink
+from edge_agent.contract.envelope import Hierarchy
+from edge_agent.sdk.testing import RecordingSink as RecordingSink
 from tests.harness import wait_until
 from tests.peers import free_port, require_binary
 

@@ -12,7 +12,7 @@ from drivers.onvif.driver import OnvifDriver
 from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig
-from edge_agent.testing import RecordingSink
+from edge_agent.sdk.testing import RecordingSink
 
 PASSWORD_ENV = "ONVIF_TEST_PASSWORD"
 

@@ -26,17 +26,17 @@ from drivers.serial_line import SerialLineDevice
 from drivers.serial_line.alarms import AlarmTracker
 from drivers.serial_line.driver import SerialLineDriver
 from drivers.serial_line.options import AlarmSpec
-from edge_agent.chatter import ChatterGuard
 from edge_agent.config.models import ChatterConfig, DeviceConfig
-from edge_agent.driver_api import Driver
-from edge_agent.envelope import schema
-from edge_agent.open_alarms import OpenAlarm, OpenAlarms
-from edge_agent.outbox import Outbox
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.rules import DeviceRules, parse_rules
-from edge_agent.testing import TEST_HIERARCHY as H
-from edge_agent.testing import RecordingSink, running
+from edge_agent.contract.envelope import schema
+from edge_agent.outbox.store import Outbox
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
+from edge_agent.rules.chatter import ChatterGuard
+from edge_agent.rules.engine import DeviceRules, parse_rules
+from edge_agent.sdk.api import Driver
+from edge_agent.sdk.testing import TEST_HIERARCHY as H
+from edge_agent.sdk.testing import RecordingSink, running
 from tests.harness import wait_until
 from tests.modbus_servers import GATE, ModbusServer, Unit, pty_pair
 

@@ -18,7 +18,7 @@ from aiomqtt import ProtocolVersion
 from click.testing import CliRunner
 
 from collector.cli import main
-from edge_agent.wire import Ack
+from edge_agent.contract.wire import Ack
 from tests.harness import wait_for
 from tests.peers import Mosquitto, free_port, require_binary, wait_port
 from tests.test_collector_mqtt import acks_until

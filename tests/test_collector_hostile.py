@@ -25,8 +25,8 @@ from collector import validate
 from collector.cli import main
 from collector.ingest import Collector
 from collector.store import Store, open_store
-from edge_agent.mqtt import Endpoint
-from edge_agent.wire import Ack
+from edge_agent.contract.mqtt import Endpoint
+from edge_agent.contract.wire import Ack
 from tests.peers import Mosquitto
 from tests.test_collector_mqtt import FAST, acks_until, db_rows, district_mosquitto, running
 from tests.test_collector_support import (

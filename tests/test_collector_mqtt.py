@@ -30,9 +30,9 @@ from collector.model import EventRow, Rejected
 from collector.store import IngestResult, Origin, Store, open_store
 from collector.validate import Limits
 from edge_agent.config.models import BackoffConfig, SecretRef
-from edge_agent.mqtt import Endpoint
-from edge_agent.topics import COLLECTOR_PRESENCE_FILTER
-from edge_agent.wire import Ack
+from edge_agent.contract.mqtt import Endpoint
+from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER
+from edge_agent.contract.wire import Ack
 from tests.peers import Mosquitto, free_port, require_binary
 from tests.test_collector_support import (
     alarm,

@@ -19,7 +19,7 @@ from collector.model import Rejected
 from collector.quarantine import QuarantineLimits, RateGate, condense
 from collector.store import Origin
 from collector.store.sqlite import EXPIRE_EVERY_S, SqliteStore
-from edge_agent.wire import Ack
+from edge_agent.contract.wire import Ack
 from tests.harness import query
 from tests.test_collector_hostile import District, district
 from tests.test_collector_mqtt import acks_until, district_mosquitto

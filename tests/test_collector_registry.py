@@ -22,8 +22,8 @@ from collector.config import CollectorConfig
 from collector.registry import Place, Registry, RegistryFile, load_registry
 from collector.store import open_store
 from edge_agent.config import ConfigError, load_model
-from edge_agent.topics import GatewayTopics
-from edge_agent.wire import Ack
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.contract.wire import Ack
 from tests.harness import Proc, collector, collector_yaml, query, wait_for, write_yaml
 from tests.test_collector_hostile import District, collector_for, district, encode
 from tests.test_collector_mqtt import acks_until, db_rows, district_mosquitto, running

@@ -13,7 +13,7 @@ from collector.store import Gap, Origin, Store, StoreError, open_store
 from collector.store.intervals import split_missing
 from collector.store.schema import RAW_CAP
 from collector.validate import check_payload
-from edge_agent.envelope import Event
+from edge_agent.contract.envelope import Event
 from tests.test_collector_support import (
     alarm,
     batch,

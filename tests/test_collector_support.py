@@ -6,9 +6,9 @@ import json
 import secrets
 from typing import Any
 
-from edge_agent.envelope import Event, Hierarchy, new_event
-from edge_agent.topics import GatewayTopics
-from edge_agent.wire import encode_batch
+from edge_agent.contract.envelope import Event, Hierarchy, new_event
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.contract.wire import encode_batch
 
 DISTRICT, STREET, COMMUNITY = "371312", "371312001", "371312001001"
 

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge_agent import registry
 from edge_agent.config import ConfigError, ConfigIssue, load_gateway_config, load_model
 from edge_agent.config.loader import MAX_FILE_BYTES
 from edge_agent.config.models import DeviceConfig, GatewayConfig, SecretRef
-from edge_agent.driver_api import Driver, DriverSpec, EventSink
+from edge_agent.sdk import registry
+from edge_agent.sdk.api import Driver, DriverSpec, EventSink
 
 DATA = Path(__file__).parent / "data" / "config"
 ROOT = Path(__file__).parent.parent
@@ -629,7 +629,7 @@ def test_control_character_is_located(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["many_errors.yaml", "devices.yaml", "python_tag.yaml",
                                   "alias_bomb.yaml", "valid_minimal.yaml"])
 def test_pure_python_parser_agrees(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    from edge_agent.config import loader
+    from edge_agent.contract.settings import loader
 
     def outcome() -> list[str]:
         try:

@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 
 from edge_agent.config.models import GatewayConfig
-from edge_agent.mqtt import Endpoint
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.testing import TEST_HIERARCHY as H
-from edge_agent.topics import GatewayTopics
-from edge_agent.uplink import Uplink
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.sdk.testing import TEST_HIERARCHY as H
+from edge_agent.uplink.session import Uplink
 from tests.harness import gateway_yaml, wait_until
 from tests.peers import Mosquitto
 
@@ -27,7 +26,7 @@ async def test_evicted_events_that_were_sent_are_unconfirmed_not_lost(
     cfg = GatewayConfig.model_validate(gateway_yaml(H.gateway, mosquitto.url, tmp_path / "o.db"))
     outbox = await OutboxThread.open(tmp_path / "o.db", max_bytes=8000, hierarchy=H,
                                      loss_report_interval_s=0)
-    uplink = Uplink(cfg.uplink, Endpoint.from_uplink(cfg.uplink),
+    uplink = Uplink(cfg.uplink, cfg.uplink.endpoint(),
                     GatewayTopics(H.district, H.community, H.gateway), outbox,
                     client_id=H.gateway)
     pipeline = Pipeline(H, outbox, commit_linger_s=0.01, on_rows=uplink.offer)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.envelope import ALARM_TYPES, format_time
+from edge_agent.contract.envelope import ALARM_TYPES, format_time
 from tests.harness import (
     agent,
     collector,

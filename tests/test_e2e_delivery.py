@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.envelope import ALARM_TYPES, Hierarchy
-from edge_agent.outbox import Outbox, OutboxStats
+from edge_agent.contract.envelope import ALARM_TYPES, Hierarchy
+from edge_agent.outbox.store import Outbox, OutboxStats
 from tests.harness import (
     COMMUNITY,
     DISTRICT,

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from edge_agent.envelope import (
+from edge_agent.contract.envelope import (
     CATALOG,
     Hierarchy,
     Retention,
@@ -17,8 +17,8 @@ from edge_agent.envelope import (
     new_ulid,
     schema,
 )
-from edge_agent.topics import GatewayTopics, TopicError, parse_topic, shared_subscription
-from edge_agent.wire import Ack, AckError, encode_batch, iter_ranges, to_ranges
+from edge_agent.contract.topics import GatewayTopics, TopicError, parse_topic, shared_subscription
+from edge_agent.contract.wire import Ack, AckError, encode_batch, iter_ranges, to_ranges
 
 H = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-0001")
 VALIDATOR = jsonschema.Draft7Validator(schema())
@@ -146,7 +146,7 @@ def test_bad_acks_are_refused(payload: bytes) -> None:
 
 def test_endpoint_from_broker_url() -> None:
     from edge_agent.config.models import TlsConfig
-    from edge_agent.mqtt import Endpoint
+    from edge_agent.contract.mqtt import Endpoint
 
     plain = Endpoint.for_broker("mqtt://127.0.0.1", username=None, password=None, tls=None,
                                 protocol="auto", keepalive_s=30)

@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from edge_agent.logs import RepeatLimiter, configure, get_logger
+from edge_agent.contract.logs import RepeatLimiter, configure, get_logger
 
 
 class Clock:

@@ -34,14 +34,14 @@ from collector.managed_broker import ManagedBroker, ManagedBrokerError
 from collector.mosquitto_files import GATEWAY_PATTERNS, mosquitto_hash
 from collector.store import Store, open_store
 from edge_agent.config.models import SecretRef
-from edge_agent.topics import (
+from edge_agent.contract.topics import (
     COLLECTOR_PRESENCE_FILTER,
     EVENTS_FILTER,
     TopicError,
     collector_presence_topic,
     parse_topic,
 )
-from edge_agent.wire import Ack
+from edge_agent.contract.wire import Ack
 from tests.harness import (
     Proc,
     agent,

@@ -33,9 +33,9 @@ from drivers.modbus.writes import (
     WriteValueError,
     write_point,
 )
-from edge_agent.driver_api import DeviceState
-from edge_agent.privacy import hash_credential
-from edge_agent.testing import running
+from edge_agent.rules.privacy import hash_credential
+from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import running
 from tests.harness import wait_until
 from tests.modbus_servers import (
     GATE,

@@ -27,8 +27,8 @@ from drivers.modbus.profile import (
     load_profile,
 )
 from edge_agent.config.loader import ConfigError, load_model
-from edge_agent.envelope import ALARM_TYPES, CATALOG, schema
-from edge_agent.rules import AlarmRule, DeviceRules, ReadingRule, RecordRule, parse_rules
+from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, schema
+from edge_agent.rules.engine import AlarmRule, DeviceRules, ReadingRule, RecordRule, parse_rules
 
 DATA = Path(__file__).parent / "data" / "modbus"
 SHIPPED = ["gate-controller", "smoke-detector", "water-sensor"]
@@ -401,8 +401,7 @@ def test_shipped_files_come_from_the_install_when_there_is_no_checkout(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import sys
 
-    from edge_agent import shipped
-
+    from edge_agent.sdk import shipped
     assert shipped.shipped_dir("profiles") == SHIPPED_PROFILES  # a checkout: configs/
     assert (SHIPPED_PROFILES / "smoke-detector.yaml").is_file()
     monkeypatch.setattr(shipped, "_REPOSITORY", tmp_path / "no-checkout")

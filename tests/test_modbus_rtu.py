@@ -26,7 +26,7 @@ from drivers.modbus.transport import (
     SerialSettings,
 )
 from drivers.modbus.writes import write_point
-from edge_agent.driver_api import DeviceState
+from edge_agent.sdk.api import DeviceState
 from tests.harness import wait_until
 from tests.modbus_servers import (
     GATE,

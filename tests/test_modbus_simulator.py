@@ -21,8 +21,14 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus import simulator as sim
-from drivers.modbus._sim_config import (
+from drivers.modbus.decode import Value
+from drivers.modbus.device import ModbusDevice
+from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.planner import extract
+from drivers.modbus.points import Table
+from drivers.modbus.profile import Profile, available_profiles, load_profile
+from drivers.modbus.simulator import server as sim
+from drivers.modbus.simulator.config import (
     ScenarioRef,
     SimulateConfig,
     TcpListen,
@@ -31,16 +37,10 @@ from drivers.modbus._sim_config import (
     parse_tcp,
     parse_units,
 )
-from drivers.modbus._sim_scenario import available_scenarios, load_scenario
-from drivers.modbus.decode import Value
-from drivers.modbus.device import ModbusDevice
-from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.planner import extract
-from drivers.modbus.points import Table
-from drivers.modbus.profile import Profile, available_profiles, load_profile
+from drivers.modbus.simulator.scenario import available_scenarios, load_scenario
 from drivers.modbus.transport import Link, ModbusExceptionResponse, ModbusTimeout, SerialSettings
 from edge_agent.config.loader import ConfigError, load_model
-from edge_agent.driver_api import DeviceState
+from edge_agent.sdk.api import DeviceState
 from tests.peers import free_port, require_binary, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent

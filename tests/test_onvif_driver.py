@@ -14,8 +14,8 @@ from drivers.onvif.client import CameraClient
 from drivers.onvif.errors import AuthError, BadReply, SoapFault, Unreachable
 from drivers.onvif.simulator import OnvifSimulator
 from drivers.onvif.simulator.services import HOSTILE_BODY
-from edge_agent.driver_api import DeviceState
-from edge_agent.testing import RecordingSink, running
+from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import RecordingSink, running
 from tests.onvif_sim import camera, data_of, driver, wait_for
 from tests.peers import free_port
 

@@ -21,14 +21,14 @@ from drivers.onvif.errors import AuthError
 from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig
-from edge_agent.driver_api import DeviceState
-from edge_agent.open_alarms import OpenAlarm, OpenAlarms
-from edge_agent.outbox import Outbox
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
+from edge_agent.outbox.store import Outbox
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
+from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import TEST_HIERARCHY as H
+from edge_agent.sdk.testing import RecordingSink, running
 from edge_agent.status.reasons import reason_code
-from edge_agent.testing import TEST_HIERARCHY as H
-from edge_agent.testing import RecordingSink, running
 from tests.onvif_sim import camera, data_of, driver, wait_for
 from tests.peers import free_port
 

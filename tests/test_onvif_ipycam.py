@@ -15,8 +15,8 @@ from drivers.onvif.client import CameraClient
 from drivers.onvif.driver import NO_EVENTS_REASON
 from drivers.onvif.errors import AuthError
 from drivers.onvif.options import OnvifCamera
-from edge_agent.driver_api import DeviceState
-from edge_agent.testing import RecordingSink, running
+from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import RecordingSink, running
 from tests.ipycam_peer import ipycam
 from tests.onvif_sim import data_of, driver, wait_for
 from tests.video_sources import RtspSource, require_rtsp

@@ -19,8 +19,8 @@ from drivers.onvif.simulator.services import HOSTILE_BODY
 from drivers.onvif.snapshots import SNAPSHOT_ID, SnapshotRing
 from drivers.onvif.topics import CAMERA_EVENT_TYPES, Notification, map_notification
 from drivers.onvif.xmlsafe import HostileXml, parse_untrusted
-from edge_agent.envelope import ALARM_TYPES, CATALOG
-from edge_agent.testing import RecordingSink
+from edge_agent.contract.envelope import ALARM_TYPES, CATALOG
+from edge_agent.sdk.testing import RecordingSink
 
 #: topic, source, data, operation -> (type, active) or None
 CASES = [

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import structlog
 
-from drivers.onvif.sim_video import Mode
+from drivers.onvif.simulator.video import Mode
 from drivers.onvif.video_monitor import VideoMonitor
 from drivers.onvif.video_options import VideoHealthOptions
 from drivers.onvif.video_sampler import VideoWorkers
-from edge_agent.envelope import Event
-from edge_agent.testing import RecordingSink, running
+from edge_agent.contract.envelope import Event
+from edge_agent.sdk.testing import RecordingSink, running
 from tests.peers import free_port
 from tests.video_sources import RtspSource, mjpeg_source, require_rtsp, write_clip
 

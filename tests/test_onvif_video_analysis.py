@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from drivers.onvif.sim_video import SyntheticScene
+from drivers.onvif.simulator.video import SyntheticScene
 from drivers.onvif.video_analysis import (
     Condition,
     Hysteresis,

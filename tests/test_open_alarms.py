@@ -13,14 +13,14 @@ import structlog
 
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
-from edge_agent.envelope import new_event
-from edge_agent.open_alarms import OpenAlarm, OpenAlarms
-from edge_agent.outbox import Outbox
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.rules import DeviceRules
-from edge_agent.testing import TEST_HIERARCHY as H
-from edge_agent.testing import RecordingSink, running
+from edge_agent.contract.envelope import new_event
+from edge_agent.outbox.store import Outbox
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
+from edge_agent.rules.engine import DeviceRules
+from edge_agent.sdk.testing import TEST_HIERARCHY as H
+from edge_agent.sdk.testing import RecordingSink, running
 from tests.harness import wait_until
 from tests.modbus_servers import SMOKE, ModbusServer, Unit
 

@@ -1,4 +1,4 @@
-"""The durable outbox (edge_agent/outbox.py) against real SQLite files.
+"""The durable outbox (edge_agent/outbox/store.py) against real SQLite files.
 
 Each test names the invariant of the outbox module docstring it checks.
 """
@@ -31,10 +31,11 @@ from hypothesis import event as note_event
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edge_agent import _outbox_body
-from edge_agent import outbox as outbox_module
-from edge_agent.envelope import Event, Hierarchy, Retention, format_time, new_event, schema
-from edge_agent.outbox import (
+from edge_agent.contract.envelope import Event, Hierarchy, Retention, format_time, new_event, schema
+from edge_agent.contract.wire import iter_ranges, to_ranges
+from edge_agent.outbox import _body as _outbox_body
+from edge_agent.outbox import store as outbox_module
+from edge_agent.outbox.store import (
     LANE_ALARM,
     LANE_NORMAL,
     LOSS_REPORT_INTERVAL_S,
@@ -46,8 +47,7 @@ from edge_agent.outbox import (
     OutboxRow,
     default_connect,
 )
-from edge_agent.outbox_thread import ACK_FLUSH_S, OutboxThread
-from edge_agent.wire import iter_ranges, to_ranges
+from edge_agent.outbox.thread import ACK_FLUSH_S, OutboxThread
 
 H = Hierarchy(district="371312", street="s03", community="c012", gateway="gw7")
 BIG = 1 << 30
@@ -162,8 +162,8 @@ def raw(path: Path) -> Iterator[sqlite3.Connection]:
 CHILD_PRELUDE = (
     "import os, sys, time\n"
     "from pathlib import Path\n"
-    "from edge_agent.logs import configure\n"
-    "from edge_agent.outbox import Outbox\n"
+    "from edge_agent.contract.logs import configure\n"
+    "from edge_agent.outbox.store import Outbox\n"
     "from tests.test_outbox import H, alarm, telemetry\n"
     "configure('warning')\n"
     "box = Outbox.open(Path(sys.argv[1]), max_bytes=1 << 30, hierarchy=H)\n"
@@ -1264,7 +1264,7 @@ test_outbox_model = OutboxModel.TestCase
 def test_a_pending_report_from_before_unconfirmed_was_kept_counts_all_as_unconfirmed() -> None:
     """A loss report persisted by an older agent has no `unconfirmed`: whether its rows
     were sent is not known, so none of them may be called `lost`."""
-    from edge_agent._outbox_loss import parse_loss
+    from edge_agent.outbox._loss import parse_loss
 
     old = json.dumps({"evicted": 3, "seq_ranges": [[2, 4]], "pending_since": 1.0,
                       "by_type": {"smoke.reading": {"count": 3, "first_time": "t",

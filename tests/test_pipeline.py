@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.testing import TEST_HIERARCHY
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.sdk.testing import TEST_HIERARCHY
 
 READING = {"density_db_m": 0.01, "temperature_c": 21.5, "battery_pct": 90}
 
@@ -85,7 +85,7 @@ async def test_one_outage_is_one_offline_and_one_online_whatever_the_reasons(
         tmp_path: Path) -> None:
     """offline → error → offline (the reason changes while the device stays down) is one
     outage: one device.offline, then one device.online whose offline_s spans all of it."""
-    from edge_agent.driver_api import DeviceState
+    from edge_agent.sdk.api import DeviceState
 
     seen: list[tuple[str, dict[str, object]]] = []
     async with pipeline(tmp_path, 0.0) as (pipe, _commits):

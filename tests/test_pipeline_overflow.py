@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import pipeline as pipeline_module
-from edge_agent.envelope import schema
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.testing import TEST_HIERARCHY as H
+from edge_agent.contract.envelope import schema
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline import core as pipeline_module
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from tests.harness import wait_until
 
 READING = {"density_db_m": 0.01, "temperature_c": 21.5, "battery_pct": 90}

@@ -22,12 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from edge_agent import rules as rules_mod
 from edge_agent.config import ConfigError, load_model
-from edge_agent.driver_api import DeviceState
-from edge_agent.envelope import Hierarchy, Severity, new_event, schema
-from edge_agent.privacy import hash_credential, normalize_credential
-from edge_agent.rules import (
+from edge_agent.contract.envelope import Hierarchy, Severity, new_event, schema
+from edge_agent.rules import engine as rules_mod
+from edge_agent.rules.engine import (
     AlarmRule,
     DeviceRules,
     ReadingRule,
@@ -39,6 +37,8 @@ from edge_agent.rules import (
     point_issues,
     rule_points,
 )
+from edge_agent.rules.privacy import hash_credential, normalize_credential
+from edge_agent.sdk.api import DeviceState
 
 H = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-0001")
 VALIDATOR = jsonschema.Draft7Validator(schema())

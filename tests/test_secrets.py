@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from edge_agent.cli import main
-from edge_agent.config._secret_files import MAX_SECRET_BYTES
 from edge_agent.config.loader import check_secrets, load_gateway_config
 from edge_agent.config.models import SecretError, SecretRef, TlsConfig
-from edge_agent.mqtt import tls_context
+from edge_agent.contract.mqtt import tls_context
+from edge_agent.contract.settings._secret_files import MAX_SECRET_BYTES
 
 
 def gateway(tmp_path: Path, password: str, *, tls: str = "", extra: str = "") -> Path:

@@ -25,11 +25,11 @@ import pytest
 from drivers.serial_line import DRIVER, SerialLineDevice
 from drivers.serial_line.driver import SerialLineDriver
 from drivers.serial_line.framing import ChecksumKind, checksum_of
-from edge_agent import registry
 from edge_agent.config.loader import ConfigError, load_gateway_config
-from edge_agent.driver_api import DeviceState
-from edge_agent.envelope import Event, Hierarchy, Severity, new_event, schema
-from edge_agent.testing import running
+from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event, schema
+from edge_agent.sdk import registry
+from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import running
 from tests.harness import wait_until
 from tests.peers import require_binary, stop_process
 

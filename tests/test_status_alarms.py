@@ -25,7 +25,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.onvif.simulator import OnvifSimulator
-from edge_agent.envelope import parse_time
+from edge_agent.contract.envelope import parse_time
 from tests import harness
 from tests.browser import chromium, page, screenshot
 from tests.modbus_servers import SMOKE, ModbusServer, Unit, pty_pair

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import Agent
 from edge_agent.config.models import GatewayConfig
-from edge_agent.driver_api import DeviceState
+from edge_agent.sdk.api import DeviceState
 from edge_agent.status.app import StatusApp
 
 SNAP = "01KB2ZQ5E8Y3V0N7W1T6G4H9C2"
@@ -25,7 +25,8 @@ PASSWORD = "status-pw-7f3a"
 
 
 def status_schema() -> dict[str, Any]:
-    text = resources.files("edge_agent.schemas").joinpath("status-v1.schema.json").read_text()
+    schemas = resources.files("edge_agent.contract.schemas")
+    text = schemas.joinpath("status-v1.schema.json").read_text()
     loaded: dict[str, Any] = json.loads(text)
     return loaded
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from playwright.async_api import Page
 
-from edge_agent.registry import available
+from edge_agent.sdk.registry import available
 from tests import harness
 from tests.browser import chromium, page, screenshot
 from tests.modbus_servers import WATER, ModbusServer, Unit

@@ -9,11 +9,11 @@ from importlib import resources
 
 import pytest
 
-from edge_agent.activity import Activity
-from edge_agent.envelope import CATALOG, Hierarchy, Severity, new_event
-from edge_agent.open_alarms import OpenAlarm as KeptAlarm
-from edge_agent.rules import new_alarm_id
+from edge_agent.contract.envelope import CATALOG, Hierarchy, Severity, new_event
+from edge_agent.pipeline.open_alarms import OpenAlarm as KeptAlarm
+from edge_agent.rules.engine import new_alarm_id
 from edge_agent.status.access import Credential, HostPolicy, split_host
+from edge_agent.status.activity import Activity
 from edge_agent.status.reasons import RULES, reason_code, scrub
 from edge_agent.status.throttle import client_key
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiomqtt
 
-from edge_agent.topics import GatewayTopics
-from edge_agent.uplink import FRESH_SESSION_S
-from edge_agent.wire import Ack
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.contract.wire import Ack
+from edge_agent.uplink.session import FRESH_SESSION_S
 from tests.harness import (
     COMMUNITY,
     DISTRICT,

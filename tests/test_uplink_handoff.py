@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config.models import GatewayConfig
-from edge_agent.mqtt import Endpoint
-from edge_agent.outbox_thread import OutboxThread
-from edge_agent.pipeline import Pipeline
-from edge_agent.testing import TEST_HIERARCHY as H
-from edge_agent.topics import GatewayTopics
-from edge_agent.uplink import Uplink
+from edge_agent.contract.topics import GatewayTopics
+from edge_agent.outbox.thread import OutboxThread
+from edge_agent.pipeline.core import Pipeline
+from edge_agent.sdk.testing import TEST_HIERARCHY as H
+from edge_agent.uplink.session import Uplink
 from tests.harness import collector, collector_yaml, gateway_yaml, query, wait_until, write_yaml
 from tests.peers import Mosquitto
 
@@ -42,7 +41,7 @@ async def forwarding(tmp: Path, broker: Mosquitto, *, max_bytes: int = 10**8
     opened = await OutboxThread.open(tmp / "o.db", max_bytes=max_bytes, hierarchy=H,
                                      loss_report_interval_s=0)
     outbox = CountingOutbox(opened._outbox, opened._executor)
-    uplink = Uplink(cfg.uplink, Endpoint.from_uplink(cfg.uplink),
+    uplink = Uplink(cfg.uplink, cfg.uplink.endpoint(),
                     GatewayTopics(H.district, H.community, H.gateway), outbox,
                     client_id=H.gateway)
     pipeline = Pipeline(H, outbox, commit_linger_s=0.01, on_rows=uplink.offer)
@@ -108,11 +107,11 @@ async def test_a_fall_back_during_a_fetch_keeps_the_lane_reading_the_outbox(
     the lane must not count as caught up when that fetch comes back empty, or those rows
     would never be sent. No broker needed: only the uplink's choice of rows."""
     from edge_agent.config.models import UplinkConfig
-    from edge_agent.envelope import new_event
+    from edge_agent.contract.envelope import new_event
 
     cfg = UplinkConfig(broker="mqtt://127.0.0.1:1", batch_max_events=2)
     outbox = await OutboxThread.open(tmp_path / "o.db", max_bytes=10**8, hierarchy=H)
-    uplink = Uplink(cfg, Endpoint.from_uplink(cfg),
+    uplink = Uplink(cfg, cfg.endpoint(),
                     GatewayTopics(H.district, H.community, H.gateway), outbox,
                     client_id=H.gateway)
     real_fetch = outbox.fetch

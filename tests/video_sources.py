@@ -1,7 +1,7 @@
 """Real video sources for camera tests and benches, all on 127.0.0.1 and random ports.
 
 - `mjpeg_source()`: an aiohttp MJPEG-over-HTTP server in this event loop, showing a
-  `SyntheticScene` whose `mode` the test switches (drivers/onvif/sim_video.py).
+  `SyntheticScene` whose `mode` the test switches (drivers/onvif/simulator/video.py).
 - `write_clip()`: a clip file written with OpenCV (MJPG .avi, mp4v .mp4) from scene modes.
 - `RtspSource`: tests/rtsp_server.py (gst-rtsp-server, H.264) run with Debian's
   /usr/bin/python3; `require_rtsp()` skips without gi + GstRtspServer, fails under CI=true.
@@ -21,7 +21,7 @@ import cv2
 import pytest
 from aiohttp import web
 
-from drivers.onvif.sim_video import Mode, SyntheticScene, add_mjpeg_routes
+from drivers.onvif.simulator.video import Mode, SyntheticScene, add_mjpeg_routes
 from tests.peers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,8 +40,8 @@ from collector.store.base import (
 from collector.store.intervals import split_missing
 from collector.store.schema import RAW_CAP, SCHEMA_VERSION, TABLES, Column
 from collector.text import storable
-from edge_agent.envelope import format_time
-from edge_agent.logs import get_logger
+from edge_agent.contract.envelope import format_time
+from edge_agent.contract.logs import get_logger
 
 log = get_logger("collector.store")
 

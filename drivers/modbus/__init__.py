@@ -10,7 +10,7 @@ allow-listed write API). See README.md in this folder.
 
 from drivers.modbus.device import ModbusDevice, bus_problems
 from drivers.modbus.driver import ModbusDriver
-from edge_agent.driver_api import DriverSpec
+from edge_agent.sdk.api import DriverSpec
 
 DRIVER = DriverSpec(name="modbus", options=ModbusDevice, build=ModbusDriver,
                     summary="Modbus TCP and RTU devices described by YAML profiles",

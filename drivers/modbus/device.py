@@ -26,7 +26,7 @@ from drivers.modbus.planner import DEFAULT_LINK, DeviceLimits, LinkCost, oversiz
 from drivers.modbus.points import raise_issues
 from drivers.modbus.profile import Profile, ProfileName, load_profile
 from drivers.modbus.transport import SerialSettings
-from edge_agent.config.models import DeviceConfig
+from edge_agent.sdk.config import DeviceConfig
 
 __all__ = ["ModbusDevice", "RtuTarget", "TcpTarget", "check_buses"]
 

@@ -2,7 +2,7 @@
 
 One `Link` per TCP device, one per TCP-to-RTU gateway (`tcp.gateway`) and one per
 serial port; each link's loop runs under
-`edge_agent.supervise.supervise`, so a loop that crashes (a bug) is restarted with its
+`edge_agent.sdk.supervise.supervise`, so a loop that crashes (a bug) is restarted with its
 devices' state intact. Devices that cannot share a bus (`check_buses`) are refused here
 with a ValueError listing every problem.
 """
@@ -19,10 +19,10 @@ from drivers.modbus.device import ModbusDevice, check_buses
 from drivers.modbus.poller import DevicePoller, SerialBusLoop, TcpDeviceLoop, tcp_slots
 from drivers.modbus.profile import Profile, load_profile
 from drivers.modbus.transport import Link
-from edge_agent.config.models import DeviceConfig
-from edge_agent.driver_api import EventSink, credential_salt
-from edge_agent.rules import DeviceRules
-from edge_agent.supervise import supervise
+from edge_agent.sdk.api import EventSink, credential_salt
+from edge_agent.sdk.config import DeviceConfig
+from edge_agent.sdk.rules import DeviceRules
+from edge_agent.sdk.supervise import supervise
 
 __all__ = ["DeviceHandle", "ModbusDriver"]
 

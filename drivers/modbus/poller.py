@@ -18,7 +18,7 @@ Rules the scheduler keeps:
 - An exception response to one request of a poll keeps the values of the others and
   reports ERROR with the reason.
 - Nothing a device or network does ends a loop: every failure is caught per poll; the
-  loops themselves run under `edge_agent.supervise.supervise`.
+  loops themselves run under `edge_agent.sdk.supervise.supervise`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from drivers.modbus.device import ModbusDevice
 from drivers.modbus.extractor import compile_request
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.transport import Link, ModbusError, ModbusExceptionResponse
-from edge_agent.driver_api import DeviceState, EventSink, report_poll_error
-from edge_agent.logs import get_logger
-from edge_agent.rules import DeviceRules
+from edge_agent.contract.logs import get_logger
+from edge_agent.sdk.api import DeviceState, EventSink, report_poll_error
+from edge_agent.sdk.rules import DeviceRules
 
 __all__ = ["TCP_BURST_MAX", "TICK_S", "DevicePoller", "SerialBusLoop", "TcpDeviceLoop",
            "tcp_slots"]

@@ -34,9 +34,9 @@ from drivers.modbus.planner import (
     plan,
 )
 from drivers.modbus.points import Point, PointType, Table, raise_issues
-from edge_agent.config.loader import ConfigError, ConfigIssue, load_model
-from edge_agent.rules import RuleSpec, point_issues
-from edge_agent.shipped import shipped_dir
+from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model
+from edge_agent.sdk.rules import RuleSpec, point_issues
+from edge_agent.sdk.shipped import shipped_dir
 
 __all__ = [
     "DEFAULT_SEARCH_PATH",
@@ -52,7 +52,7 @@ __all__ = [
     "load_profile",
 ]
 
-#: Profiles shipped with the agent (configs/profiles; see edge_agent.shipped).
+#: Profiles shipped with the agent (configs/profiles; see edge_agent.sdk.shipped).
 SHIPPED_PROFILES = shipped_dir("profiles")
 #: Profiles an installer adds on a gateway.
 SITE_PROFILES = Path("/etc/edge-agent/profiles")

@@ -26,7 +26,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Point, PointType
 from drivers.modbus.profile import Profile
 from drivers.modbus.transport import Link, ModbusError
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 __all__ = ["WriteError", "WriteFailed", "WriteRefused", "WriteResult", "WriteValueError",
            "is_credential", "write_point"]

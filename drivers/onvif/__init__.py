@@ -10,7 +10,7 @@ health (`video_*`). `simulator/` is an ONVIF camera for tests and the demo.
 See README.md in this folder.
 """
 
-from edge_agent.driver_api import DriverSpec
+from edge_agent.sdk.api import DriverSpec
 
 from .driver import OnvifDriver
 from .options import OnvifCamera

@@ -8,7 +8,7 @@ while the channel was down. A raise (or a line-crossing record) of a type listed
 `data.snapshot = {id, bytes, sha256}`; without one in time, the event goes without.
 It also raises and clears `camera.events_lost` for the event channel itself.
 
-Alarms left open when the agent stopped (`restore`, from edge_agent.open_alarms) go on
+Alarms left open when the agent stopped (`restore`, from edge_agent.pipeline.open_alarms) go on
 under their ids: the camera's next state for the same topic, video source and rule
 (the Initialized state a new subscription starts with) either continues the alarm
 (no second raise) or clears it under the old id.
@@ -22,10 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.driver_api import EventSink
-from edge_agent.envelope import new_ulid
-from edge_agent.logs import get_logger
-from edge_agent.open_alarms import OpenAlarm
+from edge_agent.contract.envelope import new_ulid
+from edge_agent.contract.logs import get_logger
+from edge_agent.sdk.api import EventSink, OpenAlarm
 
 from .options import SnapshotOptions
 from .snapshots import SnapshotRef, SnapshotRing, is_jpeg

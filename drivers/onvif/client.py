@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
 from .xmlsafe import harden_zeep

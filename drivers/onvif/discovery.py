@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 from .wsdiscovery import MAX_DATAGRAM, ProbeMatch, build_probe, parse_probe_matches
 from .xmlsafe import HostileXml

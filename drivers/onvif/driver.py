@@ -25,11 +25,10 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.config.models import DeviceConfig, SecretError, SnapshotsConfig
-from edge_agent.driver_api import DeviceState, EventSink, report_poll_error, restored_alarms
-from edge_agent.logs import get_logger
-from edge_agent.open_alarms import OpenAlarm
-from edge_agent.supervise import supervise
+from edge_agent.contract.logs import get_logger
+from edge_agent.sdk.api import DeviceState, EventSink, OpenAlarm, report_poll_error, restored_alarms
+from edge_agent.sdk.config import DeviceConfig, SecretError, SnapshotsConfig
+from edge_agent.sdk.supervise import supervise
 
 from .alarms import CameraAlarms, SnapshotTaker
 from .client import CameraClient, MediaProfile, with_credentials

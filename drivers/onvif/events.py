@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 from .client import CameraClient
 from .errors import SoapFault, SubscriptionLost

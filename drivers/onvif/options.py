@@ -15,8 +15,8 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
-from edge_agent.config.models import DeviceConfig, SecretRef
-from edge_agent.envelope import CATALOG
+from edge_agent.contract.envelope import CATALOG
+from edge_agent.sdk.config import DeviceConfig, SecretRef
 
 from .topics import CAMERA_EVENT_TYPES
 from .video_options import VideoHealthOptions

@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.envelope import new_ulid
-from edge_agent.logs import get_logger
+from edge_agent.contract.envelope import new_ulid
+from edge_agent.contract.logs import get_logger
 
 __all__ = ["SNAPSHOT_ID", "SnapshotRef", "SnapshotRing", "is_jpeg"]
 

@@ -29,11 +29,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_agent.driver_api import EventSink, report_poll_error
-from edge_agent.envelope import Severity
-from edge_agent.logs import get_logger
-from edge_agent.open_alarms import OpenAlarm
-from edge_agent.rules import new_alarm_id
+from edge_agent.contract.envelope import Severity
+from edge_agent.contract.logs import get_logger
+from edge_agent.sdk.api import EventSink, OpenAlarm, report_poll_error
+from edge_agent.sdk.rules import new_alarm_id
 
 from .video_analysis import Condition, FrameMetrics, Hysteresis, classify, measure, motion_region
 from .video_options import VideoHealthOptions

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from edge_agent.config.models import Strict
+from edge_agent.sdk.config import Strict
 
 __all__ = ["VideoHealthOptions"]
 

@@ -9,7 +9,7 @@ See drivers/serial_line/README.md and sample.yaml.
 
 from __future__ import annotations
 
-from edge_agent.driver_api import DriverSpec
+from edge_agent.sdk.api import DriverSpec
 
 from .driver import SerialLineDriver
 from .options import SerialLineDevice

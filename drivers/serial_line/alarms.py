@@ -8,10 +8,10 @@ with the same `alarm_id` when the zone is seen normal again. Clearing a zone tha
 not raised emits nothing, so a panel's status roll-call after a restart is quiet.
 
 After an agent restart the zones left in alarm are taken back (`restore`, from
-edge_agent.open_alarms): a panel repeating one emits nothing, and its clear names the
+edge_agent.pipeline.open_alarms): a panel repeating one emits nothing, and its clear names the
 alarm_id of the raise before the restart.
 
-Chatter control (edge_agent.chatter) works per zone: a zone that goes into alarm and back
+Chatter control (edge_agent.rules.chatter) works per zone: a zone that goes into alarm and back
 more than `max_toggles_per_min` times a minute raises one `<kind>.chattering` alarm (with
 the zone), its raises and clears are then counted, not sent (a raise while the zone is
 reported normal is still sent at once), and `settle()`, called by the driver's ticker,
@@ -28,12 +28,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.chatter import ChatterGuard, chatter_alarm_id, chatter_policy, report_chatter
-from edge_agent.config.models import ChatterConfig
-from edge_agent.driver_api import EventSink
-from edge_agent.envelope import CATALOG, CHATTER_TYPES, Severity, chatter_type, new_ulid
-from edge_agent.logs import get_logger
-from edge_agent.open_alarms import OpenAlarm
+from edge_agent.contract.envelope import CATALOG, CHATTER_TYPES, Severity, chatter_type, new_ulid
+from edge_agent.contract.logs import get_logger
+from edge_agent.sdk.api import EventSink, OpenAlarm
+from edge_agent.sdk.config import ChatterConfig
+from edge_agent.sdk.rules import ChatterGuard, chatter_alarm_id, chatter_policy, report_chatter
 
 from .options import AlarmSpec
 

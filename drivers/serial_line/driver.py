@@ -24,16 +24,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent.config.models import DeviceConfig
-from edge_agent.driver_api import (
+from edge_agent.contract.logs import get_logger
+from edge_agent.sdk.api import (
     DeviceState,
     EventSink,
     credential_salt,
     report_poll_error,
     restored_alarms,
 )
-from edge_agent.logs import get_logger
-from edge_agent.rules import DeviceRules
+from edge_agent.sdk.config import DeviceConfig
+from edge_agent.sdk.rules import DeviceRules
 
 from .alarms import AlarmTracker
 from .framing import (

@@ -4,7 +4,7 @@ Everything that can be checked without the port is checked here: the serial
 settings, the encoding (it must be ASCII-compatible), the delimiter and its escapes,
 every frame regex (compiled; each group a value or alarm names must exist in it),
 the value types and maps, the alarm specs against the event catalog and its JSON
-Schema, and the `events:` rules through `edge_agent.rules.parse_rules`.
+Schema, and the `events:` rules through `edge_agent.rules.engine.parse_rules`.
 
 Each issue carries the location of its key (`frames.2.match`, `frames.0.alarms.1.per`,
 `events.0.when.point`), so the config loader reports it at file:line with the device
@@ -33,9 +33,9 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from edge_agent.config.models import ChatterOverride, DeviceConfig
-from edge_agent.envelope import ALARM_TYPES, CATALOG, CHATTER_TYPES, Severity, schema
-from edge_agent.rules import RuleSpec, parse_rules
+from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, CHATTER_TYPES, Severity, schema
+from edge_agent.sdk.config import ChatterOverride, DeviceConfig
+from edge_agent.sdk.rules import RuleSpec, parse_rules
 
 from .framing import (
     ChecksumKind,
@@ -415,7 +415,7 @@ class SerialLineDevice(DeviceConfig):
     frames: list[FrameSpec] = Field(min_length=1, max_length=MAX_FRAMES)
     events: list[dict[str, Any]] = Field(default_factory=list,
                                          description="rules over the frames' point values "
-                                                     "(edge_agent.rules)")
+                                                     "(edge_agent.rules.engine)")
     idle_timeout_s: float = Field(default=0.0, ge=0, le=86400, allow_inf_nan=False,
                                   description="no valid frame this long -> offline; 0: off")
     reopen_backoff: BackoffSpec = Field(default_factory=BackoffSpec,

@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from edge_agent.config.models import DeviceConfig
-from edge_agent.driver_api import DeviceState, DriverSpec, EventSink
+from edge_agent.sdk.api import DeviceState, DriverSpec, EventSink
+from edge_agent.sdk.config import DeviceConfig
 
 
 class SimulatedDevice(DeviceConfig):

@@ -13,14 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from edge_agent.config._issues import ConfigError, ConfigIssue, KeyPath
-from edge_agent.config._messages import error_issue, for_device, unknown_key, validate
-from edge_agent.config._model_paths import field_names
-from edge_agent.config._yaml import Document
 from edge_agent.config.models import DeviceConfig, GatewayConfig
+from edge_agent.contract.settings import (
+    ConfigError,
+    ConfigIssue,
+    Document,
+    KeyPath,
+    error_issue,
+    field_names,
+    for_device,
+    unknown_key,
+)
+from edge_agent.contract.settings import validate_part as validate
 
 if TYPE_CHECKING:
-    from edge_agent.driver_api import DriverSpec
+    from edge_agent.sdk.api import DriverSpec
 
 
 def validate_devices(doc: Document) -> tuple[list[DeviceConfig], list[ConfigIssue]]:
@@ -75,7 +82,7 @@ def assemble(doc: Document, cfg: GatewayConfig, devices: list[DeviceConfig]) -> 
 def _drivers(needed: bool) -> Mapping[str, DriverSpec]:
     if not needed:
         return {}
-    from edge_agent import registry  # late: registry -> driver_api -> config.models
+    from edge_agent.sdk import registry  # late: registry -> driver_api -> config.models
 
     return registry.available()
 

@@ -1,72 +1,25 @@
-"""Strict YAML loading: untrusted text -> pydantic model, with every mistake at once.
-
-The YAML is read defensively from the parser's event stream (never through a YAML
-constructor): only the YAML 1.2 core scalars are resolved (`true`/`false`, decimal,
-`0o`, `0x`, floats with a dot or exponent, `null`), so the YAML 1.1 traps (`no`,
-`on`, `0755`, `1:30`) stay text and a bool or number field rejects them with a
-message naming the trap. Tags other than the standard str/int/float/bool/null/map/seq,
-merge keys and duplicate keys are issues; aliases, nesting depth and file size are
-capped. The data is then validated in pydantic's strict JSON mode, and each error's
-`loc` is mapped back to the line and column where the key or value was written.
-
-This module is the public surface; the work is done in private modules, one job each:
-`_yaml` (text -> data and positions), `_scalars` (YAML 1.2 scalars, YAML 1.1 traps),
-`_messages` (pydantic errors -> issues with hints), `_model_paths` (what a model expects
-at a path), `_devices` (device entries against the installed drivers) and `_issues`
-(`ConfigIssue`, `ConfigError`).
-"""
+"""Loading a gateway config: the shared strict loader (`edge_agent.contract.settings`)
+plus the `devices:` list, each entry validated by its driver's options model."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel
 
 from edge_agent.config._devices import assemble, validate_devices
-from edge_agent.config._issues import ConfigError, ConfigIssue, dotted
-from edge_agent.config._messages import validate
-from edge_agent.config._secret_refs import secret_issues
-from edge_agent.config._yaml import (
-    MAX_ALIASES,
-    MAX_DEPTH,
-    MAX_FILE_BYTES,
-    MAX_NODES,
-    Document,
-    LibyamlParser,
-    read_document,
-)
 from edge_agent.config.models import GatewayConfig
+from edge_agent.contract.settings import (
+    MAX_FILE_BYTES,
+    ConfigError,
+    ConfigIssue,
+    check_model_secrets,
+    load_model,
+    raise_issues,
+    read_yaml,
+    validate_part,
+)
 
-__all__ = [
-    "MAX_ALIASES",
-    "MAX_DEPTH",
-    "MAX_FILE_BYTES",
-    "MAX_NODES",
-    "ConfigError",
-    "ConfigIssue",
-    "check_secrets",
-    "load_gateway_config",
-    "load_model",
-]
-
-M = TypeVar("M", bound=BaseModel)
-
-# Defined in a private module, public here (tracebacks and pickles name this module).
-ConfigIssue.__module__ = ConfigError.__module__ = __name__
-
-#: The YAML event parser: libyaml's, or None for PyYAML's pure-Python one. Read at each
-#: load (tests set it to None to compare the two).
-_EventParser: Any = LibyamlParser
-
-
-def load_model(path: str | Path, model: type[M]) -> M:
-    """Load `path` as YAML into `model`, raising ConfigError with every issue found."""
-    doc = read_document(path, _EventParser)
-    result, issues = validate(doc, model, doc.root, ())
-    _raise_if(doc, issues)
-    assert result is not None
-    return result
+__all__ = ["MAX_FILE_BYTES", "ConfigError", "ConfigIssue", "check_secrets",
+           "load_gateway_config", "load_model"]
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
@@ -74,37 +27,18 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
 
     The returned `devices` hold instances of the drivers' option models.
     """
-    doc = read_document(path, _EventParser)
+    doc = read_yaml(path)
     top = {k: v for k, v in doc.root.items() if k != "devices"}
-    cfg, issues = validate(doc, GatewayConfig, top, ())
+    cfg, issues = validate_part(doc, GatewayConfig, top, ())
     devices, device_issues = validate_devices(doc)
     issues += device_issues
-    _raise_if(doc, issues)
+    raise_issues(doc, issues)
     assert cfg is not None
     return assemble(doc, cfg, devices)
 
 
 def check_secrets(path: str | Path, cfg: GatewayConfig
                   ) -> tuple[list[ConfigIssue], list[ConfigIssue]]:
-    """(errors, warnings) about the secret files, variables and TLS files `cfg` (loaded
-    from `path`) names, each at the file:line of its key. Reads no secret: each file is
-    checked for existence, type, size and readability, and warned about when group or
-    others may read it; `insecure_skip_verify` is warned about."""
-    return secret_issues(read_document(path, _EventParser), cfg)
-
-
-def _raise_if(doc: Document, issues: list[ConfigIssue]) -> None:
-    """ConfigError with the reading's issues and those of `issues` not under a path the
-    reading already reported, in file order; nothing if there are none."""
-    kept = [i for i in issues if not _is_suppressed(doc, i)]
-    every = sorted(dict.fromkeys([*doc.issues, *kept]), key=lambda i: (i.line, i.col, i.key))
-    if every:
-        raise ConfigError(every)
-
-
-def _is_suppressed(doc: Document, issue: ConfigIssue) -> bool:
-    """Drop a validation issue under a path that the YAML reading already reported."""
-    return any(
-        path and (issue.key == dotted(path) or issue.key.startswith(dotted(path) + "."))
-        for path in doc.suppressed
-    )
+    """(errors, warnings) about the secret files, variables and TLS files of a gateway
+    config, each at the file:line of its key (see `check_model_secrets`)."""
+    return check_model_secrets(path, cfg)

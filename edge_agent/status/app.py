@@ -15,11 +15,11 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_agent.activity import SNAPSHOT_ID
 from edge_agent.config.models import SecretError
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 from edge_agent.status import metrics
 from edge_agent.status.access import SESSION_COOKIE, SESSION_TTL_S, Credential, HostPolicy
+from edge_agent.status.activity import SNAPSHOT_ID
 from edge_agent.status.health import Health
 from edge_agent.status.snapshot import AgentView, DiskGauge, build_status
 from edge_agent.status.stream import Broadcaster
@@ -62,7 +62,7 @@ def load_assets() -> dict[str, Asset]:
     for lang in LANGS:
         assets[f"/i18n/{lang}.json"] = Asset(root.joinpath(f"i18n/{lang}.json").read_bytes(),
                                              "application/json; charset=utf-8")
-    schema = resources.files("edge_agent.schemas").joinpath("status-v1.schema.json")
+    schema = resources.files("edge_agent.contract.schemas").joinpath("status-v1.schema.json")
     assets["/api/status.schema.json"] = Asset(schema.read_bytes(),
                                               "application/schema+json; charset=utf-8")
     return assets

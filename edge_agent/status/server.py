@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 from edge_agent.status.app import StatusApp
 from edge_agent.status.snapshot import AgentView
 

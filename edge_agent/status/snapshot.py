@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_agent import __version__
-from edge_agent.activity import Activity, Entry, OpenAlarm, shown_data
 from edge_agent.config.models import GatewayConfig
-from edge_agent.envelope import Hierarchy, format_time
-from edge_agent.outbox_thread import OutboxThread
+from edge_agent.contract.envelope import Hierarchy, format_time
+from edge_agent.outbox import OutboxThread
 from edge_agent.pipeline import DeviceStatus, Pipeline
+from edge_agent.status.activity import Activity, Entry, OpenAlarm, shown_data
 from edge_agent.status.reasons import reason_code, scrub
 from edge_agent.uplink import Uplink
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 log = get_logger("edge_agent.status")
 

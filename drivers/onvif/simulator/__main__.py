@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from edge_agent import logs
-from edge_agent.logs import get_logger
+from edge_agent.contract import logs
+from edge_agent.contract.logs import get_logger
 
 from .app import OnvifSimulator
 from .discovery import DiscoveryResponder

@@ -26,9 +26,9 @@ from typing import Any
 
 from aiohttp import web
 
-from drivers.onvif.sim_video import SyntheticScene, add_mjpeg_routes
+from drivers.onvif.simulator.video import SyntheticScene, add_mjpeg_routes
 from drivers.onvif.xmlsafe import HostileXml
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 from . import services
 from .auth import DigestChallenge, UsernameTokenChecker

@@ -8,7 +8,7 @@ from typing import Any, cast
 from urllib.parse import quote
 
 from drivers.onvif.wsdiscovery import build_probe_matches, parse_probe
-from edge_agent.logs import get_logger
+from edge_agent.contract.logs import get_logger
 
 from .app import HOST, OnvifSimulator
 

@@ -1,0 +1,3 @@
+"""The Modbus device simulator behind `edge-agent simulate`: any profile served from
+pymodbus servers over TCP or RTU (`server`), its YAML (`config`), scripted scenarios
+(`scenario`) and the values a healthy device reads at rest (`values`)."""

@@ -1,0 +1,97 @@
+"""The surface a driver sees. Drivers know devices and nothing of MQTT or the outbox.
+
+A driver package exposes `DRIVER: DriverSpec` and registers it under the
+`edge_agent.drivers` entry-point group (pyproject.toml). The agent validates each
+device entry with `DriverSpec.options` (a pydantic model deriving from
+`DeviceConfig`) before any I/O, then calls `DriverSpec.build()` once with all the
+devices of that driver, so a driver can group devices (e.g. one queue per bus).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from edge_agent.config.models import DeviceConfig
+from edge_agent.contract.envelope import Severity
+
+__all__ = ["DeviceState", "Driver", "DriverSpec", "EventSink", "OpenAlarm", "credential_salt",
+           "report_poll_error", "restored_alarms"]
+
+
+@dataclass(frozen=True)
+class OpenAlarm:
+    """One alarm left open when the agent stopped (`edge_agent.pipeline.open_alarms`): its
+    type, id and the raise's plain data fields (a zone...)."""
+
+    type: str
+    alarm_id: str
+    data: dict[str, str | int | float | bool]
+
+
+class DeviceState(StrEnum):
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+class EventSink(Protocol):
+    """Where drivers hand their observations; never blocks, never raises for a device."""
+
+    def emit(
+        self,
+        device: str,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        severity: Severity | None = None,
+        observed_at: float | None = None,
+    ) -> None: ...
+
+    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None: ...
+
+
+def credential_salt(sink: EventSink) -> bytes:
+    """The gateway's salt for hashing credentials (`gateway.credential_salt`); b"" if none."""
+    salt = getattr(sink, "credential_salt", b"")
+    return salt if isinstance(salt, bytes) else b""
+
+
+def restored_alarms(sink: EventSink, device: str) -> list[OpenAlarm]:
+    """Alarms of `device` still open when the agent last stopped, oldest first
+    (edge_agent.pipeline.open_alarms): a driver goes on with them (same `alarm_id`) instead of
+    raising anew. Optional on a sink: [] from one without it."""
+    restore = getattr(sink, "restored_alarms", None)
+    found = restore(device) if callable(restore) else []
+    return [a for a in found if isinstance(a, OpenAlarm)] if isinstance(found, list) else []
+
+
+def report_poll_error(sink: EventSink, device: str, reason: str) -> None:
+    """Count one failed poll/read of `device` (status page, `/metrics`). Optional on a sink:
+    a sink without `poll_error` (a test's) ignores it. `reason` must hold no secret."""
+    record = getattr(sink, "poll_error", None)
+    if callable(record):
+        record(device, reason)
+
+
+class Driver(Protocol):
+    async def run(self) -> None:
+        """Run until cancelled. Must survive anything a device or network does."""
+
+
+def _no_cross_checks(devices: Sequence[DeviceConfig]) -> list[tuple[int, str]]:
+    return []
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    name: str
+    options: type[DeviceConfig]
+    build: Callable[[Sequence[DeviceConfig], EventSink], Driver]
+    summary: str = ""
+    #: Checks across this driver's devices (e.g. one serial port, one line setting), run by
+    #: `edge-agent validate` after each device validated alone: (index in `devices`, message).
+    check_devices: Callable[[Sequence[DeviceConfig]], list[tuple[int, str]]] = _no_cross_checks

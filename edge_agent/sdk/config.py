@@ -1,0 +1,22 @@
+"""Configuration as drivers use it: the base of a device's options, and the loader."""
+
+from edge_agent.config.loader import load_gateway_config
+from edge_agent.config.models import (
+    ChatterConfig,
+    ChatterOverride,
+    DeviceConfig,
+    SnapshotsConfig,
+)
+from edge_agent.contract.settings import (
+    SEGMENT,
+    ConfigError,
+    ConfigIssue,
+    SecretError,
+    SecretRef,
+    Strict,
+    load_model,
+)
+
+__all__ = ["SEGMENT", "ChatterConfig", "ChatterOverride", "ConfigError", "ConfigIssue",
+           "DeviceConfig", "SecretError", "SecretRef", "SnapshotsConfig", "Strict",
+           "load_gateway_config", "load_model"]

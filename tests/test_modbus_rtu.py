@@ -18,8 +18,8 @@ from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Table
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
+from drivers.modbus.rtu_link import RtuLink
 from drivers.modbus.transport import (
-    Link,
     ModbusConnectionError,
     ModbusProtocolError,
     ModbusTimeout,
@@ -137,7 +137,7 @@ async def test_crc_garbage_is_a_protocol_error_and_the_bus_recovers(
         ptys: tuple[str, str]) -> None:
     a, b = ptys
     async with ModbusServer([Unit.of(1, "water-sensor", WATER)], serial_port=a) as server:
-        link = Link.rtu(SerialSettings(b), 0.2)
+        link = RtuLink.for_port(SerialSettings(b), 0.2)
         server.corrupt.add(1)
         with pytest.raises(ModbusProtocolError, match=r"rtu://.* unit 1: read input_register "
                            r"0\.\.4: no valid reply within 0\.2s, only 01 04 0a .*\(CRC error"):
@@ -154,7 +154,7 @@ async def test_a_late_reply_is_never_taken_for_another_request(ptys: tuple[str, 
     late = Unit.of(1, "water-sensor", WATER, delay_s=0.35, delay_next=1)
     other = Unit.of(2, "water-sensor", {**WATER, "level": 9.5})
     async with ModbusServer([late, other], serial_port=a):
-        link = Link.rtu(SerialSettings(b), 0.2)
+        link = RtuLink.for_port(SerialSettings(b), 0.2)
         started = time.monotonic()
         with pytest.raises(ModbusTimeout, match=r"unit 1: read input_register 0\.\.1: no "
                                                 r"reply within 0\.2s"):
@@ -171,7 +171,7 @@ async def test_delayed_reply_and_wrong_unit_are_timeouts(ptys: tuple[str, str]) 
     a, b = ptys
     async with ModbusServer([Unit.of(1, "smoke-detector", SMOKE, delay_s=0.5)],
                             serial_port=a) as server:
-        link = Link.rtu(SerialSettings(b), 0.2)
+        link = RtuLink.for_port(SerialSettings(b), 0.2)
         with pytest.raises(ModbusTimeout, match=r"unit 1: read discrete_input 0\.\.1"):
             await link.read(Table.DISCRETE_INPUT, 0, 2, 1)
         with pytest.raises(ModbusTimeout, match=r"unit 9: read discrete_input 0\.\.1"):
@@ -181,7 +181,7 @@ async def test_delayed_reply_and_wrong_unit_are_timeouts(ptys: tuple[str, str]) 
 
 
 async def test_missing_serial_port_is_named(tmp_path: Path) -> None:
-    link = Link.rtu(SerialSettings(str(tmp_path / "ttyUSB9")), 0.2)
+    link = RtuLink.for_port(SerialSettings(str(tmp_path / "ttyUSB9")), 0.2)
     with pytest.raises(ModbusConnectionError, match=r"serial port .*ttyUSB9 does not exist"):
         await link.read(Table.COIL, 0, 1, 1)
 
@@ -191,7 +191,7 @@ async def test_serial_permission_problem_is_named(tmp_path: Path) -> None:
     port = tmp_path / "ttyS9"
     port.write_text("")
     port.chmod(0)
-    link = Link.rtu(SerialSettings(str(port)), 0.2)
+    link = RtuLink.for_port(SerialSettings(str(port)), 0.2)
     with pytest.raises(ModbusConnectionError, match=r"permission denied.*dialout"):
         await link.read(Table.COIL, 0, 1, 1)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from drivers.modbus.device import ModbusDevice, check_buses
 from drivers.modbus.poller import DevicePoller, SerialBusLoop, TcpDeviceLoop, tcp_slots
 from drivers.modbus.profile import Profile, load_profile
+from drivers.modbus.tcp_link import TcpLink
 from drivers.modbus.transport import Link
 from edge_agent.sdk.api import EventSink, credential_salt
 from edge_agent.sdk.config import DeviceConfig
@@ -67,7 +68,7 @@ class ModbusDriver:
             elif cfg.tcp is not None:
                 # TCP polls go in bursts (poller.tcp_slots); a bus spreads its own polls.
                 poller.next_due = phases[cfg.id]
-                link = Link.tcp(cfg.tcp.host, cfg.tcp.port, cfg.timeout_s)
+                link: Link = TcpLink(cfg.tcp.host, cfg.tcp.port, cfg.timeout_s)
                 self.tcp_loops.append(TcpDeviceLoop(poller, link, phase=phases[cfg.id]))
                 self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)
             elif cfg.rtu is not None:
@@ -76,15 +77,17 @@ class ModbusDriver:
                 buses[cfg.rtu.port].append((cfg, profile, poller))
         for (host, port), group in gateways.items():
             # a TCP-to-RTU gateway is a bus: one connection, one request at a time
-            link = Link.tcp(host, port, max(cfg.timeout_s for cfg, _, _ in group))
+            link = TcpLink(host, port, max(cfg.timeout_s for cfg, _, _ in group))
             self.bus_loops.append(SerialBusLoop([poller for _, _, poller in group], link))
             for cfg, profile, poller in group:
                 self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)
+        if buses:  # pymodbus (and its serial stack) only for a config with an RTU bus
+            from drivers.modbus.rtu_link import RtuLink
         for group in buses.values():
             rtu = group[0][0].rtu
             assert rtu is not None
-            link = Link.rtu(rtu.settings(), max(cfg.timeout_s for cfg, _, _ in group),
-                            pause_s=rtu.settings().frame_gap_s() + rtu.pause_ms / 1000)
+            link = RtuLink.for_port(rtu.settings(), max(cfg.timeout_s for cfg, _, _ in group),
+                                    pause_s=rtu.settings().frame_gap_s() + rtu.pause_ms / 1000)
             self.bus_loops.append(SerialBusLoop([poller for _, _, poller in group], link))
             for cfg, profile, poller in group:
                 self.devices[cfg.id] = DeviceHandle(cfg, profile, poller, link)

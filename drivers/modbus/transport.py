@@ -110,19 +110,6 @@ class Link(abc.ABC):
         self.quiet_s = quiet_s  # silence awaited after an error (RTU)
         self.lock = asyncio.Lock()
 
-    @classmethod
-    def tcp(cls, host: str, port: int, timeout_s: float) -> Link:
-        from drivers.modbus.tcp_link import TcpLink
-
-        return TcpLink(host, port, timeout_s)
-
-    @classmethod
-    def rtu(cls, settings: SerialSettings, timeout_s: float, *, pause_s: float = 0.0,
-            quiet_s: float | None = None) -> Link:
-        from drivers.modbus.rtu_link import RtuLink
-
-        return RtuLink.for_port(settings, timeout_s, pause_s=pause_s, quiet_s=quiet_s)
-
     @property
     @abc.abstractmethod
     def connected(self) -> bool: ...

@@ -18,7 +18,7 @@ silence after the reply is the driver's own pause (3.5 characters of its line
 settings), so a slow driver shows as a shortfall.
 
 Physical limit: 125 registers per (request + reply + two silences):
-~404 registers/s at 9,600 baud and ~4,370 at 115,200 (NOTES-deps.md: ~400 and ~4,400).
+~404 registers/s at 9,600 baud and ~4,370 at 115,200.
 Rounds: `driver` (the whole poller), `link` (Link.read in a loop with the same pause),
 and `unpaced` (no pacing: what the pty, pymodbus and the driver manage at all).
 Target: >= 80 % of the physical limit.

@@ -224,7 +224,7 @@ class Collector:
         return client
 
     def _client(self) -> aiomqtt.Client:
-        # aiomqtt acknowledges incoming QoS 1 before our code sees the message (NOTES-deps),
+        # aiomqtt acknowledges incoming QoS 1 before our code sees the message (paho's default),
         # so a crash here loses the broker's copy. That is safe: the edge keeps every event
         # until our application-level ack and resends it. Unbounded queue: never drop.
         will = (aiomqtt.Will(self.presence_topic, PRESENCE_OFFLINE, qos=1, retain=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-#: Column order of the `events` table (DESIGN.md, a public contract).
+#: Column order of the `events` table (a public contract: collector/README.md).
 EVENT_COLUMNS: tuple[str, ...] = (
     "id", "type", "source", "district", "street", "community", "gateway", "device",
     "time", "received_at", "epoch", "seq", "severity", "data",

@@ -1,6 +1,6 @@
 """The district store schema, described once for every backend.
 
-`events` is the public contract of DESIGN.md (the district platform reads it); the other
+`events` is a public contract (the district platform reads it); the other
 tables are the collector's own. Backends turn this description into DDL: SQLite through
 sqlite-utils, PostgreSQL (later) with `text`/`bigint`/`bytea`/`jsonb`.
 """

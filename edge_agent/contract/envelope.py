@@ -1,8 +1,8 @@
 """Event envelope v1: the one event model both the edge and the collector use.
 
-CloudEvents 1.0 in structured JSON mode, with the extension attributes of
-DESIGN.md (`gateway`, `community`, `street`, `district`, `epoch`, `seq`,
-`severity`). The published JSON Schema (`schemas/event-v1.schema.json`) is the
+CloudEvents 1.0 in structured JSON mode, with the extension attributes
+`gateway`, `community`, `street`, `district`, `epoch`, `seq` and `severity`
+(docs/events.md). The published JSON Schema (`schemas/event-v1.schema.json`) is the
 contract; `tests/test_envelope.py` checks that this module and the schema agree.
 
 An event is minted by `new_event()` at the edge without `epoch`/`seq`; the

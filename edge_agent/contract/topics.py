@@ -1,4 +1,7 @@
-"""MQTT topic contract v1 (DESIGN.md): cd/v1/<district>/<community>/<gateway>/<channel>."""
+"""MQTT topic contract v1: cd/v1/<district>/<community>/<gateway>/<channel>.
+
+The topics, who publishes and reads each, are tabled in docs/architecture.md.
+"""
 
 from __future__ import annotations
 

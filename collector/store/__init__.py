@@ -1,4 +1,9 @@
-"""District store backends, chosen by URL (`sqlite:///…` now, `postgresql://…` later)."""
+"""District store backends, chosen by URL (`sqlite:///…` now, `postgresql://…` later).
+
+Owns the tables (`schema`: `events` is a public contract), idempotent inserts, stream
+watermarks and gaps, the quarantine. Imports `edge_agent.contract` and the collector's
+own models; nothing of ingest or MQTT.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ configs/profiles). Runtime: `device` (a device entry's options, validated before
 I/O), `transport` (`Link`: pymodbus with a precise exception tree), `poller` (health,
 back-off and the bus scheduler), `driver` (`ModbusDriver`) and `writes` (the audited,
 allow-listed write API). See README.md in this folder.
+
+Imports `edge_agent.sdk` and `edge_agent.contract` only (no other driver).
 """
 
 from drivers.modbus.device import ModbusDevice, bus_problems

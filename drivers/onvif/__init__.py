@@ -8,6 +8,8 @@ correction), `events` (PullPoint subscription: pull, renew, re-create, liveness)
 (`OnvifDriver`), `discovery` (`edge-agent discover cameras`) and the OpenCV video
 health (`video_*`). `simulator/` is an ONVIF camera for tests and the demo.
 See README.md in this folder.
+
+Imports `edge_agent.sdk` and `edge_agent.contract` only (no other driver).
 """
 
 from edge_agent.sdk.api import DriverSpec

@@ -5,6 +5,8 @@ For legacy fire panels and the like that print one line per event
 like (regexes with named groups, an optional checksum) and what the groups mean:
 point values for the `events:` rules, or alarms raised and cleared per zone.
 See drivers/serial_line/README.md and sample.yaml.
+
+Imports `edge_agent.sdk` and `edge_agent.contract` only (no other driver).
 """
 
 from __future__ import annotations

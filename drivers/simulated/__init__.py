@@ -3,6 +3,8 @@
 Each device is a smoke detector, a water sensor or a gate controller that reports
 every `period_s` and now and then raises an alarm that clears after a while.
 Used by the README demo, the tests and the benchmarks (a high `burst` makes load).
+
+Imports `edge_agent.sdk` and `edge_agent.contract` only.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 checks and clock skew, PullPoint subscriptions, a Digest snapshot and an MJPEG stream;
 `DiscoveryResponder` answers WS-Discovery probes on a loopback UDP port.
 Run one standalone: `python -m drivers.onvif.simulator --port 18090`.
+
+Test and demo peer: imports nothing of the agent but `edge_agent.contract` (logging).
 """
 
 from .app import MOTION_TOPIC, TAMPER_TOPIC, OnvifSimulator, Switches

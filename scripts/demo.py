@@ -36,7 +36,7 @@ STATUS_PAGE_URL = "http://127.0.0.1:18080/"
 GATEWAY_CONFIG = "configs/gateway.demo.yaml"
 #: The Modbus TCP ports of configs/gateway.demo.yaml's devices.
 SIMULATOR_PORTS = (15020, 15021, 15022)
-#: scenario@device: what the simulators play, looping (configs/scenarios/NAME.yaml).
+#: scenario@device: what the simulators play, looping (shipped scenarios, by name).
 SCENARIOS = ("forced-gate@gate-north", "access@gate-north", "fire@smoke-b1-01",
              "silent-device@smoke-b3-01", "leak@water-pump-01")
 

@@ -12,6 +12,10 @@ Starts, in this order, each waiting for the one before to listen:
    `modbus` and `onvif` drivers.
 All of them log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
 generated into var/demo/secrets/ on first run.
+
+A script of the checkout, not a module of the wheel: it needs the repository's
+`configs/` and `var/`. It starts the installed commands (`python -m edge_agent`, ...) and
+imports nothing of the project.
 """
 
 from __future__ import annotations

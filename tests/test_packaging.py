@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ DATA_FOLDERS = ("drivers/modbus/profiles", "drivers/modbus/simulator/scenarios",
 #: Not part of the checkout that is built: local state, caches, earlier builds.
 UNBUILT = shutil.ignore_patterns(".git", ".venv", "var", "build", "dist", "*.egg-info",
                                  "__pycache__", ".mypy_cache", ".ruff_cache",
-                                 ".pytest_cache", "test-artifacts")
+                                 ".pytest_cache", ".hypothesis", "test-artifacts")
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,10 @@ def run(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built from a copy (a build writes build/ and *.egg-info into its source)."""
+    setuptools = version("setuptools")
+    assert int(setuptools.split(".")[0]) >= 77, (
+        f"setuptools {setuptools} in this venv cannot build the wheel; the test extra asks "
+        "for >= 77: run ./run test (it reinstalls the venv) or pip install -e '.[test]'")
     base = tmp_path_factory.mktemp("wheel")
     source = base / "source"
     shutil.copytree(ROOT, source, ignore=UNBUILT, symlinks=True)

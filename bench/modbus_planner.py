@@ -6,7 +6,7 @@ One JSON line per device map and a final `{"summary": ...}` line. Maps: the refe
 map (tests/data/modbus/scattered-20.yaml: 20 points in five runs over holding registers
 0-54; target 1 request), the peer workload (tests/data/modbus/peer-20.yaml: 20
 registers in five runs over 0-54 with a 14-register hole; target 1 request over TCP),
-every shipped profile in configs/profiles, and a synthetic 500-point map for the
+every shipped profile in drivers/modbus/profiles, and a synthetic 500-point map for the
 planner's own cost. Each map is planned for three links, since the gap fill follows
 what a request costs on the link (drivers/modbus/planner.py): `tcp`, `rtu_9600`
 (8E1) and `rtu_115200` (8N1).

@@ -158,7 +158,7 @@ def run(config_path: Path) -> None:
 @click.option("--set", "sets", multiple=True, metavar="POINT=VALUE",
               help="an initial value (repeatable)")
 @click.option("--scenario", "scenarios", multiple=True, metavar="NAME[@TARGET,...]",
-              help="play configs/scenarios/NAME.yaml on device ids or unit ids "
+              help="play a shipped scenario NAME (or a file) on device ids or unit ids "
                    "(default: every unit of its profile); repeatable")
 @click.option("--loop/--once", default=None,
               help="repeat the scenarios, or play them once (default: as each file says)")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import zipfile
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from drivers.modbus.profile import (
     clear_profile_cache,
     find_profile,
     load_profile,
+    package_folder,
 )
 from edge_agent.config.loader import ConfigError, load_model
 from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, schema
@@ -45,7 +49,7 @@ def _fresh_cache() -> Iterator[None]:
 
 
 def test_the_shipped_profiles_are_available() -> None:
-    assert list(available_profiles()) == SHIPPED  # sorted, from configs/profiles
+    assert list(available_profiles()) == SHIPPED  # sorted, from drivers/modbus/profiles
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -397,13 +401,32 @@ class _NullSink:
     def device_state(self, *args: Any, **kwargs: Any) -> None: ...
 
 
-def test_shipped_files_come_from_the_install_when_there_is_no_checkout(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import sys
+def test_shipped_profiles_are_the_drivers_package_data() -> None:
+    """Found with importlib.resources beside the driver's code, wherever the agent runs
+    from (a checkout, or the wheel installed into a venv: tests/test_packaging.py)."""
+    import drivers.modbus
+    from drivers.modbus.simulator.scenario import SHIPPED_SCENARIOS
 
-    from edge_agent.sdk import shipped
-    assert shipped.shipped_dir("profiles") == SHIPPED_PROFILES  # a checkout: configs/
-    assert (SHIPPED_PROFILES / "smoke-detector.yaml").is_file()
-    monkeypatch.setattr(shipped, "_REPOSITORY", tmp_path / "no-checkout")
-    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
-    assert shipped.shipped_dir("profiles") == tmp_path / "venv/share/edge-agent/profiles"
+    here = Path(drivers.modbus.__file__).parent
+    assert here / "profiles" == SHIPPED_PROFILES
+    assert here / "simulator" / "scenarios" == SHIPPED_SCENARIOS
+    shipped = resources.files("drivers.modbus") / "profiles" / "smoke-detector.yaml"
+    assert shipped.read_text("utf-8") == (SHIPPED_PROFILES / "smoke-detector.yaml").read_text(
+        "utf-8")
+
+
+def test_a_zipped_package_has_no_profile_folder_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The agent is never installed zipped; if it were, a name would not be found (with
+    the folder searched in the message), rather than a traceback."""
+    archive = tmp_path / "zipped.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("zipped_driver/__init__.py", "")
+        zipped.writestr("zipped_driver/profiles/x.yaml", "name: x\n")
+    monkeypatch.syspath_prepend(str(archive))
+    monkeypatch.delitem(sys.modules, "zipped_driver", raising=False)
+    folder = package_folder("zipped_driver", "profiles")
+    assert not folder.is_dir()
+    with pytest.raises(ProfileNotFound, match="available profiles: none") as err:
+        load_profile("x", [folder])
+    assert str(folder) in err.value.issues[0].hint

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -439,9 +441,17 @@ def test_command_line_shorthands() -> None:
             parse_units(bad)
 
 
-def test_the_demo_gateway_config_is_served_with_its_scenarios() -> None:
-    from edge_agent import demo
+def load_demo() -> ModuleType:
+    """scripts/demo.py (`./run demo`), which lives in the checkout, not in the package."""
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "scripts" / "demo.py")
+    assert spec and spec.loader
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
 
+
+def test_the_demo_gateway_config_is_served_with_its_scenarios() -> None:
+    demo = load_demo()
     servers, skipped = from_gateway(ROOT / demo.GATEWAY_CONFIG)
     assert skipped == []
     assert sorted(s.tcp.port for s in servers if s.tcp) == list(demo.SIMULATOR_PORTS)

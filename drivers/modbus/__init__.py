@@ -1,11 +1,11 @@
 """Modbus driver (pymodbus): TCP and RTU devices described by YAML profiles.
 
 Pure, I/O-free parts: `points` (the point model), `decode` (registers <-> values),
-`planner` (points -> the fewest read requests) and `profile` (YAML device profiles in
-configs/profiles). Runtime: `device` (a device entry's options, validated before any
-I/O), `transport` (`Link`: pymodbus with a precise exception tree), `poller` (health,
-back-off and the bus scheduler), `driver` (`ModbusDriver`) and `writes` (the audited,
-allow-listed write API). See README.md in this folder.
+`planner` (points -> the fewest read requests) and `profile` (YAML device profiles; the
+shipped ones in `profiles/`, package data). Runtime: `device` (a device entry's options,
+validated before any I/O), `transport` (`Link`: pymodbus with a precise exception tree),
+`poller` (health, back-off and the bus scheduler), `driver` (`ModbusDriver`) and
+`writes` (the audited, allow-listed write API). See README.md in this folder.
 
 Imports `edge_agent.sdk` and `edge_agent.contract` only (no other driver).
 """

@@ -2,7 +2,7 @@
 
     - id: smoke-b1-01
       driver: modbus
-      profile: smoke-detector          # configs/profiles/smoke-detector.yaml
+      profile: smoke-detector          # drivers/modbus/profiles/smoke-detector.yaml
       unit_id: 3
       rtu: {port: /dev/ttyUSB0, baudrate: 9600}    # or  tcp: {host: 127.0.0.1, port: 502}
       period_s: 2
@@ -60,7 +60,7 @@ class RtuTarget(_Strict):
 
 
 class ModbusDevice(DeviceConfig):
-    profile: ProfileName = Field(description="device profile name (configs/profiles/NAME.yaml)")
+    profile: ProfileName = Field(description="device profile name (a shipped or site profile)")
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id")
     tcp: TcpTarget | None = None
     rtu: RtuTarget | None = None

@@ -3,9 +3,10 @@
 A profile names every point of a device model, the model's read limits and the rule
 specs that turn point values into catalog events. A device in the gateway config
 names a profile plus its own address and unit id. Profiles live in
-`configs/profiles/NAME.yaml` (shipped) and `/etc/edge-agent/profiles/NAME.yaml`
-(site); the first match on the search path wins. A profile's `name` must be its file
-name without `.yaml`.
+`drivers/modbus/profiles/NAME.yaml` (shipped: package data, found with
+`importlib.resources`, so the same in a checkout and an installed wheel) and
+`/etc/edge-agent/profiles/NAME.yaml` (site); the first match on the search path wins.
+A profile's `name` must be its file name without `.yaml`.
 
 Profiles are loaded with the strict config loader, so every mistake is reported at
 once as `FILE:LINE:COL: key: message`; the cross-point checks (names used twice,
@@ -18,6 +19,7 @@ import difflib
 import re
 import threading
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +38,6 @@ from drivers.modbus.planner import (
 from drivers.modbus.points import Point, PointType, Table, raise_issues
 from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model
 from edge_agent.sdk.rules import RuleSpec, point_issues
-from edge_agent.sdk.shipped import shipped_dir
 
 __all__ = [
     "DEFAULT_SEARCH_PATH",
@@ -50,10 +51,24 @@ __all__ = [
     "clear_profile_cache",
     "find_profile",
     "load_profile",
+    "package_folder",
 ]
 
-#: Profiles shipped with the agent (configs/profiles; see edge_agent.sdk.shipped).
-SHIPPED_PROFILES = shipped_dir("profiles")
+
+
+def package_folder(package: str, name: str) -> Path:
+    """The folder `name` of `package`'s package data, found with `importlib.resources`.
+
+    The agent is installed as files (a wheel into its venv, or a checkout), never zipped,
+    so this is a real folder; its files are read by path, which every FILE:LINE:COL
+    message names.
+    """
+    folder = resources.files(package) / name
+    return folder if isinstance(folder, Path) else Path(str(folder))
+
+
+#: Profiles shipped with the driver (drivers/modbus/profiles, package data).
+SHIPPED_PROFILES = package_folder("drivers.modbus", "profiles")
 #: Profiles an installer adds on a gateway.
 SITE_PROFILES = Path("/etc/edge-agent/profiles")
 DEFAULT_SEARCH_PATH: tuple[Path, ...] = (SHIPPED_PROFILES, SITE_PROFILES)

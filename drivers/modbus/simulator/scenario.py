@@ -1,8 +1,9 @@
 """Simulator scenarios: timed steps that change what a simulated unit answers.
 
-A scenario is a YAML file in `configs/scenarios/NAME.yaml` (or any path). It names the
-profile its points belong to and lists steps by point name, never by address, so the
-simulator encodes each value with the profile's type, scaling and byte/word order:
+A scenario is a YAML file: a shipped one by name (`drivers/modbus/simulator/scenarios/
+NAME.yaml`, package data) or any path. It names the profile its points belong to and
+lists steps by point name, never by address, so the simulator encodes each value with
+the profile's type, scaling and byte/word order:
 
     description: a smoke detector sees smoke, alarms, then clears
     profile: smoke-detector
@@ -36,9 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.modbus.decode import EncodeError, Value, decode, encode
 from drivers.modbus.points import POINT_NAME, Point, PointType, raise_issues
-from drivers.modbus.profile import PROFILE_NAME, Profile, ProfileNotFound, load_profile
+from drivers.modbus.profile import (
+    PROFILE_NAME,
+    Profile,
+    ProfileNotFound,
+    load_profile,
+    package_folder,
+)
 from edge_agent.sdk.config import SEGMENT, ConfigError, ConfigIssue, load_model
-from edge_agent.sdk.shipped import shipped_dir
 
 __all__ = [
     "SHIPPED_SCENARIOS",
@@ -50,8 +56,8 @@ __all__ = [
     "profile_problem",
 ]
 
-#: Scenarios shipped with the agent (the repository's configs/scenarios).
-SHIPPED_SCENARIOS = shipped_dir("scenarios")
+#: Scenarios shipped with the simulator (drivers/modbus/simulator/scenarios, package data).
+SHIPPED_SCENARIOS = package_folder("drivers.modbus.simulator", "scenarios")
 SCENARIO_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 _SUFFIXES = (".yaml", ".yml")
 
@@ -221,7 +227,7 @@ def available_scenarios(folder: Path = SHIPPED_SCENARIOS) -> dict[str, Path]:
 
 
 def find_scenario(name_or_path: str | Path) -> Path:
-    """A path as given, or NAME.yaml in configs/scenarios; ConfigError if there is none."""
+    """A path as given, or a shipped scenario NAME; ConfigError if there is none."""
     if isinstance(name_or_path, Path) or "/" in name_or_path \
             or name_or_path.endswith(_SUFFIXES):
         return Path(name_or_path)

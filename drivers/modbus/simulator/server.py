@@ -4,11 +4,11 @@
 wired: every profile can be served over Modbus TCP (127.0.0.1 unless told otherwise)
 or RTU (a serial port, or one end of a pty pair made by socat), several unit ids per
 server (a TCP gateway, or an RS-485 bus of smoke detectors), with values that read as
-a healthy device at rest. Scenarios (configs/scenarios/*.yaml: a fire, a leak, a
-forced gate, access records, a device that goes silent) change the values over time,
-by point name; values are encoded with the profile's type, scaling and byte/word
-order (`drivers.modbus.decode.encode`), so what the agent decodes is what the
-scenario says.
+a healthy device at rest. Scenarios (the shipped `scenarios/*.yaml` beside this
+module: a fire, a leak, a forced gate, access records, a device that goes silent; or
+any file) change the values over time, by point name; values are encoded with the
+profile's type, scaling and byte/word order (`drivers.modbus.decode.encode`), so what
+the agent decodes is what the scenario says.
 
 How it maps onto pymodbus 3.16:
 - each unit is a `SimDevice` with four separate tables (coils, discrete inputs,

@@ -12,6 +12,10 @@ Starts, in this order, each waiting for the one before to listen:
    `modbus` and `onvif` drivers.
 All of them log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
 generated into var/demo/secrets/ on first run.
+
+A script of the checkout, not a module of the wheel: it needs the repository's
+`configs/` and `var/`. It starts the installed commands (`python -m edge_agent`, ...) and
+imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ STATUS_PAGE_URL = "http://127.0.0.1:18080/"
 GATEWAY_CONFIG = "configs/gateway.demo.yaml"
 #: The Modbus TCP ports of configs/gateway.demo.yaml's devices.
 SIMULATOR_PORTS = (15020, 15021, 15022)
-#: scenario@device: what the simulators play, looping (configs/scenarios/NAME.yaml).
+#: scenario@device: what the simulators play, looping (shipped scenarios, by name).
 SCENARIOS = ("forced-gate@gate-north", "access@gate-north", "fire@smoke-b1-01",
              "silent-device@smoke-b3-01", "leak@water-pump-01")
 

@@ -4,7 +4,8 @@
 states, restored alarms), `registry` (driver discovery through entry points), `rules`
 (the rules engine and chatter control), `config` (the base of a device's options model
 and the loader), `supervise` (keeping a task alive with back-off), `shipped` (files
-shipped beside the code: profiles, scenarios) and `testing` (a recording sink and
-helpers for driver tests). Drivers may import this package and `edge_agent.contract`,
-nothing else of the agent (enforced by import-linter, see pyproject.toml).
+shipped beside the code: profiles, scenarios), `commands` (the entry-point group a
+driver's `edge-agent` commands register in, and their exit conventions) and `testing`
+(a recording sink and helpers for driver tests). Drivers may import this package and
+`edge_agent.contract`, nothing else of the agent (enforced by import-linter, see pyproject.toml).
 """

@@ -20,7 +20,6 @@ and kind. Events are fired one at a time, 20-60 ms apart.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
@@ -28,7 +27,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -112,11 +114,14 @@ async def run(events: int, cameras: int, snapshots: bool, tmp: Path) -> dict[str
             await sim.stop()
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=200)
-    parser.add_argument("--cameras", type=int, default=1)
-    args = parser.parse_args()
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--events", type=int, default=200)
+@click.option("--cameras", type=int, default=1)
+def main(**options: Any) -> None:
+    asyncio.run(_main(SimpleNamespace(**options)))
+
+
+async def _main(args: SimpleNamespace) -> None:
     import logging
 
     logging.disable(logging.WARNING)
@@ -130,4 +135,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

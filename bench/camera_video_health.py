@@ -1,7 +1,10 @@
 """Camera video health: CPU and memory per watched camera, cameras per core.
 
-    .venv/bin/python bench/camera_video_health.py [--cameras 16 32] [--seconds 20]
-        [--source mjpeg rtsp] [--strategies drain read-all reopen] [--fps 15]
+    .venv/bin/python bench/camera_video_health.py [--cameras 16] [--seconds 20]
+        [--source mjpeg|rtsp] [--strategies drain|read-all|reopen] [--fps 15]
+
+(--cameras, --source and --strategies repeat; by default 16 and 32 cameras, both
+sources, all three strategies.)
 
 Processes: the video source runs in its own process (its CPU is not counted): an MJPEG
 640x360 15 fps stream over HTTP (drivers/onvif/simulator/video.py, one shared encoder, one
@@ -24,7 +27,6 @@ Strategies (how the 15 fps are turned into 1 analysed frame/s):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -33,8 +35,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +182,7 @@ async def _window(warmup: float, seconds: float, samples: Any) -> dict[str, Any]
     return {"cpu_share": cpu, "samples_per_s": (s1 - s0) / (t1 - t0), "rss_peak": peak}
 
 
-def worker(args: argparse.Namespace) -> None:
+def worker(args: SimpleNamespace) -> None:
     import cv2  # noqa: F401 - the baseline includes OpenCV and numpy
     import numpy  # noqa: F401
 
@@ -214,21 +218,22 @@ def run_round(url: str, source: str, fps: int, strategy: str, n: int, warmup: fl
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cameras", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--seconds", type=float, default=20)
-    ap.add_argument("--warmup", type=float, default=8)
-    ap.add_argument("--source", nargs="+", default=["mjpeg", "rtsp"], choices=["mjpeg", "rtsp"])
-    ap.add_argument("--strategies", nargs="+", default=["drain", "read-all", "reopen"],
-                    choices=["drain", "read-all", "reopen"])
-    ap.add_argument("--fps", type=int, default=15, help="frame rate of the source stream")
-    ap.add_argument("--serve-mjpeg", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--url", help=argparse.SUPPRESS)
-    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--strategy", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--cameras", type=int, multiple=True, default=(16, 32))
+@click.option("--seconds", type=float, default=20)
+@click.option("--warmup", type=float, default=8)
+@click.option("--source", type=click.Choice(["mjpeg", "rtsp"]), multiple=True,
+              default=("mjpeg", "rtsp"))
+@click.option("--strategies", type=click.Choice(["drain", "read-all", "reopen"]), multiple=True,
+              default=("drain", "read-all", "reopen"))
+@click.option("--fps", type=int, default=15, help="frame rate of the source stream")
+@click.option("--serve-mjpeg", type=int, hidden=True)
+@click.option("--worker", is_flag=True, hidden=True)
+@click.option("--url", hidden=True)
+@click.option("--n", type=int, hidden=True)
+@click.option("--strategy", hidden=True)
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
     if args.serve_mjpeg:
         asyncio.run(_serve_mjpeg(args.serve_mjpeg, args.fps))
         return

@@ -16,7 +16,6 @@ Rounds (one JSON line each, then `{"summary": ...}`):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import statistics
@@ -25,9 +24,11 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
+import click
 from aiomqtt import ProtocolVersion
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,12 +175,12 @@ async def bench_mqtt(batches: list[bytes], size: int, inflight: int,
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batches", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=200)
-    ap.add_argument("--inflight", type=int, default=8)
-    args = ap.parse_args()
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--batches", type=int, default=100)
+@click.option("--batch", type=int, default=200)
+@click.option("--inflight", type=int, default=8)
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
     configure("warning")
     with tempfile.TemporaryDirectory(prefix="bench-collector-") as d:
         tmp = Path(d)

@@ -14,7 +14,6 @@ Agent, collector and broker are separate processes on this machine, as in produc
 
 from __future__ import annotations
 
-import argparse
 import random
 import sqlite3
 import statistics
@@ -23,7 +22,10 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import click
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -138,12 +140,12 @@ def bench_latency(tmp: Path, broker: Mosquitto, per_s: int, seconds: float) -> d
             "agent_cpu_share_of_one_core": round(cpu, 3)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--backlog", type=int, default=100_000)
-    ap.add_argument("--rate", type=int, default=500)
-    ap.add_argument("--seconds", type=float, default=30)
-    args = ap.parse_args()
+@click.command(help=__doc__)
+@click.option("--backlog", type=int, default=100_000)
+@click.option("--rate", type=int, default=500)
+@click.option("--seconds", type=float, default=30)
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
     configure("warning")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

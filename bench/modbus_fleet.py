@@ -34,7 +34,6 @@ that dir to `drivers.modbus.profile.DEFAULT_SEARCH_PATH` and then runs the real 
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -47,8 +46,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,27 +384,27 @@ def _outage(rig: Rig, broker: Mosquitto, devices: int, outage_s: float, warmup: 
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=60, help="steady window")
-    parser.add_argument("--warmup", type=float, default=10, help="seconds before the window")
-    parser.add_argument("--outage-s", type=float, default=30, help="0: no outage phase")
-    parser.add_argument("--outage-devices", type=int, default=20)
-    parser.add_argument("--skip-fleet", action="store_true")
-    parser.add_argument("--reconnect-max-s", type=float, default=None,
-                        help="outage: cap the agent's and collector's reconnect back-off "
-                             "(default: as shipped, 1 s)")
-    parser.add_argument("--keep-logs", type=Path, default=None,
-                        help="copy every process's log into this folder")
-    parser.add_argument("--commit-linger-ms", type=int, default=None,
-                        help="the agent's outbox.commit_linger_ms (default: as shipped)")
-    parser.add_argument("--status-page", action="store_true",
-                        help="fleet: the agent's status page on (no browser open)")
-    parser.add_argument("--heartbeat-s", type=float, default=0.5,
-                        help="the reading rule's heartbeat; 300 makes a polling-only round "
-                             "(one reading per device, then none: what polling alone costs)")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--devices", type=int, default=100)
+@click.option("--seconds", type=float, default=60, help="steady window")
+@click.option("--warmup", type=float, default=10, help="seconds before the window")
+@click.option("--outage-s", type=float, default=30, help="0: no outage phase")
+@click.option("--outage-devices", type=int, default=20)
+@click.option("--skip-fleet", is_flag=True)
+@click.option("--reconnect-max-s", type=float, default=None,
+              help="outage: cap the agent's and collector's reconnect back-off "
+                   "(default: as shipped, 1 s)")
+@click.option("--keep-logs", type=click.Path(path_type=Path), default=None,
+              help="copy every process's log into this folder")
+@click.option("--commit-linger-ms", type=int, default=None,
+              help="the agent's outbox.commit_linger_ms (default: as shipped)")
+@click.option("--status-page", is_flag=True,
+              help="fleet: the agent's status page on (no browser open)")
+@click.option("--heartbeat-s", type=float, default=0.5,
+              help="the reading rule's heartbeat; 300 makes a polling-only round "
+                   "(one reading per device, then none: what polling alone costs)")
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

@@ -19,12 +19,14 @@ same model gives ~40 single-register reads/s and ~400 registers/s at 125 per req
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -112,10 +114,10 @@ def measure(name: str, points: list[Point], limits: Limits, rounds: int) -> dict
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2000, help="plans per timing round")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--rounds", type=int, default=2000, help="plans per timing round")
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
 
     rows = []
     scattered = load_profile(SCATTERED)

@@ -26,7 +26,6 @@ Target: >= 80 % of the physical limit.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -35,7 +34,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -181,11 +183,11 @@ async def run_link(port: str, baud: int, seconds: float) -> dict[str, Any]:
             "registers_per_s": round(reads * REGISTERS / elapsed, 1)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20, help="window per round")
-    parser.add_argument("--bauds", default="9600,115200")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--seconds", type=float, default=20, help="window per round")
+@click.option("--bauds", default="9600,115200")
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
     configure("warning")
     bauds = [int(b) for b in args.bauds.split(",")]
     results: dict[str, Any] = {}

@@ -17,13 +17,15 @@ append) and the overshoot of the cap are visible.
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 from edge_agent.contract.envelope import Event, Hierarchy, new_event
 from edge_agent.contract.logs import configure
@@ -153,20 +155,21 @@ def serialization_cost(pool: list[Event], n: int = 20_000) -> dict[str, float]:
             "stamped_body_us": round(fast.seconds / n * 1e6, 2)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--events", type=int, default=200_000, help="batched events")
-    ap.add_argument("--batch", type=int, default=500, help="events per append()")
-    ap.add_argument("--single-events", type=int, default=2_000, help="one append() each")
-    ap.add_argument("--evict-events", type=int, default=100_000, help="events under a small cap")
-    ap.add_argument("--evict-cap", type=int, default=2 << 20, help="cap (bytes) of that run")
-    ap.add_argument("--outage-appends", type=int, default=2_000,
-                    help="single-event appends into a full outbox, 0.1 s (fake) apart")
-    ap.add_argument("--round-events", type=int, default=20_000, help="events per JSON line")
-    ap.add_argument("--pool", type=int, default=10_000, help="distinct events minted")
-    ap.add_argument("--dir", type=Path, default=None, help="where the outbox files go")
-    ap.add_argument("--log-level", default="error", help="outbox logs go to stderr")
-    args = ap.parse_args()
+@click.command(help=__doc__.split("\n")[0])
+@click.option("--events", type=int, default=200_000, help="batched events")
+@click.option("--batch", type=int, default=500, help="events per append()")
+@click.option("--single-events", type=int, default=2_000, help="one append() each")
+@click.option("--evict-events", type=int, default=100_000, help="events under a small cap")
+@click.option("--evict-cap", type=int, default=2 << 20, help="cap (bytes) of that run")
+@click.option("--outage-appends", type=int, default=2_000,
+              help="single-event appends into a full outbox, 0.1 s (fake) apart")
+@click.option("--round-events", type=int, default=20_000, help="events per JSON line")
+@click.option("--pool", type=int, default=10_000, help="distinct events minted")
+@click.option("--dir", type=click.Path(path_type=Path), default=None,
+              help="where the outbox files go")
+@click.option("--log-level", default="error", help="outbox logs go to stderr")
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
     configure(args.log_level)  # JSON logs on stderr; stdout carries only the bench lines
 
     pool = event_pool(args.pool)

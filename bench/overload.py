@@ -12,13 +12,16 @@ ack of 8 ranges of a million seqs each: seconds per ack, and the RSS it added.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import resource
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
 
 from edge_agent.config.models import UplinkConfig
 from edge_agent.contract.envelope import Hierarchy
@@ -90,11 +93,14 @@ async def hostile_ack(tmp: Path) -> dict[str, object]:
             "peak_rss_added_mib": round(peak_rss_mib() - before, 1)}
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--flood", type=int, default=50_000, help="readings emitted at once")
-    ap.add_argument("--alarms", type=int, default=1_000, help="alarms among them")
-    args = ap.parse_args()
+@click.command(help=__doc__.split("\n")[0])
+@click.option("--flood", type=int, default=50_000, help="readings emitted at once")
+@click.option("--alarms", type=int, default=1_000, help="alarms among them")
+def main(**options: Any) -> None:
+    asyncio.run(_main(SimpleNamespace(**options)))
+
+
+async def _main(args: SimpleNamespace) -> None:
     configure("critical")
     with tempfile.TemporaryDirectory() as d:
         ack = await hostile_ack(Path(d))
@@ -105,4 +111,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -19,7 +19,6 @@ resident memory (psutil) at the end of each phase.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -30,9 +29,11 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import click
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -125,7 +126,7 @@ async def sse_reader(url: str, source: str, stop: asyncio.Event, counts: list[in
                 counts.append(len(line))
 
 
-async def phase(name: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+async def phase(name: str, folder: Path, args: SimpleNamespace) -> dict[str, Any]:
     await asyncio.to_thread(folder.mkdir)
     port = free_port() if name != "off" else None
     proc = agent(config(folder, args.devices, args.period, port), folder / "agent.log").start()
@@ -173,14 +174,17 @@ async def phase(name: str, folder: Path, args: argparse.Namespace) -> dict[str, 
     return out
 
 
-async def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--devices", type=int, default=200)
-    p.add_argument("--period", type=float, default=2.0)
-    p.add_argument("--seconds", type=float, default=15.0)
-    p.add_argument("--warmup", type=float, default=4.0)
-    p.add_argument("--requests", type=int, default=300)
-    args = p.parse_args()
+@click.command(help=__doc__)
+@click.option("--devices", type=int, default=200)
+@click.option("--period", type=float, default=2.0)
+@click.option("--seconds", type=float, default=15.0)
+@click.option("--warmup", type=float, default=4.0)
+@click.option("--requests", type=int, default=300)
+def main(**options: Any) -> None:
+    asyncio.run(_main(SimpleNamespace(**options)))
+
+
+async def _main(args: SimpleNamespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
         results = {name: await phase(name, Path(tmp) / name, args)
                    for name in ("off", "on", "sse10")}
@@ -201,4 +205,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

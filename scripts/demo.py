@@ -4,7 +4,7 @@ Starts, in this order, each waiting for the one before to listen:
 1. `edge-agent simulate --gateway configs/gateway.demo.yaml --scenario ...`: Modbus TCP
    simulators on 127.0.0.1:15020-15022 serving the demo's gate, smoke detectors and
    water sensor, playing the fire, leak, forced-gate, access and silent-device
-   scenarios in a loop (alarms within a minute), and `python -m drivers.onvif.simulator`:
+   scenarios in a loop (alarms within a minute), and `edge-agent simulate-camera`:
    one ONVIF camera on 127.0.0.1:18090 (motion every 20 s, tamper every 60 s);
 2. `edge-collector run` (`broker: managed`: the collector runs a Mosquitto on
    127.0.0.1:18830 with files in var/demo/broker/; SQLite store under var/demo/);
@@ -95,7 +95,7 @@ def main() -> None:
         for port in SIMULATOR_PORTS:
             wait_for_port(port, procs[0], name="the Modbus simulator")
         procs.append(subprocess.Popen(
-            [py, "-m", "drivers.onvif.simulator", "--port", str(CAMERA_PORT), "--scenario",
+            [py, "-m", "edge_agent", "simulate-camera", "--port", str(CAMERA_PORT), "--scenario",
              "--password-file", str(SECRETS / f"{CAMERA}.password")], start_new_session=True))
         wait_for_port(CAMERA_PORT, procs[-1], name="the camera simulator")
         procs.append(subprocess.Popen(

@@ -10,13 +10,14 @@ encoder) from `videotestsrc` (SMPTE bars scrolling, so frames differ) through
 `x264enc tune=zerolatency ! rtph264pay`, bound to 127.0.0.1 only. Prints `ready` on
 stdout once listening. Reads commands on stdin, one per line, for every mount:
 `pattern black|white|smpte|snow` switches the picture. EOF on stdin stops it.
+Its options are read by hand (`--name value`): Debian's interpreter has no click.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
+from types import SimpleNamespace
 
 import gi
 
@@ -25,17 +26,33 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 PATTERNS = {"smpte": 0, "snow": 1, "black": 2, "white": 3}
+#: the options and their defaults (None: required); all but --path are integers
+OPTIONS: dict[str, int | str | None] = {"port": None, "path": "/stream", "fps": 15,
+                                        "width": 640, "height": 360, "mounts": 1}
+
+
+def options(argv: list[str]) -> SimpleNamespace:
+    """`--name value` pairs over OPTIONS; a mistake exits 2 with one line."""
+    values = dict(OPTIONS)
+    given = iter(argv)
+    for flag in given:
+        name, raw = flag.removeprefix("--"), next(given, None)
+        if not flag.startswith("--") or name not in values or raw is None:
+            sys.stderr.write(f"rtsp_server: {flag}: options are --NAME VALUE, NAME one of "
+                             f"{', '.join(OPTIONS)}\n")
+            sys.exit(2)
+        if name != "path" and not raw.isdigit():
+            sys.stderr.write(f"rtsp_server: {flag} takes a whole number, not {raw!r}\n")
+            sys.exit(2)
+        values[name] = raw if name == "path" else int(raw)
+    if values["port"] is None:
+        sys.stderr.write("rtsp_server: --port is required\n")
+        sys.exit(2)
+    return SimpleNamespace(**values)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--path", default="/stream")
-    ap.add_argument("--fps", type=int, default=15)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--height", type=int, default=360)
-    ap.add_argument("--mounts", type=int, default=1)
-    args = ap.parse_args()
+    args = options(sys.argv[1:])
     Gst.init(None)
     sources: list = []
 

@@ -1,145 +1,31 @@
-"""`edge-agent`: run, validate (and, as drivers land, simulate and discover)."""
+"""The Modbus driver's command: `edge-agent simulate` (registered in pyproject.toml under
+the `edge_agent.commands` entry points, imported only when it is run).
+
+It turns its options into a `SimulateConfig` (`simulator/config.py`) and serves it
+(`simulator/server.py`) until SIGINT/SIGTERM; mistakes exit 2 with `FILE:LINE:COL` lines
+or one plain sentence, never a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from edge_agent import __version__
-from edge_agent.config.loader import ConfigError, ConfigIssue, check_secrets, load_gateway_config
-from edge_agent.config.models import GatewayConfig, SecretError
 from edge_agent.contract import logs
+from edge_agent.sdk.commands import EXIT_CONFIG, exit_config_error
+from edge_agent.sdk.config import ConfigError, load_model
 
 if TYPE_CHECKING:
-    from drivers.modbus.simulator.server import SimulateConfig
+    from drivers.modbus.simulator.config import SimulateConfig
 
-EXIT_CONFIG = 2
-
-
-def _load_or_exit(path: Path) -> GatewayConfig:
-    try:
-        return load_gateway_config(path)
-    except ConfigError as err:
-        for issue in err.issues:
-            click.echo(str(issue), err=True)
-        click.echo(f"{len(err.issues)} problem(s) in {path}; nothing was started.", err=True)
-        sys.exit(EXIT_CONFIG)
+log = logs.get_logger("drivers.modbus.simulator")
 
 
-def _secrets_or_exit(path: Path, cfg: GatewayConfig) -> list[ConfigIssue]:
-    """Check the secret and TLS files the config names (reading none); exit 2 on errors.
-    Returns the warnings (a secret others may read, TLS verification off, ...)."""
-    errors, warnings = check_secrets(path, cfg)
-    for issue in errors:
-        click.echo(str(issue), err=True)
-    if errors:
-        click.echo(f"{len(errors)} problem(s) with the secrets of {path}; nothing was "
-                   "started.", err=True)
-        sys.exit(EXIT_CONFIG)
-    return warnings
-
-
-def _warning_text(issue: ConfigIssue) -> str:
-    head = f"{issue.file}:{issue.line}:{issue.col}: {issue.key}: " if issue.key else ""
-    hint = f" (hint: {issue.hint})" if issue.hint else ""
-    return f"{head}warning: {issue.message}{hint}"
-
-
-@click.group()
-@click.version_option(__version__, prog_name="edge-agent")
-def main() -> None:
-    """Edge agent for a community gateway box."""
-
-
-@main.group()
-def discover() -> None:
-    """Find devices on the network and print ready-to-paste YAML."""
-
-
-@discover.command("cameras")
-@click.option("--target", required=True, metavar="HOST:PORT",
-              help="where to send the WS-Discovery probe: HOST:PORT, A.B.C.D-E:PORT (one "
-                   "probe per address) or, with --multicast, 239.255.255.250:3702")
-@click.option("--multicast", is_flag=True, help="allow a multicast group as --target")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0.1, 60), default=3.0,
-              show_default=True, help="seconds to wait for answers")
-@click.option("--username", default="admin", show_default=True, help="user for the YAML")
-@click.option("--secrets-dir", default="/etc/edge-agent/secrets", show_default=True,
-              help="where the YAML's password files are expected")
-@click.option("--bind", default=None, help="local address to send from (default 127.0.0.1 "
-              "for a loopback target, else all)")
-def discover_cameras(target: str, multicast: bool, timeout_s: float, username: str,
-                     secrets_dir: str, bind: str | None) -> None:
-    """WS-Discovery probe for ONVIF cameras; prints `devices:` YAML on stdout."""
-    from drivers.onvif.discovery import DiscoveryError, discover, parse_target, to_yaml
-
-    try:
-        parsed = parse_target(target, multicast=multicast)
-    except DiscoveryError as err:
-        raise click.BadParameter(str(err), param_hint="--target") from None
-    logs.configure("warning")  # JSON on stderr: stdout is the YAML
-    try:
-        found = asyncio.run(discover(parsed, timeout_s, bind=bind))
-    except OSError as err:
-        click.echo(f"discover: cannot send the probe to {target}: {err.strerror or err}",
-                   err=True)
-        sys.exit(1)
-    click.echo(to_yaml(found, username, secrets_dir), nl=False)
-    click.echo(f"{len(found)} camera(s) answered {target}", err=True)
-
-
-@main.command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--skip-secrets", is_flag=True,
-              help="check the YAML only, not the secret and TLS files it names (for a "
-                   "config checked away from its gateway)")
-def validate(path: Path, skip_secrets: bool) -> None:
-    """Check a gateway YAML file completely, touching no device. Exit 0 ok, 2 errors.
-
-    The secret and TLS files it names are checked too (exist, regular file, size,
-    readable by this user; a warning if group or others may read them), without
-    reading them: run it as the agent's user."""
-    cfg = _load_or_exit(path)
-    warnings = [] if skip_secrets else _secrets_or_exit(path, cfg)
-    for issue in warnings:
-        click.echo(_warning_text(issue), err=True)
-    tail = f", {len(warnings)} warning(s)" if warnings else ""
-    click.echo(f"{path}: ok: gateway {cfg.gateway.id}, {len(cfg.devices)} device(s){tail}")
-
-
-@main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="gateway YAML file")
-def run(config_path: Path) -> None:
-    """Run the agent until SIGINT/SIGTERM."""
-    # Until the event loop installs its own handler, SIGTERM means a plain clean exit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    cfg = _load_or_exit(config_path)
-    warnings = _secrets_or_exit(config_path, cfg)
-    logs.configure(cfg.log_level)
-    log = logs.get_logger("edge_agent.cli")
-    for issue in warnings:
-        event = "tls_verification_off" if issue.key.endswith("insecure_skip_verify") \
-            else "config_warning"
-        log.warning(event, path=f"{issue.file}:{issue.line}", key=issue.key,
-                    detail=issue.message, hint=issue.hint)
-    from edge_agent.agent import run_agent
-    from edge_agent.outbox import OutboxError
-
-    try:
-        asyncio.run(run_agent(cfg))
-    except (SecretError, OutboxError, ValueError) as exc:
-        logs.get_logger("edge_agent.cli").error("agent_cannot_start", error=str(exc))
-        click.echo(f"edge-agent: {exc}", err=True)
-        sys.exit(1)
-
-
-@main.command()
+@click.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="simulator YAML: servers, units, scenarios "
                    "(see drivers/modbus/simulator/config.py)")
@@ -183,23 +69,20 @@ def simulate(config_path: Path | None, gateway_path: Path | None, profile: str |
                                         baudrate, parity, int(stopbits), pace, units, sets,
                                         scenarios, loop)
     except ConfigError as err:
-        for issue in err.issues:
-            click.echo(str(issue), err=True)
-        click.echo(f"{len(err.issues)} problem(s); nothing was started.", err=True)
-        sys.exit(EXIT_CONFIG)
+        exit_config_error(err)
     except (ValidationError, ValueError, click.UsageError) as err:
         click.echo(f"edge-agent simulate: {_plain(err)}", err=True)
         sys.exit(EXIT_CONFIG)
     logs.configure(log_level or cfg.log_level)
     if skipped:
-        logs.get_logger("edge_agent.cli").warning(
+        log.warning(
             "simulate_rtu_devices_skipped", devices=skipped,
             hint="serve a serial line with --rtu or a --config file")
     click.echo(simulator.summary(cfg), err=True)
     try:
         asyncio.run(simulator.serve(cfg))
     except simulator.SimulatorError as exc:
-        logs.get_logger("edge_agent.cli").error("simulator_cannot_start", error=str(exc))
+        log.error("simulator_cannot_start", error=str(exc))
         sys.exit(1)
 
 
@@ -220,7 +103,6 @@ def _simulate_config(config_path: Path | None, gateway_path: Path | None, profil
     """The config the options describe (one of --config, --gateway, --profile), and the
     gateway's RTU devices that cannot be served from it."""
     from drivers.modbus.simulator import config as sc
-    from edge_agent.config.loader import load_model
 
     sources = [name for name, given in (("--config", config_path), ("--gateway", gateway_path),
                                         ("--profile", profile)) if given is not None]

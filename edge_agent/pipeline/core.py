@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.models import ChatterConfig, SnapshotsConfig
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import (
     Event,
     Hierarchy,
@@ -40,7 +41,8 @@ log = get_logger("edge_agent.pipeline.core")
 #: A waiting event costs ~1.7 KB (bench/overload.py): 20,000 is ~35 MiB, 40 s at 500
 #: events/s, well inside the unit's MemoryMax=256M (100,000 took the agent past 210 MiB).
 MAX_PENDING = 20_000
-#: Wait between attempts to commit while the outbox fails (disk full, I/O errors).
+#: Bound of the wait between attempts to commit while the outbox fails (disk full, I/O
+#: errors); the wait itself is drawn under the one back-off policy (`contract.backoff`).
 COMMIT_RETRY_S = 1.0
 #: A report of dropped events is queued when the queue is half empty again, or this long
 #: after the first drop while the flood goes on.
@@ -146,6 +148,8 @@ class Pipeline:
         self._stop_at: float | None = None
         self._committing: asyncio.Future[None] | None = None
         self._reclaimed = False  # the WAL was reclaimed for the batch being retried
+        #: waits between commits the outbox refused (bounded by COMMIT_RETRY_S)
+        self._commit_backoff = Backoff(COMMIT_RETRY_S, COMMIT_RETRY_S)
         self._reserve_released = False
         self._reserve_tried_at = -math.inf
 
@@ -282,9 +286,9 @@ class Pipeline:
             await self._commit(batch)
 
     async def _commit(self, batch: list[Event]) -> None:
-        """Commit `batch`, retrying once a second while the outbox fails. While the disk is
-        full, alarms go first: they are committed on their own (with the outbox's reserve
-        released for them) and the rest goes back to wait in the queue."""
+        """Commit `batch`, retrying at most a second apart (`_retry_wait`) while the outbox
+        fails. While the disk is full, alarms go first: they are committed on their own (with
+        the outbox's reserve released for them) and the rest goes back to wait in the queue."""
         while batch:
             try:
                 appended = await self.outbox.append_rows(batch)
@@ -306,6 +310,7 @@ class Pipeline:
                     log.warning("outbox_disk_space_back", path=str(self.outbox.path),
                                 full_s=round(time.time() - self.disk_full_since, 1))
                     self.disk_full_since = None
+            self._commit_backoff.reset()
             self.counters.committed += len(batch)
             if self.on_rows is not None:
                 self.on_rows(appended)
@@ -366,7 +371,7 @@ class Pipeline:
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self._give_up(batch + self._queue.take_all())
             return False
-        wait = COMMIT_RETRY_S
+        wait = self._commit_backoff.next_s()
         if self._stop_at is not None:
             wait = max(0.0, min(wait, self._stop_at - time.monotonic()))
         with contextlib.suppress(TimeoutError):

@@ -63,8 +63,7 @@ def _events_unsupported(fault: SoapFault) -> bool:
 
 def snapshot_settings(sink: EventSink) -> SnapshotsConfig:
     """The gateway's `snapshots:` section, as the agent's pipeline carries it."""
-    found = getattr(sink, "snapshots", None)
-    return found if isinstance(found, SnapshotsConfig) else SnapshotsConfig()
+    return sink.snapshots or SnapshotsConfig()
 
 
 class CameraWorker:

@@ -31,7 +31,7 @@ from edge_agent.outbox import Appended, OutboxFullDiskError, OutboxThread
 from edge_agent.pipeline.dropped import Dropped
 from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.pipeline.pending import PendingQueue, is_alarm
-from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.api import DeviceState, EventSink
 
 log = get_logger("edge_agent.pipeline.core")
 
@@ -131,7 +131,7 @@ class Pipeline:
         self.on_commit = on_commit
         #: given the rows of each commit (the uplink sends them without reading them back)
         self.on_rows = on_rows
-        #: read by drivers (driver_api.credential_salt) to hash access credentials
+        #: read by drivers (EventSink.credential_salt) to hash access credentials
         self.credential_salt = credential_salt
         self.devices: dict[str, DeviceStatus] = {}
         self.counters = PipelineCounters()
@@ -157,6 +157,7 @@ class Pipeline:
         self.devices.setdefault(device, DeviceStatus(device, driver))
 
     # ------------------------------------------------------------------ EventSink
+    # (the whole of `edge_agent.sdk.api.EventSink`, checked by mypy: `_SINK` below)
 
     def emit(
         self,
@@ -203,7 +204,7 @@ class Pipeline:
             self.emit(device, *event)
 
     def restored_alarms(self, device: str) -> list[OpenAlarm]:
-        """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
+        """EventSink.restored_alarms: what was open for `device` when the agent stopped."""
         alarms = self.open_alarms.claim(device) if self.open_alarms is not None else []
         if alarms and self.on_restored is not None:
             self.on_restored(device, alarms)
@@ -214,7 +215,7 @@ class Pipeline:
         self.counters.alarm_toggles_suppressed += suppressed
 
     def poll_error(self, device: str, reason: str) -> None:
-        """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""
+        """One failed poll of `device` (EventSink.poll_error); counted, not an event."""
         status = self.devices.setdefault(device, DeviceStatus(device, "?"))
         status.poll_errors += 1
         status.last_error, status.last_error_at = reason, time.time()
@@ -403,3 +404,7 @@ class Pipeline:
     def dropped_unreported(self) -> int:
         """Dropped events not yet in a queued data_loss event."""
         return sum(r.count for r in self._dropped.values())
+
+
+#: mypy checks here that the pipeline is a complete EventSink (every member a driver uses).
+_SINK: type[EventSink] = Pipeline

@@ -100,6 +100,20 @@ class CountingSink:
     def device_state(self, *_: Any) -> None:
         pass
 
+    # the rest of edge_agent.sdk.api.EventSink: no salt, default settings, nothing restored
+    credential_salt = b""
+    snapshots = None
+    alarm_chatter = None
+
+    def restored_alarms(self, device: str) -> list[Any]:
+        return []
+
+    def poll_error(self, device: str, reason: str) -> None:
+        pass
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        pass
+
 
 async def _drain(url: str, n: int, warmup: float, seconds: float) -> dict[str, Any]:
     from drivers.onvif.video_monitor import VideoMonitor

@@ -89,6 +89,20 @@ class CountingSink:
         if not self.states or self.states[-1] != state:
             self.states.append(state)
 
+    # the rest of edge_agent.sdk.api.EventSink: no salt, default settings, nothing restored
+    credential_salt = b""
+    snapshots = None
+    alarm_chatter = None
+
+    def restored_alarms(self, device: str) -> list[Any]:
+        return []
+
+    def poll_error(self, device: str, reason: str) -> None:
+        pass
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        pass
+
 
 @contextlib.contextmanager
 def pty_pair(folder: Path) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from collector.acks import as_stored, build_acks
 from collector.model import Rejected
@@ -35,6 +35,7 @@ from collector.registry import Registry
 from collector.store import IngestResult, Origin, Store
 from collector.text import storable
 from collector.validate import Limits, check_payload
+from edge_agent.contract.backoff import Backoff, wait_full_jitter
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.contract.settings import BackoffConfig
@@ -177,15 +178,16 @@ class Collector:
                 log.warning("broker_lost", broker=self.endpoint.describe(), error=str(exc))
             finally:
                 self.subscribed.clear()
-            await asyncio.sleep(self.backoff.initial_s)
+            # a session ended: back-off starts afresh, never a tight loop against a broker
+            # that accepts and then drops us at once
+            await Backoff(self.backoff.initial_s, self.backoff.max_s).sleep()
 
     # ------------------------------------------------------------------ connecting
 
     async def _connect(self, stack: AsyncExitStack) -> aiomqtt.Client:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(aiomqtt.MqttError),
-            wait=wait_exponential_jitter(multiplier=self.backoff.initial_s,
-                                         max=self.backoff.max_s, jitter=self.backoff.initial_s),
+            wait=wait_full_jitter(self.backoff.initial_s, self.backoff.max_s),
             before_sleep=self._log_retry,
             reraise=True,
         )

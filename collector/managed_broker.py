@@ -35,6 +35,7 @@ from collector.mosquitto_files import (
     mosquitto_conf,
     password_file,
 )
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint
 
@@ -257,7 +258,7 @@ class ManagedBroker:
 
     async def _supervise(self, binary: str, conf: Path) -> None:
         """Restart Mosquitto with exponential back-off whenever it exits on its own."""
-        delay = self.cfg.restart.initial_s
+        backoff = Backoff(self.cfg.restart.initial_s, self.cfg.restart.max_s)
         loop = asyncio.get_running_loop()
         while not self._stopping:
             started = loop.time()
@@ -265,11 +266,11 @@ class ManagedBroker:
             if self._stopping:
                 return
             if loop.time() - started >= STABLE_AFTER_S:
-                delay = self.cfg.restart.initial_s
+                backoff.reset()
+            delay = backoff.next_s()
             log.error("managed_broker_exited", code=code, restart_in_s=round(delay, 2),
                       last=list(self._last_lines)[-1:])
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.cfg.restart.max_s)
             self.restarts += 1
             try:
                 await self._spawn(binary, conf)

@@ -1,21 +1,20 @@
-"""Import structlog and sqlite-utils without the optional extras they pick up on their own.
+"""Import structlog without the optional extras it picks up on its own.
 
 structlog imports `rich` (and with it pygments) for pretty console tracebacks when it is
-installed, and sqlite-utils imports numpy for its numpy column adapters when numpy is
-installed. The agent uses neither (JSON logs; plain Python values in the outbox), yet
-either may be installed beside it (rich by any tool in the same environment; OpenCV →
-numpy), and together they cost ~25 MiB of resident memory on a box whose budget is
-60 MiB (issue 3). So both libraries are imported once here with those optional modules
-hidden, then the modules are unhidden: code that really needs numpy (camera video
-health) imports it as usual.
+installed. The agent uses none of it (JSON logs), yet rich may be installed beside it (by
+any tool in the same environment), and it would cost resident memory on a box whose
+budget is 60 MiB (issue 3: with numpy, which sqlite-utils picked up the same way before
+the agent stopped using it, the two were ~25 MiB). So structlog is imported once here
+with those optional modules hidden, then the modules are unhidden. (The collector's
+store hides numpy from sqlite-utils the same way, in collector/store/sqlite.py.)
 """
 
 from __future__ import annotations
 
 import sys
 
-#: Optional imports of structlog (rich, better_exceptions) and sqlite-utils (numpy).
-OPTIONAL = ("rich", "better_exceptions", "numpy")
+#: Optional imports of structlog (rich, better_exceptions).
+OPTIONAL = ("rich", "better_exceptions")
 
 
 def load() -> None:
@@ -23,7 +22,6 @@ def load() -> None:
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
     try:
-        import sqlite_utils  # noqa: F401
         import structlog  # noqa: F401
     finally:
         for name in hidden:

@@ -33,6 +33,7 @@ from drivers.modbus.profile import (
 from edge_agent.config.loader import ConfigError, load_model
 from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, schema
 from edge_agent.rules.engine import AlarmRule, DeviceRules, ReadingRule, RecordRule, parse_rules
+from edge_agent.sdk.testing import NullSink
 
 DATA = Path(__file__).parent / "data" / "modbus"
 SHIPPED = ["gate-controller", "smoke-detector", "water-sensor"]
@@ -392,13 +393,7 @@ def test_shipped_profile_events_pass_the_rules_engine(name: str) -> None:
     raw = yaml.safe_load((SHIPPED_PROFILES / f"{name}.yaml").read_text("utf-8"))
     parsed = parse_rules(raw["events"], [p.name for p in profile.points])
     assert parsed == list(profile.events)
-    DeviceRules(f"dev-{name}", profile.events, _NullSink())  # builds without complaint
-
-
-class _NullSink:
-    def emit(self, *args: Any, **kwargs: Any) -> None: ...
-
-    def device_state(self, *args: Any, **kwargs: Any) -> None: ...
+    DeviceRules(f"dev-{name}", profile.events, NullSink())  # builds without complaint
 
 
 def test_shipped_profiles_are_the_drivers_package_data() -> None:

@@ -43,6 +43,7 @@ from drivers.modbus.simulator.scenario import available_scenarios, load_scenario
 from drivers.modbus.transport import Link, ModbusExceptionResponse, ModbusTimeout, SerialSettings
 from edge_agent.config.loader import ConfigError, load_model
 from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import NullSink
 from tests.peers import free_port, require_binary, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,7 +285,7 @@ steps:
     assert read["forced_open"] is False and read["held_open"] is True and status == 0b10
 
 
-class RecordingSink:
+class RecordingSink(NullSink):
     def __init__(self) -> None:
         self.events: list[tuple[str, str, dict[str, Any]]] = []
         self.states: list[tuple[str, DeviceState]] = []

@@ -195,8 +195,7 @@ def test_the_driver_takes_the_ring_from_the_gateway_config(tmp_path: Path) -> No
     from drivers.onvif import DRIVER
     from edge_agent.config.models import SnapshotsConfig
 
-    sink = RecordingSink()
-    sink.snapshots = SnapshotsConfig(dir=tmp_path / "ring", max_files=7)  # type: ignore[attr-defined]
+    sink = RecordingSink(snapshots=SnapshotsConfig(dir=tmp_path / "ring", max_files=7))
     cam = OnvifCamera.model_validate({"id": "c", "driver": "onvif", "host": "10.0.0.1"})
     drv = DRIVER.build([cam], sink)
     assert drv.ring.dir == tmp_path / "ring" and drv.ring.max_files == 7  # type: ignore[attr-defined]

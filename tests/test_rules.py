@@ -39,6 +39,7 @@ from edge_agent.rules.engine import (
 )
 from edge_agent.rules.privacy import hash_credential, normalize_credential
 from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.testing import NullSink
 
 H = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-0001")
 VALIDATOR = jsonschema.Draft7Validator(schema())
@@ -107,7 +108,7 @@ class Emitted:
     observed_at: float | None
 
 
-class Sink:
+class Sink(NullSink):
     """A test EventSink that also validates every event against the schema."""
 
     def __init__(self) -> None:

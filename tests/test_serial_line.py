@@ -29,7 +29,7 @@ from edge_agent.config.loader import ConfigError, load_gateway_config
 from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event, schema
 from edge_agent.sdk import registry
 from edge_agent.sdk.api import DeviceState
-from edge_agent.sdk.testing import running
+from edge_agent.sdk.testing import NullSink, running
 from tests.harness import wait_until
 from tests.peers import require_binary, stop_process
 
@@ -69,7 +69,7 @@ class Recorded:
 
 
 @dataclass
-class RecordingSink:
+class RecordingSink(NullSink):
     """An EventSink that keeps what it is given; device states become events as in the
     pipeline (`device.offline` on any change to offline, `device.online` after one)."""
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import sqlite_utils
 
 from collector.model import EVENT_COLUMNS, EventRow, Rejected
 from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
@@ -44,6 +44,24 @@ from edge_agent.contract.envelope import format_time
 from edge_agent.contract.logs import get_logger
 
 log = get_logger("collector.store")
+
+
+def _import_sqlite_utils() -> ModuleType:
+    """sqlite-utils without numpy: installed (the camera driver's dependency), numpy is
+    picked up by sqlite-utils for column adapters this store never uses, ~11 MiB of
+    resident memory. Hidden for that one import, then unhidden."""
+    hidden = "numpy" not in sys.modules
+    if hidden:
+        sys.modules["numpy"] = None  # type: ignore[assignment]  # makes `import numpy` fail
+    try:
+        import sqlite_utils
+    finally:
+        if hidden and sys.modules.get("numpy", ...) is None:
+            del sys.modules["numpy"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
 
 _PY_TYPES: dict[str, type] = {"text": str, "integer": int, "blob": bytes, "json": str}
 _INSERT_EVENT = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "

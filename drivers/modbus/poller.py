@@ -4,10 +4,12 @@ Rules the scheduler keeps:
 - One request at a time per link, paced by the link (3.5 character times on RTU, plus
   the bus's `pause_ms`), whoever sends it: a poll or an audited write.
 - A device that fails (timeout, garbage, lost connection) or refuses every request
-  (exception responses) backs off exponentially: period, 2x, 4x ... up to
-  `max_backoff_s`. After `offline_after` failed polls it is reported OFFLINE (the
-  pipeline emits `device.offline`); refusals are reported at once as ERROR with the
-  device's exception code. The first good poll reports ONLINE (`device.online`).
+  (exception responses) backs off: the wait before its next poll is drawn under the one
+  back-off policy (`edge_agent.contract.backoff`, full jitter) below a ceiling of
+  period, 2x, 4x ... up to `max_backoff_s`, and is never shorter than the period. After
+  `offline_after` failed polls it is reported OFFLINE (the pipeline emits
+  `device.offline`); refusals are reported at once as ERROR with the device's exception
+  code. The first good poll reports ONLINE (`device.online`).
 - On a serial bus a device whose last poll got no answer is a *suspect*. Probing it
   takes the bus for its worst case (timeout plus the quiet time after it), so room is
   made first: the healthy devices due within that window are polled *early* (each at
@@ -34,6 +36,7 @@ from drivers.modbus.device import ModbusDevice
 from drivers.modbus.extractor import compile_request
 from drivers.modbus.planner import ReadRequest
 from drivers.modbus.transport import Link, ModbusError, ModbusExceptionResponse
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import DeviceState, EventSink, report_poll_error
 from edge_agent.sdk.rules import DeviceRules
@@ -78,6 +81,8 @@ class DevicePoller:
         self.state = DeviceState.UNKNOWN
         self.reason = ""
         self.failures = 0  # consecutive failed or refused polls
+        self._backoff = Backoff(cfg.period_s, max(cfg.max_backoff_s, cfg.period_s))
+        self._retry_s = cfg.period_s  # the wait drawn at the last failure
         self.suspect = False  # the last poll got no answer at all
         self.ahead = False  # the last poll was early (to make room for a suspect's probe)
         self.next_due = clock()
@@ -126,6 +131,7 @@ class DevicePoller:
         if self.state in (DeviceState.OFFLINE, DeviceState.ERROR) and not refused:
             log.info("modbus_device_online", device=self.cfg.id, failures=self.failures)
         self.failures = 0
+        self._backoff.reset()
         self.suspect = False
         if refused:
             self.errors += 1
@@ -154,15 +160,13 @@ class DevicePoller:
             self._set_state(DeviceState.OFFLINE, f"{reason} ({self.failures} failed polls)")
             log.warning("modbus_device_offline", device=self.cfg.id, error=reason,
                         failures=self.failures)
+        self._retry_s = max(self.cfg.period_s, self._backoff.next_s())
         self.next_due = started + self.backoff_s()
 
     def backoff_s(self) -> float:
-        """period, 2x, 4x ... after 1, 2, 3 ... failures, at most max_backoff_s."""
-        period = self.cfg.period_s
-        if self.failures <= 0:
-            return period
-        longest = max(self.cfg.max_backoff_s, period)
-        return float(min(longest, period * 2.0 ** min(self.failures - 1, 30)))
+        """The wait after the last failure: drawn below period, 2x, 4x ... after 1, 2, 3 ...
+        failures (at most max_backoff_s), never below the period; the period when healthy."""
+        return self._retry_s if self.failures > 0 else self.cfg.period_s
 
     def _set_state(self, state: DeviceState, reason: str) -> None:
         if state is self.state and (state is not DeviceState.ERROR or reason == self.reason):

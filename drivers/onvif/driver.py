@@ -1,13 +1,13 @@
 """`OnvifDriver`: one supervised coordinator task per camera.
 
-A `CameraWorker` connects (clock, services, device information, profiles, stream
-URI), runs the PullPoint `EventChannel` and, when `video.enabled`, one `VideoMonitor`
-on the chosen profile's stream (credentials put into the URL in memory only). Every
-failure is one precise `OnvifError`: counted (`report_poll_error`), logged with its
-reason, and after `offline_after` in a row the device goes `offline` (unreachable) or
-`error` (wrong password, SOAP faults, bad replies); retries back off up to
-`backoff.max_s`. The event channel's own losses are reported as `camera.events_lost`
-raised/cleared (with `gap_s`).
+A `CameraWorker` connects (clock, services, device information, profiles, stream URI),
+runs the PullPoint `EventChannel` and, when `video.enabled`, one `VideoMonitor` on the
+chosen profile's stream (credentials put into the URL in memory only). Every failure is
+one precise `OnvifError`: counted (`report_poll_error`), logged with its reason, and
+after `offline_after` in a row the device goes `offline` (unreachable) or `error` (wrong
+password, SOAP faults, bad replies); retries back off up to `backoff.max_s`
+(`edge_agent.contract.backoff`). The event channel's own losses are reported as
+`camera.events_lost` raised/cleared (with `gap_s`).
 
 A camera without an events service (GetServices/GetCapabilities list none) is said so
 once (`camera_without_events`, and as the device's reason on the status page), stays
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import DeviceState, EventSink, OpenAlarm, report_poll_error, restored_alarms
 from edge_agent.sdk.config import DeviceConfig, SecretError, SnapshotsConfig
@@ -63,8 +63,7 @@ def _events_unsupported(fault: SoapFault) -> bool:
 
 def snapshot_settings(sink: EventSink) -> SnapshotsConfig:
     """The gateway's `snapshots:` section, as the agent's pipeline carries it."""
-    found = getattr(sink, "snapshots", None)
-    return found if isinstance(found, SnapshotsConfig) else SnapshotsConfig()
+    return sink.snapshots or SnapshotsConfig()
 
 
 class CameraWorker:
@@ -100,7 +99,7 @@ class CameraWorker:
 
     async def run(self) -> None:
         """Until cancelled: connect, watch, and on any failure back off and reconnect."""
-        delay = self.cfg.backoff.initial_s
+        backoff = Backoff(self.cfg.backoff.initial_s, self.cfg.backoff.max_s)
         me = asyncio.current_task()
         try:
             while True:
@@ -110,9 +109,9 @@ class CameraWorker:
                     await self._session()
                 except OnvifError as err:
                     self._failed(err)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.0))
-                delay = (self.cfg.backoff.initial_s if self.failures <= 1
-                         else min(delay * 2, self.cfg.backoff.max_s))
+                if self.failures <= 1:  # the session worked (or this is the first failure)
+                    backoff.reset()
+                await backoff.sleep()
         finally:
             await self._stop_video()
             if self.client is not None:

@@ -35,7 +35,8 @@ class _Strict(BaseModel):
 
 
 class BackoffOptions(_Strict):
-    """Wait between attempts after a failure: doubles from `initial_s` up to `max_s`."""
+    """Wait between attempts after a failure: its bound doubles from `initial_s` up to
+    `max_s` (edge_agent.contract.backoff: full jitter)."""
 
     initial_s: float = Field(default=1.0, gt=0, le=60, allow_inf_nan=False)
     max_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)

@@ -29,6 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import Severity
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import EventSink, OpenAlarm, report_poll_error
@@ -187,7 +188,7 @@ class VideoMonitor:
 
     async def _sample_loop(self) -> None:
         o = self.options
-        backoff = o.reconnect_initial_s
+        backoff = Backoff(o.reconnect_initial_s, o.reconnect_max_s)
         while True:
             started = time.monotonic()
             try:
@@ -197,17 +198,15 @@ class VideoMonitor:
                 observed = await self.pool.run(self._sample_and_measure)
             except StreamError as exc:
                 self._failed(str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, o.reconnect_max_s)
+                await backoff.sleep()
                 continue
             except (cv2.error, ValueError) as exc:  # a decoder bug or an odd frame (too
                 # small, 16-bit): reported as no signal; it must not end the monitor
                 self.pool.submit(self.sampler.close)
                 self._failed(f"frame could not be decoded ({type(exc).__name__})")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, o.reconnect_max_s)
+                await backoff.sleep()
                 continue
-            backoff = o.reconnect_initial_s
+            backoff.reset()
             self._observed(observed)
             await asyncio.sleep(max(0.0, started + o.sample_period_s - time.monotonic()))
 

@@ -2,11 +2,11 @@
 
 Per device: open the port (pyserial, non-blocking, read on the event loop), split the
 byte stream into lines, check each line's checksum, decode it, match it against the
-frames, then hand the frame's values to the `events:` rules (`DeviceRules.update`)
-and its alarms to the per-zone `AlarmTracker`. Nothing a device does stops the task:
-a bad line is counted and logged (rate-limited, a short prefix at most), a port that
-fails is closed and reopened with exponential backoff, and the device's state goes to
-the sink (`device.offline` / `device.online`).
+frames, then hand the frame's values to the `events:` rules (`DeviceRules.update`) and
+its alarms to the per-zone `AlarmTracker`. Nothing a device does stops the task: a bad
+line is counted and logged (rate-limited, a short prefix at most), a port that fails is
+closed and reopened with back-off (`edge_agent.contract.backoff`), and the device's
+state goes to the sink (`device.offline` / `device.online`).
 
 Online means: the port is open and, when `idle_timeout_s` is set, a valid frame came
 within that time. With an idle timeout the device turns online at its first valid
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import (
     DeviceState,
@@ -134,14 +134,15 @@ class _Device:
 
     async def serve(self) -> None:
         """Open, read, reopen: forever."""
-        backoff = self.cfg.reopen_backoff
-        delay = backoff.initial_s
+        spec = self.cfg.reopen_backoff
+        backoff = Backoff(spec.initial_s, spec.max_s)
         last_logged: tuple[str, float] | None = None
         while True:
             try:
                 port = await SerialPort.open(self.cfg)
             except PortError as exc:
                 reason = f"cannot open: {exc}"
+                delay = backoff.next_s()
                 now = self.clock()
                 if last_logged is None or last_logged[0] != reason \
                         or now - last_logged[1] >= OPEN_LOG_INTERVAL_S:
@@ -150,8 +151,7 @@ class _Device:
                     last_logged = (reason, now)
                 report_poll_error(self.sink, self.cfg.id, reason)
                 self.go_offline(reason)
-                await asyncio.sleep(self._jitter(delay))
-                delay = min(delay * 2, backoff.max_s)
+                await asyncio.sleep(delay)
                 continue
             last_logged = None
             opened_at = self.clock()
@@ -159,15 +159,15 @@ class _Device:
                 self.on_open()
                 reason = await self.pump(port)
             self.port_open = False
-            healthy = self.frames_this_open > 0 or self.clock() - opened_at >= backoff.max_s
+            healthy = self.frames_this_open > 0 or self.clock() - opened_at >= spec.max_s
             if healthy:
-                delay = backoff.initial_s
+                backoff.reset()
+            delay = backoff.next_s()
             log.warning("serial_line_port_lost", device=self.cfg.id, error=reason,
                         retry_in_s=round(delay, 2))
             report_poll_error(self.sink, self.cfg.id, reason)
             self.go_offline(reason)
-            await asyncio.sleep(self._jitter(delay))
-            delay = min(delay * 2, backoff.max_s)
+            await asyncio.sleep(delay)
 
     async def pump(self, port: SerialPort) -> str:
         """Read and handle bytes until the port fails; returns why it stopped."""
@@ -194,10 +194,6 @@ class _Device:
             except Exception as exc:
                 log.exception("serial_line_internal_error", device=self.cfg.id,
                               error=type(exc).__name__)
-
-    @staticmethod
-    def _jitter(delay: float) -> float:
-        return delay * random.uniform(0.9, 1.1)
 
     # ------------------------------------------------------------------ state
 

@@ -82,8 +82,9 @@ Modules, one job each: `store` (the `Outbox` class: append, fetch, delete, stats
 event loop), `_open` (opening, the checks of invariant 9, quarantine, the exclusive
 lock), `_schema` (tables, meta and the stored row), `_body` (the stamped body), `_write`
 (one write: insert, evict, emit the loss report), `_loss` (the pending loss report),
-`_reserve` (room kept for alarms on a full disk) and `_errors` (the exceptions, SQLite
-error names).
+`_reserve` (room kept for alarms on a full disk), `_transaction` (BEGIN/COMMIT/ROLLBACK
+on the autocommit connection) and `_errors` (the exceptions, SQLite error names). Plain
+`sqlite3` throughout (no sqlite-utils: docs/dependencies.md).
 """
 
 from edge_agent.outbox.store import (

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlite_utils import Database
-
 from edge_agent.contract.logs import get_logger
 from edge_agent.outbox._errors import (
     Corrupt,
@@ -34,6 +32,7 @@ from edge_agent.outbox._errors import (
 )
 from edge_agent.outbox._loss import parse_loss
 from edge_agent.outbox._schema import COLUMNS, FORMAT_VERSION, Figures
+from edge_agent.outbox._transaction import table_names
 
 log = get_logger("edge_agent.outbox.store")
 
@@ -68,7 +67,7 @@ class Quarantine:
 class Opened:
     """An outbox file opened read-write, locked, in WAL mode."""
 
-    db: Any
+    conn: sqlite3.Connection
     #: None: the file has no tables yet (new, or the one left after a quarantine).
     figures: Figures | None
     quarantine: Quarantine | None
@@ -87,22 +86,22 @@ def open_file(path: Path, connect: Callable[[Path], sqlite3.Connection],
             _inspect(path, timeout)
         except Corrupt as exc:
             moved = _quarantine(path, exc)
-    db: Any = None
+    conn: sqlite3.Connection | None = None
     try:
         try:
-            db = Database(connect(path), recursive_triggers=False, execute_plugins=False)
-            _lock(db.conn)
-            figures = None if moved else _load(db)
-            _use_wal(db.conn, path)
+            conn = connect(path)
+            _lock(conn)
+            figures = None if moved else _load(conn)
+            _use_wal(conn, path)
         except sqlite3.Error as exc:
             raise open_error(exc, path) from exc
     except Corrupt as exc:  # passed read-only a moment ago; the next open() retries
-        close_quietly(db)
+        close_quietly(conn)
         raise OutboxError(f"outbox {path} failed its check: {exc.reason}") from exc
     except BaseException:
-        close_quietly(db)
+        close_quietly(conn)
         raise
-    return Opened(db, figures, moved)
+    return Opened(conn, figures, moved)
 
 
 def open_error(exc: sqlite3.Error, path: Path) -> Exception:
@@ -128,11 +127,11 @@ def mark_for_quarantine(path: Path, note: str) -> None:
         _side(path, _MARKER_SUFFIX).write_text(note, "utf-8")
 
 
-def close_quietly(db: Any) -> None:
-    """Close a sqlite_utils Database or a sqlite3 connection, ignoring errors."""
-    if db is not None:
+def close_quietly(conn: sqlite3.Connection | None) -> None:
+    """Close a connection, ignoring errors."""
+    if conn is not None:
         with contextlib.suppress(sqlite3.Error):
-            (db if isinstance(db, sqlite3.Connection) else db.conn).close()
+            conn.close()
 
 
 def fsync_dir(directory: Path) -> None:
@@ -194,7 +193,7 @@ def _inspect(path: Path, timeout: float) -> None:
         rows = conn.execute("PRAGMA quick_check").fetchall()
         if rows != [("ok",)]:
             raise Corrupt("quick_check: " + "; ".join(str(r[0])[:200] for r in rows[:3]))
-        _load(Database(conn, recursive_triggers=False, execute_plugins=False))
+        _load(conn)
     except sqlite3.Error as exc:
         raise open_error(exc, path) from exc
     finally:
@@ -222,10 +221,9 @@ def _use_wal(conn: sqlite3.Connection, path: Path) -> None:
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
 
 
-def _load(db: Any) -> Figures | None:
+def _load(conn: sqlite3.Connection) -> Figures | None:
     """Read and check the meta of an opened file; None for a file without tables (new)."""
-    conn: sqlite3.Connection = db.conn
-    tables = set(db.table_names())
+    tables = set(table_names(conn))
     if not tables:
         return None
     meta: dict[str, Any] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from edge_agent.contract.envelope import Event, Hierarchy, Retention, format_time, new_event
 from edge_agent.outbox._body import encodable_body, stamped_body
@@ -54,21 +53,30 @@ class Figures:
     loss: Loss | None = None
 
 
-def create_schema(db: Any, epoch: str, now: float) -> None:
-    """Tables, indexes and meta of a new outbox file (call inside a transaction)."""
-    conn: sqlite3.Connection = db.conn
-    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-    db["events"].create(COLUMNS, pk="seq", not_null=set(COLUMNS) - {"seq"})
-    db["events"].create_index(["lane", "seq"], index_name="events_lane_seq")
+#: The tables and indexes of a new file (the statements earlier versions had sqlite-utils
+#: generate, to the character: files made by either look the same).
+DDL = (
+    'CREATE TABLE "events" (\n   "seq" INTEGER PRIMARY KEY,\n   "id" TEXT NOT NULL,\n'
+    '   "type" TEXT NOT NULL,\n   "retention" INTEGER NOT NULL,\n   "lane" INTEGER NOT NULL,\n'
+    '   "created" REAL NOT NULL,\n   "size" INTEGER NOT NULL,\n   "body" TEXT NOT NULL\n)',
+    'CREATE INDEX "events_lane_seq"\n    ON "events" ("lane", "seq")',
     # Eviction looks for the oldest row of a retention class.
-    db["events"].create_index(["retention", "seq"], index_name="events_retention_seq")
-    db["meta"].create({"key": str, "value": str}, pk="key", not_null={"value"})
-    db["meta"].insert_all([
-        {"key": "format", "value": str(FORMAT_VERSION)},
-        {"key": "epoch", "value": epoch},
-        {"key": "next_seq", "value": "1"},
-        {"key": "evicted_total", "value": "0"},
-        {"key": "created_at", "value": format_time(now)},
+    'CREATE INDEX "events_retention_seq"\n    ON "events" ("retention", "seq")',
+    'CREATE TABLE "meta" (\n   "key" TEXT PRIMARY KEY,\n   "value" TEXT NOT NULL\n)',
+)
+
+
+def create_schema(conn: sqlite3.Connection, epoch: str, now: float) -> None:
+    """Tables, indexes and meta of a new outbox file (call inside a transaction)."""
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    for statement in DDL:
+        conn.execute(statement)
+    conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", [
+        ("format", str(FORMAT_VERSION)),
+        ("epoch", epoch),
+        ("next_seq", "1"),
+        ("evicted_total", "0"),
+        ("created_at", format_time(now)),
     ])
 
 

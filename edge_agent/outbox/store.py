@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from edge_agent.contract.envelope import Event, Hierarchy, new_event
 from edge_agent.contract.logs import get_logger
@@ -49,6 +48,7 @@ from edge_agent.outbox._schema import (
     create_schema,
     stored_rows,
 )
+from edge_agent.outbox._transaction import transaction
 from edge_agent.outbox._write import Limits, Written, write
 
 __all__ = [
@@ -138,10 +138,9 @@ def default_connect(path: Path) -> sqlite3.Connection:
 class Outbox:
     """Bounded, durable FIFO of stamped events in one SQLite file. See the module docstring."""
 
-    def __init__(self, db: Any, path: Path, limits: Limits, figures: Figures,
+    def __init__(self, conn: sqlite3.Connection, path: Path, limits: Limits, figures: Figures,
                  quarantined: Path | None, clock: Callable[[], float]) -> None:
-        self._db = db
-        self._conn: sqlite3.Connection | None = db.conn
+        self._conn: sqlite3.Connection | None = conn
         self._path = path
         self._limits = limits
         self._clock = clock
@@ -184,7 +183,7 @@ class Outbox:
         opened = open_file(path, connect or default_connect, BUSY_TIMEOUT_S)
         if opened.figures is None:
             return cls._create(opened, path, limits, clock)
-        box = cls(opened.db, path, limits, opened.figures, None, clock)
+        box = cls(opened.conn, path, limits, opened.figures, None, clock)
         stats = box.stats()
         log.info("outbox_opened", path=str(path), epoch=stats.epoch, events=stats.events,
                  bytes=stats.bytes, next_seq=stats.next_seq, max_bytes=max_bytes,
@@ -196,26 +195,26 @@ class Outbox:
                 clock: Callable[[], float]) -> Outbox:
         """Make the file an empty outbox with a new epoch; after a quarantine, report it
         with a data_loss event in the same transaction."""
-        db, moved = opened.db, opened.quarantine
+        conn, moved = opened.conn, opened.quarantine
         epoch = secrets.token_hex(8)
-        box = cls(db, path, limits, Figures(epoch, 1, 0, 0, 0),
+        box = cls(conn, path, limits, Figures(epoch, 1, 0, 0, 0),
                   moved.file if moved else None, clock)
         written = None
         try:
-            with db.atomic():
+            with transaction(conn):
                 now = box._clock()
-                create_schema(db, epoch, now)
+                create_schema(conn, epoch, now)
                 if moved is not None:
                     gateway = limits.hierarchy
                     event = new_event(gateway, gateway.gateway, "gateway.data_loss",
                                       moved.report_data(), observed_at=now)
                     written = box._write(stored_rows([event], epoch, 1, now), now, box._figures)
         except sqlite3.Error as exc:
-            close_quietly(db)
+            close_quietly(conn)
             err = open_error(exc, path)
             raise (err if isinstance(err, OutboxError) else OutboxError(str(err))) from exc
         except BaseException:
-            close_quietly(db)
+            close_quietly(conn)
             raise
         if written is not None:
             box._apply(written, now)
@@ -318,7 +317,7 @@ class Outbox:
         try:
             conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                with self._db.atomic():
+                with transaction(conn):
                     deleted, freed = _delete_ranges(conn, ranges)
             finally:
                 conn.execute("PRAGMA synchronous=FULL")
@@ -437,7 +436,7 @@ class Outbox:
         conn = self._live()
         deleted = 0
         try:
-            with self._db.atomic():
+            with transaction(conn):
                 figures = self._figures
                 if acked:
                     deleted, freed = _delete_ranges(conn, acked)
@@ -447,7 +446,7 @@ class Outbox:
         except sqlite3.Error as exc:
             raise self._runtime_error(exc, doing) from exc
         finally:
-            if conn.in_transaction:  # atomic() rolls back; make sure of it
+            if conn.in_transaction:  # transaction() rolls back; make sure of it
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
         self._apply(written, now, deleted=deleted)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent.config.models import ChatterConfig, SnapshotsConfig
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import (
     Event,
     Hierarchy,
@@ -30,7 +31,7 @@ from edge_agent.outbox import Appended, OutboxFullDiskError, OutboxThread
 from edge_agent.pipeline.dropped import Dropped
 from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.pipeline.pending import PendingQueue, is_alarm
-from edge_agent.sdk.api import DeviceState
+from edge_agent.sdk.api import DeviceState, EventSink
 
 log = get_logger("edge_agent.pipeline.core")
 
@@ -40,7 +41,8 @@ log = get_logger("edge_agent.pipeline.core")
 #: A waiting event costs ~1.7 KB (bench/overload.py): 20,000 is ~35 MiB, 40 s at 500
 #: events/s, well inside the unit's MemoryMax=256M (100,000 took the agent past 210 MiB).
 MAX_PENDING = 20_000
-#: Wait between attempts to commit while the outbox fails (disk full, I/O errors).
+#: Bound of the wait between attempts to commit while the outbox fails (disk full, I/O
+#: errors); the wait itself is drawn under the one back-off policy (`contract.backoff`).
 COMMIT_RETRY_S = 1.0
 #: A report of dropped events is queued when the queue is half empty again, or this long
 #: after the first drop while the flood goes on.
@@ -129,7 +131,7 @@ class Pipeline:
         self.on_commit = on_commit
         #: given the rows of each commit (the uplink sends them without reading them back)
         self.on_rows = on_rows
-        #: read by drivers (driver_api.credential_salt) to hash access credentials
+        #: read by drivers (EventSink.credential_salt) to hash access credentials
         self.credential_salt = credential_salt
         self.devices: dict[str, DeviceStatus] = {}
         self.counters = PipelineCounters()
@@ -146,6 +148,8 @@ class Pipeline:
         self._stop_at: float | None = None
         self._committing: asyncio.Future[None] | None = None
         self._reclaimed = False  # the WAL was reclaimed for the batch being retried
+        #: waits between commits the outbox refused (bounded by COMMIT_RETRY_S)
+        self._commit_backoff = Backoff(COMMIT_RETRY_S, COMMIT_RETRY_S)
         self._reserve_released = False
         self._reserve_tried_at = -math.inf
 
@@ -153,6 +157,7 @@ class Pipeline:
         self.devices.setdefault(device, DeviceStatus(device, driver))
 
     # ------------------------------------------------------------------ EventSink
+    # (the whole of `edge_agent.sdk.api.EventSink`, checked by mypy: `_SINK` below)
 
     def emit(
         self,
@@ -199,7 +204,7 @@ class Pipeline:
             self.emit(device, *event)
 
     def restored_alarms(self, device: str) -> list[OpenAlarm]:
-        """driver_api.restored_alarms: what was open for `device` when the agent stopped."""
+        """EventSink.restored_alarms: what was open for `device` when the agent stopped."""
         alarms = self.open_alarms.claim(device) if self.open_alarms is not None else []
         if alarms and self.on_restored is not None:
             self.on_restored(device, alarms)
@@ -210,7 +215,7 @@ class Pipeline:
         self.counters.alarm_toggles_suppressed += suppressed
 
     def poll_error(self, device: str, reason: str) -> None:
-        """One failed poll of `device` (driver_api.report_poll_error); counted, not an event."""
+        """One failed poll of `device` (EventSink.poll_error); counted, not an event."""
         status = self.devices.setdefault(device, DeviceStatus(device, "?"))
         status.poll_errors += 1
         status.last_error, status.last_error_at = reason, time.time()
@@ -282,9 +287,9 @@ class Pipeline:
             await self._commit(batch)
 
     async def _commit(self, batch: list[Event]) -> None:
-        """Commit `batch`, retrying once a second while the outbox fails. While the disk is
-        full, alarms go first: they are committed on their own (with the outbox's reserve
-        released for them) and the rest goes back to wait in the queue."""
+        """Commit `batch`, retrying at most a second apart (`_retry_wait`) while the outbox
+        fails. While the disk is full, alarms go first: they are committed on their own (with
+        the outbox's reserve released for them) and the rest goes back to wait in the queue."""
         while batch:
             try:
                 appended = await self.outbox.append_rows(batch)
@@ -306,6 +311,7 @@ class Pipeline:
                     log.warning("outbox_disk_space_back", path=str(self.outbox.path),
                                 full_s=round(time.time() - self.disk_full_since, 1))
                     self.disk_full_since = None
+            self._commit_backoff.reset()
             self.counters.committed += len(batch)
             if self.on_rows is not None:
                 self.on_rows(appended)
@@ -366,7 +372,7 @@ class Pipeline:
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self._give_up(batch + self._queue.take_all())
             return False
-        wait = COMMIT_RETRY_S
+        wait = self._commit_backoff.next_s()
         if self._stop_at is not None:
             wait = max(0.0, min(wait, self._stop_at - time.monotonic()))
         with contextlib.suppress(TimeoutError):
@@ -398,3 +404,7 @@ class Pipeline:
     def dropped_unreported(self) -> int:
         """Dropped events not yet in a queued data_loss event."""
         return sum(r.count for r in self._dropped.values())
+
+
+#: mypy checks here that the pipeline is a complete EventSink (every member a driver uses).
+_SINK: type[EventSink] = Pipeline

@@ -124,18 +124,15 @@ def chatter_alarm_id(device: str, alarm_type: str, observed_at: float) -> str:
 
 def chatter_policy(sink: EventSink) -> ChatterConfig:
     """The gateway's `alarm_chatter` settings (handed to drivers by the sink); the
-    defaults for a sink without them (a test's)."""
-    found = getattr(sink, "alarm_chatter", None)
-    return found if isinstance(found, ChatterConfig) else ChatterConfig()
+    defaults when the sink has none (a test's)."""
+    return sink.alarm_chatter or ChatterConfig()
 
 
 def report_chatter(sink: EventSink, device: str, alarm_type: str, *, suppressed: int,
                    started: bool = False, instance: dict[str, Any] | None = None) -> None:
     """Count toggles not sent on the sink (heartbeat) and log a chatter's start (the
     global RepeatLimiter keeps a flapping device to one line a minute)."""
-    record = getattr(sink, "chatter_toggles", None)
-    if callable(record):
-        record(device, suppressed)
+    sink.chatter_toggles(device, suppressed)
     if started:
         log.warning("alarm_chattering", device=device, type=alarm_type,
                     instance=instance or None,

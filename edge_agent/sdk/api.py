@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from edge_agent.config.models import DeviceConfig
+from edge_agent.config.models import ChatterConfig, DeviceConfig, SnapshotsConfig
 from edge_agent.contract.envelope import Severity
 
 __all__ = ["DeviceState", "Driver", "DriverSpec", "EventSink", "OpenAlarm", "credential_salt",
@@ -39,7 +39,28 @@ class DeviceState(StrEnum):
 
 
 class EventSink(Protocol):
-    """Where drivers hand their observations; never blocks, never raises for a device."""
+    """Where drivers hand their observations; never blocks, never raises for a device.
+
+    The complete surface a driver may use: `edge_agent.pipeline.Pipeline` implements it in
+    the agent and `edge_agent.sdk.testing.RecordingSink` (or a subclass of `NullSink`) in
+    tests; mypy checks both against this class, so a rename cannot silently stop a report.
+    """
+
+    @property
+    def credential_salt(self) -> bytes:
+        """The gateway's salt for hashing access credentials (`gateway.credential_salt`);
+        b"" when none is set."""
+        ...
+
+    @property
+    def snapshots(self) -> SnapshotsConfig | None:
+        """The gateway's `snapshots:` section (camera drivers); None: the defaults."""
+        ...
+
+    @property
+    def alarm_chatter(self) -> ChatterConfig | None:
+        """The gateway's `alarm_chatter:` section (chatter control); None: the defaults."""
+        ...
 
     def emit(
         self,
@@ -49,32 +70,41 @@ class EventSink(Protocol):
         *,
         severity: Severity | None = None,
         observed_at: float | None = None,
-    ) -> None: ...
+    ) -> None:
+        """One event of the catalog (`docs/events.md`) observed on `device`."""
 
-    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None: ...
+    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
+        """The device's state; a change becomes `device.online` / `device.offline`."""
+
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        """Alarms of `device` still open when the agent last stopped, oldest first
+        (edge_agent.pipeline.open_alarms); each is handed out once."""
+        ...
+
+    def poll_error(self, device: str, reason: str) -> None:
+        """One failed poll/read of `device` (status page, `/metrics`); `reason` must hold
+        no secret. Counted, not an event."""
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        """Alarm toggles of `device` that chatter control counted instead of sending."""
 
 
 def credential_salt(sink: EventSink) -> bytes:
     """The gateway's salt for hashing credentials (`gateway.credential_salt`); b"" if none."""
-    salt = getattr(sink, "credential_salt", b"")
-    return salt if isinstance(salt, bytes) else b""
+    return sink.credential_salt
 
 
 def restored_alarms(sink: EventSink, device: str) -> list[OpenAlarm]:
     """Alarms of `device` still open when the agent last stopped, oldest first
     (edge_agent.pipeline.open_alarms): a driver goes on with them (same `alarm_id`) instead of
-    raising anew. Optional on a sink: [] from one without it."""
-    restore = getattr(sink, "restored_alarms", None)
-    found = restore(device) if callable(restore) else []
-    return [a for a in found if isinstance(a, OpenAlarm)] if isinstance(found, list) else []
+    raising anew."""
+    return sink.restored_alarms(device)
 
 
 def report_poll_error(sink: EventSink, device: str, reason: str) -> None:
-    """Count one failed poll/read of `device` (status page, `/metrics`). Optional on a sink:
-    a sink without `poll_error` (a test's) ignores it. `reason` must hold no secret."""
-    record = getattr(sink, "poll_error", None)
-    if callable(record):
-        record(device, reason)
+    """Count one failed poll/read of `device` (status page, `/metrics`). `reason` must hold
+    no secret."""
+    sink.poll_error(device, reason)
 
 
 class Driver(Protocol):

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 
 log = get_logger("edge_agent.sdk.supervise")
@@ -15,7 +16,7 @@ RESTART_MIN_S, RESTART_MAX_S = 1.0, 60.0
 
 async def supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
     """Run `factory()` forever: whatever it raises, log it and start it again (with back-off)."""
-    delay = RESTART_MIN_S
+    backoff = Backoff(RESTART_MIN_S, RESTART_MAX_S)
     while True:
         started = time.monotonic()
         try:
@@ -25,8 +26,7 @@ async def supervise(name: str, factory: Callable[[], Awaitable[None]]) -> None:
             raise
         except Exception as exc:
             log.exception("task_crashed", task=name, error=str(exc))
-        if time.monotonic() - started > 10 * RESTART_MAX_S:
-            delay = RESTART_MIN_S
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, RESTART_MAX_S)
+        if time.monotonic() - started > 10 * RESTART_MAX_S:  # it ran well for a while
+            backoff.reset()
+        await backoff.sleep()
         log.info("task_restarting", task=name)

@@ -2,8 +2,11 @@
 
 `RecordingSink` is an EventSink that keeps every event a driver emits, turns device
 state changes into `device.online`/`device.offline` exactly as the pipeline does, and
-checks every event against the published JSON Schema (`invalid` lists the failures).
-`running(driver)` runs a driver for the length of an `async with` block.
+checks every event against the published JSON Schema (`invalid` lists the failures); it
+also keeps failed polls (`poll_errors`) and chatter counts, and hands out the alarms put
+in `restored`. `NullSink` is a complete EventSink that keeps nothing: a test's own sink
+derives from it and overrides what it looks at. `running(driver)` runs a driver for the
+length of an `async with` block.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_agent.config.models import ChatterConfig, SnapshotsConfig
 from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event, schema
 from edge_agent.pipeline import transition_event
-from edge_agent.sdk.api import DeviceState, Driver
+from edge_agent.sdk.api import DeviceState, Driver, EventSink, OpenAlarm
 
 TEST_HIERARCHY = Hierarchy(district="371312", street="371312001", community="371312001001",
                            gateway="gw-test")
@@ -31,14 +35,47 @@ def _validator() -> Any:
     return jsonschema.Draft7Validator(schema())
 
 
+class NullSink:
+    """A complete EventSink that keeps nothing (no salt, default settings, no restored
+    alarms); derive a test's sink from it and override what the test looks at."""
+
+    credential_salt: bytes = b""
+    snapshots: SnapshotsConfig | None = None
+    alarm_chatter: ChatterConfig | None = None
+
+    def emit(self, device: str, type_: str, data: dict[str, Any], *,
+             severity: Severity | None = None, observed_at: float | None = None) -> None:
+        pass
+
+    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
+        pass
+
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        return []
+
+    def poll_error(self, device: str, reason: str) -> None:
+        pass
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        pass
+
+
 @dataclass
 class RecordingSink:
     hierarchy: Hierarchy = TEST_HIERARCHY
     credential_salt: bytes = b"test-salt"
+    snapshots: SnapshotsConfig | None = None
+    alarm_chatter: ChatterConfig | None = None
+    #: alarms open "when the agent last stopped", by device; each handed out once
+    restored: dict[str, list[OpenAlarm]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     invalid: list[str] = field(default_factory=list)
     states: list[tuple[str, DeviceState, str]] = field(default_factory=list)
     current: dict[str, DeviceState] = field(default_factory=dict)
+    #: failed polls reported (device, reason)
+    poll_errors: list[tuple[str, str]] = field(default_factory=list)
+    #: alarm toggles counted by chatter control instead of sent, by device
+    toggles_suppressed: dict[str, int] = field(default_factory=dict)
     _since: dict[str, float] = field(default_factory=dict)
     _validator: Any = field(default_factory=_validator)
 
@@ -63,12 +100,25 @@ class RecordingSink:
         if event is not None:
             self.emit(device, *event)
 
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        return self.restored.pop(device, [])
+
+    def poll_error(self, device: str, reason: str) -> None:
+        self.poll_errors.append((device, reason))
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        self.toggles_suppressed[device] = self.toggles_suppressed.get(device, 0) + suppressed
+
     def of(self, type_: str, device: str | None = None) -> list[Event]:
         return [e for e in self.events
                 if e.type == type_ and (device is None or e.subject == device)]
 
     def types(self, device: str | None = None) -> list[str]:
         return [e.type for e in self.events if device is None or e.subject == device]
+
+
+#: mypy checks here that both are complete EventSinks.
+_SINKS: tuple[type[EventSink], ...] = (NullSink, RecordingSink)
 
 
 @contextlib.asynccontextmanager

@@ -33,16 +33,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type
 
 from edge_agent.config.models import UplinkConfig
+from edge_agent.contract.backoff import Backoff, wait_full_jitter
 from edge_agent.contract.envelope import BATCH_CONTENT_TYPE
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
@@ -165,11 +165,10 @@ class Uplink:
     # ------------------------------------------------------------------ connection
 
     async def run(self) -> None:
-        """Forever: connect, serve, and reconnect with jittered exponential back-off."""
+        """Forever: connect, serve, and reconnect with back-off (`contract.backoff`)."""
         while True:
             retrying = AsyncRetrying(
-                wait=wait_random_exponential(multiplier=self.cfg.reconnect.initial_s,
-                                             max=self.cfg.reconnect.max_s),
+                wait=wait_full_jitter(self.cfg.reconnect.initial_s, self.cfg.reconnect.max_s),
                 retry=retry_if_exception_type(aiomqtt.MqttError),
                 before_sleep=self._log_retry,
                 reraise=True,
@@ -180,7 +179,7 @@ class Uplink:
                         await self._connect_and_serve()
             # A session ended: back-off starts afresh, but never in a tight loop against a
             # broker that accepts and then drops us at once.
-            await asyncio.sleep(random.uniform(0, self.cfg.reconnect.initial_s))
+            await Backoff(self.cfg.reconnect.initial_s, self.cfg.reconnect.max_s).sleep()
 
     def _log_retry(self, state: object) -> None:
         attempt = getattr(state, "attempt_number", 0)

@@ -48,8 +48,9 @@ from drivers.modbus import profile as profile_module  # noqa: E402
 from drivers.modbus.device import ModbusDevice  # noqa: E402
 from drivers.modbus.driver import ModbusDriver  # noqa: E402
 from drivers.modbus.points import Table  # noqa: E402
+from drivers.modbus.rtu_link import RtuLink  # noqa: E402
 from drivers.modbus.simulator.server import rtu_transaction_s, silence_s  # noqa: E402
-from drivers.modbus.transport import Link, SerialSettings  # noqa: E402
+from drivers.modbus.transport import SerialSettings  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
 from edge_agent.sdk.api import DeviceState  # noqa: E402
 
@@ -179,7 +180,7 @@ def _pause_s(driver: ModbusDriver) -> float:
 
 async def run_link(port: str, baud: int, seconds: float) -> dict[str, Any]:
     settings = SerialSettings(port, baud, 8, "N", 2)
-    link = Link.rtu(settings, 1.0)
+    link = RtuLink.for_port(settings, 1.0)
     # a Link that keeps the inter-frame silence itself has `pause_s`; else keep it here
     pause = 0.0 if hasattr(link, "pause_s") else silence_s(baud, BITS_PER_CHAR)
     try:

@@ -20,8 +20,8 @@ from drivers.modbus.extractor import Extractor
 from drivers.modbus.points import Table
 from drivers.modbus.poller import TCP_BURST_MAX, tcp_slots
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
+from drivers.modbus.tcp_link import TcpLink
 from drivers.modbus.transport import (
-    Link,
     ModbusConnectionError,
     ModbusExceptionResponse,
     ModbusProtocolError,
@@ -137,7 +137,7 @@ async def test_gate_controller_end_to_end_state_alarm_and_hashed_access() -> Non
 async def test_exception_response_is_precise_and_gives_no_value() -> None:
     unit = Unit.of(3, "smoke-detector", SMOKE, exception=2)
     async with ModbusServer([unit]) as server:
-        link = Link.tcp("127.0.0.1", server.port, 0.5)
+        link = TcpLink("127.0.0.1", server.port, 0.5)
         with pytest.raises(ModbusExceptionResponse) as err:
             await link.read(Table.INPUT_REGISTER, 0, 4, 3)
         assert err.value.code == 2
@@ -182,7 +182,7 @@ async def test_a_refused_request_keeps_the_values_of_the_others() -> None:
 
 async def test_garbage_reply_is_a_protocol_error_never_a_value() -> None:
     async with JunkServer() as junk:
-        link = Link.tcp("127.0.0.1", junk.port, 0.2)
+        link = TcpLink("127.0.0.1", junk.port, 0.2)
         with pytest.raises(ModbusProtocolError, match=r"unit 1: read input_register 0\.\.3: no "
                            r"valid reply within 0\.2s, only f0 f1 f2 .* \(CRC error, framing "
                            "garbage or a reply from another unit\\)"):
@@ -199,7 +199,7 @@ async def test_garbage_reply_is_a_protocol_error_never_a_value() -> None:
 async def test_reply_delayed_past_the_timeout_is_a_timeout() -> None:
     unit = Unit.of(1, "water-sensor", WATER, delay_s=0.5)
     async with ModbusServer([unit]) as server:
-        link = Link.tcp("127.0.0.1", server.port, 0.2)
+        link = TcpLink("127.0.0.1", server.port, 0.2)
         started = time.monotonic()
         with pytest.raises(ModbusTimeout, match=r"unit 1: read input_register 0\.\.1: no reply "
                                                 r"within 0\.2s$"):
@@ -213,7 +213,7 @@ async def test_a_late_reply_is_never_taken_for_the_next_request() -> None:
     # registers 2..3) follows at once: B gets its own registers, never A's.
     unit = Unit.of(1, "water-sensor", WATER, delay_s=0.4, delay_next=1)
     async with ModbusServer([unit]) as server:
-        link = Link.tcp("127.0.0.1", server.port, 0.2)
+        link = TcpLink("127.0.0.1", server.port, 0.2)
         with pytest.raises(ModbusTimeout):
             await link.read(Table.INPUT_REGISTER, 0, 2, 1)
         b = await link.read(Table.INPUT_REGISTER, 2, 2, 1)
@@ -226,7 +226,7 @@ async def test_a_late_reply_is_never_taken_for_the_next_request() -> None:
 
 async def test_wrong_unit_id_times_out_and_goes_offline_after_n() -> None:
     async with ModbusServer([Unit.of(1, "smoke-detector", SMOKE)]) as server:
-        link = Link.tcp("127.0.0.1", server.port, 0.2)
+        link = TcpLink("127.0.0.1", server.port, 0.2)
         with pytest.raises(ModbusTimeout, match=r"unit 7: read discrete_input 0\.\.1: no reply"):
             await link.read(Table.DISCRETE_INPUT, 0, 2, 7)
         sink = RecordingSink()
@@ -243,7 +243,7 @@ async def test_wrong_unit_id_times_out_and_goes_offline_after_n() -> None:
 
 
 async def test_unreachable_device_is_a_connection_error() -> None:
-    link = Link.tcp("127.0.0.1", free_port(), 0.2)
+    link = TcpLink("127.0.0.1", free_port(), 0.2)
     with pytest.raises(ModbusConnectionError, match="cannot connect: no Modbus TCP server "
                                                     "answers"):
         await link.read(Table.COIL, 0, 1, 1)
@@ -339,7 +339,7 @@ async def test_writes_are_allow_listed_encoded_and_audited(relay_profile: str) -
                             allow_writes=["unlock", "release_time", "relay_b", "keypad_code",
                                           "setpoint"])
         driver = ModbusDriver([device], RecordingSink())
-        check = Link.tcp("127.0.0.1", server.port, 0.5)
+        check = TcpLink("127.0.0.1", server.port, 0.5)
         who = {"actor": "operator:li", "reason": "visitor at the north gate"}
         with structlog.testing.capture_logs() as logs:
             result = await write_point(driver, "door", "unlock", True, **who)

@@ -29,6 +29,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.planner import extract
 from drivers.modbus.points import Table
 from drivers.modbus.profile import Profile, available_profiles, load_profile
+from drivers.modbus.rtu_link import RtuLink
 from drivers.modbus.simulator import server as sim
 from drivers.modbus.simulator.config import (
     ScenarioRef,
@@ -40,6 +41,7 @@ from drivers.modbus.simulator.config import (
     parse_units,
 )
 from drivers.modbus.simulator.scenario import available_scenarios, load_scenario
+from drivers.modbus.tcp_link import TcpLink
 from drivers.modbus.transport import Link, ModbusExceptionResponse, ModbusTimeout, SerialSettings
 from edge_agent.config.loader import ConfigError, load_model
 from edge_agent.sdk.api import DeviceState
@@ -76,7 +78,7 @@ def close_to(a: dict[str, Value], b: dict[str, Value]) -> bool:
 @contextlib.asynccontextmanager
 async def tcp_simulation(*units: sim.SimUnit) -> AsyncIterator[tuple[sim.Simulation, Link]]:
     server = sim.SimServer(units, tcp=TcpListen(port=free_port()))
-    link = Link.tcp("127.0.0.1", server.tcp.port if server.tcp else 0, 0.5)
+    link = TcpLink("127.0.0.1", server.tcp.port if server.tcp else 0, 0.5)
     async with sim.Simulation([server]) as simulation:
         try:
             yield simulation, link
@@ -168,7 +170,7 @@ async def test_rtu_bus_with_several_units(pty_pair: tuple[str, str]) -> None:
     units = [sim.SimUnit(u, profile, values={"battery": 80 + u}) for u in (1, 2, 5)]
     line = sim.RtuListen(port=ours, baudrate=9600)
     async with sim.Simulation([sim.SimServer(units, rtu=line)]):
-        link = Link.rtu(SerialSettings(theirs, 9600), 0.3)
+        link = RtuLink.for_port(SerialSettings(theirs, 9600), 0.3)
         try:
             for u in (1, 2, 5):
                 read = await read_all(link, profile, u)
@@ -187,7 +189,7 @@ async def test_paced_rtu_takes_the_wire_time_of_the_baud_rate(
     expected = sim.rtu_transaction_s(3, 55, baudrate=9600, bits_per_char=10)
     line = sim.RtuListen(port=ours, baudrate=9600, pace=True)
     async with sim.Simulation([sim.SimServer([unit], rtu=line)]):
-        link = Link.rtu(SerialSettings(theirs, 9600), 1.0)
+        link = RtuLink.for_port(SerialSettings(theirs, 9600), 1.0)
         try:
             await link.read(Table.HOLDING_REGISTER, 0, 55, 1)  # connect
             started = time.perf_counter()
@@ -478,7 +480,7 @@ async def test_edge_agent_simulate_serves_logs_json_and_stops_on_sigterm() -> No
         "--scenario", "leak@2", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await asyncio.to_thread(wait_port, port, 20)
-        link = Link.tcp("127.0.0.1", port, 1.0)
+        link = TcpLink("127.0.0.1", port, 1.0)
         try:
             profile = load_profile("water-sensor")
             read = await read_all(link, profile, 1)

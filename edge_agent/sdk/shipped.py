@@ -13,7 +13,7 @@ from pathlib import Path
 
 __all__ = ["shipped_dir"]
 
-_REPOSITORY = Path(__file__).resolve().parents[1] / "configs"
+_REPOSITORY = Path(__file__).resolve().parents[2] / "configs"
 
 
 def shipped_dir(name: str) -> Path:

@@ -154,6 +154,8 @@ class ModbusServer:
         self.muted: set[int] = set()
         self.corrupt: set[int] = set()
         self.requests: list[Request] = []
+        #: how many replies went out (a muted unit's silence is none)
+        self.replies = 0
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
 
     async def __aenter__(self) -> ModbusServer:
@@ -206,6 +208,7 @@ class ModbusServer:
         unit = data[0] if self.serial_port is not None else data[6]
         if unit in self.muted or unit not in self.units:
             return b""  # a real bus is silent: pymodbus' SimDevice server would answer 4
+        self.replies += 1
         if unit in self.corrupt:
             return data[:-1] + bytes([data[-1] ^ 0xFF])
         return data

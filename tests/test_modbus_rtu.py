@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.modbus_servers import (
     Unit,
     pty_pair,
 )
+from tests.unprivileged import as_unprivileged
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -186,14 +186,17 @@ async def test_missing_serial_port_is_named(tmp_path: Path) -> None:
         await link.read(Table.COIL, 0, 1, 1)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may open any port")
-async def test_serial_permission_problem_is_named(tmp_path: Path) -> None:
+def test_serial_permission_problem_is_named(tmp_path: Path) -> None:
     port = tmp_path / "ttyS9"
     port.write_text("")
     port.chmod(0)
-    link = RtuLink.for_port(SerialSettings(str(port)), 0.2)
-    with pytest.raises(ModbusConnectionError, match=r"permission denied.*dialout"):
-        await link.read(Table.COIL, 0, 1, 1)
+
+    async def check() -> None:
+        link = RtuLink.for_port(SerialSettings(str(port)), 0.2)
+        with pytest.raises(ModbusConnectionError, match=r"permission denied.*dialout"):
+            await link.read(Table.COIL, 0, 1, 1)
+
+    as_unprivileged(lambda: asyncio.run(check()))  # root may open any port
 
 
 async def test_a_write_never_interleaves_with_polls_on_the_bus(

@@ -16,6 +16,7 @@ from edge_agent.config.loader import check_secrets, load_gateway_config
 from edge_agent.config.models import SecretError, SecretRef, TlsConfig
 from edge_agent.contract.mqtt import tls_context
 from edge_agent.contract.settings._secret_files import MAX_SECRET_BYTES
+from tests.unprivileged import as_unprivileged
 
 
 def gateway(tmp_path: Path, password: str, *, tls: str = "", extra: str = "") -> Path:
@@ -71,10 +72,10 @@ def test_validate_names_an_unusable_secret_file_at_its_key(
     assert "nothing was started" in lines[-1]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
 def test_validate_names_a_secret_this_user_cannot_read(tmp_path: Path) -> None:
     file = secret(tmp_path, mode=0o000)
-    code, lines = validate(gateway(tmp_path, f"{{file: {file}}}"))
+    path = gateway(tmp_path, f"{{file: {file}}}")
+    code, lines = as_unprivileged(lambda: validate(path))  # root reads every file
     assert code == 2 and "cannot be read by this user" in lines[0] and "chmod 600" in lines[0]
 
 

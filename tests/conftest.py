@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import structlog
 
+from drivers.modbus import profile as profile_module
+from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
 from edge_agent.contract import logs
 from tests.peers import Mosquitto
 
@@ -26,3 +28,13 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def peer_profiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The shipped profiles and tests/data/modbus (peer-20.yaml) by name."""
+    monkeypatch.setattr(profile_module, "DEFAULT_SEARCH_PATH",
+                        (SHIPPED_PROFILES, Path(__file__).parent / "data" / "modbus"))
+    clear_profile_cache()
+    yield
+    clear_profile_cache()

@@ -235,7 +235,9 @@ async def test_wrong_unit_id_times_out_and_goes_offline_after_n() -> None:
         async with running(driver):
             await wait_until(lambda: sink.current.get("smoke-7") is DeviceState.OFFLINE, 3)
             asked = len(server.polls_of(7))
-    assert asked == 1 + 3, "offline after exactly offline_after failed polls"
+    # the link's own read, then 3 failed polls (a 4th may start before the count is read:
+    # the reason below says the device went offline on the 3rd)
+    assert asked >= 1 + 3, "offline only after offline_after failed polls"
     assert sink.types() == ["device.offline"]
     reason = sink.of("device.offline")[0].data["reason"]
     assert reason.endswith("unit 7: read discrete_input 0..1: no reply within 0.2s "
@@ -483,16 +485,6 @@ def test_devices_at_one_address_must_agree_on_gateway() -> None:
 
 
 PEER_20 = "peer-20"  # tests/data/modbus/peer-20.yaml
-
-
-@pytest.fixture
-def peer_profiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The shipped profiles and tests/data/modbus (peer-20.yaml) by name."""
-    monkeypatch.setattr(profile_module, "DEFAULT_SEARCH_PATH",
-                        (SHIPPED_PROFILES, Path(__file__).parent / "data" / "modbus"))
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
 
 
 @pytest.mark.usefixtures("peer_profiles")

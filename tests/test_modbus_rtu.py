@@ -228,16 +228,6 @@ async def test_a_write_never_interleaves_with_polls_on_the_bus(
 PEER_20 = "peer-20"  # tests/data/modbus/peer-20.yaml
 
 
-@pytest.fixture
-def peer_profiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The shipped profiles and tests/data/modbus (peer-20.yaml) by name."""
-    monkeypatch.setattr(profile_module, "DEFAULT_SEARCH_PATH",
-                        (SHIPPED_PROFILES, Path(__file__).parent / "data" / "modbus"))
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
-
-
 @pytest.mark.usefixtures("peer_profiles")
 @pytest.mark.parametrize(("baudrate", "per_poll"), [(9600, {(3, 0, 37), (3, 51, 4)}),
                                                     (115200, {(3, 0, 55)})])

@@ -82,7 +82,7 @@ def assemble(doc: Document, cfg: GatewayConfig, devices: list[DeviceConfig]) -> 
 def _drivers(needed: bool) -> Mapping[str, DriverSpec]:
     if not needed:
         return {}
-    from edge_agent.sdk import registry  # late: registry -> driver_api -> config.models
+    from edge_agent.sdk import registry  # late: sdk.registry -> sdk.api -> config.models
 
     return registry.available()
 

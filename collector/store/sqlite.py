@@ -40,6 +40,7 @@ from collector.store.base import (
 from collector.store.intervals import split_missing
 from collector.store.schema import RAW_CAP, SCHEMA_VERSION, TABLES, Column
 from collector.text import storable
+from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import format_time
 from edge_agent.contract.logs import get_logger
 
@@ -94,6 +95,10 @@ ON CONFLICT (gateway, cause) DO UPDATE SET rows = rows + excluded.rows,
   bytes = bytes + excluded.bytes, last_at = excluded.last_at
 """
 _IN_CHUNK = 500
+#: Retrying an open that found the file locked (another collector creating it).
+OPEN_RETRY_INITIAL_S, OPEN_RETRY_MAX_S = 0.02, 0.5
+LOCKED_HINT = ("; another process holds the file locked (a collector, or a long sqlite3 "
+               "session): stop it, or raise busy_timeout")
 #: Expired quarantine entries are deleted at most this often (and at start-up).
 EXPIRE_EVERY_S = 600.0
 #: Errors an event's values cause while binding or inserting: that event is refused, the
@@ -122,23 +127,48 @@ class SqliteStore:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
+        """Open (and create) the file; a lock held by another collector is waited out.
+
+        Several collectors started at once on a new file race for the switch to WAL and
+        the schema: SQLite answers `database is locked` to those (its busy handler does
+        not cover a journal-mode change), so the whole open is retried with back-off for
+        up to `busy_timeout_s`. Every step is idempotent.
+        """
         if not self._create and not self.path.exists():
             raise StoreError(f"no store at {self.path}")
+        deadline = time.monotonic() + self._busy_timeout_s
+        backoff = Backoff(OPEN_RETRY_INITIAL_S, OPEN_RETRY_MAX_S)
+        while True:
+            try:
+                self._conn = self._open_once()
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() >= deadline:
+                    raise StoreError(f"cannot open store {self.path}: {exc}"
+                                     + (LOCKED_HINT if _is_locked(exc) else "")) from exc
+                time.sleep(min(backoff.next_s(), max(0.0, deadline - time.monotonic())))
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        if self._create:
+            self.expire_quarantine()
+
+    def _open_once(self) -> sqlite3.Connection:
+        if self._create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), isolation_level=None,
+                               check_same_thread=False, timeout=self._busy_timeout_s)
         try:
-            if self._create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), isolation_level=None,
-                                   check_same_thread=False, timeout=self._busy_timeout_s)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             if self._create:
                 _create_schema(conn)
             elif not _has_schema(conn):
-                conn.close()
                 raise StoreError(f"{self.path} is not a collector store (no events table)")
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        self._conn = conn
+        except BaseException:
+            conn.close()
+            raise
+        return conn
         if self._create:
             self.expire_quarantine()
 
@@ -371,6 +401,11 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 def _not_null(column: Column, pk: tuple[str, ...]) -> bool:
     # A single INTEGER primary key is SQLite's rowid: assigned on insert, never NULL.
     return column.not_null and not (pk == (column.name,) and column.type == "integer")
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "database is locked" in text or "database is busy" in text
 
 
 def _has_schema(conn: sqlite3.Connection) -> bool:

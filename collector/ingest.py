@@ -232,8 +232,23 @@ class Collector:
         will = (aiomqtt.Will(self.presence_topic, PRESENCE_OFFLINE, qos=1, retain=True)
                 if self.presence_topic is not None else None)
         return make_client(self.endpoint, self._protocol.current, identifier=self.client_id,
-                           persistent=True, max_queued_incoming=0, timeout_s=self.ack_timeout_s,
-                           will=will)
+                           persistent=not self.shared, max_queued_incoming=0,
+                           timeout_s=self.ack_timeout_s, will=will)
+
+    @property
+    def shared(self) -> bool:
+        """On a v5 shared subscription, the collector keeps no broker session.
+
+        A member's persistent session outlives its process: Mosquitto keeps handing it
+        its share of every gateway's batches while it is dead, and those batches, and
+        every resend that lands there again, wait for its return. With clean start and
+        session expiry 0 the session, and its membership of the group, end with the
+        connection: the broker sends everything to the live members, the batches the
+        dead one held are lost to it (the edge resends them: at once on its `offline`
+        presence, else after `ack_timeout_s`). Alone (3.1.1, or no group), a persistent
+        session still queues for a collector that restarts.
+        """
+        return self._protocol.current == ProtocolVersion.V5 and bool(self.share_group)
 
     async def _say_offline(self, client: aiomqtt.Client) -> None:
         """A clean stop: replace the retained `online` now rather than leave it to the Will."""
@@ -244,7 +259,7 @@ class Collector:
                                  timeout=min(self.ack_timeout_s, 2.0))
 
     def _subscription(self) -> str:
-        if self._protocol.current == ProtocolVersion.V5 and self.share_group:
+        if self.shared and self.share_group:
             return shared_subscription(self.share_group)
         return EVENTS_FILTER
 

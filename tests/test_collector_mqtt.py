@@ -133,10 +133,11 @@ async def running(collector: Collector) -> AsyncIterator[Collector]:
             await task
 
 
-def make_collector(broker: Broker, store: Store, cid: str = "c1", **kw: Any) -> Collector:
+def make_collector(broker: Broker, store: Store, cid: str = "c1",
+                   share_group: str | None = "collectors", **kw: Any) -> Collector:
     client_id = broker.managed.username if broker.managed else f"collector-{cid}"
     return Collector(store, broker.collector_endpoint(), client_id=client_id,
-                     share_group="collectors", backoff=FAST, **kw)
+                     share_group=share_group, backoff=FAST, **kw)
 
 
 @contextlib.asynccontextmanager
@@ -291,6 +292,29 @@ async def test_two_collectors_share_the_load_exactly_once(
                         "ORDER BY gateway") == [(g, 200, 200) for g in gateways]
 
 
+async def test_a_shared_member_that_left_gets_no_more_batches(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """On a shared subscription a collector keeps no broker session: once it is gone,
+    every batch goes to the members still there (a persistent session would keep taking
+    its share for the hour the session lives, unacked)."""
+    url = f"sqlite:///{tmp_path / 'district.db'}"
+    b = Broker("mosquitto", mosquitto.port, ProtocolVersion.V5, {})
+    s1, s2 = open_store(url), open_store(url)
+    c1, c2 = make_collector(b, s1, "c1"), make_collector(b, s2, "c2")
+    epoch = new_epoch()
+    async with running(c2), gateway(b, "gw-a") as gw:
+        async with running(c1):
+            pass  # c1 subscribed to the group, then left
+        for n in range(10):
+            await gw.publish(topics("gw-a").events,
+                             batch([reading("gw-a", epoch, n * 5 + i) for i in range(1, 6)]),
+                             qos=1)
+        await acks_until(gw, set(range(1, 51)))  # no resend: every batch reached c2
+    for s in (s1, s2):
+        s.close()
+    assert (c1.counters.messages, c2.counters.messages) == (0, 10)
+
+
 async def test_collector_reconnects_after_a_broker_restart(
         mosquitto: Mosquitto, tmp_path: Path) -> None:
     b = Broker("mosquitto", mosquitto.port, ProtocolVersion.V5, {})
@@ -329,15 +353,16 @@ async def test_managed_broker_refuses_bad_credentials(
 
 
 async def test_collector_sessions_queue_while_it_is_away(managed: Broker, tmp_path: Path) -> None:
-    """Mosquitto keeps QoS 1 for the collector's persistent session (its own account)."""
+    """A lone collector (no shared group, as with `broker: managed`): Mosquitto keeps QoS 1
+    for its persistent session (its own account) while it is away."""
     store = open_store(f"sqlite:///{tmp_path / 'district.db'}")
     epoch = new_epoch()
-    async with running(make_collector(managed, store)):
+    async with running(make_collector(managed, store, share_group=None)):
         pass
     async with gateway(managed, "gw-a") as gw:
         await gw.publish(topics("gw-a").events,
                          batch([reading("gw-a", epoch, s) for s in (1, 2)]), qos=1)
-        async with running(make_collector(managed, store)):
+        async with running(make_collector(managed, store, share_group=None)):
             assert await acks_until(gw, {1, 2}) == [Ack(epoch, [[1, 2]], [])]
     store.close()
 

@@ -4,6 +4,7 @@ or the real uplink, a real Mosquitto, a real collector."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -115,3 +116,46 @@ def test_batches_missed_by_a_late_collector_are_resent_when_it_comes_online(
     finally:
         assert ag.stop() == 0
         col.stop()
+
+
+def test_batches_held_by_a_collector_that_died_are_resent_when_it_goes_offline(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Two collectors share the events; one hangs (SIGSTOP) holding its share of the
+    batches, then is SIGKILLed: its Last Will says `offline` and the agent resends what
+    is in flight at once to the one still there, not `ack_timeout_s` later."""
+    store, gw = tmp_path / "district.db", "gw-orphan"
+    c1, c2 = (collector(write_yaml(tmp_path / f"{cid}.yaml",
+                                   collector_yaml(mosquitto.url, store, cid=cid)),
+                        tmp_path / f"{cid}.log") for cid in ("c1", "c2"))
+    ag = agent(write_yaml(tmp_path / "g.yaml", gateway_yaml(
+        gw, mosquitto.url, tmp_path / "o.db", uplink={"ack_timeout_s": ACK_TIMEOUT_S},
+        devices=sim_devices(2, period_s=0.1, alarm_every_s=1.0))), tmp_path / "a.log")
+    try:
+        c1.start()
+        wait_for(store.exists, 30, "the store")
+        c2.start()
+        wait_for(lambda: any(e.get("event") == "broker_connected" for e in c2.log_events()),
+                 30, "the second collector subscribed")
+        ag.start()
+        wait_for(lambda: stored_count(store) > 20, 30, "events flowing")
+        time.sleep(FRESH_SESSION_S + 1)  # past the short timeout of a fresh session
+        assert c2.proc is not None
+        c2.proc.send_signal(signal.SIGSTOP)  # hangs with the batches it is handed
+        wait_for(lambda: hole(store, gw), 10, "a batch held by the hung collector")
+        c2.kill()
+        killed = time.monotonic()
+        wait_for(lambda: not hole(store, gw), ACK_TIMEOUT_S / 4,
+                 "the held batches resent on the collector's offline", every=0.05)
+        print(f"held batches stored {time.monotonic() - killed:.2f} s after the SIGKILL "
+              f"(ack_timeout_s {ACK_TIMEOUT_S})")
+        assert any(e.get("event") == "collector_offline" for e in ag.log_events())
+    finally:
+        assert ag.stop() == 0
+        c1.stop()
+        c2.kill()
+
+
+def hole(store: Path, gateway: str) -> bool:
+    """The gateway's stream has a gap below its highest stored seq."""
+    return bool(query(store, "SELECT 1 FROM streams WHERE gateway = ? "
+                             "AND contiguous_through < high_seq", gateway))

@@ -26,6 +26,12 @@ Invariants
    live, i.e. not retained) makes every batch in flight at that moment be sent again at
    once, rather than after `ack_timeout_s`: it may have missed them (a broker drops what
    it has no subscriber for). Resends are free (the collector drops duplicates).
+9. A collector going offline live (its Last Will or clean stop after `online`; not a
+   retained `offline` found at subscribe time) resends the batches in flight at once
+   too: on a shared subscription some of them were handed to it and died with it, and
+   waiting `ack_timeout_s` for each would hold the window. So a dead member costs a
+   gateway one broker round trip (SIGKILL: the broker sees the socket close at once) or,
+   when its connection dies silently, its keepalive and then at most one ack timeout.
 """
 
 from __future__ import annotations
@@ -371,14 +377,24 @@ class Uplink:
         self._collectors[collector] = state
         if len(self._collectors) > 1024:  # bounded: forget the oldest
             del self._collectors[next(iter(self._collectors))]
-        if state != "online" or (before == "online" and retained):
+        if state == "offline":
+            # A collector went away (its Last Will, or a clean stop): the batches it held
+            # will never be acked; resend them now to the members still there (invariant 9).
+            if before == "online" and not retained:
+                self._resend_now(collector, state)
             return
+        if before == "online" and retained:
+            return
+        self._resend_now(collector, state, retained=retained)
+
+    def _resend_now(self, collector: str, state: str, *, retained: bool = False) -> None:
+        """Every batch in flight now is sent again at once (bounded: once a second)."""
         now = time.monotonic()
         if now - self._presence_at < PRESENCE_RESEND_MIN_S:
             return  # a burst of presence messages resends once
         self._presence_at = now
         self._presence.set()
-        log.info("collector_online", collector=collector, retained=retained,
+        log.info(f"collector_{state}", collector=collector, retained=retained,
                  inflight_batches=len(self._inflight),
                  inflight_events=len(self._batch_of))
 

@@ -66,7 +66,7 @@ def build_collector(cfg: CollectorConfig, store: Store, endpoint: Endpoint,
         store, endpoint, client_id=cfg.client_id, share_group=share_group,
         limits=Limits(cfg.ingest.max_payload_bytes, cfg.ingest.max_events_per_batch),
         backoff=cfg.reconnect, ack_timeout_s=cfg.ingest.ack_timeout_s, registry=current,
-        collector_id=cfg.collector.id,
+        collector_id=cfg.collector.id, summary_interval_s=cfg.ingest.summary_interval_s,
     )
 
 

@@ -105,6 +105,9 @@ class IngestConfig(Strict):
     max_payload_bytes: ByteSize = 1024 * 1024
     max_events_per_batch: int = Field(default=5000, ge=1, le=100_000)
     ack_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    summary_interval_s: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="how often `edge-collector run` logs its one-line `collector_summary`")
 
 
 class GatewaysConfig(Strict):

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
@@ -30,12 +31,14 @@ from aiomqtt import ProtocolVersion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from collector.acks import as_stored, build_acks
-from collector.model import Rejected
+from collector.model import EventRow, Rejected
 from collector.registry import Registry
 from collector.store import IngestResult, Origin, Store
+from collector.summary import Summary
 from collector.text import storable
 from collector.validate import Limits, check_payload
 from edge_agent.contract.backoff import Backoff, wait_full_jitter
+from edge_agent.contract.envelope import parse_time
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.contract.settings import BackoffConfig
@@ -55,13 +58,17 @@ log = get_logger("collector.ingest")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one payload did to the store, and the acks owed for it."""
+    """What one payload did to the store, and the acks owed for it.
+
+    `oldest`: the time (Unix seconds) of the payload's oldest accepted event.
+    """
 
     result: IngestResult
     gateway: str | None
     ack_topic: str | None = None
     acks: list[Ack] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    oldest: float | None = None
 
 
 def _no_registry() -> Registry | None:
@@ -99,7 +106,17 @@ class PayloadHandler:
         result = self.store.ingest(Origin(topic, gw.gateway), verdict.accepted, verdict.rejected)
         stored = as_stored(verdict, result.diverted)
         return Outcome(result, gw.gateway, gw.ack, build_acks(stored),
-                       [r.reason for r in stored.rejected])
+                       [r.reason for r in stored.rejected], _oldest(verdict.accepted))
+
+
+def _oldest(rows: Sequence[EventRow]) -> float | None:
+    """The oldest event time among `rows`, as Unix seconds (for the summary's lag; a time
+    that does not parse is left out rather than fail a payload already committed)."""
+    times: list[float] = []
+    for row in rows:
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            times.append(parse_time(row.time).timestamp())
+    return min(times) if times else None
 
 
 @dataclass
@@ -132,7 +149,7 @@ class Collector:
                  share_group: str | None = None, limits: Limits | None = None,
                  backoff: BackoffConfig | None = None, ack_timeout_s: float = 5.0,
                  registry: Callable[[], Registry | None] = _no_registry,
-                 collector_id: str | None = None) -> None:
+                 collector_id: str | None = None, summary_interval_s: float = 60.0) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.share_group = share_group
@@ -141,6 +158,8 @@ class Collector:
         self.presence_topic = collector_presence_topic(collector_id) if collector_id else None
         self.handler = PayloadHandler(store, limits or Limits(), registry)
         self.counters = Counters()
+        self.summary_interval_s = summary_interval_s
+        self.summary = Summary(time.time())
         #: Set while subscribed (tests and health checks wait on it).
         self.subscribed = asyncio.Event()
         self._protocol = ProtocolChooser(endpoint.protocol)
@@ -152,17 +171,25 @@ class Collector:
         """Ingest until `stop` is set; the message in hand is committed and acked first."""
         sessions = asyncio.create_task(self._sessions(), name="collector-sessions")
         stopper = asyncio.create_task(stop.wait(), name="collector-stop")
+        summaries = asyncio.create_task(self._summaries(), name="collector-summary")
         try:
             done, _ = await asyncio.wait({sessions, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if sessions in done:
                 sessions.result()
         finally:
+            summaries.cancel()
             stopper.cancel()
             sessions.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sessions
             self._executor.shutdown(wait=True)
             log.info("collector_stopped", **asdict(self.counters))
+
+    async def _summaries(self) -> None:
+        """One `collector_summary` line per `summary_interval_s`."""
+        while True:
+            await asyncio.sleep(self.summary_interval_s)
+            log.info("collector_summary", **self.summary.take(time.time()))
 
     async def _sessions(self) -> None:
         while True:
@@ -289,6 +316,7 @@ class Collector:
                 self._executor, self.handler, topic, _as_bytes(message.payload))
         except Exception as exc:  # disk full, store locked too long: no ack, the edge resends
             self.counters.store_failures += 1
+            self.summary.failed()
             log.error("store_failed", topic=topic, error=repr(exc))
             return
         self._count(outcome)
@@ -304,6 +332,10 @@ class Collector:
         c.quarantined += r.quarantined
         c.dropped += r.dropped
         c.conflicts += r.conflicts
+        now = time.time()
+        self.summary.add(gateway=outcome.gateway, inserted=r.inserted, duplicates=r.duplicates,
+                         quarantined=r.quarantined, dropped=r.dropped,
+                         lag_s=None if outcome.oldest is None else now - outcome.oldest)
         log.info("batch_ingested", gateway=outcome.gateway, inserted=r.inserted,
                  duplicates=r.duplicates, quarantined=r.quarantined, dropped=r.dropped,
                  conflicts=r.conflicts)

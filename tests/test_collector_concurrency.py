@@ -7,13 +7,15 @@ by the `store_url` fixture so the same tests can run against another backend.
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from collector.store import Origin, open_store
+from collector.store import Origin, StoreError, open_store
+from collector.store.sqlite import SqliteStore
 from collector.validate import check_payload
 from tests.test_collector_support import batch, new_epoch, reading, topics
 
@@ -93,3 +95,21 @@ def test_watermarks_right_when_two_collectors_commit_one_stream_out_of_order(
         assert store.gaps() == []
     finally:
         store.close()
+
+
+def test_a_store_locked_longer_than_the_busy_timeout_is_a_clear_error(tmp_path: Path) -> None:
+    """Another process holding the new file locked past the timeout: StoreError naming the
+    file, with a hint, after retrying (never a traceback from the CLI)."""
+    path = tmp_path / "district.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as err:
+            SqliteStore(path, busy_timeout_s=0.5).open()
+        assert time.monotonic() - started >= 0.5  # it waited, then gave up
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert str(path) in str(err.value) and "database is locked" in str(err.value)
+    assert "another process holds the file locked" in str(err.value)

@@ -70,11 +70,17 @@ class Traffic:
         hb_rate = len(gateways) / heartbeat_s if heartbeat_s > 0 else 0.0
         #: on-change events per second: what the total leaves after the heartbeats
         self.change_rate = max(0.0, rate - hb_rate)
-        now = time.monotonic()
-        self._heartbeats = [(now + rng.uniform(0, heartbeat_s), i) for i in range(len(gateways))]
+        self._heartbeats: list[tuple[float, int]] = []
+        self._carry = 0.0
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        """From now on: nothing is owed for the time before (connecting, filling backlogs)."""
+        now = self._last = time.monotonic()
+        self._heartbeats = [(now + self.rng.uniform(0, self.heartbeat_s), i)
+                            for i in range(len(self.gateways))]
         heapq.heapify(self._heartbeats)
         self._carry = 0.0
-        self._last = now
 
     def tick(self) -> int:
         now = time.monotonic()

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import random
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -120,7 +121,8 @@ async def wait_online(port: int, procs: list[Proc], within_s: float = 60) -> Non
 class Run:
     """One bench run: the fleet, its counters and the samplers."""
 
-    def __init__(self, args: SimpleNamespace, port: int, collectors: list[Proc]) -> None:
+    def __init__(self, args: SimpleNamespace, port: int, broker_pid: int,
+                 collectors: list[Proc]) -> None:
         self.args = args
         self.endpoint = Endpoint("127.0.0.1", port, protocol="5", keepalive_s=60)
         self.window = Window(inflight=args.inflight, ack_timeout_s=args.ack_timeout)
@@ -131,6 +133,10 @@ class Run:
         self.street = [SimGateway(hierarchy(f"st-{i:04d}", i), self.endpoint, self.window,
                                   self.burst_counters) for i in range(args.burst_gateways)]
         self.collectors = [psutil.Process(p.proc.pid) for p in collectors if p.proc]
+        self.me = psutil.Process()
+        self.broker = psutil.Process(broker_pid)
+        for p in (self.me, self.broker, *self.collectors):
+            p.cpu_percent()  # starts the measurement
         self.rss: list[list[float]] = [[] for _ in self.collectors]
         self.traffic = Traffic(self.fleet, args.rate, args.heartbeat_s, self.rng)
         self.generating = False
@@ -154,15 +160,23 @@ class Run:
                                    "waiting": sum(g.waiting for g in self.fleet),
                                    "street_waiting": sum(g.waiting for g in self.street),
                                    "resends": self.counters.resends + self.burst_counters.resends}
+            with contextlib.suppress(psutil.Error):
+                row["cpu_pct"] = {"bench": self.me.cpu_percent(),
+                                  "mosquitto": self.broker.cpu_percent()}
             for i, p in enumerate(self.collectors):
                 with contextlib.suppress(psutil.Error):
                     mib = p.memory_info().rss / 2**20
                     self.rss[i].append(mib)
                     row[f"c{i + 1}_rss_mib"] = round(mib, 1)
+                    row["cpu_pct"][f"c{i + 1}"] = p.cpu_percent()
             emit(row)
             await asyncio.sleep(self.args.sample_s)
 
     async def drive(self) -> dict[str, Any]:
+        # SIGTERM (`timeout`): unwind like Ctrl-C, so the caller stops the children
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         args, out = self.args, {}
         for g in self.street:
             fill_backlog(g, args.burst_backlog, 86400.0, self.rng)
@@ -175,6 +189,7 @@ class Run:
                                    max(60, args.gateways / 20))
             out["connect_s"] = round(time.monotonic() - t, 2)
             emit({"round": "connected", "gateways": args.gateways, "seconds": out["connect_s"]})
+            self.traffic.start()
             self.generating = True
             await asyncio.sleep(args.warmup)
             self.counters.phase = "steady"
@@ -263,7 +278,8 @@ def main(**options: Any) -> None:
         procs = start_collectors(args.collectors, store, broker, tmp)
         try:
             asyncio.run(wait_online(broker.port, procs))
-            run = Run(args, broker.port, procs)
+            assert broker.proc is not None
+            run = Run(args, broker.port, broker.proc.pid, procs)
             out = asyncio.run(run.drive())
         finally:
             for p in procs:

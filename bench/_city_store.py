@@ -9,19 +9,11 @@ from __future__ import annotations
 import importlib
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from collector.store.url import parse_store_url
 from edge_agent.contract.envelope import parse_time
-
-
-@dataclass(frozen=True, slots=True)
-class StreamCount:
-    rows: int
-    distinct_seqs: int
-    max_seq: int
 
 
 def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
@@ -38,11 +30,12 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
         return rows
 
 
-def stream_counts(url: str) -> dict[tuple[str, str], StreamCount]:
-    """(gateway, epoch) -> rows, distinct seqs, highest seq, as the store holds them."""
-    rows = _query(url, "SELECT gateway, epoch, COUNT(*), COUNT(DISTINCT seq), MAX(seq) "
-                       "FROM events GROUP BY gateway, epoch")
-    return {(g, e): StreamCount(int(n), int(d), int(m)) for g, e, n, d, m in rows}
+def stream_seqs(url: str) -> dict[tuple[str, str], list[int]]:
+    """(gateway, epoch) -> every stored seq (a seq stored twice is listed twice)."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for gateway, epoch, seq in _query(url, "SELECT gateway, epoch, seq FROM events"):
+        out.setdefault((gateway, epoch), []).append(int(seq))
+    return out
 
 
 def _seconds(value: Any) -> float:

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._city_gateway import Counters, SimGateway, Window  # noqa: E402
-from bench._city_store import store_latencies, stream_counts  # noqa: E402
+from bench._city_store import store_latencies, stream_seqs  # noqa: E402
 from bench._city_traffic import Traffic, fill_backlog  # noqa: E402
 from bench._common import emit, rate, summary  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy  # noqa: E402
@@ -228,16 +228,25 @@ class Run:
 
 
 def check_store(url: str, gateways: list[SimGateway]) -> dict[str, int]:
-    """Each gateway's stream in the store against what it minted: seqs 1..last_seq once each."""
-    counts = stream_counts(url)
-    rows = sum(c.rows for c in counts.values())
-    lost = duplicated = 0
+    """Each gateway's stream in the store against what it minted (seqs 1..last_seq):
+    `lost` = acked (gone from its outbox) but not stored, the one thing that must never
+    happen; `missing` = not stored yet, still in its outbox (the run ended first);
+    `duplicated` = a seq stored more than once."""
+    stored = stream_seqs(url)
+    rows = sum(len(v) for v in stored.values())
+    lost = missing = duplicated = 0
     for g in gateways:
-        c = counts.pop((g.hierarchy.gateway, g.epoch), None)
-        lost += g.last_seq - (c.distinct_seqs if c else 0)
-        duplicated += (c.rows - c.distinct_seqs) if c else 0
-    return {"store_rows": rows, "store_lost": lost, "store_duplicated": duplicated,
-            "store_foreign_streams": len(counts)}
+        seqs = stored.pop((g.hierarchy.gateway, g.epoch), [])
+        have = set(seqs)
+        duplicated += len(seqs) - len(have)
+        for seq in range(1, g.last_seq + 1):
+            if seq not in have:
+                if seq in g.outbox:
+                    missing += 1
+                else:
+                    lost += 1
+    return {"store_rows": rows, "store_lost": lost, "store_missing_still_in_outbox": missing,
+            "store_duplicated": duplicated, "store_foreign_streams": len(stored)}
 
 
 def rss_summary(series: list[list[float]]) -> list[dict[str, float]]:
@@ -283,7 +292,10 @@ def main(**options: Any) -> None:
             out = asyncio.run(run.drive())
         finally:
             for p in procs:
-                p.stop(30)
+                try:
+                    p.stop(30)
+                except AssertionError:  # ignored SIGTERM for 30 s: killed by stop()
+                    emit({"round": "collector_stop", "error": "ignored SIGTERM for 30 s"})
             broker.stop()
         everyone = [*run.fleet, *run.street]
         lat = quantiles(run.counters.latencies.get("steady", []))

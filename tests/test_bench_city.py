@@ -85,6 +85,7 @@ def test_a_short_city_run_stores_every_event_exactly_once(tmp_path: Path) -> Non
     assert figures["unacked_at_end"] == 0  # every event acked ...
     assert figures["store_rows"] == figures["generated"]  # ... and stored ...
     assert figures["store_lost"] == 0 and figures["store_duplicated"] == 0  # ... once
+    assert figures["store_missing_still_in_outbox"] == 0
     assert figures["store_foreign_streams"] == 0
     assert figures["burst_left"] == 0 and figures["burst_drain_s"] is not None
     assert figures["ack_latency_steady"]["p99_ms"] is not None

@@ -1,0 +1,322 @@
+"""City load: thousands of simulated gateways through Mosquitto into `edge-collector run`.
+
+    .venv/bin/python bench/city.py [--gateways 3000] [--rate 1500] [--seconds 120]
+        [--burst-gateways 100] [--burst-backlog 5000] [--collectors 2] [--store URL]
+
+Every gateway is a `bench._city_gateway.SimGateway`: its own MQTT v5 connection, the real
+wire format, an in-memory outbox that keeps each event until a collector's ack names it,
+batches of up to 200 events (alarms first), 8 batches in flight, a resend after the ack
+timeout. Their traffic (`bench._city_traffic`): a heartbeat a minute each, on-change
+telemetry and alarms raised and cleared, `--rate` events/s in total. The bench starts its
+own Mosquitto (anonymous, 127.0.0.1, a random port) and `--collectors` `edge-collector run`
+processes on one shared subscription writing to `--store` (default: SQLite in a temp dir;
+a `postgresql://…` URL is passed through as it is).
+
+Phases: connect every gateway; `--warmup` s of load (not measured); `--seconds` s of
+steady load (offered and committed events/s, event time → ack at the gateway p50/p99);
+then, with the steady load still on, the street comes back: `--burst-gateways` gateways,
+each with `--burst-backlog` events from the last 24 hours, connect at once (drain time:
+their connect → the last of their events acked). Then the load stops, everything drains,
+the collectors stop, and the store is read back: every stream's rows, distinct seqs and
+highest seq against what each gateway minted (lost, duplicated) and `received_at − time`
+of the steady events. Collector RSS is sampled every `--sample-s` s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._city_gateway import Counters, SimGateway, Window  # noqa: E402
+from bench._city_store import store_latencies, stream_seqs  # noqa: E402
+from bench._city_traffic import Traffic, fill_backlog  # noqa: E402
+from bench._common import emit, rate, summary  # noqa: E402
+from edge_agent.contract.envelope import Hierarchy  # noqa: E402
+from edge_agent.contract.logs import configure  # noqa: E402
+from edge_agent.contract.mqtt import Endpoint  # noqa: E402
+from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER, PRESENCE_ONLINE  # noqa: E402
+from tests.harness import Proc, collector, write_yaml  # noqa: E402
+from tests.peers import Mosquitto  # noqa: E402
+
+DISTRICT, STREET = "371312", "371312001"
+#: Gateways connecting at once in the steady fleet's start (the burst connects all at once).
+CONNECTS_AT_ONCE = 200
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (children such as Mosquitto inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        raise click.ClickException(
+            f"{needed} MQTT connections need about {needed} file descriptors, but the hard "
+            f"limit (ulimit -Hn) is {target}; raise it (limits.conf, LimitNOFILE=) or use "
+            "fewer --gateways")
+    return target
+
+
+def hierarchy(name: str, i: int) -> Hierarchy:
+    return Hierarchy(district=DISTRICT, street=STREET, community=f"{STREET}{i // 30:03d}",
+                     gateway=name)
+
+
+def quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    v = sorted(values)
+
+    def at(p: float) -> float:
+        return round(v[min(len(v) - 1, int(p * len(v)))] * 1000, 1)
+
+    return {"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": round(v[-1] * 1000, 1)}
+
+
+def start_collectors(n: int, store: str, broker: Mosquitto, tmp: Path) -> list[Proc]:
+    procs = []
+    for i in range(1, n + 1):
+        cfg = {"collector": {"id": f"c{i}"}, "store": store,
+               "broker": {"url": broker.url, "client_id": f"collector-c{i}",
+                          "share_group": "city"},
+               "log_level": "warning"}
+        procs.append(collector(write_yaml(tmp / f"collector-c{i}.yaml", cfg),
+                               tmp / f"collector-c{i}.log"))
+    return procs
+
+
+async def wait_online(port: int, procs: list[Proc], within_s: float = 60) -> None:
+    """Start the collectors one after the other, each once the previous one is online
+    (its retained presence), so two never create a new store at the same moment."""
+    import aiomqtt
+
+    async with aiomqtt.Client("127.0.0.1", port, identifier="city-monitor") as mon:
+        await mon.subscribe(COLLECTOR_PRESENCE_FILTER, qos=1)
+        online: set[str] = set()
+        async with asyncio.timeout(within_s):
+            for i, proc in enumerate(procs, 1):
+                proc.start()
+                async for m in mon.messages:
+                    if m.payload == PRESENCE_ONLINE:
+                        online.add(m.topic.value)
+                    if len(online) >= i:
+                        break
+
+
+class Run:
+    """One bench run: the fleet, its counters and the samplers."""
+
+    def __init__(self, args: SimpleNamespace, port: int, broker_pid: int,
+                 collectors: list[Proc]) -> None:
+        self.args = args
+        self.endpoint = Endpoint("127.0.0.1", port, protocol="5", keepalive_s=60)
+        self.window = Window(inflight=args.inflight, ack_timeout_s=args.ack_timeout)
+        self.counters, self.burst_counters = Counters(), Counters()
+        self.rng = random.Random(args.seed)
+        self.fleet = [SimGateway(hierarchy(f"gw-{i:05d}", i), self.endpoint, self.window,
+                                 self.counters) for i in range(args.gateways)]
+        self.street = [SimGateway(hierarchy(f"st-{i:04d}", i), self.endpoint, self.window,
+                                  self.burst_counters) for i in range(args.burst_gateways)]
+        self.collectors = [psutil.Process(p.proc.pid) for p in collectors if p.proc]
+        self.me = psutil.Process()
+        self.broker = psutil.Process(broker_pid)
+        for p in (self.me, self.broker, *self.collectors):
+            p.cpu_percent()  # starts the measurement
+        self.rss: list[list[float]] = [[] for _ in self.collectors]
+        self.traffic = Traffic(self.fleet, args.rate, args.heartbeat_s, self.rng)
+        self.generating = False
+        self.t0 = time.monotonic()
+
+    async def ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if self.generating:
+                self.traffic.tick()
+            now = time.monotonic()
+            for g in (*self.fleet, *self.street):
+                if g.inflight:
+                    g.resend_due(now)
+
+    async def sampler(self) -> None:
+        while True:
+            row: dict[str, Any] = {"round": "sample", "t_s": round(time.monotonic() - self.t0, 1),
+                                   "offered": self.counters.offered,
+                                   "acked": self.counters.acked,
+                                   "waiting": sum(g.waiting for g in self.fleet),
+                                   "street_waiting": sum(g.waiting for g in self.street),
+                                   "resends": self.counters.resends + self.burst_counters.resends}
+            with contextlib.suppress(psutil.Error):
+                row["cpu_pct"] = {"bench": self.me.cpu_percent(),
+                                  "mosquitto": self.broker.cpu_percent()}
+            for i, p in enumerate(self.collectors):
+                with contextlib.suppress(psutil.Error):
+                    mib = p.memory_info().rss / 2**20
+                    self.rss[i].append(mib)
+                    row[f"c{i + 1}_rss_mib"] = round(mib, 1)
+                    row["cpu_pct"][f"c{i + 1}"] = p.cpu_percent()
+            emit(row)
+            await asyncio.sleep(self.args.sample_s)
+
+    async def drive(self) -> dict[str, Any]:
+        # SIGTERM (`timeout`): unwind like Ctrl-C, so the caller stops the children
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+        args, out = self.args, {}
+        for g in self.street:
+            fill_backlog(g, args.burst_backlog, 86400.0, self.rng)
+        async with asyncio.TaskGroup() as tg:
+            connects = asyncio.Semaphore(CONNECTS_AT_ONCE)
+            tasks = [tg.create_task(g.run(connects)) for g in self.fleet]
+            helpers = [tg.create_task(self.ticker()), tg.create_task(self.sampler())]
+            t = time.monotonic()
+            await asyncio.wait_for(asyncio.gather(*(g.connected.wait() for g in self.fleet)),
+                                   max(60, args.gateways / 20))
+            out["connect_s"] = round(time.monotonic() - t, 2)
+            emit({"round": "connected", "gateways": args.gateways, "seconds": out["connect_s"]})
+            self.traffic.start()
+            self.generating = True
+            await asyncio.sleep(args.warmup)
+            self.counters.phase = "steady"
+            offered0, acked0, t = self.counters.offered, self.counters.acked, time.monotonic()
+            steady_since = time.time()
+            await asyncio.sleep(args.seconds)
+            seconds = time.monotonic() - t
+            out |= {"steady_s": round(seconds, 1), "steady_since": steady_since,
+                    "steady_until": time.time(),
+                    "offered_per_s": rate(self.counters.offered - offered0, seconds),
+                    "committed_per_s": rate(self.counters.acked - acked0, seconds)}
+            emit({"round": "steady", **out})
+            if self.street:
+                self.counters.phase = "burst"
+                t = time.monotonic()
+                tasks += [tg.create_task(g.run()) for g in self.street]
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(g.drained.wait()
+                                                            for g in self.street)),
+                                           args.drain_timeout)
+                    out["burst_drain_s"] = round(time.monotonic() - t, 2)
+                except TimeoutError:
+                    out["burst_drain_s"] = None
+                out["burst_events"] = args.burst_gateways * args.burst_backlog
+                out["burst_left"] = sum(g.waiting for g in self.street)
+                emit({"round": "burst", "drain_s": out["burst_drain_s"],
+                      "events": out["burst_events"], "left": out["burst_left"]})
+            self.generating = False
+            self.counters.phase = "tail"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(g.drained.wait() for g in self.fleet)),
+                                       args.drain_timeout)
+            for task in (*tasks, *helpers):
+                task.cancel()
+        return out
+
+
+def check_store(url: str, gateways: list[SimGateway]) -> dict[str, int]:
+    """Each gateway's stream in the store against what it minted (seqs 1..last_seq):
+    `lost` = acked (gone from its outbox) but not stored, the one thing that must never
+    happen; `missing` = not stored yet, still in its outbox (the run ended first);
+    `duplicated` = a seq stored more than once."""
+    stored = stream_seqs(url)
+    rows = sum(len(v) for v in stored.values())
+    lost = missing = duplicated = 0
+    for g in gateways:
+        seqs = stored.pop((g.hierarchy.gateway, g.epoch), [])
+        have = set(seqs)
+        duplicated += len(seqs) - len(have)
+        for seq in range(1, g.last_seq + 1):
+            if seq not in have:
+                if seq in g.outbox:
+                    missing += 1
+                else:
+                    lost += 1
+    return {"store_rows": rows, "store_lost": lost, "store_missing_still_in_outbox": missing,
+            "store_duplicated": duplicated, "store_foreign_streams": len(stored)}
+
+
+def rss_summary(series: list[list[float]]) -> list[dict[str, float]]:
+    """Per collector: RSS (MiB) at the first quarter of the run, at the end, and the peak."""
+    out = []
+    for s in series:
+        if s:
+            out.append({"rss_mib_q1": round(s[len(s) // 4], 1), "rss_mib_end": round(s[-1], 1),
+                        "rss_mib_max": round(max(s), 1)})
+    return out
+
+
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--gateways", type=click.IntRange(1), default=3000, show_default=True)
+@click.option("--rate", type=click.FloatRange(0), default=1500, show_default=True,
+              help="events/s offered in total (heartbeats included)")
+@click.option("--seconds", type=click.FloatRange(1), default=120, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0), default=10, show_default=True)
+@click.option("--burst-gateways", type=click.IntRange(0), default=100, show_default=True)
+@click.option("--burst-backlog", type=click.IntRange(1), default=5000, show_default=True)
+@click.option("--collectors", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option("--store", default=None, help="store URL (default: SQLite in a temp dir)")
+@click.option("--inflight", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--ack-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option("--heartbeat-s", type=click.FloatRange(0), default=60, show_default=True)
+@click.option("--sample-s", type=click.FloatRange(0.5), default=5, show_default=True)
+@click.option("--drain-timeout", type=click.FloatRange(1), default=300, show_default=True)
+@click.option("--seed", type=int, default=1)
+def main(**options: Any) -> None:
+    args = SimpleNamespace(**options)
+    configure("warning")
+    fd_limit = raise_fd_limit(args.gateways + args.burst_gateways + 200)
+    with tempfile.TemporaryDirectory(prefix="bench-city-") as d:
+        tmp = Path(d)
+        store = args.store or f"sqlite:///{tmp / 'district.db'}"
+        broker = Mosquitto(tmp / "mosquitto")
+        broker.start()
+        procs = start_collectors(args.collectors, store, broker, tmp)
+        try:
+            asyncio.run(wait_online(broker.port, procs))
+            assert broker.proc is not None
+            run = Run(args, broker.port, broker.proc.pid, procs)
+            out = asyncio.run(run.drive())
+        finally:
+            for p in procs:
+                try:
+                    p.stop(30)
+                except AssertionError:  # ignored SIGTERM for 30 s: killed by stop()
+                    emit({"round": "collector_stop", "error": "ignored SIGTERM for 30 s"})
+            broker.stop()
+        everyone = [*run.fleet, *run.street]
+        lat = quantiles(run.counters.latencies.get("steady", []))
+        lat_burst = quantiles(run.counters.latencies.get("burst", []))
+        stored = quantiles(store_latencies(store, (g.hierarchy.gateway for g in run.fleet),
+                                           out.pop("steady_since"), out.pop("steady_until")))
+        figures = {
+            "bench": "city", "store": store.split(":", 1)[0], "gateways": args.gateways,
+            "rate": args.rate, "collectors": args.collectors, "fd_limit": fd_limit,
+            **out,
+            "ack_latency_steady": lat, "ack_latency_during_burst": lat_burst,
+            "store_latency_steady": stored,
+            "generated": sum(g.last_seq for g in everyone),
+            "unacked_at_end": sum(g.waiting for g in everyone),
+            "resends": run.counters.resends + run.burst_counters.resends,
+            "reconnects": run.counters.reconnects + run.burst_counters.reconnects,
+            **check_store(store, everyone),
+            "collector_rss": rss_summary(run.rss),
+        }
+    summary(figures)
+
+
+if __name__ == "__main__":
+    main()

@@ -16,14 +16,10 @@ SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 #: What a collector subscribes to (prefix with `$share/<group>/` on MQTT v5).
 EVENTS_FILTER = f"{PREFIX}/+/+/+/events"
-#: Collectors' presence: each publishes retained QoS 1 `online` to
-#: `cd/v1/_collectors/<collector-id>/status` when it connects (Will: `offline`); every
-#: gateway may read it and resends its unacked batches when a collector comes online.
-COLLECTOR_PRESENCE_FILTER = f"{PREFIX}/_collectors/+/status"
-
-#: Collector presence: each collector keeps `online` retained here while it is subscribed
-#: (QoS 1), and its Last Will (or a clean stop) replaces it with `offline`. Every client may
-#: read it: an agent resends its backlog at once when a collector comes back.
+#: Collector presence: each collector keeps `online` retained at
+#: `cd/v1/_collectors/<collector-id>/status` while it is subscribed (QoS 1), and its Last
+#: Will (or a clean stop) replaces it with `offline`. Every client may read it: an agent
+#: resends its in-flight batches at once when a collector comes back or goes away.
 COLLECTOR_PRESENCE_FILTER = f"{PREFIX}/_collectors/+/status"
 PRESENCE_ONLINE, PRESENCE_OFFLINE = b"online", b"offline"
 

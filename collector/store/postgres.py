@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -49,6 +50,9 @@ from edge_agent.contract.envelope import format_time, parse_time
 from edge_agent.contract.logs import get_logger
 
 log = get_logger("collector.store")
+# The pool's own reconnect warnings repeat once per attempt while the server is away; the
+# store reports failed payloads itself (and ingest retries them), so only errors pass.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 Conn = psycopg.Connection[Any]
 Cur = psycopg.Cursor[Any]
@@ -127,27 +131,28 @@ class PostgresStore:
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
+        try:  # first one plain connection: a wrong URL fails here, before any pool thread
+            with psycopg.connect(self.dsn, connect_timeout=10) as conn:
+                have, need = current_version(conn), latest_version()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)} (hint: is the "
+                             "server up, and do the host, port, user and database in the "
+                             "store URL exist?)") from None
+        if have < need:
+            raise StoreError(f"the PostgreSQL store has schema version {have}, this collector "
+                             f"needs {need}: run `edge-collector migrate --store URL` first")
+        if have > need:
+            raise StoreError(f"the PostgreSQL store has schema version {have}, newer than this "
+                             f"collector knows ({need}): upgrade the collector")
         pool: ConnectionPool[Conn] = ConnectionPool(
             self.dsn, min_size=1, max_size=self._pool_size, open=False, name="collector-store",
             check=ConnectionPool.check_connection, kwargs={"connect_timeout": 10},
             reconnect_timeout=0)
         try:
             pool.open(wait=True, timeout=15)
-            with pool.connection() as conn:
-                have, need = current_version(conn), latest_version()
-        except (PoolTimeout, psycopg.Error) as exc:
+        except PoolTimeout as exc:
             pool.close()
-            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)} (hint: is the "
-                             "server up, and do the host, port, user and database in the "
-                             "store URL exist?)") from None
-        if have < need:
-            pool.close()
-            raise StoreError(f"the PostgreSQL store has schema version {have}, this collector "
-                             f"needs {need}: run `edge-collector migrate --store URL` first")
-        if have > need:
-            pool.close()
-            raise StoreError(f"the PostgreSQL store has schema version {have}, newer than this "
-                             f"collector knows ({need}): upgrade the collector")
+            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)}") from None
         self._pool = pool
         if self._create:  # a running collector (not an inspection command) keeps the store
             self.keeper.run_once()

@@ -174,6 +174,8 @@ class Postgres:
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    #: False (tests): fsync and synchronous commit off for speed; True (bench): as shipped.
+    durable: bool = False
     _n: int = 0
 
     def _as_owner(self) -> list[str]:
@@ -189,8 +191,9 @@ class Postgres:
             subprocess.run([*self._as_owner(), initdb, "-D", str(data), "-U", "postgres",
                             "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
                            check=True, capture_output=True)
-        opts = (f"-k {self.workdir} -p {self.port} -h 127.0.0.1 -F "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        opts = f"-k {self.workdir} -p {self.port} -h 127.0.0.1"
+        if not self.durable:
+            opts += " -F -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run([*self._as_owner(), pg_ctl, "-D", str(data), "-w", "-t", "60",
                         "-l", str(self.workdir / "postgres.log"), "-o", opts, "start"],
                        check=True, capture_output=True)

@@ -197,3 +197,20 @@ def test_two_collectors_committing_one_stream_interleaved_keep_the_watermark(
 def existing_names(url: str) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         return list(existing(conn))
+
+
+def test_an_event_postgresql_cannot_hold_is_quarantined_the_rest_stored(fresh: str) -> None:
+    """jsonb refuses \\u0000: that event goes to quarantine, its batch mates are stored."""
+    migrate_store(fresh)
+    store = open_store(fresh)
+    try:
+        epoch = new_epoch()
+        evs = rows([reading("gw-a", epoch, s) for s in (1, 2, 3)])
+        evs[1] = dataclasses.replace(evs[1], data='{"note":"a\\u0000b"}')
+        result = store.ingest(ORIGIN, evs, [])
+        assert (result.inserted, result.quarantined, len(result.diverted)) == (2, 1, 1)
+        assert "the store refused it" in store.quarantined(1)[0].reason
+        [st] = store.stats().streams
+        assert (st.received, st.high_seq, st.contiguous_through) == (2, 3, 1)
+    finally:
+        store.close()

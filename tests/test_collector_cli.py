@@ -133,7 +133,7 @@ def test_operator_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:
     port = free_port()
     cases = {
         "postgres": (write_config(tmp_path, port, store="postgresql://c@127.0.0.1:1/d"),
-                     "PostgreSQL backend not installed yet"),
+                     "hint: is the server up"),
     }
     for _name, (config, message) in cases.items():
         result = subprocess.run([sys.executable, "-m", "collector", "run", "--config",

@@ -1,4 +1,4 @@
-"""District store backends, chosen by URL (`sqlite:///…` now, `postgresql://…` later).
+"""District store backends, chosen by URL: `sqlite:///…` (embedded default) or `postgresql://…`.
 
 Owns the tables (`schema`: `events` is a public contract), idempotent inserts, stream
 watermarks and gaps, the quarantine. Imports `edge_agent.contract` and the collector's

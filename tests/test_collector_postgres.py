@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,11 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg_pool import PoolTimeout
 
 from collector.cli import main
 from collector.model import EventRow
 from collector.store import Origin, StoreError, migrate_store, open_store
 from collector.store.pg_partitions import PartitionKeeper, existing, partition_name
+from collector.store.postgres import PostgresStore
 from edge_agent.contract.envelope import format_time
 from tests.peers import Postgres, free_port
 from tests.test_collector_cli import write_config
@@ -214,3 +217,27 @@ def test_an_event_postgresql_cannot_hold_is_quarantined_the_rest_stored(fresh: s
         assert (st.received, st.high_seq, st.contiguous_through) == (2, 3, 1)
     finally:
         store.close()
+
+
+def test_a_server_restart_fails_payloads_while_it_is_away_then_ingest_resumes() -> None:
+    """Nothing is reported stored while the server is down; the pool reconnects after."""
+    server = Postgres(Path(tempfile.mkdtemp(prefix="cd-pg-")))
+    server.start()
+    try:
+        url = server.new_database()
+        migrate_store(url)
+        store = PostgresStore(url, wait_connection_s=1.0)
+        store.open()
+        epoch = new_epoch()
+        evs = rows([reading("gw-a", epoch, s) for s in range(1, 7)])
+        assert store.ingest(ORIGIN, evs[:2], []).inserted == 2
+        server.stop()
+        with pytest.raises((psycopg.Error, PoolTimeout)):
+            store.ingest(ORIGIN, evs[2:4], [])
+        server.start()
+        assert store.ingest(ORIGIN, evs[2:], []).inserted == 4
+        [st] = store.stats().streams
+        assert (st.received, st.contiguous_through) == (6, 6)
+        store.close()
+    finally:
+        server.stop()

@@ -109,7 +109,8 @@ class PostgresStore:
     def __init__(self, dsn: str, *, create: bool = True, retention_days: int | None = None,
                  clock: Callable[[], float] = time.time,
                  quarantine: QuarantineLimits | None = None,
-                 maintain_every_s: float = 3600.0, pool_size: int = 2) -> None:
+                 maintain_every_s: float = 3600.0, pool_size: int = 2,
+                 wait_connection_s: float = 10.0) -> None:
         self.dsn = dsn
         self._create = create
         self._clock = clock
@@ -118,6 +119,8 @@ class PostgresStore:
         self._expired_at = float("-inf")
         self._pool: ConnectionPool[Conn] | None = None
         self._pool_size = pool_size
+        #: how long a payload waits for a connection while the server is away, then fails
+        self._wait_connection_s = wait_connection_s
         self.keeper = PartitionKeeper(dsn, retention_days=retention_days, clock=clock)
         self._maintain_every_s = maintain_every_s
         self._stop = threading.Event()
@@ -142,7 +145,7 @@ class PostgresStore:
         pool: ConnectionPool[Conn] = ConnectionPool(
             self.dsn, min_size=1, max_size=self._pool_size, open=False, name="collector-store",
             check=ConnectionPool.check_connection, kwargs={"connect_timeout": 10},
-            reconnect_timeout=0)
+            timeout=self._wait_connection_s, reconnect_timeout=0)
         try:
             pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:

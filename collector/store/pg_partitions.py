@@ -6,9 +6,10 @@ own day; older or far-future times go to `events_default`, which is never droppe
 drops every daily partition that ends at or before now − `retention_days`: DETACH, then
 DROP TABLE of the detached table, then the `event_ids` of that day in small batches.
 
-DETACH takes a short exclusive lock on `events` (CONCURRENTLY is not allowed next to a
-default partition): it runs with `lock_timeout`, so ingest waits at most that long; a
-detach that times out is tried again at the next round.
+Creating and detaching a partition take a short exclusive lock on `events` (DETACH
+CONCURRENTLY is not allowed next to a default partition): both run with `lock_timeout`,
+so ingest waits at most that long; what times out is tried again at the next round
+(partitions are made 3 days ahead: many rounds before they are needed).
 """
 
 from __future__ import annotations
@@ -63,11 +64,18 @@ class PartitionKeeper:
             if name in have:
                 continue
             try:
-                conn.execute(sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF events "
-                    "FOR VALUES FROM ({}) TO ({})").format(
-                        sql.Identifier(name), sql.Literal(f"{day.isoformat()}T00:00:00Z"),
-                        sql.Literal(f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z")))
+                with conn.transaction():
+                    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                        sql.Literal(_LOCK_TIMEOUT)))
+                    conn.execute(sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF events "
+                        "FOR VALUES FROM ({}) TO ({})").format(
+                            sql.Identifier(name), sql.Literal(f"{day.isoformat()}T00:00:00Z"),
+                            sql.Literal(f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z")))
+            except psycopg.errors.LockNotAvailable:
+                log.info("partition_create_postponed", partition=name,
+                         hint="ingest held the table; tried again at the next round")
+                continue
             except psycopg.errors.CheckViolation:
                 # events of that day already sit in the default partition: they stay there
                 log.warning("partition_not_created", partition=name,

@@ -1,4 +1,4 @@
-"""Real peers for tests, started on 127.0.0.1 and random ports: Mosquitto, PostgreSQL, a TCP fault proxy."""
+"""Real peers for tests on 127.0.0.1 and random ports: Mosquitto, PostgreSQL, a TCP fault proxy."""
 
 from __future__ import annotations
 

@@ -1,6 +1,13 @@
-"""Collector ingest throughput: validation, the SQLite store, and end to end over MQTT.
+"""Collector ingest throughput: validation, the store, and end to end over MQTT.
 
-    .venv/bin/python bench/_collector_ingest.py [--batches 100] [--batch 200] [--inflight 8]
+    .venv/bin/python bench/collector_ingest.py [--batches 100] [--batch 200] [--inflight 8]
+        [--store sqlite|postgresql|postgresql://…] [--disk-events 200000]
+
+`--store postgresql` starts its own PostgreSQL (as Debian ships it: fsync on) in a temp
+dir on 127.0.0.1; a `postgresql://` URL uses that server (a fresh, migrated database).
+PostgreSQL also gets a `disk` round: `--disk-events` events stored (many gateways, one
+day), then `pg_total_relation_size` of events (all partitions, with indexes) and of
+`event_ids`, per event.
 
 Rounds (one JSON line each, then `{"summary": ...}`):
 - `validate`: `check_payload` on batches of `--batch` smoke.reading events;
@@ -18,18 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import aiomqtt
 import click
+import psycopg
 from aiomqtt import ProtocolVersion
+from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -38,7 +49,7 @@ from bench._common import Timer, emit, rate, summary  # noqa: E402
 from collector.config import BrokerUser, ManagedBrokerConfig  # noqa: E402
 from collector.ingest import Collector, PayloadHandler  # noqa: E402
 from collector.managed_broker import ManagedBroker  # noqa: E402
-from collector.store import Origin, open_store  # noqa: E402
+from collector.store import Origin, migrate_store, open_store  # noqa: E402
 from collector.validate import Limits, check_payload  # noqa: E402
 from edge_agent.config.models import BackoffConfig, SecretRef  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy, new_event  # noqa: E402
@@ -46,7 +57,7 @@ from edge_agent.contract.logs import configure  # noqa: E402
 from edge_agent.contract.mqtt import Endpoint  # noqa: E402
 from edge_agent.contract.topics import GatewayTopics  # noqa: E402
 from edge_agent.contract.wire import Ack, encode_batch  # noqa: E402
-from tests.peers import Mosquitto, free_port  # noqa: E402
+from tests.peers import Mosquitto, Postgres, free_port  # noqa: E402
 
 HIER = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-b1")
 TOPICS = GatewayTopics(HIER.district, HIER.community, HIER.gateway)
@@ -62,13 +73,14 @@ def payloads(batches: int, size: int, epoch: str) -> list[bytes]:
     return out
 
 
-def bench_local(batches: list[bytes], size: int, tmp: Path) -> dict[str, Any]:
+def bench_local(batches: list[bytes], size: int, new_store: Callable[[str], str]
+                ) -> dict[str, Any]:
     events = len(batches) * size
     with Timer() as t:
         verdicts = [check_payload(p, TOPICS) for p in batches]
     emit({"round": "validate", "events": events, "events_per_s": rate(events, t.seconds),
           "us_per_event": round(t.seconds / events * 1e6, 2)})
-    store = open_store(f"sqlite:///{tmp / 'store.db'}")
+    store = open_store(new_store("store"))
     origin = Origin(TOPICS.events, HIER.gateway)
     with Timer() as t:
         for v in verdicts:
@@ -77,7 +89,7 @@ def bench_local(batches: list[bytes], size: int, tmp: Path) -> dict[str, Any]:
     emit({"round": "store", "events": events, "events_per_s": store_rate,
           "ms_per_batch": round(t.seconds / len(batches) * 1000, 2)})
     store.close()
-    handler = PayloadHandler(open_store(f"sqlite:///{tmp / 'handler.db'}"), Limits())
+    handler = PayloadHandler(open_store(new_store("handler")), Limits())
     with Timer() as t:
         for p in batches:
             handler(TOPICS.events, p)
@@ -145,13 +157,13 @@ def report(kind: str, seconds: float, lat: list[float], events: int) -> dict[str
 
 
 async def bench_mqtt(batches: list[bytes], size: int, inflight: int,
-                     tmp: Path) -> dict[str, Any]:
+                     tmp: Path, new_store: Callable[[str], str]) -> dict[str, Any]:
     events = len(batches) * size
     out: dict[str, Any] = {}
     mq = Mosquitto(tmp / "mosquitto")
     mq.start()
     try:
-        async with collector_running(f"sqlite:///{tmp / 'mq.db'}",
+        async with collector_running(new_store("mq"),
                                      Endpoint("127.0.0.1", mq.port, protocol="auto")):
             seconds, lat = await publish_all(mq.port, ProtocolVersion.V5, batches, inflight,
                                              None, None)
@@ -165,7 +177,7 @@ async def bench_mqtt(batches: list[bytes], size: int, inflight: int,
             BrokerUser(username=HIER.gateway, password=SecretRef(file=tmp / "gw.pw"))]), "bench")
     await broker.start()
     try:
-        async with collector_running(f"sqlite:///{tmp / 'managed.db'}", broker.endpoint(),
+        async with collector_running(new_store("managed"), broker.endpoint(),
                                      broker.username):
             seconds, lat = await publish_all(port, ProtocolVersion.V5, batches, inflight,
                                              HIER.gateway, "pw")
@@ -179,17 +191,94 @@ async def bench_mqtt(batches: list[bytes], size: int, inflight: int,
 @click.option("--batches", type=int, default=100)
 @click.option("--batch", type=int, default=200)
 @click.option("--inflight", type=int, default=8)
+@click.option("--store", "store", default="sqlite", show_default=True,
+              help="sqlite, postgresql (a server of its own) or a postgresql:// URL")
+@click.option("--disk-events", type=int, default=200_000, show_default=True,
+              help="PostgreSQL: events stored for the bytes-per-event round")
 def main(**options: Any) -> None:
     args = SimpleNamespace(**options)
     configure("warning")
-    with tempfile.TemporaryDirectory(prefix="bench-collector-") as d:
+    with tempfile.TemporaryDirectory(prefix="bench-collector-") as d, \
+            contextlib.ExitStack() as stack:
         tmp = Path(d)
+        new_store = stack.enter_context(stores(args.store, tmp))
         epoch = "0123456789abcdef"
         batches = payloads(args.batches, args.batch, epoch)
-        figures = bench_local(batches, args.batch, tmp)
-        figures |= asyncio.run(bench_mqtt(batches, args.batch, args.inflight, tmp))
-    summary({"bench": "collector_ingest", "batch": args.batch, "batches": args.batches,
-             "inflight": args.inflight, **figures})
+        figures = bench_local(batches, args.batch, new_store)
+        figures |= asyncio.run(bench_mqtt(batches, args.batch, args.inflight, tmp, new_store))
+        if args.store != "sqlite":
+            figures |= bench_disk(new_store("disk"), args.disk_events, args.batch)
+    summary({"bench": "collector_ingest", "store": args.store.split("://")[0],
+             "batch": args.batch, "batches": args.batches, "inflight": args.inflight,
+             **figures})
+
+
+@contextlib.contextmanager
+def stores(kind: str, tmp: Path) -> Iterator[Callable[[str], str]]:
+    """A function giving a fresh, ready store URL per name."""
+    if kind == "sqlite":
+        yield lambda name: f"sqlite:///{tmp / (name + '.db')}"
+        return
+    server: Postgres | None = None
+    if kind == "postgresql":
+        workdir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+        server = Postgres(workdir, durable=True)
+        server.start()
+        base = server.url()
+    else:
+        base = kind
+
+    def fresh(name: str) -> str:
+        db = f"bench_{name}_{os.getpid()}"
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+        url = base.split("?")[0].rsplit("/", 1)[0] + "/" + db  # same server, that database
+        migrate_store(url)
+        return url
+
+    try:
+        yield fresh
+    finally:
+        if server is not None:
+            server.stop()
+            shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def bench_disk(url: str, events: int, size: int) -> dict[str, Any]:
+    """Store `events` events of 3,000 gateways (one day), then bytes per event on disk."""
+    store = open_store(url)
+    validated = []
+    gateways = 3000
+    for g in range(0, events, size):
+        gw = f"gw-{(g // size) % gateways:04d}"
+        hier = Hierarchy(district=HIER.district, street=HIER.street, community=HIER.community,
+                         gateway=gw)
+        evs = [new_event(hier, f"sd{i % 50}", "smoke.reading",
+                         {"density_db_m": 0.012, "temperature_c": 21.5, "battery_pct": 88})
+               .stamped("0123456789abcdef", g + i + 1).to_json() for i in range(size)]
+        verdict = check_payload(encode_batch(evs), GatewayTopics(hier.district, hier.community,
+                                                                 gw))
+        validated.append((Origin("t", gw), verdict.accepted))
+    with Timer() as t:
+        for origin, rows in validated:
+            store.ingest(origin, rows, [])
+    store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        row = conn.execute(
+            "SELECT (SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass), "
+            "pg_total_relation_size('event_ids'), (SELECT COUNT(*) FROM events)").fetchone()
+    assert row is not None
+    ev_bytes, id_bytes, n = int(row[0]), int(row[1]), int(row[2])
+    out = {"round": "disk", "events": n, "events_per_s": rate(n, t.seconds),
+           "events_bytes_per_event": round(ev_bytes / n, 1),
+           "event_ids_bytes_per_event": round(id_bytes / n, 1),
+           "bytes_per_event": round((ev_bytes + id_bytes) / n, 1)}
+    emit(out)
+    return {"disk_bytes_per_event": out["bytes_per_event"],
+            "disk_round_events_per_s": out["events_per_s"]}
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
     operator must fix.
     """
     registry = open_registry(cfg)
-    store = open_store(cfg.store, quarantine=cfg.quarantine)
+    store = open_store(cfg.store, quarantine=cfg.quarantine,
+                       retention_days=cfg.store_retention_days)
     broker: ManagedBroker | None = None
     try:
         if cfg.broker is not None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from collector.store import Store, StoreError, open_store
+from collector.store import Store, StoreError, migrate_store, open_store
 from collector.text import visible
 from edge_agent.contract.logs import configure
 from edge_agent.contract.settings import ConfigError, SecretError, load_model
@@ -106,7 +106,22 @@ def _open(url: str) -> Iterator[Store]:
 
 
 STORE = click.option("--store", "store_url", required=True, metavar="URL",
-                     help="sqlite:///path.db (relative) or sqlite:////abs/path.db")
+                     help="sqlite:///path.db (relative), sqlite:////abs/path.db or "
+                          "postgresql://user@host:port/db")
+
+
+@main.command()
+@STORE
+def migrate(store_url: str) -> None:
+    """Create or upgrade the store's schema (PostgreSQL: numbered SQL migrations);
+    safe to run again."""
+    try:
+        applied = migrate_store(store_url)
+    except StoreError as exc:
+        _fail(str(exc))
+    for name in applied:
+        click.echo(f"applied {name}")
+    click.echo("schema up to date")
 
 
 @main.command()

@@ -136,6 +136,8 @@ def _managed_as_none(value: Any) -> Any:
 class CollectorConfig(Strict):
     collector: CollectorIdentity
     store: str = Field(description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://…")
+    #: PostgreSQL: whole daily partitions of events older than this are dropped; None keeps all.
+    store_retention_days: int | None = Field(default=None, ge=1, le=36500)
     #: None means `broker: managed`.
     broker: Annotated[BrokerConnection | None, BeforeValidator(_managed_as_none)] = None
     managed_broker: ManagedBrokerConfig | None = Field(default=None, validate_default=True)

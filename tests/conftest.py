@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import structlog
 from drivers.modbus import profile as profile_module
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
 from edge_agent.contract import logs
-from tests.peers import Mosquitto
+from tests.peers import Mosquitto, Postgres
 
 # A command run in-process (CliRunner) configures logging; with cached loggers that
 # configuration would outlive the test and hide later tests' `capture_logs`.
@@ -38,3 +40,27 @@ def peer_profiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     clear_profile_cache()
     yield
     clear_profile_cache()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session (in /tmp: its owner, `postgres`, must reach it)."""
+    workdir = Path(tempfile.mkdtemp(prefix="cd-pg-"))
+    server = Postgres(workdir)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, ready store of each backend (PostgreSQL migrated)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'district.db'}"
+    server: Postgres = request.getfixturevalue("postgres")
+    url = server.new_database()
+    from collector.store.pg_migrate import migrate_url
+
+    migrate_url(url)
+    return url

@@ -1,4 +1,4 @@
-"""Real peers for tests, started on 127.0.0.1 and random ports: Mosquitto, a TCP fault proxy."""
+"""Real peers for tests on 127.0.0.1 and random ports: Mosquitto, PostgreSQL, a TCP fault proxy."""
 
 from __future__ import annotations
 
@@ -156,3 +156,61 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 5.0) -> 
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def _pg_bin(name: str) -> str:
+    """A PostgreSQL server binary: Debian keeps them in /usr/lib/postgresql/<ver>/bin/."""
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                   key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if found:
+        return str(found[-1])
+    return require_binary(name)
+
+
+@dataclass
+class Postgres:
+    """One PostgreSQL cluster in a temp dir on 127.0.0.1 and a random port (trust auth,
+    fsync off). As root, initdb refuses to run: the cluster runs as user `postgres`."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    #: False (tests): fsync and synchronous commit off for speed; True (bench): as shipped.
+    durable: bool = False
+    _n: int = 0
+
+    def _as_owner(self) -> list[str]:
+        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def start(self) -> None:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        data = self.workdir / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        if not data.exists():
+            subprocess.run([*self._as_owner(), initdb, "-D", str(data), "-U", "postgres",
+                            "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"],
+                           check=True, capture_output=True)
+        opts = f"-k {self.workdir} -p {self.port} -h 127.0.0.1"
+        if not self.durable:
+            opts += " -F -c synchronous_commit=off -c full_page_writes=off"
+        subprocess.run([*self._as_owner(), pg_ctl, "-D", str(data), "-w", "-t", "60",
+                        "-l", str(self.workdir / "postgres.log"), "-o", opts, "start"],
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self._as_owner(), _pg_bin("pg_ctl"), "-D", str(self.workdir / "data"),
+                        "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+
+    def url(self, db: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        import psycopg
+
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)

@@ -1,7 +1,7 @@
 """Quarantine bounds: what a gateway sending junk can make the district store keep.
 
-Against a real SQLite store (rate, caps, retention, the dropped counter) and, for the
-flood, a real collector process behind Mosquitto with the shipped ACL.
+Against a real store of each backend, SQLite and PostgreSQL (rate, caps, retention, the
+dropped counter) and, for the flood, a real collector process behind Mosquitto with the shipped ACL.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collector.cli import main
 from collector.model import Rejected
 from collector.quarantine import QuarantineLimits, RateGate, condense
 from collector.store import Origin
+from collector.store.postgres import PostgresStore
 from collector.store.sqlite import EXPIRE_EVERY_S, SqliteStore
 from edge_agent.contract.wire import Ack
 from tests.harness import query
@@ -45,14 +46,21 @@ def ackable(n: int, epoch: str, size: int = 10, first: int = 1) -> list[Rejected
     return [Rejected(f"event {i}: bad", b"x" * size, None, epoch, first + i) for i in range(n)]
 
 
-def make_store(tmp_path: Path, clock: Clock, **limits: float) -> SqliteStore:
-    store = SqliteStore(tmp_path / "district.db", clock=clock,
-                        quarantine=QuarantineLimits(**limits))  # type: ignore[arg-type]
+def make_store(where: Path | str, clock: Clock, **limits: float) -> SqliteStore | PostgresStore:
+    """A store at a directory (SQLite, district.db in it) or a store URL (either backend)."""
+    bounds = QuarantineLimits(**limits)  # type: ignore[arg-type]
+    store: SqliteStore | PostgresStore
+    if isinstance(where, str) and where.startswith("postgresql"):
+        store = PostgresStore(where, clock=clock, quarantine=bounds)
+    else:
+        path = (Path(where.removeprefix("sqlite:///")) if isinstance(where, str)
+                else where / "district.db")
+        store = SqliteStore(path, clock=clock, quarantine=bounds)
     store.open()
     return store
 
 
-def dropped(store: SqliteStore) -> dict[tuple[str, str], tuple[int, int]]:
+def dropped(store: SqliteStore | PostgresStore) -> dict[tuple[str, str], tuple[int, int]]:
     return {(d.gateway, d.cause): (d.rows, d.bytes) for d in store.stats().dropped}
 
 
@@ -76,9 +84,9 @@ def test_rate_per_gateway_refills_over_time() -> None:
     assert gate.take("gw-a", 100, now=1000.0) == 60  # never more than the burst
 
 
-def test_caps_per_gateway_and_in_total_are_counted(tmp_path: Path) -> None:
+def test_caps_per_gateway_and_in_total_are_counted(store_url: str) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock, max_rows_per_gateway=3, max_rows=5,
+    store = make_store(store_url, clock, max_rows_per_gateway=3, max_rows=5,
                        rows_per_minute_per_gateway=1000)
     epoch = new_epoch()
     result = store.ingest(GW_A, [], ackable(5, epoch))
@@ -90,8 +98,8 @@ def test_caps_per_gateway_and_in_total_are_counted(tmp_path: Path) -> None:
     store.close()
 
 
-def test_byte_caps_count_the_stored_bytes(tmp_path: Path) -> None:
-    store = make_store(tmp_path, Clock(), max_bytes_per_gateway=2500, max_bytes=3500,
+def test_byte_caps_count_the_stored_bytes(store_url: str) -> None:
+    store = make_store(store_url, Clock(), max_bytes_per_gateway=2500, max_bytes=3500,
                        rows_per_minute_per_gateway=1000)
     epoch = new_epoch()
     assert store.ingest(GW_A, [], ackable(3, epoch, size=1000)).quarantined == 2
@@ -103,9 +111,9 @@ def test_byte_caps_count_the_stored_bytes(tmp_path: Path) -> None:
     store.close()
 
 
-def test_rate_limited_entries_are_counted_and_the_good_events_stored(tmp_path: Path) -> None:
+def test_rate_limited_entries_are_counted_and_the_good_events_stored(store_url: str) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock, rows_per_minute_per_gateway=10)
+    store = make_store(store_url, clock, rows_per_minute_per_gateway=10)
     epoch = new_epoch()
     result = store.ingest(GW_A, [], ackable(25, epoch))
     assert (result.quarantined, result.dropped) == (10, 15)
@@ -115,9 +123,9 @@ def test_rate_limited_entries_are_counted_and_the_good_events_stored(tmp_path: P
     store.close()
 
 
-def test_old_entries_expire(tmp_path: Path) -> None:
+def test_old_entries_expire(store_url: str) -> None:
     clock = Clock()
-    store = make_store(tmp_path, clock, retention_days=2)
+    store = make_store(store_url, clock, retention_days=2)
     epoch = new_epoch()
     store.ingest(GW_A, [], ackable(3, epoch))
     clock.now += 1 * DAY
@@ -130,7 +138,7 @@ def test_old_entries_expire(tmp_path: Path) -> None:
     store.ingest(GW_B, [], ackable(1, epoch, first=50))
     clock.now += 3 * DAY
     store.close()
-    reopened = make_store(tmp_path, clock, retention_days=2)  # start-up expires too
+    reopened = make_store(store_url, clock, retention_days=2)  # start-up expires too
     assert reopened.stats().quarantined == 0
     assert dropped(reopened)[("gw-b", "expired")] == (3, 30)
     reopened.close()

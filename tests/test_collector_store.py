@@ -1,10 +1,14 @@
-"""collector.store.sqlite: idempotent insert, watermarks, gaps, quarantine."""
+"""The store contract on both backends (SQLite, PostgreSQL started by the tests):
+idempotent insert, watermarks, gaps, quarantine. PostgreSQL-only behaviour:
+tests/test_collector_postgres.py."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,10 +31,25 @@ ORIGIN = Origin("cd/v1/371312/371312001001/gw-a/events", "gw-a")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'district.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
     yield s
     s.close()
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one statement run on the store behind `url` (either backend)."""
+    if url.startswith("sqlite:///"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        cur = pg.execute(sql.encode())
+        return cur.fetchall() if cur.description else []
 
 
 def rows(events: list[Event], gateway: str = "gw-a") -> list[EventRow]:
@@ -39,29 +58,36 @@ def rows(events: list[Event], gateway: str = "gw-a") -> list[EventRow]:
     return verdict.accepted
 
 
-def test_events_table_has_the_design_columns(store: Store, tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "district.db")
-    cols = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
+def test_events_table_has_the_design_columns(store: Store, store_url: str) -> None:
+    if store_url.startswith("postgresql"):
+        cols = [c for (c,) in query(store_url, "SELECT column_name FROM "
+                                    "information_schema.columns WHERE table_name = 'events' "
+                                    "ORDER BY ordinal_position")]
+        indexes = {i for (i,) in query(store_url, "SELECT indexname FROM pg_indexes "
+                                       "WHERE tablename = 'events'")}
+    else:
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
+        indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert cols == ["id", "type", "source", "district", "street", "community", "gateway",
                     "device", "time", "received_at", "epoch", "seq", "severity", "data"]
-    indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
     assert {"idx_events_gateway_epoch_seq", "idx_events_type_time",
             "idx_events_received_at"} <= indexes
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_insert_is_idempotent_and_counts_duplicates(store: Store, tmp_path: Path) -> None:
+def test_insert_is_idempotent_and_counts_duplicates(store: Store, store_url: str) -> None:
     epoch = new_epoch()
     first = rows([reading("gw-a", epoch, s) for s in range(1, 4)])
     assert store.ingest(ORIGIN, first, []).inserted == 3
     again = first[1:] + rows([alarm("gw-a", epoch, 4)])
     result = store.ingest(ORIGIN, again, [])
     assert (result.inserted, result.duplicates, result.quarantined) == (1, 2, 0)
-    conn = sqlite3.connect(tmp_path / "district.db")
-    assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
-    device, data, seq = conn.execute(
-        "SELECT device, data, seq FROM events WHERE type = 'smoke.alarm'").fetchone()
-    assert (device, seq) == ("smoke-02", 4) and '"state":"raised"' in data
+    assert query(store_url, "SELECT COUNT(*) FROM events") == [(4,)]
+    [(device, data, seq)] = query(
+        store_url, "SELECT device, data, seq FROM events WHERE type = 'smoke.alarm'")
+    assert (device, seq) == ("smoke-02", 4)
+    assert (data if isinstance(data, dict) else json.loads(data))["state"] == "raised"
     [stream] = store.stats().streams
     assert (stream.high_seq, stream.received, stream.contiguous_through) == (4, 4, 4)
 
@@ -130,21 +156,29 @@ def test_quarantine_keeps_raw_bytes_and_real_size(store: Store) -> None:
     assert store.stats().quarantined == 3
 
 
-def test_a_failed_transaction_leaves_nothing(store: Store, tmp_path: Path) -> None:
+def test_a_failed_transaction_leaves_nothing(store: Store, store_url: str) -> None:
     epoch = new_epoch()
     good = rows([reading("gw-a", epoch, 1)])
-    conn = sqlite3.connect(tmp_path / "district.db")
-    conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
-                  "BEGIN SELECT RAISE(ABORT, 'no quarantine today'); END")
-    conn.close()
-    with pytest.raises(sqlite3.Error):  # and the one-by-one retry fails the same way
+    if store_url.startswith("postgresql"):
+        import psycopg
+
+        query(store_url, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                         "$$BEGIN RAISE EXCEPTION 'no quarantine today'; END$$")
+        query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
+                         "FOR EACH ROW EXECUTE FUNCTION refuse()")
+        error: type[Exception] = psycopg.Error
+    else:
+        query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
+                         "BEGIN SELECT RAISE(ABORT, 'no quarantine today'); END")
+        error = sqlite3.Error
+    with pytest.raises(error):  # and the one-by-one retry fails the same way
         store.ingest(ORIGIN, good, [Rejected("x", b"x")])
     stats = store.stats()
     assert (stats.events, stats.quarantined, stats.streams) == (0, 0, [])
 
 
-def test_two_connections_share_one_file(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+def test_two_stores_share_one_database(store_url: str) -> None:
+    url = store_url
     a, b = open_store(url), open_store(url)
     epoch = new_epoch()
     evs = rows([reading("gw-a", epoch, s) for s in range(1, 5)])
@@ -158,8 +192,6 @@ def test_two_connections_share_one_file(tmp_path: Path) -> None:
 
 
 def test_store_urls(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="PostgreSQL backend not installed yet"):
-        open_store("postgresql://collector@localhost/district")
     with pytest.raises(StoreError, match="expected sqlite:///"):
         open_store("mysql://x")
     with pytest.raises(StoreError, match="no store at"):

@@ -1,8 +1,10 @@
 """The district store schema, described once for every backend.
 
 `events` is a public contract (the district platform reads it); the other
-tables are the collector's own. Backends turn this description into DDL: SQLite through
-sqlite-utils, PostgreSQL (later) with `text`/`bigint`/`bytea`/`jsonb`.
+tables are the collector's own. SQLite turns this description into DDL through
+sqlite-utils; PostgreSQL has the same tables and columns written out in its numbered
+migrations (`migrations/pg/`, `timestamptz`/`bigint`/`bytea`/`jsonb`), which a schema
+change must extend with a new file.
 """
 
 from __future__ import annotations

@@ -1,0 +1,515 @@
+"""PostgreSQL store: the same contract as the SQLite one, for several collectors at once.
+
+A payload is one transaction, committed before `ingest` returns (the ack follows the
+COMMIT). The ids go first into `event_ids` with one `INSERT … SELECT FROM unnest(arrays)
+ON CONFLICT DO NOTHING RETURNING id` (the new ones), then only those rows into `events`
+with COPY (no conflict possible; measured faster than `INSERT … SELECT FROM unnest`:
+docs/benchmarks.md). `events` is partitioned by day on `time`, so its primary key is
+(id, time); `event_ids` keeps an id unique across partitions, whatever time a resend
+carries. Watermarks: the transaction takes `pg_advisory_xact_lock` on each of its streams
+(sorted: no deadlock) before it reads the stream row and the seqs already stored, so two
+collectors committing batches of one stream are serialised on that stream only.
+
+The schema is not created here: `edge-collector migrate` applies `migrations/pg/`, and
+`open()` refuses an older schema. A background thread (`pg_partitions`) creates the days
+ahead and drops whole partitions past `retention_days`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from collector.model import EVENT_COLUMNS, EventRow, Rejected
+from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
+from collector.store.base import (
+    DroppedCount,
+    Gap,
+    IngestResult,
+    Origin,
+    QuarantineEntry,
+    StoreError,
+    StoreStats,
+    StreamInfo,
+)
+from collector.store.intervals import split_missing
+from collector.store.pg_migrate import current_version, latest_version
+from collector.store.pg_partitions import PartitionKeeper
+from collector.store.schema import RAW_CAP
+from collector.text import storable
+from edge_agent.contract.envelope import format_time, parse_time
+from edge_agent.contract.logs import get_logger
+
+log = get_logger("collector.store")
+# The pool's own reconnect warnings repeat once per attempt while the server is away; the
+# store reports failed payloads itself (and ingest retries them), so only errors pass.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+Conn = psycopg.Connection[Any]
+Cur = psycopg.Cursor[Any]
+StreamKey = tuple[str, str]
+
+_COLS = ", ".join(EVENT_COLUMNS)
+_COPY_EVENTS = f"COPY events ({_COLS}) FROM STDIN".encode()
+_INSERT_IDS = ("INSERT INTO event_ids (id, time) SELECT i, t::timestamptz "
+               "FROM unnest(%s::text[], %s::text[]) AS u(i, t) ON CONFLICT (id) DO NOTHING "
+               "RETURNING id")
+_CONTENT_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "received_at")
+_STORED_CONTENT = (
+    "SELECT " + ", ".join(f"e.{c}" + ("::text" if c == "data" else "") for c in _CONTENT_COLUMNS)
+    + " FROM event_ids i JOIN events e ON e.id = i.id AND e.time = i.time WHERE i.id = ANY(%s)"
+).encode()
+_UPSERT_STREAM = """
+INSERT INTO streams (gateway, epoch, first_seen, last_seen, high_seq, received, contiguous_through)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (gateway, epoch) DO UPDATE SET last_seen = excluded.last_seen,
+  high_seq = excluded.high_seq, received = excluded.received,
+  contiguous_through = excluded.contiguous_through
+"""
+_INSERT_QUARANTINE = """
+INSERT INTO quarantine (received_at, topic, gateway_from_topic, reason, raw, raw_size, event_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
+_MISSING = """
+SELECT prev + 1, seq - 1 FROM (
+  SELECT seq, LAG(seq, 1, %s::bigint) OVER (ORDER BY seq) AS prev
+  FROM (SELECT DISTINCT seq FROM events WHERE gateway = %s AND epoch = %s AND seq > %s) s
+) w WHERE seq > prev + 1
+"""
+_USAGE = "SELECT COUNT(*), COALESCE(SUM(LEAST(raw_size, %s)), 0)::bigint FROM quarantine"
+_COUNT_DROPPED = """
+INSERT INTO quarantine_dropped (gateway, cause, rows, bytes, first_at, last_at)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (gateway, cause) DO UPDATE SET rows = quarantine_dropped.rows + excluded.rows,
+  bytes = quarantine_dropped.bytes + excluded.bytes, last_at = excluded.last_at
+"""
+#: Expired quarantine entries are deleted at most this often (and at start-up).
+EXPIRE_EVERY_S = 600.0
+#: Errors an event's values cause (a NUL character, a time PostgreSQL cannot hold): that
+#: event is refused, the rest stored. Anything else (server gone, disk full) fails the
+#: payload unacked.
+_EVENT_FAULTS = (ValueError, OverflowError, psycopg.DataError, psycopg.errors.CheckViolation,
+                 psycopg.errors.NotNullViolation)
+#: Lock conflicts between collectors: the payload's transaction is run again.
+_RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_REASON_MAX, _TOPIC_MAX, _ID_MAX = 2000, 300, 64
+
+
+class PostgresStore:
+    def __init__(self, dsn: str, *, create: bool = True, retention_days: int | None = None,
+                 clock: Callable[[], float] = time.time,
+                 quarantine: QuarantineLimits | None = None,
+                 maintain_every_s: float = 3600.0, pool_size: int = 2,
+                 wait_connection_s: float = 10.0) -> None:
+        self.dsn = dsn
+        self._create = create
+        self._clock = clock
+        self.limits = quarantine or QuarantineLimits()
+        self._rate = RateGate(self.limits.rows_per_minute_per_gateway)
+        self._expired_at = float("-inf")
+        self._pool: ConnectionPool[Conn] | None = None
+        self._pool_size = pool_size
+        #: how long a payload waits for a connection while the server is away, then fails
+        self._wait_connection_s = wait_connection_s
+        self.keeper = PartitionKeeper(dsn, retention_days=retention_days, clock=clock)
+        self._maintain_every_s = maintain_every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> None:
+        try:  # first one plain connection: a wrong URL fails here, before any pool thread
+            with psycopg.connect(self.dsn, connect_timeout=10) as conn:
+                have, need = current_version(conn), latest_version()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)} (hint: is the "
+                             "server up, and do the host, port, user and database in the "
+                             "store URL exist?)") from None
+        if have < need:
+            raise StoreError(f"the PostgreSQL store has schema version {have}, this collector "
+                             f"needs {need}: run `edge-collector migrate --store URL` first")
+        if have > need:
+            raise StoreError(f"the PostgreSQL store has schema version {have}, newer than this "
+                             f"collector knows ({need}): upgrade the collector")
+        pool: ConnectionPool[Conn] = ConnectionPool(
+            self.dsn, min_size=1, max_size=self._pool_size, open=False, name="collector-store",
+            check=ConnectionPool.check_connection, kwargs={"connect_timeout": 10},
+            timeout=self._wait_connection_s, reconnect_timeout=0)
+        try:
+            pool.open(wait=True, timeout=15)
+        except PoolTimeout as exc:
+            pool.close()
+            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)}") from None
+        self._pool = pool
+        if self._create:  # a running collector (not an inspection command) keeps the store
+            self.keeper.run_once()
+            self.expire_quarantine()
+            self._thread = threading.Thread(target=self._maintain, name="pg-partitions",
+                                            daemon=True)
+            self._thread.start()
+
+    def _maintain(self) -> None:
+        while not self._stop.wait(self._maintain_every_s):
+            try:
+                self.keeper.run_once()
+            except Exception as exc:  # retried at the next round; ingest goes on
+                log.warning("partition_maintenance_failed", error=_one_line(exc),
+                            hint="retried within the hour; check the PostgreSQL log")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> ConnectionPool[Conn]:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return self._pool
+
+    # ------------------------------------------------------------------ writes
+
+    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
+               rejected: Sequence[Rejected]) -> IngestResult:
+        now = self._clock()
+        for attempt in range(3):
+            try:
+                return self._ingest_tx(origin, accepted, rejected, now)
+            except _RETRY as exc:
+                if attempt == 2:
+                    raise
+                log.info("ingest_retried", gateway=origin.gateway, error=_one_line(exc))
+        raise AssertionError("unreachable")
+
+    def _ingest_tx(self, origin: Origin, accepted: Sequence[EventRow],
+                   rejected: Sequence[Rejected], now: float) -> IngestResult:
+        with self.pool.connection() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    return self._ingest(cur, origin, accepted, rejected, now, one_by_one=False)
+            except _EVENT_FAULTS as exc:
+                log.warning("batch_refused_by_store", gateway=origin.gateway,
+                            events=len(accepted), error=storable(_one_line(exc), _REASON_MAX),
+                            hint="inserting its events one by one; the refused ones are "
+                                 "quarantined")
+            with conn.transaction(), conn.cursor() as cur:
+                return self._ingest(cur, origin, accepted, rejected, now, one_by_one=True)
+
+    def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
+        return self.ingest(origin, (), rejected).quarantined
+
+    def _ingest(self, cur: Cur, origin: Origin, accepted: Sequence[EventRow],
+                rejected: Sequence[Rejected], now: float, *, one_by_one: bool) -> IngestResult:
+        stamp = format_time(now)
+        refused: list[Rejected] = []
+        if one_by_one:
+            inserted: list[EventRow] = []
+            conflicts: list[Rejected] = []
+            for row in accepted:
+                try:
+                    with cur.connection.transaction():
+                        ins, con = self._insert_events(cur, [row], stamp)
+                except _EVENT_FAULTS as exc:
+                    ins, con = [], []
+                    refused.append(_refused(row, exc))
+                inserted += ins
+                conflicts += con
+        else:
+            inserted, conflicts = self._insert_events(cur, accepted, stamp)
+        diverted = (*conflicts, *refused)
+        kept, dropped = self._insert_quarantine(cur, origin, [*rejected, *diverted], now)
+        if now - self._expired_at >= EXPIRE_EVERY_S:
+            self._expire(cur, now)
+        return IngestResult(len(inserted), len(accepted) - len(inserted) - len(diverted), kept,
+                            dropped, len(conflicts), diverted)
+
+    def _insert_events(self, cur: Cur, rows: Sequence[EventRow],
+                       now: str) -> tuple[list[EventRow], list[Rejected]]:
+        if not rows:
+            return [], []
+        groups: dict[StreamKey, list[EventRow]] = defaultdict(list)
+        for row in rows:
+            groups[(row.gateway, row.epoch)].append(row)
+        keys = sorted(groups)
+        for key in keys:  # sorted: two collectors lock shared streams in the same order
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                        (f"{key[0]}\x1f{key[1]}",))
+        streams = {key: _stream_row(cur, key) for key in keys}
+        # Seqs above the stream's high_seq cannot be stored yet: only older ones are looked up.
+        before = {key: _existing_seqs(cur, key, [r.seq for r in groups[key]
+                                                 if r.seq <= streams[key][1]])
+                  for key in keys}
+        ordered = sorted(rows, key=lambda r: r.id)  # same lock order on event_ids too
+        cur.execute(_INSERT_IDS, ([r.id for r in ordered], [r.time for r in ordered]))
+        new_ids = {i for (i,) in cur.fetchall()}
+        inserted: list[EventRow] = []
+        others: list[EventRow] = []
+        for row in rows:
+            if row.id in new_ids:
+                new_ids.discard(row.id)  # a second copy in the same payload is a resend
+                inserted.append(row)
+            else:
+                others.append(row)
+        if inserted:  # new ids only: COPY needs no conflict handling
+            with cur.copy(_COPY_EVENTS) as copy:
+                for row in inserted:
+                    copy.write_row(row.values(now))
+        conflicts = _conflicts(cur, others) if others else []
+        new_by_stream: dict[StreamKey, set[int]] = defaultdict(set)
+        for row in inserted:
+            new_by_stream[(row.gateway, row.epoch)].add(row.seq)
+            if row.type == "gateway.data_loss":
+                _record_explained(cur, row)
+        for key, seqs in new_by_stream.items():
+            _advance_stream(cur, key, streams[key], seqs - before[key], now)
+        return inserted, conflicts
+
+    def _insert_quarantine(self, cur: Cur, origin: Origin, rejected: Sequence[Rejected],
+                           now: float) -> tuple[int, int]:
+        """Write what the bounds allow; returns (entries written, rejections dropped)."""
+        if not rejected:
+            return 0, 0
+        stamp = format_time(now)
+        gateway = origin.gateway or ""
+        entries = condense(rejected)
+        allowed = self._rate.take(gateway, len(entries), now)
+        drops: dict[DropCause, list[int]] = defaultdict(lambda: [0, 0])
+        for entry in entries[allowed:]:
+            drops["rate"][0] += 1
+            drops["rate"][1] += len(entry.raw)
+        lim = self.limits
+        gw_rows, gw_bytes = _one(cur, _USAGE + " WHERE gateway_from_topic IS NOT DISTINCT FROM %s",
+                                 (RAW_CAP, origin.gateway))
+        all_rows, all_bytes = _one(cur, _USAGE, (RAW_CAP,))
+        keep: list[Rejected] = []
+        for entry in entries[:allowed]:
+            size = stored_size(entry)
+            cause: DropCause | None = None
+            if gw_rows >= lim.max_rows_per_gateway or gw_bytes + size > lim.max_bytes_per_gateway:
+                cause = "gateway_cap"
+            elif all_rows >= lim.max_rows or all_bytes + size > lim.max_bytes:
+                cause = "total_cap"
+            if cause is not None:
+                drops[cause][0] += 1
+                drops[cause][1] += len(entry.raw)
+                continue
+            keep.append(entry)
+            gw_rows, gw_bytes = gw_rows + 1, gw_bytes + size
+            all_rows, all_bytes = all_rows + 1, all_bytes + size
+        topic = _text(storable(origin.topic, _TOPIC_MAX))
+        cur.executemany(_INSERT_QUARANTINE, [
+            (stamp, topic, _opt(origin.gateway), _text(storable(r.reason, _REASON_MAX)),
+             r.raw[:RAW_CAP], len(r.raw),
+             _text(storable(r.event_id, _ID_MAX)) if r.event_id is not None else None)
+            for r in keep
+        ])
+        for cause, (n, size) in drops.items():
+            cur.execute(_COUNT_DROPPED, (_text(gateway), cause, n, size, stamp, stamp))
+        return len(keep), sum(n for n, _ in drops.values())
+
+    def expire_quarantine(self) -> int:
+        now = self._clock()
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            return self._expire(cur, now)
+
+    def _expire(self, cur: Cur, now: float) -> int:
+        self._expired_at = now
+        cutoff = format_time(now - self.limits.retention_days * 86400)
+        stamp = format_time(now)
+        by_gateway = cur.execute(
+            "SELECT COALESCE(gateway_from_topic, ''), COUNT(*), SUM(raw_size)::bigint "
+            "FROM quarantine WHERE received_at < %s GROUP BY 1", (cutoff,)).fetchall()
+        if not by_gateway:
+            return 0
+        cur.execute("DELETE FROM quarantine WHERE received_at < %s", (cutoff,))
+        for gateway, n, size in by_gateway:
+            cur.execute(_COUNT_DROPPED, (gateway, "expired", n, size, stamp, stamp))
+        return sum(int(n) for _, n, _ in by_gateway)
+
+    # ------------------------------------------------------------------ reads
+
+    def gaps(self, gateway: str | None = None) -> list[Gap]:
+        sql = ("SELECT gateway, epoch, contiguous_through FROM streams "
+               "WHERE contiguous_through < high_seq")
+        args: tuple[Any, ...] = ()
+        if gateway is not None:
+            sql, args = sql + " AND gateway = %s", (gateway,)
+        out: list[Gap] = []
+        with self.pool.connection() as conn:
+            for gw, epoch, contiguous in conn.execute((sql + " ORDER BY gateway, epoch").encode(),
+                                                      args).fetchall():
+                missing = conn.execute(_MISSING, (contiguous, gw, epoch, contiguous)).fetchall()
+                explained = conn.execute(
+                    "SELECT from_seq, to_seq, reason FROM explained_gaps "
+                    "WHERE gateway = %s AND epoch = %s", (gw, epoch)).fetchall()
+                out.extend(Gap(gw, epoch, lo, hi, ok, reason)
+                           for lo, hi, ok, reason in split_missing(missing, explained))
+        return out
+
+    def quarantined(self, limit: int = 50) -> list[QuarantineEntry]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, received_at, topic, gateway_from_topic, reason, raw, raw_size, "
+                "event_id FROM quarantine ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+        return [QuarantineEntry(i, at, topic, gw, reason, bytes(raw), size, ev)
+                for i, at, topic, gw, reason, raw, size, ev in rows]
+
+    def stats(self) -> StoreStats:
+        with self.pool.connection() as c:
+            streams = [StreamInfo(*row) for row in c.execute(
+                "SELECT gateway, epoch, first_seen, last_seen, high_seq, received, "
+                "contiguous_through FROM streams ORDER BY gateway, first_seen").fetchall()]
+            quarantined, quarantine_bytes = _one(
+                c.cursor(), "SELECT COUNT(*), COALESCE(SUM(raw_size), 0)::bigint "
+                "FROM quarantine", ())
+            dropped = [DroppedCount(*row) for row in c.execute(
+                "SELECT gateway, cause, rows, bytes, last_at FROM quarantine_dropped "
+                "ORDER BY gateway, cause").fetchall()]
+            events, last = _one(c.cursor(), "SELECT COUNT(*), MAX(received_at) FROM events", ())
+        return StoreStats(
+            events=events, quarantined=quarantined,
+            gateways=len({s.gateway for s in streams}),
+            last_received_at=format_time(last.timestamp()) if last is not None else None,
+            streams=streams, quarantine_bytes=quarantine_bytes, dropped=dropped)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _one(cur: Cur, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    row = cur.execute(sql.encode(), args).fetchone()
+    assert row is not None
+    return tuple(int(v) if isinstance(v, int) else v for v in row)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: quarantine rows keep it visible as \\x00."""
+    return value.replace("\x00", "\\x00")
+
+
+def _opt(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _existing_seqs(cur: Cur, key: StreamKey, seqs: list[int]) -> set[int]:
+    if not seqs:
+        return set()
+    cur.execute("SELECT seq FROM events WHERE gateway = %s AND epoch = %s AND seq = ANY(%s)",
+                (*key, seqs))
+    return {int(s) for (s,) in cur.fetchall()}
+
+
+def _conflicts(cur: Cur, rows: Sequence[EventRow]) -> list[Rejected]:
+    """Rows whose id is stored: those with other content are conflicts."""
+    cur.execute(_STORED_CONTENT, ([r.id for r in rows],))
+    stored = {r[0]: r for r in cur.fetchall()}
+    out: list[Rejected] = []
+    for row in rows:
+        have = stored.get(row.id)
+        if have is None:
+            continue  # its partition went with the retention: an old resend, a duplicate
+        received = tuple(v for c, v in zip(EVENT_COLUMNS, row.values(""), strict=True)
+                         if c != "received_at")
+        if not _same(have, received):
+            out.append(_conflict(row, _content_hash(have), _content_hash(received)))
+    return out
+
+
+def _same(stored: Sequence[Any], received: Sequence[Any]) -> bool:
+    for col, a, b in zip(_CONTENT_COLUMNS, stored, received, strict=True):
+        if col == "time":
+            if a != parse_time(str(b)):
+                return False
+        elif col == "data":
+            if json.loads(a) != json.loads(b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def _content_hash(values: Sequence[Any]) -> str:
+    """sha256 of an event's content (every column but received_at; `data` canonical)."""
+    *head, data = values
+    head = [format_time(v.timestamp()) if isinstance(v, datetime) else v for v in head]
+    try:
+        parsed: Any = json.loads(data)
+    except ValueError:
+        parsed = data
+    canonical = json.dumps([*head, parsed], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _conflict(row: EventRow, stored: str, received: str) -> Rejected:
+    return Rejected(f"event id {row.id}: conflict: this id is stored with other content "
+                    f"(stored sha256:{stored}, received sha256:{received}); the stored event "
+                    "is kept", row.envelope_json(), row.id, row.epoch, row.seq)
+
+
+def _refused(row: EventRow, exc: Exception) -> Rejected:
+    return Rejected(f"event id {row.id}: the store refused it ({type(exc).__name__}: "
+                    f"{_one_line(exc)})", row.envelope_json(), row.id, row.epoch, row.seq)
+
+
+def _stream_row(cur: Cur, key: StreamKey) -> tuple[str | None, int, int, int]:
+    """(first_seen, high_seq, received, contiguous_through); read under the stream's lock."""
+    row = cur.execute("SELECT first_seen, high_seq, received, contiguous_through FROM streams "
+                      "WHERE gateway = %s AND epoch = %s", key).fetchone()
+    return (row[0], int(row[1]), int(row[2]), int(row[3])) if row else (None, 0, 0, 0)
+
+
+def _advance_stream(cur: Cur, key: StreamKey, stream: tuple[str | None, int, int, int],
+                    new_seqs: set[int], now: str) -> None:
+    """Fold newly seen seqs into the stream's watermark row (its advisory lock is held)."""
+    if not new_seqs:
+        return
+    first_seen, high, received, contiguous = stream
+    first_seen = first_seen or now
+    high = max(high, max(new_seqs))
+    received += len(new_seqs)
+    contiguous = high if received == high else _contiguous_from(cur, key, contiguous)
+    cur.execute(_UPSERT_STREAM, (*key, first_seen, now, high, received, contiguous))
+
+
+def _contiguous_from(cur: Cur, key: StreamKey, through: int, page: int = 1000) -> int:
+    while True:
+        seqs = cur.execute("SELECT seq FROM events WHERE gateway = %s AND epoch = %s "
+                           "AND seq > %s ORDER BY seq LIMIT %s",
+                           (*key, through, page)).fetchall()
+        for (seq,) in seqs:
+            if seq == through + 1:
+                through = seq
+            elif seq > through + 1:
+                return int(through)
+        if len(seqs) < page:
+            return int(through)
+
+
+def _record_explained(cur: Cur, row: EventRow) -> None:
+    data = json.loads(row.data)
+    reason = data.get("reason")
+    cur.executemany(
+        "INSERT INTO explained_gaps (gateway, epoch, from_seq, to_seq, reason, event_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        [(row.gateway, row.epoch, lo, hi, reason, row.id)
+         for lo, hi in data.get("seq_ranges") or [] if lo <= hi],
+    )

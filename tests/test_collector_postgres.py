@@ -1,0 +1,243 @@
+"""What only the PostgreSQL store does: migrations, daily partitions and retention, ids
+unique across partitions, watermarks under two collectors committing one stream at once.
+(The common contract runs on both backends in tests/test_collector_store.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg_pool import PoolTimeout
+
+from collector.cli import main
+from collector.model import EventRow
+from collector.store import Origin, StoreError, migrate_store, open_store
+from collector.store.pg_partitions import PartitionKeeper, existing, partition_name
+from collector.store.postgres import PostgresStore
+from edge_agent.contract.envelope import format_time
+from tests.peers import Postgres, free_port
+from tests.test_collector_cli import write_config
+from tests.test_collector_store import query, rows
+from tests.test_collector_support import new_epoch, reading
+
+ORIGIN = Origin("cd/v1/371312/371312001001/gw-a/events", "gw-a")
+
+
+@pytest.fixture
+def fresh(postgres: Postgres) -> str:
+    """An empty database: not migrated."""
+    return postgres.new_database()
+
+
+def at(row: EventRow, when: datetime) -> EventRow:
+    return dataclasses.replace(row, time=format_time(when.timestamp()))
+
+
+def test_migrate_is_idempotent_and_recorded(fresh: str) -> None:
+    runner = CliRunner()
+    first = runner.invoke(main, ["migrate", "--store", fresh])
+    assert first.exit_code == 0, first.output
+    assert first.output.splitlines() == ["applied 0001_initial.sql", "schema up to date"]
+    again = runner.invoke(main, ["migrate", "--store", fresh])
+    assert (again.exit_code, again.output) == (0, "schema up to date\n")
+    assert query(fresh, "SELECT version, name FROM schema_version") == [(1, "0001_initial.sql")]
+
+
+def test_an_unmigrated_store_is_refused_with_a_hint(fresh: str, tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"schema version 0.*edge-collector migrate --store"):
+        open_store(fresh)
+    stats = CliRunner().invoke(main, ["stats", "--store", fresh])
+    assert stats.exit_code == 2 and "edge-collector migrate" in stats.output
+    assert "Traceback" not in stats.output
+    config = write_config(tmp_path, free_port(), store=fresh)
+    run = CliRunner().invoke(main, ["run", "--config", str(config)])
+    assert run.exit_code == 2, run.output
+    assert "run `edge-collector migrate --store URL` first" in run.output
+    assert "Traceback" not in run.output
+
+
+def test_an_unreachable_server_is_an_operator_error(postgres: Postgres) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    result = CliRunner().invoke(main, ["migrate", "--store", url])
+    assert result.exit_code == 2 and "cannot migrate the PostgreSQL store" in result.output
+    with pytest.raises(StoreError, match="hint: is the server up"):
+        open_store(url)
+
+
+def test_daily_partitions_are_created_ahead_and_events_land_in_their_day(fresh: str) -> None:
+    migrate_store(fresh)
+    store = open_store(fresh)
+    try:
+        today = datetime.now(UTC).date()
+        names = set(existing_names(fresh))
+        assert {partition_name(today + timedelta(days=d)) for d in range(-2, 4)} <= names
+        epoch = new_epoch()
+        now, old = datetime.now(UTC), datetime(2001, 1, 1, tzinfo=UTC)
+        evs = rows([reading("gw-a", epoch, 1), reading("gw-a", epoch, 2)])
+        assert store.ingest(ORIGIN, [at(evs[0], now), at(evs[1], old)], []).inserted == 2
+        placed = dict(query(fresh, "SELECT seq, tableoid::regclass::text FROM events"))
+        assert placed == {1: partition_name(now.date()), 2: "events_default"}
+    finally:
+        store.close()
+
+
+def test_an_id_resent_with_another_time_is_a_conflict_not_a_second_row(fresh: str) -> None:
+    """(id, time) is the partitioned key; `event_ids` keeps the id unique on its own."""
+    migrate_store(fresh)
+    store = open_store(fresh)
+    try:
+        [ev] = rows([reading("gw-a", new_epoch(), 1)])
+        now = datetime.now(UTC)
+        assert store.ingest(ORIGIN, [at(ev, now)], []).inserted == 1
+        same = store.ingest(ORIGIN, [at(ev, now)], [])
+        assert (same.inserted, same.duplicates, same.conflicts) == (0, 1, 0)
+        moved = store.ingest(ORIGIN, [at(ev, now - timedelta(days=1))], [])
+        assert (moved.inserted, moved.conflicts, moved.quarantined) == (0, 1, 1)
+        assert "conflict" in store.quarantined(1)[0].reason
+        assert query(fresh, "SELECT COUNT(*) FROM events") == [(1,)]
+    finally:
+        store.close()
+
+
+def test_retention_drops_old_partitions_while_ingest_goes_on(fresh: str) -> None:
+    migrate_store(fresh)
+    ten_days_ago = time.time() - 10 * 86400
+    PartitionKeeper(fresh, retention_days=None, clock=lambda: ten_days_ago).run_once()
+    old_day = datetime.fromtimestamp(ten_days_ago, UTC)
+    store = open_store(fresh)
+    try:
+        epoch = new_epoch()
+        old = [at(r, old_day) for r in rows([reading("gw-a", epoch, s) for s in range(1, 51)])]
+        assert store.ingest(ORIGIN, old, []).inserted == 50
+        stop = threading.Event()
+        inserted: list[int] = []
+        errors: list[BaseException] = []
+
+        def ingest_on() -> None:
+            live = new_epoch()
+            seq = 0
+            try:
+                while not stop.is_set():
+                    batch = rows([reading("gw-b", live, seq + i) for i in range(1, 21)], "gw-b")
+                    seq += 20
+                    inserted.append(store.ingest(Origin("t", "gw-b"), batch, []).inserted)
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+
+        writer = threading.Thread(target=ingest_on)
+        writer.start()
+        while sum(inserted) < 200 and writer.is_alive():
+            time.sleep(0.01)
+        _, dropped = PartitionKeeper(fresh, retention_days=3).run_once()
+        after = sum(inserted)
+        while sum(inserted) < after + 200 and writer.is_alive():
+            time.sleep(0.01)
+        stop.set()
+        writer.join(30)
+        assert not errors, errors
+        assert partition_name(old_day.date()) in dropped
+        assert partition_name(old_day.date()) not in existing_names(fresh)
+        assert query(fresh, "SELECT COUNT(*) FROM events WHERE gateway = 'gw-a'") == [(0,)]
+        assert query(fresh, "SELECT COUNT(*) FROM event_ids WHERE time < now() - "
+                            "interval '5 days'") == [(0,)]
+        assert query(fresh, "SELECT COUNT(*) FROM events") == [(sum(inserted),)]
+        assert sum(inserted) >= after + 200  # ingest went on after the drop
+    finally:
+        store.close()
+
+
+def test_two_collectors_committing_one_stream_interleaved_keep_the_watermark(
+        postgres: Postgres) -> None:
+    """Two stores (two pools, real connections) commit overlapping batches of one stream in
+    shuffled orders at the same time: every event once, the watermark exact."""
+    url = postgres.new_database()
+    migrate_store(url)
+    a, b = open_store(url), open_store(url)
+    try:
+        epoch = new_epoch()
+        n, size = 2000, 50
+        evs = rows([reading("gw-a", epoch, s) for s in range(1, n + 1)])
+        batches = [evs[i:i + size] for i in range(0, n, size)]
+        # each collector gets every batch (as after a redelivery), in its own order
+        orders = [random.Random(seed).sample(batches, len(batches)) for seed in (1, 2)]
+        totals = [0, 0]
+        errors: list[BaseException] = []
+        go = threading.Barrier(2)
+
+        def feed(i: int) -> None:
+            store = (a, b)[i]
+            try:
+                go.wait()
+                for part in orders[i]:
+                    totals[i] += store.ingest(ORIGIN, part, []).inserted
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=feed, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert sum(totals) == n and min(totals) > 0  # both really committed some
+        [st] = a.stats().streams
+        assert (st.high_seq, st.received, st.contiguous_through) == (n, n, n)
+        assert a.gaps() == []
+        assert query(url, "SELECT COUNT(*), COUNT(DISTINCT seq) FROM events") == [(n, n)]
+    finally:
+        a.close()
+        b.close()
+
+
+def existing_names(url: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return list(existing(conn))
+
+
+def test_an_event_postgresql_cannot_hold_is_quarantined_the_rest_stored(fresh: str) -> None:
+    """jsonb refuses \\u0000: that event goes to quarantine, its batch mates are stored."""
+    migrate_store(fresh)
+    store = open_store(fresh)
+    try:
+        epoch = new_epoch()
+        evs = rows([reading("gw-a", epoch, s) for s in (1, 2, 3)])
+        evs[1] = dataclasses.replace(evs[1], data='{"note":"a\\u0000b"}')
+        result = store.ingest(ORIGIN, evs, [])
+        assert (result.inserted, result.quarantined, len(result.diverted)) == (2, 1, 1)
+        assert "the store refused it" in store.quarantined(1)[0].reason
+        [st] = store.stats().streams
+        assert (st.received, st.high_seq, st.contiguous_through) == (2, 3, 1)
+    finally:
+        store.close()
+
+
+def test_a_server_restart_fails_payloads_while_it_is_away_then_ingest_resumes() -> None:
+    """Nothing is reported stored while the server is down; the pool reconnects after."""
+    server = Postgres(Path(tempfile.mkdtemp(prefix="cd-pg-")))
+    server.start()
+    try:
+        url = server.new_database()
+        migrate_store(url)
+        store = PostgresStore(url, wait_connection_s=1.0)
+        store.open()
+        epoch = new_epoch()
+        evs = rows([reading("gw-a", epoch, s) for s in range(1, 7)])
+        assert store.ingest(ORIGIN, evs[:2], []).inserted == 2
+        server.stop()
+        with pytest.raises((psycopg.Error, PoolTimeout)):
+            store.ingest(ORIGIN, evs[2:4], [])
+        server.start()
+        assert store.ingest(ORIGIN, evs[2:], []).inserted == 4
+        [st] = store.stats().streams
+        assert (st.received, st.contiguous_through) == (6, 6)
+        store.close()
+    finally:
+        server.stop()

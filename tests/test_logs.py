@@ -68,3 +68,23 @@ def test_configured_logging_limits_repeats_on_the_wire() -> None:
         assert len(lines) == 1 and lines[0]["event"] == "storm"
     finally:
         structlog.reset_defaults()
+
+
+def test_other_libraries_repeats_are_limited_without_a_logging_error() -> None:
+    """A stdlib logger (a library's) repeating a warning: printed once, no 'Logging error'."""
+    import contextlib
+    import logging
+
+    stream, errors = io.StringIO(), io.StringIO()
+    try:
+        configure(stream=stream)
+        with contextlib.redirect_stderr(errors):
+            lib = logging.getLogger("some.library")
+            for _ in range(50):
+                lib.warning("connection to %s lost", "db")
+        lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+        assert [x["event"] for x in lines] == ["connection to db lost"], lines
+        assert "Logging error" not in errors.getvalue(), errors.getvalue()
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()

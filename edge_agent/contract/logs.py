@@ -68,6 +68,26 @@ class RepeatLimiter:
         return event_dict
 
 
+class RepeatFilter(logging.Filter):
+    """`RepeatLimiter` for records of other libraries' (stdlib) loggers: a structlog
+    processor may not drop a record inside a logging handler's formatter, a filter may."""
+
+    def __init__(self, limiter: RepeatLimiter | None = None) -> None:
+        super().__init__()
+        self.limiter = limiter or RepeatLimiter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields: dict[str, Any] = {"event": record.getMessage()[:200], "logger": record.name}
+        try:
+            kept = self.limiter(None, record.levelname.lower(), fields)
+        except structlog.DropEvent:
+            return False
+        if "repeated" in kept:
+            record.msg = f"{record.msg} (repeated {kept['repeated']} times in " \
+                         f"{kept['repeated_for_s']} s)"
+        return True
+
+
 def _hashable(value: Any) -> Any:
     try:
         hash(value)
@@ -95,8 +115,9 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.JSONRenderer(ensure_ascii=False)],
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, RepeatLimiter()],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
     ))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(lvl, logging.INFO))

@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from collector.store._rows import one_line
 from collector.store.base import StoreError
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -75,8 +76,5 @@ def migrate_url(dsn: str) -> list[str]:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             return migrate(conn)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot migrate the PostgreSQL store: {_one_line(exc)}") from exc
+        raise StoreError(f"cannot migrate the PostgreSQL store: {one_line(exc)}") from exc
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())

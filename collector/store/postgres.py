@@ -17,14 +17,12 @@ ahead and drops whole partitions past `retention_days`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -32,6 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from collector.model import EVENT_COLUMNS, EventRow, Rejected
 from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
+from collector.store._rows import conflict_entry, content_hash, one_line, refused_entry
 from collector.store.base import (
     DroppedCount,
     Gap,
@@ -133,7 +132,7 @@ class PostgresStore:
             with psycopg.connect(self.dsn, connect_timeout=10) as conn:
                 have, need = current_version(conn), latest_version()
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)} (hint: is the "
+            raise StoreError(f"cannot open store postgresql://…: {one_line(exc)} (hint: is the "
                              "server up, and do the host, port, user and database in the "
                              "store URL exist?)") from None
         if have < need:
@@ -150,7 +149,7 @@ class PostgresStore:
             pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:
             pool.close()
-            raise StoreError(f"cannot open store postgresql://…: {_one_line(exc)}") from None
+            raise StoreError(f"cannot open store postgresql://…: {one_line(exc)}") from None
         self._pool = pool
         if self._create:  # a running collector (not an inspection command) keeps the store
             self.keeper.run_once()
@@ -164,7 +163,7 @@ class PostgresStore:
             try:
                 self.keeper.run_once()
             except Exception as exc:  # retried at the next round; ingest goes on
-                log.warning("partition_maintenance_failed", error=_one_line(exc),
+                log.warning("partition_maintenance_failed", error=one_line(exc),
                             hint="retried within the hour; check the PostgreSQL log")
 
     def close(self) -> None:
@@ -193,7 +192,7 @@ class PostgresStore:
             except _RETRY as exc:
                 if attempt == 2:
                     raise
-                log.info("ingest_retried", gateway=origin.gateway, error=_one_line(exc))
+                log.info("ingest_retried", gateway=origin.gateway, error=one_line(exc))
         raise AssertionError("unreachable")
 
     def _ingest_tx(self, origin: Origin, accepted: Sequence[EventRow],
@@ -204,7 +203,7 @@ class PostgresStore:
                     return self._ingest(cur, origin, accepted, rejected, now, one_by_one=False)
             except _EVENT_FAULTS as exc:
                 log.warning("batch_refused_by_store", gateway=origin.gateway,
-                            events=len(accepted), error=storable(_one_line(exc), _REASON_MAX),
+                            events=len(accepted), error=storable(one_line(exc), _REASON_MAX),
                             hint="inserting its events one by one; the refused ones are "
                                  "quarantined")
             with conn.transaction(), conn.cursor() as cur:
@@ -226,7 +225,7 @@ class PostgresStore:
                         ins, con = self._insert_events(cur, [row], stamp)
                 except _EVENT_FAULTS as exc:
                     ins, con = [], []
-                    refused.append(_refused(row, exc))
+                    refused.append(refused_entry(row, exc))
                 inserted += ins
                 conflicts += con
         else:
@@ -397,10 +396,6 @@ def _one(cur: Cur, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(int(v) if isinstance(v, int) else v for v in row)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 def _text(value: str) -> str:
     """PostgreSQL text cannot hold NUL: quarantine rows keep it visible as \\x00."""
     return value.replace("\x00", "\\x00")
@@ -430,7 +425,7 @@ def _conflicts(cur: Cur, rows: Sequence[EventRow]) -> list[Rejected]:
         received = tuple(v for c, v in zip(EVENT_COLUMNS, row.values(""), strict=True)
                          if c != "received_at")
         if not _same(have, received):
-            out.append(_conflict(row, _content_hash(have), _content_hash(received)))
+            out.append(conflict_entry(row, content_hash(have), content_hash(received)))
     return out
 
 
@@ -445,29 +440,6 @@ def _same(stored: Sequence[Any], received: Sequence[Any]) -> bool:
         elif a != b:
             return False
     return True
-
-
-def _content_hash(values: Sequence[Any]) -> str:
-    """sha256 of an event's content (every column but received_at; `data` canonical)."""
-    *head, data = values
-    head = [format_time(v.timestamp()) if isinstance(v, datetime) else v for v in head]
-    try:
-        parsed: Any = json.loads(data)
-    except ValueError:
-        parsed = data
-    canonical = json.dumps([*head, parsed], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _conflict(row: EventRow, stored: str, received: str) -> Rejected:
-    return Rejected(f"event id {row.id}: conflict: this id is stored with other content "
-                    f"(stored sha256:{stored}, received sha256:{received}); the stored event "
-                    "is kept", row.envelope_json(), row.id, row.epoch, row.seq)
-
-
-def _refused(row: EventRow, exc: Exception) -> Rejected:
-    return Rejected(f"event id {row.id}: the store refused it ({type(exc).__name__}: "
-                    f"{_one_line(exc)})", row.envelope_json(), row.id, row.epoch, row.seq)
 
 
 def _stream_row(cur: Cur, key: StreamKey) -> tuple[str | None, int, int, int]:

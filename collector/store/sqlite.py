@@ -14,7 +14,6 @@ total cap, retention; what is not kept is counted in `quarantine_dropped`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 
 from collector.model import EVENT_COLUMNS, EventRow, Rejected
 from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
+from collector.store._rows import conflict_entry, content_hash, refused_entry
 from collector.store.base import (
     DroppedCount,
     Gap,
@@ -215,7 +215,7 @@ class SqliteStore:
                 except _EVENT_FAULTS as exc:
                     cur.execute("ROLLBACK TO one_event")
                     ins, con = [], []
-                    refused.append(_refused(row, exc))
+                    refused.append(refused_entry(row, exc))
                 cur.execute("RELEASE one_event")
                 inserted += ins
                 conflicts += con
@@ -249,7 +249,7 @@ class SqliteStore:
             received = tuple(v for c, v in zip(EVENT_COLUMNS, row.values(now), strict=True)
                              if c != "received_at")
             if stored is not None and tuple(stored) != received:
-                conflicts.append(_conflict(row, _content_hash(stored), _content_hash(received)))
+                conflicts.append(conflict_entry(row, content_hash(stored), content_hash(received)))
         new_by_stream: dict[StreamKey, set[int]] = defaultdict(set)
         for row in inserted:
             new_by_stream[(row.gateway, row.epoch)].add(row.seq)
@@ -415,28 +415,6 @@ def _has_schema(conn: sqlite3.Connection) -> bool:
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
     return row.fetchone() is not None
-
-
-def _content_hash(values: Sequence[Any]) -> str:
-    """sha256 of an event's content (every column but received_at; `data` canonical)."""
-    *head, data = values
-    try:
-        parsed: Any = json.loads(data)
-    except ValueError:
-        parsed = data
-    canonical = json.dumps([*head, parsed], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _conflict(row: EventRow, stored: str, received: str) -> Rejected:
-    return Rejected(f"event id {row.id}: conflict: this id is stored with other content "
-                    f"(stored sha256:{stored}, received sha256:{received}); the stored event "
-                    "is kept", row.envelope_json(), row.id, row.epoch, row.seq)
-
-
-def _refused(row: EventRow, exc: Exception) -> Rejected:
-    return Rejected(f"event id {row.id}: the store refused it ({type(exc).__name__}: {exc})",
-                    row.envelope_json(), row.id, row.epoch, row.seq)
 
 
 def _existing_seqs(cur: sqlite3.Cursor, key: StreamKey, seqs: set[int]) -> set[int]:

@@ -52,7 +52,7 @@ from drivers.modbus.rtu_link import RtuLink  # noqa: E402
 from drivers.modbus.simulator.server import rtu_transaction_s, silence_s  # noqa: E402
 from drivers.modbus.transport import SerialSettings  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
-from edge_agent.sdk.api import DeviceState  # noqa: E402
+from edge_agent.sdk.api import DeviceState, NullSink  # noqa: E402
 
 REGISTERS = 125
 BITS_PER_CHAR = 11  # 8N2 here (8E1 is the other 11-bit framing; a pty refuses parity)
@@ -77,7 +77,7 @@ def physical_limit(baud: int) -> float:
     return REGISTERS / per_request
 
 
-class CountingSink:
+class CountingSink(NullSink):
     def __init__(self) -> None:
         self.events = 0
         self.states: list[DeviceState] = []
@@ -89,20 +89,6 @@ class CountingSink:
     def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
         if not self.states or self.states[-1] != state:
             self.states.append(state)
-
-    # the rest of edge_agent.sdk.api.EventSink: no salt, default settings, nothing restored
-    credential_salt = b""
-    snapshots = None
-    alarm_chatter = None
-
-    def restored_alarms(self, device: str) -> list[Any]:
-        return []
-
-    def poll_error(self, device: str, reason: str) -> None:
-        pass
-
-    def chatter_toggles(self, device: str, suppressed: int) -> None:
-        pass
 
 
 @contextlib.contextmanager

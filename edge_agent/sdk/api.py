@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from edge_agent.config.models import ChatterConfig, DeviceConfig, SnapshotsConfig
 from edge_agent.contract.envelope import Severity
 
-__all__ = ["DeviceState", "Driver", "DriverSpec", "EventSink", "OpenAlarm", "credential_salt",
-           "report_poll_error", "restored_alarms"]
+__all__ = ["DeviceState", "Driver", "DriverSpec", "EventSink", "NullSink", "OpenAlarm",
+           "credential_salt", "report_poll_error", "restored_alarms"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,28 @@ class DriverSpec:
     #: Checks across this driver's devices (e.g. one serial port, one line setting), run by
     #: `edge-agent validate` after each device validated alone: (index in `devices`, message).
     check_devices: Callable[[Sequence[DeviceConfig]], list[tuple[int, str]]] = _no_cross_checks
+
+
+class NullSink:
+    """A complete EventSink that keeps nothing (no salt, default settings, no restored
+    alarms); derive a test's sink from it and override what the test looks at."""
+
+    credential_salt: bytes = b""
+    snapshots: SnapshotsConfig | None = None
+    alarm_chatter: ChatterConfig | None = None
+
+    def emit(self, device: str, type_: str, data: dict[str, Any], *,
+             severity: Severity | None = None, observed_at: float | None = None) -> None:
+        pass
+
+    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
+        pass
+
+    def restored_alarms(self, device: str) -> list[OpenAlarm]:
+        return []
+
+    def poll_error(self, device: str, reason: str) -> None:
+        pass
+
+    def chatter_toggles(self, device: str, suppressed: int) -> None:
+        pass

@@ -22,7 +22,7 @@ from typing import Any
 from edge_agent.config.models import ChatterConfig, SnapshotsConfig
 from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event, schema
 from edge_agent.pipeline import transition_event
-from edge_agent.sdk.api import DeviceState, Driver, EventSink, OpenAlarm
+from edge_agent.sdk.api import DeviceState, Driver, EventSink, NullSink, OpenAlarm
 
 TEST_HIERARCHY = Hierarchy(district="371312", street="371312001", community="371312001001",
                            gateway="gw-test")
@@ -33,31 +33,6 @@ def _validator() -> Any:
     import jsonschema  # a test dependency, imported only when a sink is made
 
     return jsonschema.Draft7Validator(schema())
-
-
-class NullSink:
-    """A complete EventSink that keeps nothing (no salt, default settings, no restored
-    alarms); derive a test's sink from it and override what the test looks at."""
-
-    credential_salt: bytes = b""
-    snapshots: SnapshotsConfig | None = None
-    alarm_chatter: ChatterConfig | None = None
-
-    def emit(self, device: str, type_: str, data: dict[str, Any], *,
-             severity: Severity | None = None, observed_at: float | None = None) -> None:
-        pass
-
-    def device_state(self, device: str, state: DeviceState, reason: str = "") -> None:
-        pass
-
-    def restored_alarms(self, device: str) -> list[OpenAlarm]:
-        return []
-
-    def poll_error(self, device: str, reason: str) -> None:
-        pass
-
-    def chatter_toggles(self, device: str, suppressed: int) -> None:
-        pass
 
 
 @dataclass

@@ -34,7 +34,7 @@ from collector.acks import as_stored, build_acks
 from collector.model import EventRow, Rejected
 from collector.registry import Registry
 from collector.store import IngestResult, Origin, Store
-from collector.summary import Summary
+from collector.summary import Counters, Summary
 from collector.text import storable
 from collector.validate import Limits, check_payload
 from edge_agent.contract.backoff import Backoff, wait_full_jitter
@@ -119,19 +119,6 @@ def _oldest(rows: Sequence[EventRow]) -> float | None:
     return min(times) if times else None
 
 
-@dataclass
-class Counters:
-    messages: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    dropped: int = 0
-    conflicts: int = 0
-    acks_sent: int = 0
-    ack_failures: int = 0
-    store_failures: int = 0
-
-
 def _as_bytes(payload: Any) -> bytes:
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
@@ -189,7 +176,7 @@ class Collector:
         """One `collector_summary` line per `summary_interval_s`."""
         while True:
             await asyncio.sleep(self.summary_interval_s)
-            log.info("collector_summary", **self.summary.take(time.time()))
+            log.info("collector_summary", **self.summary.take(time.time(), self.counters))
 
     async def _sessions(self) -> None:
         while True:
@@ -316,7 +303,6 @@ class Collector:
                 self._executor, self.handler, topic, _as_bytes(message.payload))
         except Exception as exc:  # disk full, store locked too long: no ack, the edge resends
             self.counters.store_failures += 1
-            self.summary.failed()
             log.error("store_failed", topic=topic, error=repr(exc))
             return
         self._count(outcome)
@@ -333,8 +319,7 @@ class Collector:
         c.dropped += r.dropped
         c.conflicts += r.conflicts
         now = time.time()
-        self.summary.add(gateway=outcome.gateway, inserted=r.inserted, duplicates=r.duplicates,
-                         quarantined=r.quarantined, dropped=r.dropped,
+        self.summary.add(gateway=outcome.gateway,
                          lag_s=None if outcome.oldest is None else now - outcome.oldest)
         log.info("batch_ingested", gateway=outcome.gateway, inserted=r.inserted,
                  duplicates=r.duplicates, quarantined=r.quarantined, dropped=r.dropped,

@@ -1,15 +1,17 @@
-"""The collector's periodic summary: one log line per interval (default a minute).
+"""The collector's counts: running totals (`Counters`) and the periodic summary line.
 
-Pure bookkeeping, fed by the ingest loop after each commit: events per second, lag
-(commit time minus the oldest event time of each payload: the worst and the 99th
-percentile over the interval's payloads), quarantined and dropped rejections, and how
-many distinct gateways were seen. `take()` returns the line's fields and starts afresh.
+Pure bookkeeping, fed by the ingest loop after each commit. The summary (one log line
+per interval, default a minute) is the totals' change over the interval (events per
+second, duplicates, quarantined and dropped rejections, store failures) plus what only
+the interval keeps: the lag (commit time minus the oldest event time of each payload:
+the worst and the 99th percentile over the interval's payloads) and how many distinct
+gateways were seen. `take()` returns the line's fields and starts afresh.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: Lags kept per interval for the percentile; beyond it only the maximum is exact.
@@ -19,26 +21,31 @@ MAX_GATEWAYS = 100_000
 
 
 @dataclass
-class Summary:
-    started: float
+class Counters:
+    """Running totals since the collector started."""
+
     messages: int = 0
     inserted: int = 0
     duplicates: int = 0
     quarantined: int = 0
     dropped: int = 0
+    conflicts: int = 0
+    acks_sent: int = 0
+    ack_failures: int = 0
     store_failures: int = 0
+
+
+@dataclass
+class Summary:
+    started: float
+    #: the totals when the interval started
+    base: Counters = field(default_factory=Counters)
     lag_max_s: float | None = None
     lags: list[float] = field(default_factory=list)
     gateways: set[str] = field(default_factory=set)
 
-    def add(self, *, gateway: str | None, inserted: int, duplicates: int, quarantined: int,
-            dropped: int, lag_s: float | None) -> None:
+    def add(self, *, gateway: str | None, lag_s: float | None) -> None:
         """One payload committed; `lag_s`: commit time minus its oldest event's time."""
-        self.messages += 1
-        self.inserted += inserted
-        self.duplicates += duplicates
-        self.quarantined += quarantined
-        self.dropped += dropped
         if gateway is not None and len(self.gateways) < MAX_GATEWAYS:
             self.gateways.add(gateway)
         if lag_s is not None:
@@ -46,26 +53,25 @@ class Summary:
             if len(self.lags) < MAX_LAGS:
                 self.lags.append(lag_s)
 
-    def failed(self) -> None:
-        self.store_failures += 1
-
-    def take(self, now: float) -> dict[str, Any]:
-        """The summary line's fields for the interval up to `now`; resets the counts."""
+    def take(self, now: float, totals: Counters) -> dict[str, Any]:
+        """The summary line's fields for the interval up to `now`; starts afresh."""
         interval = max(now - self.started, 1e-9)
+        b = self.base
+        inserted = totals.inserted - b.inserted
         line = {
             "interval_s": round(interval, 1),
-            "messages": self.messages,
-            "events": self.inserted,
-            "events_per_s": round(self.inserted / interval, 1),
-            "duplicates": self.duplicates,
+            "messages": totals.messages - b.messages,
+            "events": inserted,
+            "events_per_s": round(inserted / interval, 1),
+            "duplicates": totals.duplicates - b.duplicates,
             "lag_max_s": _round(self.lag_max_s),
             "lag_p99_s": _round(percentile(self.lags, 0.99)),
-            "quarantined": self.quarantined,
-            "dropped": self.dropped,
+            "quarantined": totals.quarantined - b.quarantined,
+            "dropped": totals.dropped - b.dropped,
             "gateways_seen": len(self.gateways),
-            "store_failures": self.store_failures,
+            "store_failures": totals.store_failures - b.store_failures,
         }
-        fresh = Summary(now)
+        fresh = Summary(now, replace(totals))
         self.__dict__.update(fresh.__dict__)
         return line
 

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiomqtt
 
-from collector.summary import Summary, percentile
+from collector.summary import Counters, Summary, percentile
 from tests.harness import collector, collector_yaml, wait_until, write_yaml
 from tests.peers import Mosquitto
 from tests.test_collector_support import batch, new_epoch, reading, topics
 
 
 def test_summary_counts_an_interval_then_starts_afresh() -> None:
-    s = Summary(started=100.0)
-    s.add(gateway="gw-a", inserted=200, duplicates=0, quarantined=0, dropped=0, lag_s=0.5)
-    s.add(gateway="gw-b", inserted=100, duplicates=5, quarantined=2, dropped=1, lag_s=3.0)
-    s.add(gateway="gw-a", inserted=0, duplicates=0, quarantined=1, dropped=0, lag_s=None)
-    s.failed()
-    line = s.take(now=110.0)
+    totals = Counters(messages=7, inserted=1000, duplicates=1, quarantined=4)
+    s = Summary(started=100.0, base=replace(totals))
+    for gateway, lag, inserted, dup, quar, drop in [("gw-a", 0.5, 200, 0, 0, 0),
+                                                   ("gw-b", 3.0, 100, 5, 2, 1),
+                                                   ("gw-a", None, 0, 0, 1, 0)]:
+        totals.messages += 1
+        totals.inserted += inserted
+        totals.duplicates += dup
+        totals.quarantined += quar
+        totals.dropped += drop
+        s.add(gateway=gateway, lag_s=lag)
+    totals.store_failures += 1
+    line = s.take(now=110.0, totals=totals)
     assert line == {"interval_s": 10.0, "messages": 3, "events": 300, "events_per_s": 30.0,
                     "duplicates": 5, "lag_max_s": 3.0, "lag_p99_s": 3.0, "quarantined": 3,
                     "dropped": 1, "gateways_seen": 2, "store_failures": 1}
-    after = s.take(now=120.0)
+    after = s.take(now=120.0, totals=totals)
     assert (after["messages"], after["events_per_s"], after["lag_max_s"],
             after["gateways_seen"]) == (0, 0.0, None, 0)
 

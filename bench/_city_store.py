@@ -16,7 +16,8 @@ from collector.store.url import parse_store_url
 from edge_agent.contract.envelope import parse_time
 
 
-def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+def query_events(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` (a read of the public `events` table) from the store at `url`."""
     parsed = parse_store_url(url)
     if parsed.kind == "sqlite":
         conn = sqlite3.connect(f"file:{parsed.path}?mode=ro", uri=True, timeout=30)
@@ -33,12 +34,13 @@ def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
 def stream_seqs(url: str) -> dict[tuple[str, str], list[int]]:
     """(gateway, epoch) -> every stored seq (a seq stored twice is listed twice)."""
     out: dict[tuple[str, str], list[int]] = {}
-    for gateway, epoch, seq in _query(url, "SELECT gateway, epoch, seq FROM events"):
+    for gateway, epoch, seq in query_events(url, "SELECT gateway, epoch, seq FROM events"):
         out.setdefault((gateway, epoch), []).append(int(seq))
     return out
 
 
-def _seconds(value: Any) -> float:
+def stored_seconds(value: Any) -> float:
+    """A stored time (ISO text in SQLite, timestamptz in PostgreSQL) as epoch seconds."""
     if isinstance(value, datetime):
         return value.timestamp()
     return parse_time(str(value)).timestamp()
@@ -48,10 +50,10 @@ def store_latencies(url: str, gateways: Iterable[str], since: float, until: floa
     """`received_at − time` (s) of the events of `gateways` minted in [since, until)."""
     wanted = set(gateways)
     out = []
-    for gateway, t, received in _query(url, "SELECT gateway, time, received_at FROM events"):
+    for gateway, t, received in query_events(url, "SELECT gateway, time, received_at FROM events"):
         if gateway not in wanted:
             continue
-        minted = _seconds(t)
+        minted = stored_seconds(t)
         if since <= minted < until:
-            out.append(_seconds(received) - minted)
+            out.append(stored_seconds(received) - minted)
     return out

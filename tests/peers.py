@@ -8,7 +8,9 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +97,9 @@ class FaultProxy:
     `blackhole_downstream`: bytes from the server are swallowed (PUBACKs and acks
     never reach the client) while upstream bytes still flow, so a publish is
     delivered but the client times out on it. `cut()` drops every connection.
+    `frozen`: a silent network cut: nothing is forwarded either way, and every socket
+    stays open (no FIN, no RST reaches either side, even when the other side closes);
+    only `close()` ends them.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -102,6 +107,7 @@ class FaultProxy:
         self.port = free_port()
         self.blackhole_downstream = False
         self.refuse = False
+        self.frozen = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -109,6 +115,7 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def close(self) -> None:
+        self.frozen = False
         self.cut()
         if self._server:
             self._server.close()
@@ -119,8 +126,18 @@ class FaultProxy:
             w.close()
         self._writers.clear()
 
+    async def _thawed(self) -> None:
+        """Returns once `frozen` is off (a plain attribute, set from any thread: polled)."""
+        while self.frozen:  # noqa: ASYNC110 - an asyncio.Event cannot be set from a thread
+            await asyncio.sleep(0.1)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse:
+            writer.close()
+            return
+        if self.frozen:  # the link is cut: a new connection gets nowhere, and no answer
+            self._writers.add(writer)
+            await self._thawed()
             writer.close()
             return
         try:
@@ -133,10 +150,11 @@ class FaultProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if down and self.blackhole_downstream:
+                    if self.frozen or (down and self.blackhole_downstream):
                         continue
                     dst.write(data)
                     await dst.drain()
+                await self._thawed()  # the peer is gone; the other side must not learn it
             except (OSError, asyncio.CancelledError):
                 pass
             finally:
@@ -144,6 +162,24 @@ class FaultProxy:
 
         await asyncio.gather(pump(reader, up_w, False), pump(up_r, writer, True))
         self._writers -= {writer, up_w}
+
+
+@contextlib.contextmanager
+def proxy_thread(target_port: int) -> Iterator[FaultProxy]:
+    """A started `FaultProxy` on its own event loop thread, for tests that are not async;
+    its switches are plain attributes, set from the test's thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = FaultProxy(target_port)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 5.0) -> None:
@@ -198,9 +234,12 @@ class Postgres:
                         "-l", str(self.workdir / "postgres.log"), "-o", opts, "start"],
                        check=True, capture_output=True)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m <mode>`: `fast` rolls back sessions and checkpoints; `immediate`
+        is a crash (every server process quits at once, recovery on the next start).
+        `start()` afterwards brings the same cluster back on the same port."""
         subprocess.run([*self._as_owner(), _pg_bin("pg_ctl"), "-D", str(self.workdir / "data"),
-                        "-m", "fast", "-w", "stop"], check=False, capture_output=True)
+                        "-m", mode, "-w", "stop"], check=False, capture_output=True)
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"

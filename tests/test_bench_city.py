@@ -70,17 +70,19 @@ def test_an_event_leaves_the_outbox_only_when_an_ack_for_its_epoch_names_it() ->
 
 
 @pytest.mark.slow
-def test_a_short_city_run_stores_every_event_exactly_once(tmp_path: Path) -> None:
+def test_a_short_city_run_stores_every_event_exactly_once(store_url: str) -> None:
+    """On each store (`store_url`: SQLite, PostgreSQL migrated), read back by the bench."""
     require_binary("mosquitto")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "city.py"), "--gateways", "20", "--rate", "60",
          "--seconds", "3", "--warmup", "1", "--heartbeat-s", "2", "--burst-gateways", "3",
          "--burst-backlog", "400", "--collectors", "2", "--sample-s", "1",
-         "--drain-timeout", "60", "--store", f"sqlite:///{tmp_path / 'district.db'}"],
+         "--drain-timeout", "60", "--store", store_url],
         capture_output=True, text=True, timeout=180, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     figures = lines[-1]["summary"]
+    assert figures["store"] == store_url.split(":", 1)[0]
     assert figures["generated"] > 1200  # the burst's 1,200 and the steady load
     assert figures["unacked_at_end"] == 0  # every event acked ...
     assert figures["store_rows"] == figures["generated"]  # ... and stored ...

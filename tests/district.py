@@ -108,6 +108,16 @@ class District:
         self.collectors.append(proc)
         return proc
 
+    def start_collectors(self, *, together: bool) -> None:
+        """Every member; returns once each is subscribed (and its store open). `together`:
+        all at once, as after a reboot; else one after the other."""
+        for proc in self.collectors:
+            proc.start()
+            if not together:
+                wait_for(lambda proc=proc: subscribed(proc), 30, f"{proc.log_path.stem} subscribed")
+        for proc in self.collectors:
+            wait_for(lambda proc=proc: subscribed(proc), 30, f"{proc.log_path.stem} subscribed")
+
     def start_agents(self) -> None:
         """Every agent, ~30 events/s each with an alarm a second; returns once the store
         holds events of every gateway."""
@@ -213,6 +223,11 @@ def streams(url: str) -> dict[tuple[str, str], StreamInfo] | None:
 def received(url: str, gateway: str, epoch: str) -> int:
     info = (streams(url) or {}).get((gateway, epoch))
     return info.received if info is not None else 0
+
+
+def subscribed(proc: Proc) -> bool:
+    """The collector's session is up: subscribed, presence `online` published."""
+    return any(e.get("event") == "broker_connected" for e in proc.log_events())
 
 
 def drained(proc: Proc) -> bool:

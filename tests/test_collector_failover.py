@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.district import District, assert_stored_exactly_once, store_latency, streams
-from tests.harness import wait_for
+from tests.district import District, assert_stored_exactly_once, store_latency
 from tests.peers import Mosquitto
 
 pytestmark = pytest.mark.slow
@@ -34,10 +33,7 @@ def test_a_sigkilled_collector_costs_at_most_one_ack_timeout(
     district = District(tmp_path, mosquitto.url, store_url, ACK_TIMEOUT_S)
     c1, c2 = district.collector("c1"), district.collector("c2")
     try:
-        c1.start()
-        wait_for(lambda: streams(store_url) is not None, 30, "the store")
-        c2.start()
-        time.sleep(2)  # both subscribed
+        district.start_collectors(together=False)
         district.start_agents()
         district.ages.start()
         time.sleep(3)

@@ -59,11 +59,9 @@ def test_postgresql_down_30_s_under_load_acks_nothing_uncommitted_and_resumes(
     url = crashable.new_database()
     migrate_store(url)
     district = District(tmp_path, mosquitto.url, url, ACK_TIMEOUT_S)
-    members = [district.collector(cid) for cid in ("c1", "c2")]
+    members = [district.collector(cid) for cid in ("c1", "c2")]  # started together
     try:
-        for proc in members:
-            proc.start()
-        time.sleep(2)  # both subscribed
+        district.start_collectors(together=True)
         district.start_agents()
         district.ages.start()
         time.sleep(3)
@@ -91,19 +89,27 @@ def test_postgresql_down_30_s_under_load_acks_nothing_uncommitted_and_resumes(
     assert_stored_exactly_once(url, stats)
 
 
+@pytest.fixture
+def noticing(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto that logs its notices too: which client it dropped, and why."""
+    broker = Mosquitto(tmp_path / "mosquitto", extra_conf="log_type notice")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
 def test_a_collector_cut_off_silently_costs_at_most_its_keepalive(
-        tmp_path: Path, mosquitto: Mosquitto, postgres: Postgres) -> None:
+        tmp_path: Path, noticing: Mosquitto, postgres: Postgres) -> None:
     url = postgres.new_database()
     migrate_store(url)
+    mosquitto = noticing
     with proxy_thread(mosquitto.port) as proxy:
         district = District(tmp_path, mosquitto.url, url, ACK_TIMEOUT_S)
-        cut = district.collector("c1", broker_url=f"mqtt://127.0.0.1:{proxy.port}",
-                                 keepalive_s=KEEPALIVE_S)
-        other = district.collector("c2", keepalive_s=KEEPALIVE_S)
+        district.collector("c1", broker_url=f"mqtt://127.0.0.1:{proxy.port}",  # to be cut
+                           keepalive_s=KEEPALIVE_S)
+        district.collector("c2", keepalive_s=KEEPALIVE_S)
         try:
-            cut.start()
-            other.start()
-            time.sleep(2)  # both subscribed
+            district.start_collectors(together=True)
             district.start_agents()
             district.ages.start()
             time.sleep(3)
@@ -123,6 +129,8 @@ def test_a_collector_cut_off_silently_costs_at_most_its_keepalive(
           f"{store_latency(url, alarms=True):.2f} s")
     # Silent: the broker learnt nothing before its keepalive ran out (a FIN would bring the
     # Will at once). MQTT says 1.5 × keepalive; Mosquitto 2.0.11 measured 2-2.6 ×.
+    log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
+    assert "Client collector-c1 has exceeded timeout" in log
     assert all(1.5 * KEEPALIVE_S <= w <= 3 * KEEPALIVE_S for w in wills), wills
     assert_stored_exactly_once(url, stats)
     assert ages.samples > 50

@@ -89,6 +89,32 @@ def test_daily_partitions_are_created_ahead_and_events_land_in_their_day(fresh: 
         store.close()
 
 
+def test_collectors_starting_together_create_the_partitions_once(fresh: str) -> None:
+    """Several collectors open a new store at the same moment: each runs the partition
+    round; a partition another one created meanwhile is not an error."""
+    migrate_store(fresh)
+    n = 6
+    go = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def keep() -> None:
+        try:
+            go.wait()
+            PartitionKeeper(fresh, retention_days=None).run_once()
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=keep) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    today = datetime.now(UTC).date()
+    assert {partition_name(today + timedelta(days=d)) for d in range(-2, 4)} <= set(
+        existing_names(fresh))
+
+
 def test_an_id_resent_with_another_time_is_a_conflict_not_a_second_row(fresh: str) -> None:
     """(id, time) is the partitioned key; `event_ids` keeps the id unique on its own."""
     migrate_store(fresh)

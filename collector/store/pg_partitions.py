@@ -72,6 +72,10 @@ class PartitionKeeper:
                         "FOR VALUES FROM ({}) TO ({})").format(
                             sql.Identifier(name), sql.Literal(f"{day.isoformat()}T00:00:00Z"),
                             sql.Literal(f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z")))
+            except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                # another collector created it between our look and our CREATE (`IF NOT
+                # EXISTS` is not atomic against a concurrent CREATE): it is there
+                continue
             except psycopg.errors.LockNotAvailable:
                 log.info("partition_create_postponed", partition=name,
                          hint="ingest held the table; tried again at the next round")

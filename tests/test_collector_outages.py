@@ -40,7 +40,7 @@ SILENT_DEAD_S = float(os.environ.get("SILENT_DEAD_S", "20"))
 
 @pytest.fixture
 def crashable() -> Iterator[Postgres]:
-    """A cluster of its own, to crash: commits durable (synchronous_commit on), since a
+    """A cluster of its own, to crash, durable as shipped (fsync, synchronous_commit on): a
     commit the server confirmed must survive `-m immediate` as it would a power cut."""
     server = Postgres(Path(tempfile.mkdtemp(prefix="cd-pg-")), durable=True)
     server.start()

@@ -3,7 +3,7 @@
 Group commit (`_group`): the payloads waiting are ONE transaction and ONE `_insert_events`
 call; a deadlock or serialization failure runs the whole group again.
 
-A payload is one transaction, committed before `ingest` returns (the ack follows the
+A group is one transaction, committed before `ingest_many` returns (the acks follow the
 COMMIT). The ids go first into `event_ids` with one `INSERT … SELECT FROM unnest(arrays)
 ON CONFLICT DO NOTHING RETURNING id` (the new ones), then only those rows into `events`
 with COPY (no conflict possible; measured faster than `INSERT … SELECT FROM unnest`:

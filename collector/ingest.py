@@ -6,7 +6,7 @@ i.e. after the COMMIT of the transaction that held it (SQLite: WAL + synchronous
 PostgreSQL: synchronous commit), so the rows survive a power cut. A crash between commit
 and ack costs only a resend, which the `id` dedupe absorbs.
 
-Three tasks per broker session:
+Four tasks per broker session:
 
 - the **reader** takes every message aiomqtt delivers and offers it to the `Inbox`,
   bounded in payloads and bytes (`inbox.Bounds`). When it is full the payload is shed:
@@ -24,19 +24,22 @@ Three tasks per broker session:
   with manual PUBACKs after commit the broker would queue for us instead (Mosquitto:
   `max_queued_messages`, then it drops, silently, and a clean session loses its queue
   on a disconnect): no better than shedding where we can count it.
-- the **store worker** takes everything waiting (up to a group's caps: `group_payloads`,
-  `group_bytes`) and, in the single store thread, validates each payload and commits the
-  whole group with ONE `ingest_many` (one fsync, one COPY on PostgreSQL); a transaction
-  that fails (disk full, server gone) acks nothing of the group: the edge resends.
+- the **validator** takes everything waiting (up to a group's caps: `group_payloads`,
+  `group_bytes`) and validates it in its own thread, one group ahead of the store;
+- the **committer** commits each validated group, in the single store thread, with ONE
+  `ingest_many` (one fsync, one COPY on PostgreSQL); a transaction that fails (disk full,
+  server gone) acks nothing of the group: the edge resends. Two threads, because
+  validation (JSON Schema, ~2/3 of the thread's time with PostgreSQL) holds the GIL while
+  the commit mostly waits for the database, which releases it: they overlap;
 - the **acks** of a committed group are published concurrently, at most
-  `acks_in_flight` awaiting their PUBACK, while the worker commits the next group; the
-  worker never waits for an ack's PUBACK before the next transaction (it did: ~800
+  `acks_in_flight` awaiting their PUBACK, while the next group is committed; the
+  committer never waits for an ack's PUBACK before the next transaction (it did: ~800
   payloads/s with one-event payloads, docs/benchmarks.md).
 
-On stop, the group the worker holds is committed and its acks (and every ack in flight)
-published before the session ends; what waits in the inbox is left to the edge's resend.
-A lost broker session cancels all three; a commit still running in the store thread
-finishes there, unacked.
+On stop, the groups already taken from the inbox are committed and their acks (and every
+ack in flight) published before the session ends; what waits in the inbox is left to the
+edge's resend. A lost broker session cancels all four; a commit still running in the
+store thread finishes there, unacked.
 
 Presence: with a `collector_id`, the collector says `online` (retained, QoS 1) on
 `collector_presence_topic(id)` once its subscription is in place, leaves `offline` there
@@ -118,7 +121,7 @@ class Checked:
 
 
 class PayloadHandler:
-    """Synchronous part of ingest (runs in the store thread): topic, validation, store.
+    """Synchronous part of ingest (worker threads): topic and validation, then the store.
 
     `registry()` gives the gateway registry in force (None: every place is accepted).
     Calling it with a group of messages commits them in ONE transaction and returns one
@@ -132,7 +135,13 @@ class PayloadHandler:
         self.registry = registry
 
     def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
-        checked = [self.check(topic, payload) for topic, payload in messages]
+        return self.commit(self.check_all(messages))
+
+    def check_all(self, messages: Sequence[Message]) -> list[Checked]:
+        return [self.check(topic, payload) for topic, payload in messages]
+
+    def commit(self, checked: Sequence[Checked]) -> list[Outcome]:
+        """ONE transaction for all of `checked`; raises (nothing committed) if it fails."""
         results = self.store.ingest_many([c.item for c in checked])
         return [_outcome(c, r) for c, r in zip(checked, results, strict=True)]
 
@@ -209,6 +218,7 @@ class Collector:
         self.subscribed = asyncio.Event()
         self._protocol = ProtocolChooser(endpoint.protocol)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collector-store")
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="collector-validate")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,6 +237,7 @@ class Collector:
             sessions.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sessions
+            self._checker.shutdown(wait=True)
             self._executor.shutdown(wait=True)
             log.info("collector_stopped", **asdict(self.counters))
 
@@ -346,25 +357,29 @@ class Collector:
 
     async def _consume(self, client: aiomqtt.Client) -> None:
         inbox = Inbox(self.bounds)
+        #: validated groups waiting for the store: one, so validation runs one group ahead
+        staged: asyncio.Queue[list[Checked] | None] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read(client, inbox), name="collector-reader")
-        worker = asyncio.create_task(self._store_worker(client, inbox), name="collector-worker")
+        validator = asyncio.create_task(self._validate(inbox, staged), name="collector-validate")
+        committer = asyncio.create_task(self._commit(client, staged), name="collector-commit")
+        tasks = (reader, validator, committer)
         self.subscribed.set()
         try:
-            done, _ = await asyncio.wait({reader, worker}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
             raise aiomqtt.MqttError("the broker's message stream ended")
         except asyncio.CancelledError:
             reader.cancel()
             inbox.close()
-            # stopping: the group the worker holds is committed and acked first
-            await asyncio.gather(worker, return_exceptions=True)
+            # stopping: the groups already taken are committed and acked first
+            await asyncio.gather(validator, committer, return_exceptions=True)
             raise
         finally:
             self.inbox_high_water = max(self.inbox_high_water, inbox.high_water)
-            for task in (reader, worker):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(reader, worker, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         """Every message into the inbox, at once; one that does not fit is shed."""
@@ -376,7 +391,17 @@ class Collector:
                             hint="the collector's inbox is full (the store is behind): this "
                                  "payload is not acked, its gateway resends it")
 
-    async def _store_worker(self, client: aiomqtt.Client, inbox: Inbox) -> None:
+    async def _validate(self, inbox: Inbox,
+                        staged: asyncio.Queue[list[Checked] | None]) -> None:
+        """Each group taken from the inbox, validated in its own thread; None once closed."""
+        loop = asyncio.get_running_loop()
+        while group := await inbox.take():
+            checked = await loop.run_in_executor(self._checker, self.handler.check_all, group)
+            await staged.put(checked)
+        await staged.put(None)
+
+    async def _commit(self, client: aiomqtt.Client,
+                      staged: asyncio.Queue[list[Checked] | None]) -> None:
         """Commit each group in the store thread, then publish its acks without waiting."""
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self.bounds.acks_in_flight)
@@ -387,12 +412,13 @@ class Collector:
             slots.release()
 
         try:
-            while group := await inbox.take():
+            while (group := await staged.get()) is not None:
                 try:
-                    outcomes = await loop.run_in_executor(self._executor, self.handler, group)
+                    outcomes = await loop.run_in_executor(self._executor, self.handler.commit,
+                                                          group)
                 except Exception as exc:  # disk full, server gone: no ack, the edge resends
                     self.counters.store_failures += len(group)
-                    log.error("store_failed", payloads=len(group), topic=group[0][0],
+                    log.error("store_failed", payloads=len(group), topic=group[0].item.origin.topic,
                               error=repr(exc))
                     continue
                 self.counters.transactions += 1

@@ -1,9 +1,11 @@
 """The collector's bounded inbox: payloads read from the broker, waiting for the store.
 
-One reader offers, one store worker takes. Bounded in payloads and in bytes
-(`Bounds.queued_payloads`, `queued_bytes`): `offer` refuses a payload that does not fit
-(the caller counts it as shed), it never blocks; one payload bigger than the byte bound
-is still taken into an empty inbox, so any payload the broker delivers can be handled.
+One reader offers, one validator takes. Memory held by ingest: the inbox, plus at most
+three groups beyond it (one being validated, one validated and waiting, one committing).
+Bounded in payloads and in bytes (`Bounds.queued_payloads`, `queued_bytes`): `offer`
+refuses a payload that does not fit (the caller counts it as shed), it never blocks; one
+payload bigger than the byte bound is still taken into an empty inbox, so any payload
+the broker delivers can be handled.
 `take` waits for at least one payload, then returns everything waiting up to a group's
 caps (`group_payloads`, `group_bytes`), oldest first, at least one. After `close`,
 `take` returns nothing more: what was not taken stays unacknowledged.

@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Callable
 
 from collector.config import CollectorConfig
+from collector.inbox import Bounds
 from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker
 from collector.registry import Registry, RegistryFile
@@ -67,6 +68,8 @@ def build_collector(cfg: CollectorConfig, store: Store, endpoint: Endpoint,
         limits=Limits(cfg.ingest.max_payload_bytes, cfg.ingest.max_events_per_batch),
         backoff=cfg.reconnect, ack_timeout_s=cfg.ingest.ack_timeout_s, registry=current,
         collector_id=cfg.collector.id, summary_interval_s=cfg.ingest.summary_interval_s,
+        bounds=Bounds(queued_payloads=cfg.ingest.max_queued_payloads,
+                      queued_bytes=cfg.ingest.max_queued_bytes),
     )
 
 

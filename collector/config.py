@@ -108,6 +108,12 @@ class IngestConfig(Strict):
     summary_interval_s: float = Field(
         default=60.0, gt=0, le=86400,
         description="how often `edge-collector run` logs its one-line `collector_summary`")
+    max_queued_payloads: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        description="payloads waiting for the store, at most; beyond it a payload is shed "
+                    "(not acked: its gateway resends it)")
+    max_queued_bytes: ByteSize = Field(
+        default=64 * 1024 * 1024, description="their bytes, at most (same rule)")
 
 
 class GatewaysConfig(Strict):

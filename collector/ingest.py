@@ -1,14 +1,45 @@
-"""The ingest loop: broker → validate → ONE store transaction → commit → ack.
+"""The ingest loop: broker → bounded inbox → validate → ONE store transaction per group →
+COMMIT → acks.
 
-Ack timing: the ack for a payload is published only after `Store.ingest` returned, i.e.
-after its COMMIT (SQLite: WAL + synchronous=FULL, so the rows survive a power cut). A
-crash between commit and ack costs only a resend, which the `id` dedupe absorbs.
+Ack timing: the acks for a payload are published only after `Store.ingest_many` returned,
+i.e. after the COMMIT of the transaction that held it (SQLite: WAL + synchronous=FULL;
+PostgreSQL: synchronous commit), so the rows survive a power cut. A crash between commit
+and ack costs only a resend, which the `id` dedupe absorbs.
 
-Messages are handled one at a time, in arrival order: validation and the store call run
-in a single worker thread so the event loop stays responsive. Measured on the 2-core dev
-box (bench/collector_ingest.py, batches of 200): validation ~18 µs/event, the FULL-sync
-transaction ~3 ms/batch, ~25,000 events/s end to end through Mosquitto. Sequential
-handling is not the bottleneck.
+Four tasks per broker session:
+
+- the **reader** takes every message aiomqtt delivers and offers it to the `Inbox`,
+  bounded in payloads and bytes (`inbox.Bounds`). When it is full the payload is shed:
+  counted (`shed`), logged, not stored and not acked. Nothing acked is lost that way:
+  paho has already PUBACKed it to the broker (it acknowledges QoS 1 on receipt, before
+  our code runs), but the edge keeps every event in its outbox until OUR ack and resends
+  it after `ack_timeout_s` (at once on a collector's presence change). So a flood costs
+  the edge a resend, never data, and the collector's memory stays bounded. The reader
+  never blocks: blocking would only move the backlog into aiomqtt's own queue.
+  Why not aiomqtt's `max_queued_incoming_messages`: when its queue is full it discards
+  the message with a bare warning, uncounted, and it bounds the count only, not bytes;
+  so its queue is left unbounded and drained at once by the reader. Why not MQTT v5
+  Receive Maximum: it bounds the QoS 1 messages the broker sends before their PUBACK,
+  and paho PUBACKs on receipt (aiomqtt has no manual acks), so it bounds nothing here;
+  with manual PUBACKs after commit the broker would queue for us instead (Mosquitto:
+  `max_queued_messages`, then it drops, silently, and a clean session loses its queue
+  on a disconnect): no better than shedding where we can count it.
+- the **validator** takes everything waiting (up to a group's caps: `group_payloads`,
+  `group_bytes`) and validates it in its own thread, one group ahead of the store;
+- the **committer** commits each validated group, in the single store thread, with ONE
+  `ingest_many` (one fsync, one COPY on PostgreSQL); a transaction that fails (disk full,
+  server gone) acks nothing of the group: the edge resends. Two threads, because
+  validation (JSON Schema, ~2/3 of the thread's time with PostgreSQL) holds the GIL while
+  the commit mostly waits for the database, which releases it: they overlap;
+- the **acks** of a committed group are published concurrently, at most
+  `acks_in_flight` awaiting their PUBACK, while the next group is committed; the
+  committer never waits for an ack's PUBACK before the next transaction (it did: ~800
+  payloads/s with one-event payloads, docs/benchmarks.md).
+
+On stop, the groups already taken from the inbox are committed and their acks (and every
+ack in flight) published before the session ends; what waits in the inbox is left to the
+edge's resend. A lost broker session cancels all four; a commit still running in the
+store thread finishes there, unacked.
 
 Presence: with a `collector_id`, the collector says `online` (retained, QoS 1) on
 `collector_presence_topic(id)` once its subscription is in place, leaves `offline` there
@@ -31,9 +62,10 @@ from aiomqtt import ProtocolVersion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from collector.acks import as_stored, build_acks
-from collector.model import EventRow, Rejected
+from collector.inbox import Bounds, Inbox, Message
+from collector.model import EventRow, Rejected, Verdict
 from collector.registry import Registry
-from collector.store import IngestResult, Origin, Store
+from collector.store import IngestResult, Origin, Payload, Store
 from collector.summary import Counters, Summary
 from collector.text import storable
 from collector.validate import Limits, check_payload
@@ -75,10 +107,25 @@ def _no_registry() -> Registry | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One payload after its topic and validation, before the store.
+
+    `verdict` is None for a topic that is not a gateway's events topic (no acks then).
+    """
+
+    item: Payload
+    gateway: str | None
+    ack_topic: str | None
+    verdict: Verdict | None
+
+
 class PayloadHandler:
-    """Synchronous part of ingest (runs in the worker thread): topic, validation, store.
+    """Synchronous part of ingest (worker threads): topic and validation, then the store.
 
     `registry()` gives the gateway registry in force (None: every place is accepted).
+    Calling it with a group of messages commits them in ONE transaction and returns one
+    `Outcome` per message, in order; it raises (nothing committed) if the store fails.
     """
 
     def __init__(self, store: Store, limits: Limits,
@@ -87,15 +134,25 @@ class PayloadHandler:
         self.limits = limits
         self.registry = registry
 
-    def __call__(self, topic: str, payload: bytes) -> Outcome:
+    def __call__(self, messages: Sequence[Message]) -> list[Outcome]:
+        return self.commit(self.check_all(messages))
+
+    def check_all(self, messages: Sequence[Message]) -> list[Checked]:
+        return [self.check(topic, payload) for topic, payload in messages]
+
+    def commit(self, checked: Sequence[Checked]) -> list[Outcome]:
+        """ONE transaction for all of `checked`; raises (nothing committed) if it fails."""
+        results = self.store.ingest_many([c.item for c in checked])
+        return [_outcome(c, r) for c, r in zip(checked, results, strict=True)]
+
+    def check(self, topic: str, payload: bytes) -> Checked:
         try:
             gw, channel = parse_topic(topic)
             if channel != "events":
                 raise TopicError(f"{topic!r}: not an events topic")
         except TopicError as exc:
             rejected = [Rejected(f"topic: {exc}", payload)]
-            n = self.store.quarantine(Origin(topic, None), rejected)
-            return Outcome(IngestResult(quarantined=n), None, reasons=[r.reason for r in rejected])
+            return Checked(Payload(Origin(topic, None), (), rejected), None, None, None)
         registry = self.registry()
         if registry is not None and registry.unregistered == "accept" \
                 and not registry.knows(gw.gateway):
@@ -103,10 +160,16 @@ class PayloadHandler:
                         hint="add it to the gateways file; until then its events are accepted "
                              "wherever they claim to be (gateways.unregistered: accept)")
         verdict = check_payload(payload, gw, self.limits, registry)
-        result = self.store.ingest(Origin(topic, gw.gateway), verdict.accepted, verdict.rejected)
-        stored = as_stored(verdict, result.diverted)
-        return Outcome(result, gw.gateway, gw.ack, build_acks(stored),
-                       [r.reason for r in stored.rejected], _oldest(verdict.accepted))
+        return Checked(Payload(Origin(topic, gw.gateway), verdict.accepted, verdict.rejected),
+                       gw.gateway, gw.ack, verdict)
+
+
+def _outcome(checked: Checked, result: IngestResult) -> Outcome:
+    if checked.verdict is None:
+        return Outcome(result, None, reasons=[r.reason for r in checked.item.rejected])
+    stored = as_stored(checked.verdict, result.diverted)
+    return Outcome(result, checked.gateway, checked.ack_topic, build_acks(stored),
+                   [r.reason for r in stored.rejected], _oldest(checked.verdict.accepted))
 
 
 def _oldest(rows: Sequence[EventRow]) -> float | None:
@@ -136,7 +199,8 @@ class Collector:
                  share_group: str | None = None, limits: Limits | None = None,
                  backoff: BackoffConfig | None = None, ack_timeout_s: float = 5.0,
                  registry: Callable[[], Registry | None] = _no_registry,
-                 collector_id: str | None = None, summary_interval_s: float = 60.0) -> None:
+                 collector_id: str | None = None, summary_interval_s: float = 60.0,
+                 bounds: Bounds | None = None) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
         self.share_group = share_group
@@ -144,6 +208,9 @@ class Collector:
         self.ack_timeout_s = ack_timeout_s
         self.presence_topic = collector_presence_topic(collector_id) if collector_id else None
         self.handler = PayloadHandler(store, limits or Limits(), registry)
+        self.bounds = bounds or Bounds()
+        #: the most payloads ever waiting in the inbox (tests: the bound holds)
+        self.inbox_high_water = 0
         self.counters = Counters()
         self.summary_interval_s = summary_interval_s
         self.summary = Summary(time.time())
@@ -151,11 +218,12 @@ class Collector:
         self.subscribed = asyncio.Event()
         self._protocol = ProtocolChooser(endpoint.protocol)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collector-store")
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="collector-validate")
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Ingest until `stop` is set; the message in hand is committed and acked first."""
+        """Ingest until `stop` is set; the group in hand is committed and acked first."""
         sessions = asyncio.create_task(self._sessions(), name="collector-sessions")
         stopper = asyncio.create_task(stop.wait(), name="collector-stop")
         summaries = asyncio.create_task(self._summaries(), name="collector-summary")
@@ -169,6 +237,7 @@ class Collector:
             sessions.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sessions
+            self._checker.shutdown(wait=True)
             self._executor.shutdown(wait=True)
             log.info("collector_stopped", **asdict(self.counters))
 
@@ -242,7 +311,8 @@ class Collector:
     def _client(self) -> aiomqtt.Client:
         # aiomqtt acknowledges incoming QoS 1 before our code sees the message (paho's default),
         # so a crash here loses the broker's copy. That is safe: the edge keeps every event
-        # until our application-level ack and resends it. Unbounded queue: never drop.
+        # until our application-level ack and resends it. aiomqtt's queue is unbounded and
+        # drained at once by the reader into the bounded inbox (module docstring).
         will = (aiomqtt.Will(self.presence_topic, PRESENCE_OFFLINE, qos=1, retain=True)
                 if self.presence_topic is not None else None)
         return make_client(self.endpoint, self._protocol.current, identifier=self.client_id,
@@ -286,29 +356,85 @@ class Collector:
     # ------------------------------------------------------------------ consuming
 
     async def _consume(self, client: aiomqtt.Client) -> None:
+        inbox = Inbox(self.bounds)
+        #: validated groups waiting for the store: one, so validation runs one group ahead
+        staged: asyncio.Queue[list[Checked] | None] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read(client, inbox), name="collector-reader")
+        validator = asyncio.create_task(self._validate(inbox, staged), name="collector-validate")
+        committer = asyncio.create_task(self._commit(client, staged), name="collector-commit")
+        tasks = (reader, validator, committer)
         self.subscribed.set()
-        async for message in client.messages:
-            handling = asyncio.ensure_future(self._handle(client, message))
-            try:
-                await asyncio.shield(handling)
-            except asyncio.CancelledError:
-                await handling  # stopping: finish this commit and its ack first
-                raise
-
-    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
-        loop = asyncio.get_running_loop()
         try:
-            outcome = await loop.run_in_executor(
-                self._executor, self.handler, topic, _as_bytes(message.payload))
-        except Exception as exc:  # disk full, store locked too long: no ack, the edge resends
-            self.counters.store_failures += 1
-            log.error("store_failed", topic=topic, error=repr(exc))
-            return
-        self._count(outcome)
-        # Committed: only now may the edge learn that these events are safe.
-        for ack in outcome.acks:
-            await self._publish_ack(client, outcome, ack)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise aiomqtt.MqttError("the broker's message stream ended")
+        except asyncio.CancelledError:
+            reader.cancel()
+            inbox.close()
+            # stopping: the groups already taken are committed and acked first
+            await asyncio.gather(validator, committer, return_exceptions=True)
+            raise
+        finally:
+            self.inbox_high_water = max(self.inbox_high_water, inbox.high_water)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, client: aiomqtt.Client, inbox: Inbox) -> None:
+        """Every message into the inbox, at once; one that does not fit is shed."""
+        async for message in client.messages:
+            topic = message.topic.value
+            if not inbox.offer((topic, _as_bytes(message.payload))):
+                self.counters.shed += 1
+                log.warning("payload_shed", topic=topic, waiting=len(inbox),
+                            hint="the collector's inbox is full (the store is behind): this "
+                                 "payload is not acked, its gateway resends it")
+
+    async def _validate(self, inbox: Inbox,
+                        staged: asyncio.Queue[list[Checked] | None]) -> None:
+        """Each group taken from the inbox, validated in its own thread; None once closed."""
+        loop = asyncio.get_running_loop()
+        while group := await inbox.take():
+            checked = await loop.run_in_executor(self._checker, self.handler.check_all, group)
+            await staged.put(checked)
+        await staged.put(None)
+
+    async def _commit(self, client: aiomqtt.Client,
+                      staged: asyncio.Queue[list[Checked] | None]) -> None:
+        """Commit each group in the store thread, then publish its acks without waiting."""
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.bounds.acks_in_flight)
+        flying: set[asyncio.Task[None]] = set()
+
+        def landed(task: asyncio.Task[None]) -> None:
+            flying.discard(task)
+            slots.release()
+
+        try:
+            while (group := await staged.get()) is not None:
+                try:
+                    outcomes = await loop.run_in_executor(self._executor, self.handler.commit,
+                                                          group)
+                except Exception as exc:  # disk full, server gone: no ack, the edge resends
+                    self.counters.store_failures += len(group)
+                    log.error("store_failed", payloads=len(group), topic=group[0].item.origin.topic,
+                              error=repr(exc))
+                    continue
+                self.counters.transactions += 1
+                for outcome in outcomes:
+                    self._count(outcome)
+                    # Committed: only now may the edge learn that these events are safe.
+                    for ack in outcome.acks:
+                        await slots.acquire()
+                        task = asyncio.create_task(self._publish_ack(client, outcome, ack))
+                        flying.add(task)
+                        task.add_done_callback(landed)
+            await asyncio.gather(*flying)
+        except asyncio.CancelledError:
+            for task in flying:
+                task.cancel()
+            raise
 
     def _count(self, outcome: Outcome) -> None:
         c, r = self.counters, outcome.result

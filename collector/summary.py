@@ -2,7 +2,8 @@
 
 Pure bookkeeping, fed by the ingest loop after each commit. The summary (one log line
 per interval, default a minute) is the totals' change over the interval (events per
-second, duplicates, quarantined and dropped rejections, store failures) plus what only
+second, duplicates, quarantined and dropped rejections, store failures, transactions and
+payloads per transaction, payloads shed by the full inbox) plus what only
 the interval keeps: the lag (commit time minus the oldest event time of each payload:
 the worst and the 99th percentile over the interval's payloads) and how many distinct
 gateways were seen. `take()` returns the line's fields and starts afresh.
@@ -33,6 +34,10 @@ class Counters:
     acks_sent: int = 0
     ack_failures: int = 0
     store_failures: int = 0
+    #: store transactions committed (each a group of payloads)
+    transactions: int = 0
+    #: payloads not taken because the inbox was full (not acked: the edge resends)
+    shed: int = 0
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Summary:
         interval = max(now - self.started, 1e-9)
         b = self.base
         inserted = totals.inserted - b.inserted
+        transactions = totals.transactions - b.transactions
         line = {
             "interval_s": round(interval, 1),
             "messages": totals.messages - b.messages,
@@ -70,6 +76,10 @@ class Summary:
             "dropped": totals.dropped - b.dropped,
             "gateways_seen": len(self.gateways),
             "store_failures": totals.store_failures - b.store_failures,
+            "transactions": transactions,
+            "payloads_per_transaction": round((totals.messages - b.messages) / transactions, 1)
+            if transactions else None,
+            "shed": totals.shed - b.shed,
         }
         fresh = Summary(now, replace(totals))
         self.__dict__.update(fresh.__dict__)

@@ -26,8 +26,7 @@ from pydantic import SecretStr
 from collector.config import BrokerUser, ManagedBrokerConfig
 from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker
-from collector.model import EventRow, Rejected
-from collector.store import IngestResult, Origin, Store, open_store
+from collector.store import IngestResult, Payload, Store, open_store
 from collector.validate import Limits
 from edge_agent.config.models import BackoffConfig, SecretRef
 from edge_agent.contract.mqtt import Endpoint
@@ -74,11 +73,10 @@ class SlowStore:
         self.inner, self.delay_s = inner, delay_s
         self.entered = threading.Event()
 
-    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
-               rejected: Sequence[Rejected]) -> IngestResult:
+    def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
         self.entered.set()
         time.sleep(self.delay_s)
-        return self.inner.ingest(origin, accepted, rejected)
+        return self.inner.ingest_many(items)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -27,10 +27,13 @@ def test_summary_counts_an_interval_then_starts_afresh() -> None:
         totals.dropped += drop
         s.add(gateway=gateway, lag_s=lag)
     totals.store_failures += 1
+    totals.transactions += 2  # the three payloads were committed in two groups
+    totals.shed += 4
     line = s.take(now=110.0, totals=totals)
     assert line == {"interval_s": 10.0, "messages": 3, "events": 300, "events_per_s": 30.0,
                     "duplicates": 5, "lag_max_s": 3.0, "lag_p99_s": 3.0, "quarantined": 3,
-                    "dropped": 1, "gateways_seen": 2, "store_failures": 1}
+                    "dropped": 1, "gateways_seen": 2, "store_failures": 1,
+                    "transactions": 2, "payloads_per_transaction": 1.5, "shed": 4}
     after = s.take(now=120.0, totals=totals)
     assert (after["messages"], after["events_per_s"], after["lag_max_s"],
             after["gateways_seen"]) == (0, 0.0, None, 0)

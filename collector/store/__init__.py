@@ -14,6 +14,7 @@ from collector.store.base import (
     Gap,
     IngestResult,
     Origin,
+    Payload,
     QuarantineEntry,
     Store,
     StoreError,
@@ -25,7 +26,7 @@ from collector.store.url import StoreUrl, parse_store_url
 if TYPE_CHECKING:
     from collector.quarantine import QuarantineLimits
 
-__all__ = ["DroppedCount", "Gap", "IngestResult", "Origin", "QuarantineEntry", "Store",
+__all__ = ["DroppedCount", "Gap", "IngestResult", "Origin", "Payload", "QuarantineEntry", "Store",
            "StoreError", "StoreStats", "StoreUrl", "StreamInfo", "migrate_store", "open_store",
            "parse_store_url"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from collector.model import EventRow, Rejected
 
@@ -19,6 +19,15 @@ class Origin:
 
     topic: str
     gateway: str | None
+
+
+class Payload(NamedTuple):
+    """One MQTT payload's share of a group commit: where it came from, the events
+    validation accepted, and what it rejected."""
+
+    origin: Origin
+    accepted: Sequence[EventRow]
+    rejected: Sequence[Rejected]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +116,21 @@ class Store(Protocol):
     def open(self) -> None:
         """Create the schema if needed; idempotent."""
 
-    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
-               rejected: Sequence[Rejected]) -> IngestResult:
-        """Insert events idempotently, update watermarks and quarantine, in ONE transaction.
+    def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
+        """Insert several payloads' events idempotently, update watermarks and quarantine,
+        all in ONE transaction (group commit); one result per payload, in order.
 
         When this returns, everything is durably committed; when it raises, nothing is.
-        An event the transaction refuses (a value the backend cannot hold) does not fail
-        the others: they are inserted one by one and the refused one is quarantined.
+        An event the transaction refuses (a value the backend cannot hold) fails neither
+        its payload's other events nor the other payloads: they are inserted payload by
+        payload, then event by event, and the refused one is quarantined. An id twice in
+        the group is inserted once: the later copy is a duplicate (or a conflict). Each
+        payload's rejections are quarantined under its own origin and bounds.
         """
+
+    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
+               rejected: Sequence[Rejected]) -> IngestResult:
+        """`ingest_many` of one payload."""
 
     def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
         """Store rejected payloads only (one transaction); returns the rows written."""

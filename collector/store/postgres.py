@@ -1,6 +1,9 @@
 """PostgreSQL store: the same contract as the SQLite one, for several collectors at once.
 
-A payload is one transaction, committed before `ingest` returns (the ack follows the
+Group commit (`_group`): the payloads waiting are ONE transaction and ONE `_insert_events`
+call; a deadlock or serialization failure runs the whole group again.
+
+A group is one transaction, committed before `ingest_many` returns (the acks follow the
 COMMIT). The ids go first into `event_ids` with one `INSERT … SELECT FROM unnest(arrays)
 ON CONFLICT DO NOTHING RETURNING id` (the new ones), then only those rows into `events`
 with COPY (no conflict possible; measured faster than `INSERT … SELECT FROM unnest`:
@@ -17,12 +20,13 @@ ahead and drops whole partitions past `retention_days`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -30,12 +34,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from collector.model import EVENT_COLUMNS, EventRow, Rejected
 from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
-from collector.store._rows import conflict_entry, content_hash, one_line, refused_entry
+from collector.store._group import GroupCommit
+from collector.store._rows import conflict_entry, content_hash, one_line
 from collector.store.base import (
     DroppedCount,
     Gap,
     IngestResult,
     Origin,
+    Payload,
     QuarantineEntry,
     StoreError,
     StoreStats,
@@ -92,19 +98,19 @@ VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT (gateway, cause) DO UPDATE SET rows = quarantine_dropped.rows + excluded.rows,
   bytes = quarantine_dropped.bytes + excluded.bytes, last_at = excluded.last_at
 """
-#: Expired quarantine entries are deleted at most this often (and at start-up).
-EXPIRE_EVERY_S = 600.0
 #: Errors an event's values cause (a NUL character, a time PostgreSQL cannot hold): that
 #: event is refused, the rest stored. Anything else (server gone, disk full) fails the
 #: payload unacked.
 _EVENT_FAULTS = (ValueError, OverflowError, psycopg.DataError, psycopg.errors.CheckViolation,
                  psycopg.errors.NotNullViolation)
-#: Lock conflicts between collectors: the payload's transaction is run again.
+#: Lock conflicts between collectors: the group's transaction is run again.
 _RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _REASON_MAX, _TOPIC_MAX, _ID_MAX = 2000, 300, 64
 
 
-class PostgresStore:
+class PostgresStore(GroupCommit[Cur]):
+    _event_faults = _EVENT_FAULTS
+
     def __init__(self, dsn: str, *, create: bool = True, retention_days: int | None = None,
                  clock: Callable[[], float] = time.time,
                  quarantine: QuarantineLimits | None = None,
@@ -183,59 +189,27 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ writes
 
-    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
-               rejected: Sequence[Rejected]) -> IngestResult:
+    def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
+        if not items:
+            return []
         now = self._clock()
         for attempt in range(3):
             try:
-                return self._ingest_tx(origin, accepted, rejected, now)
+                return self._commit_group(items, now)
             except _RETRY as exc:
                 if attempt == 2:
                     raise
-                log.info("ingest_retried", gateway=origin.gateway, error=one_line(exc))
+                log.info("ingest_retried", payloads=len(items),
+                         gateway=items[0].origin.gateway, error=one_line(exc))
         raise AssertionError("unreachable")
 
-    def _ingest_tx(self, origin: Origin, accepted: Sequence[EventRow],
-                   rejected: Sequence[Rejected], now: float) -> IngestResult:
-        with self.pool.connection() as conn:
-            try:
-                with conn.transaction(), conn.cursor() as cur:
-                    return self._ingest(cur, origin, accepted, rejected, now, one_by_one=False)
-            except _EVENT_FAULTS as exc:
-                log.warning("batch_refused_by_store", gateway=origin.gateway,
-                            events=len(accepted), error=storable(one_line(exc), _REASON_MAX),
-                            hint="inserting its events one by one; the refused ones are "
-                                 "quarantined")
-            with conn.transaction(), conn.cursor() as cur:
-                return self._ingest(cur, origin, accepted, rejected, now, one_by_one=True)
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Cur]:
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
 
-    def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
-        return self.ingest(origin, (), rejected).quarantined
-
-    def _ingest(self, cur: Cur, origin: Origin, accepted: Sequence[EventRow],
-                rejected: Sequence[Rejected], now: float, *, one_by_one: bool) -> IngestResult:
-        stamp = format_time(now)
-        refused: list[Rejected] = []
-        if one_by_one:
-            inserted: list[EventRow] = []
-            conflicts: list[Rejected] = []
-            for row in accepted:
-                try:
-                    with cur.connection.transaction():
-                        ins, con = self._insert_events(cur, [row], stamp)
-                except _EVENT_FAULTS as exc:
-                    ins, con = [], []
-                    refused.append(refused_entry(row, exc))
-                inserted += ins
-                conflicts += con
-        else:
-            inserted, conflicts = self._insert_events(cur, accepted, stamp)
-        diverted = (*conflicts, *refused)
-        kept, dropped = self._insert_quarantine(cur, origin, [*rejected, *diverted], now)
-        if now - self._expired_at >= EXPIRE_EVERY_S:
-            self._expire(cur, now)
-        return IngestResult(len(inserted), len(accepted) - len(inserted) - len(diverted), kept,
-                            dropped, len(conflicts), diverted)
+    def _savepoint(self, cur: Cur) -> contextlib.AbstractContextManager[psycopg.Transaction]:
+        return cur.connection.transaction()
 
     def _insert_events(self, cur: Cur, rows: Sequence[EventRow],
                        now: str) -> tuple[list[EventRow], list[Rejected]]:

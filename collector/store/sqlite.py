@@ -1,12 +1,13 @@
-"""SQLite store: WAL, synchronous=FULL (an ack promises durability), one transaction per payload.
+"""SQLite store: WAL, synchronous=FULL (an ack promises durability), one transaction per group.
 
 Schema creation goes through sqlite-utils from `schema.py`; the hot path is plain sqlite3.
 Several collector processes may share one file: `BEGIN IMMEDIATE` takes the write lock
 up front and waits up to `busy_timeout_s` for it.
 
-A payload is one transaction. If an event makes it fail (a value SQLite cannot bind:
-validation should have caught it), the transaction is rolled back and run again with one
-SAVEPOINT per event: the refused event is quarantined, the others are stored. An id
+The payloads waiting are one transaction (group commit, `_group`: one fsync for all). If
+an event makes it fail (a value SQLite cannot bind: validation should have caught it),
+the transaction is rolled back and run again with one SAVEPOINT per payload, then per
+event of a payload refused again: the refused event is quarantined, the others stored. An id
 already stored with other content is a conflict: quarantined with both content hashes.
 Quarantine entries are bounded (`collector.quarantine`): rate and caps per gateway, a
 total cap, retention; what is not kept is counted in `quarantine_dropped`.
@@ -14,24 +15,28 @@ total cap, retention; what is not kept is counted in `quarantine_dropped`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from collector.model import EVENT_COLUMNS, EventRow, Rejected
 from collector.quarantine import DropCause, QuarantineLimits, RateGate, condense, stored_size
-from collector.store._rows import conflict_entry, content_hash, refused_entry
+from collector.store._group import EXPIRE_EVERY_S as EXPIRE_EVERY_S
+from collector.store._group import GroupCommit
+from collector.store._rows import conflict_entry, content_hash
 from collector.store.base import (
     DroppedCount,
     Gap,
     IngestResult,
     Origin,
+    Payload,
     QuarantineEntry,
     StoreError,
     StoreStats,
@@ -99,8 +104,6 @@ _IN_CHUNK = 500
 OPEN_RETRY_INITIAL_S, OPEN_RETRY_MAX_S = 0.02, 0.5
 LOCKED_HINT = ("; another process holds the file locked (a collector, or a long sqlite3 "
                "session): stop it, or raise busy_timeout")
-#: Expired quarantine entries are deleted at most this often (and at start-up).
-EXPIRE_EVERY_S = 600.0
 #: Errors an event's values cause while binding or inserting: that event is refused, the
 #: rest stored. Everything else (disk full, lock timeout, I/O) fails the payload unacked.
 _EVENT_FAULTS = (ValueError, OverflowError, sqlite3.IntegrityError, sqlite3.InterfaceError,
@@ -111,7 +114,9 @@ _REASON_MAX, _TOPIC_MAX, _ID_MAX = 2000, 300, 64
 StreamKey = tuple[str, str]
 
 
-class SqliteStore:
+class SqliteStore(GroupCommit[sqlite3.Cursor]):
+    _event_faults = _EVENT_FAULTS
+
     def __init__(self, path: Path, *, create: bool = True, busy_timeout_s: float = 30.0,
                  clock: Callable[[], float] = time.time,
                  quarantine: QuarantineLimits | None = None) -> None:
@@ -185,48 +190,22 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writes
 
-    def ingest(self, origin: Origin, accepted: Sequence[EventRow],
-               rejected: Sequence[Rejected]) -> IngestResult:
-        now = self._clock()
+    def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
+        return self._commit_group(items, self._clock()) if items else []
+
+    def _tx(self) -> _transaction:
+        return _transaction(self.conn)
+
+    @contextlib.contextmanager
+    def _savepoint(self, cur: sqlite3.Cursor) -> Iterator[None]:
+        cur.execute("SAVEPOINT part")
         try:
-            with _transaction(self.conn) as cur:
-                return self._ingest(cur, origin, accepted, rejected, now, one_by_one=False)
-        except _EVENT_FAULTS as exc:
-            log.warning("batch_refused_by_store", gateway=origin.gateway, events=len(accepted),
-                        error=storable(f"{type(exc).__name__}: {exc}", _REASON_MAX),
-                        hint="inserting its events one by one; the refused ones are quarantined")
-        with _transaction(self.conn) as cur:
-            return self._ingest(cur, origin, accepted, rejected, now, one_by_one=True)
-
-    def quarantine(self, origin: Origin, rejected: Sequence[Rejected]) -> int:
-        return self.ingest(origin, (), rejected).quarantined
-
-    def _ingest(self, cur: sqlite3.Cursor, origin: Origin, accepted: Sequence[EventRow],
-                rejected: Sequence[Rejected], now: float, *, one_by_one: bool) -> IngestResult:
-        stamp = format_time(now)
-        refused: list[Rejected] = []
-        if one_by_one:
-            inserted: list[EventRow] = []
-            conflicts: list[Rejected] = []
-            for row in accepted:
-                cur.execute("SAVEPOINT one_event")
-                try:
-                    ins, con = self._insert_events(cur, [row], stamp)
-                except _EVENT_FAULTS as exc:
-                    cur.execute("ROLLBACK TO one_event")
-                    ins, con = [], []
-                    refused.append(refused_entry(row, exc))
-                cur.execute("RELEASE one_event")
-                inserted += ins
-                conflicts += con
-        else:
-            inserted, conflicts = self._insert_events(cur, accepted, stamp)
-        diverted = (*conflicts, *refused)
-        kept, dropped = self._insert_quarantine(cur, origin, [*rejected, *diverted], now)
-        if now - self._expired_at >= EXPIRE_EVERY_S:
-            self._expire(cur, now)
-        return IngestResult(len(inserted), len(accepted) - len(inserted) - len(diverted), kept,
-                            dropped, len(conflicts), diverted)
+            yield
+        except BaseException:
+            cur.execute("ROLLBACK TO part")
+            raise
+        finally:
+            cur.execute("RELEASE part")
 
     def _insert_events(self, cur: sqlite3.Cursor, rows: Sequence[EventRow],
                        now: str) -> tuple[list[EventRow], list[Rejected]]:

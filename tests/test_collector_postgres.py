@@ -312,3 +312,49 @@ def test_a_version_1_store_with_data_is_migrated_and_reads_the_same(fresh: str) 
         assert [(g.from_seq, g.to_seq, g.explained) for g in store.gaps()] == [(6, 7, True)]
     finally:
         store.close()
+
+
+def test_one_id_committed_by_two_collectors_under_different_streams_is_stored_once(
+        postgres: Postgres) -> None:
+    """No stream lock orders these (the id is claimed by two gateways): both look the id up,
+    both COPY; the second waits for the first's commit, fails on the key, runs again and
+    finds a conflict."""
+    url = postgres.new_database()
+    migrate_store(url)
+    a, b = open_store(url), open_store(url)
+    try:
+        rounds, size = 8, 100
+        results: list[list[tuple[int, int]]] = [[], []]
+        errors: list[BaseException] = []
+        go = threading.Barrier(2)
+        batches = []
+        for _ in range(rounds):
+            evs = rows([reading("gw-a", new_epoch(), s) for s in range(1, size + 1)])
+            other = [dataclasses.replace(r, gateway="gw-b", source=r.source.replace(
+                "/gw-a/", "/gw-b/")) for r in evs]
+            batches.append((evs, other))
+
+        def feed(i: int) -> None:
+            store, origin = (a, ORIGIN) if i == 0 else (b, Origin("t", "gw-b"))
+            try:
+                for pair in batches:
+                    go.wait(30)
+                    got = store.ingest(origin, pair[i], [])
+                    results[i].append((got.inserted, got.conflicts))
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+                go.abort()
+
+        threads = [threading.Thread(target=feed, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        for (ins_a, con_a), (ins_b, con_b) in zip(*results, strict=True):
+            assert (ins_a + ins_b, con_a + con_b) == (size, size)
+        assert query(url, "SELECT COUNT(*), COUNT(DISTINCT id) FROM event_rows") == [
+            (rounds * size, rounds * size)]
+    finally:
+        a.close()
+        b.close()

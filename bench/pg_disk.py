@@ -120,11 +120,12 @@ def measure(url: str, events: int) -> dict[str, Any]:
             continue
         total += size
         per = round(size / events, 1)
-        emit({"relation": rel, "kind": "index" if kind == "i" else "table",
-              "heap_bytes_per_event" if kind == "r" else "bytes_per_event": round(
-                  int(main) / events, 1) if kind == "r" else per,
-              **({"toast_bytes_per_event": round(int(toast) / events, 1)} if kind == "r" else {}),
-              "bytes": size})
+        if kind == "r":
+            emit({"relation": rel, "kind": "table", "bytes_per_event": per,
+                  "heap_bytes_per_event": round(int(main) / events, 1),
+                  "toast_bytes_per_event": round(int(toast) / events, 1), "bytes": size})
+        else:
+            emit({"relation": rel, "kind": "index", "bytes_per_event": per, "bytes": size})
         out[rel] = per
     return {"bytes_per_event": round(total / events, 1), "relations": out}
 

@@ -282,7 +282,9 @@ class PostgresStore:
         if inserted:  # new ids only: COPY needs no conflict handling
             places = _place_ids(cur, {_place(r) for r in inserted})
             with cur.copy(_COPY_EVENTS) as copy:
-                for row in inserted:
+                # in id order: two collectors take the key locks in the same order (no
+                # deadlock), and the primary key is appended to
+                for row in sorted(inserted, key=lambda r: r.id):
                     copy.write_row((ids[row.id], row.time, now, epoch_int(row.epoch), row.seq,
                                     places[_place(row)], row.type, row.device, row.severity,
                                     row.data))

@@ -22,7 +22,7 @@ from psycopg_pool import PoolTimeout
 from collector.cli import main
 from collector.model import EventRow
 from collector.store import Origin, StoreError, migrate_store, open_store
-from collector.store.pg_keys import uuid_ulid
+from collector.store.pg_keys import day_bound, uuid_ulid
 from collector.store.pg_migrate import migrate
 from collector.store.pg_partitions import PartitionKeeper, existing, partition_name
 from collector.store.postgres import PostgresStore
@@ -294,6 +294,10 @@ def test_a_version_1_store_with_data_is_migrated_and_reads_the_same(fresh: str) 
     assert placed == {1: f"event_rows_p{today}", 2: f"event_rows_p{today}",
                       4: f"event_rows_p{today}", 5: "event_rows_default",
                       8: f"event_rows_p{today}"}
+    lo, hi = day_bound(now.date()), day_bound(now.date() + timedelta(days=1))
+    assert query(fresh, "SELECT pg_get_expr(relpartbound, oid) FROM pg_class "  # the keeper's
+                        f"WHERE relname = 'event_rows_p{today}'") == [
+        (f"FOR VALUES FROM ('{lo}') TO ('{hi}')",)]
     store = open_store(fresh)
     try:
         [st] = store.stats().streams

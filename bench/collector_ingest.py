@@ -7,8 +7,8 @@
 `--store postgresql` starts its own PostgreSQL (as Debian ships it: fsync on) in a temp
 dir on 127.0.0.1; a `postgresql://` URL uses that server (a fresh, migrated database).
 PostgreSQL also gets a `disk` round: `--disk-events` events stored (many gateways, one
-day), then `pg_total_relation_size` of events (all partitions, with indexes) and of
-`event_ids`, per event.
+day), then every relation's bytes per event (`bench/pg_disk.py`'s `measure`; that bench
+loads a city mix instead of one kind of reading).
 
 Rounds (one JSON line each, then `{"summary": ...}`):
 - `validate`: `check_payload` on batches of `--batch` smoke.reading events;
@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import Timer, emit, rate, summary  # noqa: E402
+from bench.pg_disk import measure  # noqa: E402
 from collector.config import BrokerUser, ManagedBrokerConfig  # noqa: E402
 from collector.ingest import Collector, PayloadHandler  # noqa: E402
 from collector.managed_broker import ManagedBroker  # noqa: E402
@@ -369,22 +370,12 @@ def bench_disk(url: str, events: int, size: int) -> dict[str, Any]:
         for origin, rows in validated:
             store.ingest(origin, rows, [])
     store.close()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
-        row = conn.execute(
-            "SELECT (SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass), "
-            "pg_total_relation_size('event_ids'), (SELECT COUNT(*) FROM events)").fetchone()
-    assert row is not None
-    ev_bytes, id_bytes, n = int(row[0]), int(row[1]), int(row[2])
-    out = {"round": "disk", "events": n, "events_per_s": rate(n, t.seconds),
-           "events_bytes_per_event": round(ev_bytes / n, 1),
-           "event_ids_bytes_per_event": round(id_bytes / n, 1),
-           "bytes_per_event": round((ev_bytes + id_bytes) / n, 1)}
-    emit(out)
-    return {"disk_bytes_per_event": out["bytes_per_event"],
-            "disk_round_events_per_s": out["events_per_s"]}
-
+    n = sum(len(rows) for _, rows in validated)
+    disk = measure(url, n)  # a JSON line per relation
+    emit({"round": "disk", "events": n, "events_per_s": rate(n, t.seconds),
+          "bytes_per_event": disk["bytes_per_event"]})
+    return {"disk_bytes_per_event": disk["bytes_per_event"],
+            "disk_round_events_per_s": rate(n, t.seconds)}
 
 if __name__ == "__main__":
     main()

@@ -5,14 +5,14 @@
 Each method stores the same validated batches in a fresh, migrated database of its own
 PostgreSQL server (durable, as Debian ships it), one transaction per batch, rounds
 alternating between methods; one JSON line per method and round, then the summary
-(best round of each):
-- `copy_direct` (the store): ids into `event_ids` by `unnest … ON CONFLICT DO NOTHING
-  RETURNING id`, then the new rows COPYed into `events`;
+(best round of each). The rows are those of `event_rows` (schema version 2: id uuid,
+one `places` row, epoch bigint, data text):
+- `copy_direct` (the store): the stored ones of the batch's ids looked up (`id = ANY(…)
+  AND id BETWEEN min AND max`), then the new rows COPYed into `event_rows`;
 - `copy_staging`: every row COPYed into a temporary staging table, then `INSERT INTO
-  event_ids … SELECT … ON CONFLICT DO NOTHING RETURNING id` and `INSERT INTO events
-  SELECT … FROM staging` for those ids;
-- `unnest`: ids as in `copy_direct`, the rows by `INSERT INTO events SELECT FROM unnest(14
-  arrays)`.
+  event_rows SELECT … FROM staging ON CONFLICT (id) DO NOTHING RETURNING id`;
+- `unnest`: `INSERT INTO event_rows SELECT FROM unnest(10 arrays) ON CONFLICT (id) DO
+  NOTHING RETURNING id`.
 """
 
 from __future__ import annotations
@@ -33,52 +33,55 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import Timer, emit, rate, summary  # noqa: E402
 from bench.collector_ingest import TOPICS, payloads  # noqa: E402
-from collector.model import EVENT_COLUMNS, EventRow  # noqa: E402
+from collector.model import EventRow  # noqa: E402
 from collector.store import migrate_store  # noqa: E402
+from collector.store.pg_keys import epoch_int, ulid_uuid  # noqa: E402
 from collector.store.pg_partitions import PartitionKeeper  # noqa: E402
 from collector.validate import check_payload  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
 from tests.peers import Postgres  # noqa: E402
 
-COLS = ", ".join(EVENT_COLUMNS)
-CASTS = {"time": "timestamptz", "received_at": "timestamptz", "seq": "bigint", "data": "jsonb"}
-IDS = ("INSERT INTO event_ids (id, time) SELECT i, t::timestamptz FROM unnest(%s::text[], "
-       "%s::text[]) AS u(i, t) ON CONFLICT (id) DO NOTHING RETURNING id")
+COLS = "id, time, received_at, epoch, seq, place, type, device, severity, data"
+TYPES = ("uuid", "timestamptz", "timestamptz", "bigint", "bigint", "integer", "text", "text",
+         "text", "text")
+STORED = "SELECT id FROM event_rows WHERE id = ANY(%s) AND id BETWEEN %s AND %s"
 NOW = "2026-12-05T00:00:00.000Z"
 Method = Callable[[psycopg.Cursor[Any], list[EventRow]], None]
 
 
-def new_ids(cur: psycopg.Cursor[Any], rows: list[EventRow]) -> list[EventRow]:
-    cur.execute(IDS, ([r.id for r in rows], [r.time for r in rows]))
-    fresh = {i for (i,) in cur.fetchall()}
-    return [r for r in rows if r.id in fresh]
+def values(rows: list[EventRow]) -> list[tuple[Any, ...]]:
+    """Rows as `event_rows` takes them (the one place is id 1)."""
+    return [(ulid_uuid(r.id), r.time, NOW, epoch_int(r.epoch), r.seq, 1, r.type, r.device,
+             r.severity, r.data) for r in rows]
 
 
 def copy_direct(cur: psycopg.Cursor[Any], rows: list[EventRow]) -> None:
-    fresh = new_ids(cur, rows)
-    with cur.copy(f"COPY events ({COLS}) FROM STDIN".encode()) as copy:
-        for r in fresh:
-            copy.write_row(r.values(NOW))
+    ids = [ulid_uuid(r.id) for r in rows]
+    cur.execute(STORED, (ids, min(ids), max(ids)))
+    stored = {i for (i,) in cur.fetchall()}
+    with cur.copy(f"COPY event_rows ({COLS}) FROM STDIN".encode()) as copy:
+        for v in values(rows):
+            if v[0] not in stored:
+                copy.write_row(v)
 
 
 def copy_staging(cur: psycopg.Cursor[Any], rows: list[EventRow]) -> None:
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS staging (LIKE events) ON COMMIT DELETE ROWS")
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS staging AS SELECT {COLS} FROM event_rows "
+                "WITH NO DATA".encode())
+    cur.execute("TRUNCATE staging")
     with cur.copy(f"COPY staging ({COLS}) FROM STDIN".encode()) as copy:
-        for r in rows:
-            copy.write_row(r.values(NOW))
-    cur.execute(f"WITH fresh AS (INSERT INTO event_ids (id, time) SELECT id, time FROM staging "
-                f"ON CONFLICT (id) DO NOTHING RETURNING id) INSERT INTO events ({COLS}) "
-                f"SELECT {COLS} FROM staging WHERE id IN (SELECT id FROM fresh)".encode())
+        for v in values(rows):
+            copy.write_row(v)
+    cur.execute(f"INSERT INTO event_rows ({COLS}) SELECT {COLS} FROM staging "
+                "ON CONFLICT (id) DO NOTHING RETURNING id".encode())
 
 
 def unnest(cur: psycopg.Cursor[Any], rows: list[EventRow]) -> None:
-    fresh = new_ids(cur, rows)
-    select = ", ".join(f"{c}::{CASTS[c]}" if c in CASTS else c for c in EVENT_COLUMNS)
-    arrays = ", ".join("%s::text[]" for _ in EVENT_COLUMNS)
-    values = [r.values(NOW) for r in fresh]
-    cur.execute(f"INSERT INTO events ({COLS}) SELECT {select} FROM unnest({arrays}) "
-                f"AS t({COLS})".encode(),
-                [[str(v[i]) for v in values] for i in range(len(EVENT_COLUMNS))])
+    arrays = ", ".join(f"%s::{t}[]" for t in TYPES)
+    vals = values(rows)
+    cur.execute(f"INSERT INTO event_rows ({COLS}) SELECT * FROM unnest({arrays}) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id".encode(),
+                [[v[i] for v in vals] for i in range(len(TYPES))])
 
 
 METHODS: dict[str, Method] = {"copy_direct": copy_direct, "copy_staging": copy_staging,
@@ -112,12 +115,15 @@ def main(batches: int, batch: int, rounds: int) -> None:
                 url = pg.new_database()
                 migrate_store(url)
                 PartitionKeeper(url, retention_days=None).run_once()  # as the store does
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("INSERT INTO places (district, street, community, gateway) "
+                                 "VALUES ('371312', '371312001', '371312001001', 'gw-b1')")
                 with psycopg.connect(url) as conn, conn.cursor() as cur:
                     with Timer() as t:
                         for rows in validated:
                             with conn.transaction():
                                 method(cur, rows)
-                    count = cur.execute("SELECT COUNT(*) FROM events").fetchone()
+                    count = cur.execute("SELECT COUNT(*) FROM event_rows").fetchone()
                 assert count is not None and count[0] == batches * batch, (name, count)
                 r = rate(batches * batch, t.seconds)
                 emit({"round": rnd, "method": name, "events_per_s": r,

@@ -5,12 +5,14 @@ unique across partitions, watermarks under two collectors committing one stream 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -20,13 +22,15 @@ from psycopg_pool import PoolTimeout
 from collector.cli import main
 from collector.model import EventRow
 from collector.store import Origin, StoreError, migrate_store, open_store
+from collector.store.pg_keys import day_bound, uuid_ulid
+from collector.store.pg_migrate import migrate
 from collector.store.pg_partitions import PartitionKeeper, existing, partition_name
 from collector.store.postgres import PostgresStore
 from edge_agent.contract.envelope import format_time
 from tests.peers import Postgres, free_port
 from tests.test_collector_cli import write_config
 from tests.test_collector_store import query, rows
-from tests.test_collector_support import new_epoch, reading
+from tests.test_collector_support import alarm, data_loss, new_epoch, reading
 
 ORIGIN = Origin("cd/v1/371312/371312001001/gw-a/events", "gw-a")
 
@@ -41,14 +45,23 @@ def at(row: EventRow, when: datetime) -> EventRow:
     return dataclasses.replace(row, time=format_time(when.timestamp()))
 
 
+def minted(row: EventRow, when: datetime) -> EventRow:
+    """The row with an id minted at `when` (its partition's day) and that time."""
+    ms = int(when.timestamp() * 1000)
+    ulid = uuid_ulid(UUID(int=(ms << 80) | random.getrandbits(80)))
+    return dataclasses.replace(at(row, when), id=ulid)
+
+
 def test_migrate_is_idempotent_and_recorded(fresh: str) -> None:
     runner = CliRunner()
     first = runner.invoke(main, ["migrate", "--store", fresh])
     assert first.exit_code == 0, first.output
-    assert first.output.splitlines() == ["applied 0001_initial.sql", "schema up to date"]
+    assert first.output.splitlines() == ["applied 0001_initial.sql",
+                                         "applied 0002_compact_events.sql", "schema up to date"]
     again = runner.invoke(main, ["migrate", "--store", fresh])
     assert (again.exit_code, again.output) == (0, "schema up to date\n")
-    assert query(fresh, "SELECT version, name FROM schema_version") == [(1, "0001_initial.sql")]
+    assert query(fresh, "SELECT version, name FROM schema_version ORDER BY 1") == [
+        (1, "0001_initial.sql"), (2, "0002_compact_events.sql")]
 
 
 def test_an_unmigrated_store_is_refused_with_a_hint(fresh: str, tmp_path: Path) -> None:
@@ -72,7 +85,8 @@ def test_an_unreachable_server_is_an_operator_error(postgres: Postgres) -> None:
         open_store(url)
 
 
-def test_daily_partitions_are_created_ahead_and_events_land_in_their_day(fresh: str) -> None:
+def test_daily_partitions_are_created_ahead_and_events_land_in_their_id_day(fresh: str) -> None:
+    """The partition is the day the id was minted (the ULID's time), whatever `time` says."""
     migrate_store(fresh)
     store = open_store(fresh)
     try:
@@ -81,10 +95,13 @@ def test_daily_partitions_are_created_ahead_and_events_land_in_their_day(fresh: 
         assert {partition_name(today + timedelta(days=d)) for d in range(-2, 4)} <= names
         epoch = new_epoch()
         now, old = datetime.now(UTC), datetime(2001, 1, 1, tzinfo=UTC)
-        evs = rows([reading("gw-a", epoch, 1), reading("gw-a", epoch, 2)])
-        assert store.ingest(ORIGIN, [at(evs[0], now), at(evs[1], old)], []).inserted == 2
-        placed = dict(query(fresh, "SELECT seq, tableoid::regclass::text FROM events"))
-        assert placed == {1: partition_name(now.date()), 2: "events_default"}
+        yesterday = now - timedelta(days=1)
+        evs = rows([reading("gw-a", epoch, s) for s in (1, 2, 3)])
+        sent = [minted(evs[0], now), minted(evs[1], old), minted(at(evs[2], old), yesterday)]
+        assert store.ingest(ORIGIN, sent, []).inserted == 3
+        placed = dict(query(fresh, "SELECT seq, tableoid::regclass::text FROM event_rows"))
+        assert placed == {1: partition_name(now.date()), 2: "event_rows_default",
+                          3: partition_name(yesterday.date())}
     finally:
         store.close()
 
@@ -116,7 +133,7 @@ def test_collectors_starting_together_create_the_partitions_once(fresh: str) -> 
 
 
 def test_an_id_resent_with_another_time_is_a_conflict_not_a_second_row(fresh: str) -> None:
-    """(id, time) is the partitioned key; `event_ids` keeps the id unique on its own."""
+    """The id alone is the key (its partition is its mint day, not `time`)."""
     migrate_store(fresh)
     store = open_store(fresh)
     try:
@@ -141,7 +158,8 @@ def test_retention_drops_old_partitions_while_ingest_goes_on(fresh: str) -> None
     store = open_store(fresh)
     try:
         epoch = new_epoch()
-        old = [at(r, old_day) for r in rows([reading("gw-a", epoch, s) for s in range(1, 51)])]
+        old = [minted(r, old_day)
+               for r in rows([reading("gw-a", epoch, s) for s in range(1, 51)])]
         assert store.ingest(ORIGIN, old, []).inserted == 50
         stop = threading.Event()
         inserted: list[int] = []
@@ -172,8 +190,8 @@ def test_retention_drops_old_partitions_while_ingest_goes_on(fresh: str) -> None
         assert partition_name(old_day.date()) in dropped
         assert partition_name(old_day.date()) not in existing_names(fresh)
         assert query(fresh, "SELECT COUNT(*) FROM events WHERE gateway = 'gw-a'") == [(0,)]
-        assert query(fresh, "SELECT COUNT(*) FROM event_ids WHERE time < now() - "
-                            "interval '5 days'") == [(0,)]
+        assert query(fresh, "SELECT COUNT(*) FROM event_rows WHERE tableoid::regclass::text "
+                            "= 'event_rows_default'") == [(0,)]
         assert query(fresh, "SELECT COUNT(*) FROM events") == [(sum(inserted),)]
         assert sum(inserted) >= after + 200  # ingest went on after the drop
     finally:
@@ -267,3 +285,106 @@ def test_a_server_restart_fails_payloads_while_it_is_away_then_ingest_resumes() 
         store.close()
     finally:
         server.stop()
+
+
+def test_a_version_1_store_with_data_is_migrated_and_reads_the_same(fresh: str) -> None:
+    """0002 moves the rows of a version-1 store into `event_rows`: the `events` relation
+    reads the same, watermarks and gaps are unchanged, old ids stay duplicates."""
+    with psycopg.connect(fresh) as conn:
+        assert migrate(conn, upto=1) == ["0001_initial.sql"]
+    epoch, now = new_epoch(), datetime.now(UTC)
+    today = partition_name(now.date()).removeprefix("event_rows_p")
+    evs = rows([reading("gw-a", epoch, 1), alarm("gw-a", epoch, 2), reading("gw-a", epoch, 4),
+                reading("gw-a", epoch, 5), data_loss("gw-a", epoch, 8, [[6, 7]])])
+    evs[3] = minted(evs[3], datetime(2001, 1, 1, tzinfo=UTC))  # v1: in events_default
+    loss = json.loads(evs[4].data)
+    stamp = format_time(now.timestamp())
+    with psycopg.connect(fresh) as conn:
+        conn.execute(f"CREATE TABLE events_p{today} PARTITION OF events FOR VALUES FROM "
+                     f"('{now.date()}T00:00:00Z') TO ('{now.date() + timedelta(days=1)}"
+                     "T00:00:00Z')".encode())
+        for ev in evs:  # as the version-1 store wrote them
+            conn.execute(b"INSERT INTO events VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                         b"%s, %s, %s, %s)", ev.values(stamp))
+            conn.execute(b"INSERT INTO event_ids VALUES (%s, %s)", (ev.id, ev.time))
+        conn.execute(b"INSERT INTO streams VALUES ('gw-a', %s, %s, %s, 8, 5, 2)",
+                     (epoch, stamp, stamp))
+        conn.execute(b"INSERT INTO explained_gaps VALUES ('gw-a', %s, 6, 7, %s, %s)",
+                     (epoch, loss["reason"], evs[4].id))
+    before = query(fresh, "SELECT * FROM events ORDER BY id")
+    assert CliRunner().invoke(main, ["migrate", "--store", fresh]).output.splitlines() == [
+        "applied 0002_compact_events.sql", "schema up to date"]
+    assert query(fresh, "SELECT * FROM events ORDER BY id") == before
+    assert query(fresh, "SELECT to_regclass('event_ids') IS NULL") == [(True,)]
+    placed = dict(query(fresh, "SELECT seq, tableoid::regclass::text FROM event_rows"))
+    assert placed == {1: f"event_rows_p{today}", 2: f"event_rows_p{today}",
+                      4: f"event_rows_p{today}", 5: "event_rows_default",
+                      8: f"event_rows_p{today}"}
+    lo, hi = day_bound(now.date()), day_bound(now.date() + timedelta(days=1))
+    assert query(fresh, "SELECT pg_get_expr(relpartbound, oid) FROM pg_class "  # the keeper's
+                        f"WHERE relname = 'event_rows_p{today}'") == [
+        (f"FOR VALUES FROM ('{lo}') TO ('{hi}')",)]
+    store = open_store(fresh)
+    try:
+        [st] = store.stats().streams
+        assert (st.high_seq, st.received, st.contiguous_through) == (8, 5, 2)
+        assert store.stats().events == 5
+        assert [(g.from_seq, g.to_seq, g.explained) for g in store.gaps()] == [
+            (3, 3, False), (6, 7, True)]
+        again = store.ingest(ORIGIN, [evs[0], evs[3]], [])
+        assert (again.inserted, again.duplicates, again.conflicts) == (0, 2, 0)
+        changed = dataclasses.replace(evs[1], data='{"state":"cleared","alarm_id":"a-1"}')
+        assert store.ingest(ORIGIN, [changed], []).conflicts == 1
+        [three] = rows([reading("gw-a", epoch, 3)])
+        assert store.ingest(ORIGIN, [three], []).inserted == 1
+        [st] = store.stats().streams
+        assert (st.high_seq, st.received, st.contiguous_through) == (8, 6, 5)
+        assert [(g.from_seq, g.to_seq, g.explained) for g in store.gaps()] == [(6, 7, True)]
+    finally:
+        store.close()
+
+
+def test_one_id_committed_by_two_collectors_under_different_streams_is_stored_once(
+        postgres: Postgres) -> None:
+    """No stream lock orders these (the id is claimed by two gateways): both look the id up,
+    both COPY; the second waits for the first's commit, fails on the key, runs again and
+    finds a conflict."""
+    url = postgres.new_database()
+    migrate_store(url)
+    a, b = open_store(url), open_store(url)
+    try:
+        rounds, size = 8, 100
+        results: list[list[tuple[int, int]]] = [[], []]
+        errors: list[BaseException] = []
+        go = threading.Barrier(2)
+        batches = []
+        for _ in range(rounds):
+            evs = rows([reading("gw-a", new_epoch(), s) for s in range(1, size + 1)])
+            other = [dataclasses.replace(r, gateway="gw-b", source=r.source.replace(
+                "/gw-a/", "/gw-b/")) for r in evs]
+            batches.append((evs, other))
+
+        def feed(i: int) -> None:
+            store, origin = (a, ORIGIN) if i == 0 else (b, Origin("t", "gw-b"))
+            try:
+                for pair in batches:
+                    go.wait(30)
+                    got = store.ingest(origin, pair[i], [])
+                    results[i].append((got.inserted, got.conflicts))
+            except BaseException as exc:  # reported by the test
+                errors.append(exc)
+                go.abort()
+
+        threads = [threading.Thread(target=feed, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        for (ins_a, con_a), (ins_b, con_b) in zip(*results, strict=True):
+            assert (ins_a + ins_b, con_a + con_b) == (size, size)
+        assert query(url, "SELECT COUNT(*), COUNT(DISTINCT id) FROM event_rows") == [
+            (rounds * size, rounds * size)]
+    finally:
+        a.close()
+        b.close()

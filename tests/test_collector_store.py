@@ -59,21 +59,28 @@ def rows(events: list[Event], gateway: str = "gw-a") -> list[EventRow]:
 
 
 def test_events_table_has_the_design_columns(store: Store, store_url: str) -> None:
+    """On PostgreSQL `events` is a view over the compact `event_rows` (migration 0002)
+    with the columns and types of version 1."""
     if store_url.startswith("postgresql"):
-        cols = [c for (c,) in query(store_url, "SELECT column_name FROM "
-                                    "information_schema.columns WHERE table_name = 'events' "
-                                    "ORDER BY ordinal_position")]
+        typed = query(store_url, "SELECT column_name, data_type FROM information_schema.columns "
+                                 "WHERE table_name = 'events' ORDER BY ordinal_position")
+        cols = [c for c, _ in typed]
+        assert {c: t for c, t in typed if t != "text"} == {
+            "time": "timestamp with time zone", "received_at": "timestamp with time zone",
+            "seq": "bigint", "data": "jsonb"}
         indexes = {i for (i,) in query(store_url, "SELECT indexname FROM pg_indexes "
-                                       "WHERE tablename = 'events'")}
+                                       "WHERE tablename = 'event_rows'")}
+        assert indexes == {"event_rows_pkey", "idx_event_rows_place_epoch_seq",
+                           "idx_event_rows_tx", "idx_event_rows_time"}
     else:
         conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
         cols = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(events)")}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {"idx_events_gateway_epoch_seq", "idx_events_type_time",
+                "idx_events_received_at"} <= indexes
     assert cols == ["id", "type", "source", "district", "street", "community", "gateway",
                     "device", "time", "received_at", "epoch", "seq", "severity", "data"]
-    assert {"idx_events_gateway_epoch_seq", "idx_events_type_time",
-            "idx_events_received_at"} <= indexes
 
 
 def test_insert_is_idempotent_and_counts_duplicates(store: Store, store_url: str) -> None:

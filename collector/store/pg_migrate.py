@@ -52,8 +52,9 @@ def current_version(conn: psycopg.Connection[Any]) -> int:
     return int(got[0]) if got else 0
 
 
-def migrate(conn: psycopg.Connection[Any]) -> list[str]:
-    """Apply what is missing; returns the names applied (empty: already up to date)."""
+def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[str]:
+    """Apply what is missing (up to version `upto`, default all); returns the names applied
+    (empty: already up to date)."""
     applied: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
@@ -61,7 +62,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[str]:
                      "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
         have = current_version(conn)
         for m in migrations():
-            if m.version <= have:
+            if m.version <= have or (upto is not None and m.version > upto):
                 continue
             with conn.transaction():
                 conn.execute(m.sql.encode())

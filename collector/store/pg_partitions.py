@@ -1,12 +1,15 @@
-"""Daily partitions of `events` on PostgreSQL: created ahead, dropped whole past retention.
+"""Daily partitions of `event_rows` on PostgreSQL: created ahead, dropped whole past retention.
 
-`events_pYYYYMMDD` holds [day, day + 1) in UTC. `run_once` creates the partitions from
-`DAYS_BACK` days ago to `DAYS_AHEAD` days ahead (a backlog of a day or two lands in its
-own day; older or far-future times go to `events_default`, which is never dropped), then
-drops every daily partition that ends at or before now − `retention_days`: DETACH, then
-DROP TABLE of the detached table, then the `event_ids` of that day in small batches.
+`event_rows_pYYYYMMDD` holds the ids minted in [day, day + 1) UTC: the uuid range
+[`day_bound(day)`, `day_bound(day + 1)`) (the ULID's first 48 bits are its mint time in
+ms; `pg_keys`). `run_once` creates the partitions from `DAYS_BACK` days ago to
+`DAYS_AHEAD` days ahead (a backlog of a day or two lands in its own day; older or
+far-future ids go to `event_rows_default`, which is never dropped), then drops every daily
+partition that ends at or before now − `retention_days`: DETACH, then DROP TABLE of the
+detached table. The id is the primary key, so a dropped day takes its ids with it: a
+resend of one of them later is stored again (as with any store past its retention).
 
-Creating and detaching a partition take a short exclusive lock on `events` (DETACH
+Creating and detaching a partition take a short exclusive lock on `event_rows` (DETACH
 CONCURRENTLY is not allowed next to a default partition): both run with `lock_timeout`,
 so ingest waits at most that long; what times out is tried again at the next round
 (partitions are made 3 days ahead: many rounds before they are needed).
@@ -23,18 +26,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from collector.store.pg_keys import day_bound
 from edge_agent.contract.logs import get_logger
 
 log = get_logger("collector.store")
 
 DAYS_BACK, DAYS_AHEAD = 2, 3
-_NAME = re.compile(r"^events_p(\d{8})$")
+_NAME = re.compile(r"^event_rows_p(\d{8})$")
 _LOCK_TIMEOUT = "1s"
-_ID_BATCH = 10_000
 
 
 def partition_name(day: date) -> str:
-    return f"events_p{day:%Y%m%d}"
+    return f"event_rows_p{day:%Y%m%d}"
 
 
 class PartitionKeeper:
@@ -68,10 +71,10 @@ class PartitionKeeper:
                     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(_LOCK_TIMEOUT)))
                     conn.execute(sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF events "
+                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF event_rows "
                         "FOR VALUES FROM ({}) TO ({})").format(
-                            sql.Identifier(name), sql.Literal(f"{day.isoformat()}T00:00:00Z"),
-                            sql.Literal(f"{(day + timedelta(days=1)).isoformat()}T00:00:00Z")))
+                            sql.Identifier(name), sql.Literal(str(day_bound(day))),
+                            sql.Literal(str(day_bound(day + timedelta(days=1))))))
             except (psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
                 # another collector created it between our look and our CREATE (`IF NOT
                 # EXISTS` is not atomic against a concurrent CREATE): it is there
@@ -83,7 +86,7 @@ class PartitionKeeper:
             except psycopg.errors.CheckViolation:
                 # events of that day already sit in the default partition: they stay there
                 log.warning("partition_not_created", partition=name,
-                            hint="events of that day are in events_default; they are kept")
+                            hint="events of that day are in event_rows_default; they are kept")
                 continue
             created.append(name)
         if created:
@@ -103,14 +106,13 @@ class PartitionKeeper:
                 with conn.transaction():
                     conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
                         sql.Literal(_LOCK_TIMEOUT)))
-                    conn.execute(sql.SQL("ALTER TABLE events DETACH PARTITION {}").format(
+                    conn.execute(sql.SQL("ALTER TABLE event_rows DETACH PARTITION {}").format(
                         sql.Identifier(name)))
             except psycopg.errors.LockNotAvailable:
                 log.info("partition_detach_postponed", partition=name,
                          hint="ingest held the table; tried again at the next round")
                 continue
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-            _forget_ids(conn, day, end)
             dropped.append(name)
         if dropped:
             log.info("partitions_dropped", partitions=dropped, retention_days=self.retention_days)
@@ -118,10 +120,10 @@ class PartitionKeeper:
 
 
 def existing(conn: psycopg.Connection[Any]) -> dict[str, date]:
-    """Daily partitions attached to `events`, by name, oldest first."""
+    """Daily partitions attached to `event_rows`, by name, oldest first."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'events'::regclass").fetchall()
+        "WHERE i.inhparent = 'event_rows'::regclass").fetchall()
     found = {}
     for (name,) in rows:
         m = _NAME.match(str(name))
@@ -129,16 +131,3 @@ def existing(conn: psycopg.Connection[Any]) -> dict[str, date]:
             found[str(name)] = datetime.strptime(m.group(1), "%Y%m%d").date()
     return dict(sorted(found.items(), key=lambda kv: kv[1]))
 
-
-def _forget_ids(conn: psycopg.Connection[Any], day: date, end: date) -> None:
-    """Delete the ids of a dropped day, a batch per transaction (no long lock)."""
-    while True:
-        cur = conn.execute(
-            "DELETE FROM event_ids WHERE id IN (SELECT id FROM event_ids WHERE time >= %s "
-            "AND time < %s LIMIT %s)", (_midnight(day), _midnight(end), _ID_BATCH))
-        if cur.rowcount < _ID_BATCH:
-            return
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)

@@ -1,17 +1,21 @@
 """PostgreSQL store: the same contract as the SQLite one, for several collectors at once.
 
 Group commit (`_group`): the payloads waiting are ONE transaction and ONE `_insert_events`
-call; a deadlock or serialization failure runs the whole group again.
+call; a deadlock, a serialization failure or a key violation runs the whole group again.
 
-A group is one transaction, committed before `ingest_many` returns (the acks follow the
-COMMIT). The ids go first into `event_ids` with one `INSERT … SELECT FROM unnest(arrays)
-ON CONFLICT DO NOTHING RETURNING id` (the new ones), then only those rows into `events`
-with COPY (no conflict possible; measured faster than `INSERT … SELECT FROM unnest`:
-docs/benchmarks.md). `events` is partitioned by day on `time`, so its primary key is
-(id, time); `event_ids` keeps an id unique across partitions, whatever time a resend
-carries. Watermarks: the transaction takes `pg_advisory_xact_lock` on each of its streams
-(sorted: no deadlock) before it reads the stream row and the seqs already stored, so two
-collectors committing batches of one stream are serialised on that stream only.
+A group is one transaction, committed before `ingest_many` returns (the acks follow
+the COMMIT). Events are stored compact in `event_rows` (migration 0002; `events` is a view
+with the public columns): the id as a uuid (`pg_keys`), the hierarchy as a `places` id,
+the epoch as a bigint, `data` as JSON text. `event_rows` is partitioned by day on the id
+(the ULID's mint time), so `PRIMARY KEY (id)` makes an id unique across partitions,
+whatever `time` a resend carries. A group looks its ids up (`id = ANY`, pruned to the
+partitions of its id range), then COPYs only the new rows (measured faster than
+`INSERT … ON CONFLICT`: docs/benchmarks.md); should another collector commit one of those
+ids in between, the COPY waits for it and fails on the key, and the group's transaction
+is run again (`_RETRY`): it then sees a duplicate. Watermarks: the transaction takes
+`pg_advisory_xact_lock` on each of its streams (sorted: no deadlock) before it reads the
+stream row and the seqs already stored, so two collectors committing batches of one
+stream are serialised on that stream only.
 
 The schema is not created here: `edge-collector migrate` applies `migrations/pg/`, and
 `open()` refuses an older schema. A background thread (`pg_partitions`) creates the days
@@ -28,6 +32,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -48,6 +53,7 @@ from collector.store.base import (
     StreamInfo,
 )
 from collector.store.intervals import split_missing
+from collector.store.pg_keys import epoch_int, epoch_text, ulid_uuid, uuid_ulid
 from collector.store.pg_migrate import current_version, latest_version
 from collector.store.pg_partitions import PartitionKeeper
 from collector.store.schema import RAW_CAP
@@ -63,17 +69,25 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 Conn = psycopg.Connection[Any]
 Cur = psycopg.Cursor[Any]
 StreamKey = tuple[str, str]
+#: (district, street, community, gateway)
+Place = tuple[str, str, str, str]
 
-_COLS = ", ".join(EVENT_COLUMNS)
-_COPY_EVENTS = f"COPY events ({_COLS}) FROM STDIN".encode()
-_INSERT_IDS = ("INSERT INTO event_ids (id, time) SELECT i, t::timestamptz "
-               "FROM unnest(%s::text[], %s::text[]) AS u(i, t) ON CONFLICT (id) DO NOTHING "
-               "RETURNING id")
+_COPY_EVENTS = (b"COPY event_rows (id, time, received_at, epoch, seq, place, type, device, "
+                b"severity, data) FROM STDIN")
+_STORED_IDS = (b"SELECT id FROM event_rows WHERE id = ANY(%s) AND id BETWEEN %s AND %s")
 _CONTENT_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "received_at")
+#: The stored content of some ids, in `_CONTENT_COLUMNS` order (the id as its uuid).
 _STORED_CONTENT = (
-    "SELECT " + ", ".join(f"e.{c}" + ("::text" if c == "data" else "") for c in _CONTENT_COLUMNS)
-    + " FROM event_ids i JOIN events e ON e.id = i.id AND e.time = i.time WHERE i.id = ANY(%s)"
-).encode()
+    b"SELECT e.id, e.type, '/' || p.district || '/' || p.street || '/' || p.community || '/' "
+    b"|| p.gateway || '/' || e.device, p.district, p.street, p.community, p.gateway, e.device, "
+    b"e.time, e.epoch, e.seq, e.severity, e.data FROM event_rows e "
+    b"JOIN places p ON p.id = e.place WHERE e.id = ANY(%s)")
+_PLACES = (b"SELECT id, district, street, community, gateway FROM places "
+           b"WHERE gateway = ANY(%s)")
+_NEW_PLACE = (b"INSERT INTO places (district, street, community, gateway) VALUES (%s, %s, %s, %s) "
+              b"ON CONFLICT DO NOTHING RETURNING id")
+#: The rows of one stream: `place` is any of its gateway's places.
+_STREAM_ROWS = "place IN (SELECT id FROM places WHERE gateway = %s) AND epoch = %s"
 _UPSERT_STREAM = """
 INSERT INTO streams (gateway, epoch, first_seen, last_seen, high_seq, received, contiguous_through)
 VALUES (%s, %s, %s, %s, %s, %s, %s)
@@ -88,7 +102,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s)
 _MISSING = """
 SELECT prev + 1, seq - 1 FROM (
   SELECT seq, LAG(seq, 1, %s::bigint) OVER (ORDER BY seq) AS prev
-  FROM (SELECT DISTINCT seq FROM events WHERE gateway = %s AND epoch = %s AND seq > %s) s
+  FROM (SELECT DISTINCT seq FROM event_rows WHERE """ + _STREAM_ROWS + """ AND seq > %s) s
 ) w WHERE seq > prev + 1
 """
 _USAGE = "SELECT COUNT(*), COALESCE(SUM(LEAST(raw_size, %s)), 0)::bigint FROM quarantine"
@@ -103,8 +117,10 @@ ON CONFLICT (gateway, cause) DO UPDATE SET rows = quarantine_dropped.rows + excl
 #: payload unacked.
 _EVENT_FAULTS = (ValueError, OverflowError, psycopg.DataError, psycopg.errors.CheckViolation,
                  psycopg.errors.NotNullViolation)
-#: Lock conflicts between collectors: the group's transaction is run again.
-_RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+#: Lock conflicts between collectors, and an id another collector committed between our
+#: look-up and our COPY: the group's transaction is run again.
+_RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+          psycopg.errors.UniqueViolation)
 _REASON_MAX, _TOPIC_MAX, _ID_MAX = 2000, 300, 64
 
 
@@ -227,21 +243,25 @@ class PostgresStore(GroupCommit[Cur]):
         before = {key: _existing_seqs(cur, key, [r.seq for r in groups[key]
                                                  if r.seq <= streams[key][1]])
                   for key in keys}
-        ordered = sorted(rows, key=lambda r: r.id)  # same lock order on event_ids too
-        cur.execute(_INSERT_IDS, ([r.id for r in ordered], [r.time for r in ordered]))
-        new_ids = {i for (i,) in cur.fetchall()}
+        ids = {row.id: ulid_uuid(row.id) for row in rows}
+        stored = _stored_ids(cur, list(ids.values()))
         inserted: list[EventRow] = []
         others: list[EventRow] = []
         for row in rows:
-            if row.id in new_ids:
-                new_ids.discard(row.id)  # a second copy in the same payload is a resend
-                inserted.append(row)
-            else:
+            if ids[row.id] in stored:
                 others.append(row)
+            else:
+                stored.add(ids[row.id])  # a second copy in the same payload is a resend
+                inserted.append(row)
         if inserted:  # new ids only: COPY needs no conflict handling
+            places = _place_ids(cur, {_place(r) for r in inserted})
             with cur.copy(_COPY_EVENTS) as copy:
-                for row in inserted:
-                    copy.write_row(row.values(now))
+                # in id order: two collectors take the key locks in the same order (no
+                # deadlock), and the primary key is appended to
+                for row in sorted(inserted, key=lambda r: r.id):
+                    copy.write_row((ids[row.id], row.time, now, epoch_int(row.epoch), row.seq,
+                                    places[_place(row)], row.type, row.device, row.severity,
+                                    row.data))
         conflicts = _conflicts(cur, others) if others else []
         new_by_stream: dict[StreamKey, set[int]] = defaultdict(set)
         for row in inserted:
@@ -326,7 +346,8 @@ class PostgresStore(GroupCommit[Cur]):
         with self.pool.connection() as conn:
             for gw, epoch, contiguous in conn.execute((sql + " ORDER BY gateway, epoch").encode(),
                                                       args).fetchall():
-                missing = conn.execute(_MISSING, (contiguous, gw, epoch, contiguous)).fetchall()
+                missing = conn.execute(_MISSING, (contiguous, gw, epoch_int(epoch),
+                                                  contiguous)).fetchall()
                 explained = conn.execute(
                     "SELECT from_seq, to_seq, reason FROM explained_gaps "
                     "WHERE gateway = %s AND epoch = %s", (gw, epoch)).fetchall()
@@ -353,7 +374,8 @@ class PostgresStore(GroupCommit[Cur]):
             dropped = [DroppedCount(*row) for row in c.execute(
                 "SELECT gateway, cause, rows, bytes, last_at FROM quarantine_dropped "
                 "ORDER BY gateway, cause").fetchall()]
-            events, last = _one(c.cursor(), "SELECT COUNT(*), MAX(received_at) FROM events", ())
+            events, last = _one(c.cursor(), "SELECT COUNT(*), MAX(received_at) FROM event_rows",
+                               ())
         return StoreStats(
             events=events, quarantined=quarantined,
             gateways=len({s.gateway for s in streams}),
@@ -379,18 +401,43 @@ def _opt(value: str | None) -> str | None:
     return None if value is None else _text(value)
 
 
+def _place(row: EventRow) -> Place:
+    return (row.district, row.street, row.community, row.gateway)
+
+
+def _place_ids(cur: Cur, wanted: set[Place]) -> dict[Place, int]:
+    """The `places` id of each place, the missing ones inserted (in this transaction)."""
+    found = {tuple(r[1:]): int(r[0]) for r in cur.execute(
+        _PLACES, (sorted({p[3] for p in wanted}),)).fetchall()}
+    for place in sorted(wanted - found.keys()):
+        row = cur.execute(_NEW_PLACE, place).fetchone()
+        if row is None:  # another collector committed it meanwhile: a new statement sees it
+            row = cur.execute(b"SELECT id FROM places WHERE district = %s AND street = %s "
+                              b"AND community = %s AND gateway = %s", place).fetchone()
+            assert row is not None
+        found[place] = int(row[0])
+    return {p: found[p] for p in wanted}
+
+
+def _stored_ids(cur: Cur, ids: list[UUID]) -> set[UUID]:
+    """Those of `ids` already stored (the range bounds prune to their days' partitions)."""
+    cur.execute(_STORED_IDS, (ids, min(ids), max(ids)))
+    return {i for (i,) in cur.fetchall()}
+
+
 def _existing_seqs(cur: Cur, key: StreamKey, seqs: list[int]) -> set[int]:
     if not seqs:
         return set()
-    cur.execute("SELECT seq FROM events WHERE gateway = %s AND epoch = %s AND seq = ANY(%s)",
-                (*key, seqs))
+    cur.execute(("SELECT seq FROM event_rows WHERE " + _STREAM_ROWS + " AND seq = ANY(%s)")
+                .encode(), (key[0], epoch_int(key[1]), seqs))
     return {int(s) for (s,) in cur.fetchall()}
 
 
 def _conflicts(cur: Cur, rows: Sequence[EventRow]) -> list[Rejected]:
     """Rows whose id is stored: those with other content are conflicts."""
-    cur.execute(_STORED_CONTENT, ([r.id for r in rows],))
-    stored = {r[0]: r for r in cur.fetchall()}
+    cur.execute(_STORED_CONTENT, ([ulid_uuid(r.id) for r in rows],))
+    stored = {uuid_ulid(r[0]): (uuid_ulid(r[0]), *r[1:9], epoch_text(r[9]), *r[10:])
+              for r in cur.fetchall()}
     out: list[Rejected] = []
     for row in rows:
         have = stored.get(row.id)
@@ -438,9 +485,9 @@ def _advance_stream(cur: Cur, key: StreamKey, stream: tuple[str | None, int, int
 
 def _contiguous_from(cur: Cur, key: StreamKey, through: int, page: int = 1000) -> int:
     while True:
-        seqs = cur.execute("SELECT seq FROM events WHERE gateway = %s AND epoch = %s "
-                           "AND seq > %s ORDER BY seq LIMIT %s",
-                           (*key, through, page)).fetchall()
+        seqs = cur.execute(("SELECT seq FROM event_rows WHERE " + _STREAM_ROWS
+                            + " AND seq > %s ORDER BY seq LIMIT %s").encode(),
+                           (key[0], epoch_int(key[1]), through, page)).fetchall()
         for (seq,) in seqs:
             if seq == through + 1:
                 through = seq

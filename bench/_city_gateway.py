@@ -138,8 +138,11 @@ class SimGateway:
                         tg.create_task(self._receive(client))
                         tg.create_task(self._send_loop(client, tg))
                 finally:
+                    # bounded: aiomqtt waits for the DISCONNECT's completion without a
+                    # timeout, forever when the socket already broke (a run's teardown hung)
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                        await client.__aexit__(None, None, None)
+                        async with asyncio.timeout(self.window.publish_timeout_s):
+                            await client.__aexit__(None, None, None)
             except* (aiomqtt.MqttError, TimeoutError):
                 self.counters.reconnects += 1
             finally:

@@ -31,7 +31,7 @@ from edge_agent.contract.envelope import Event, Hierarchy, Retention, parse_time
 from edge_agent.contract.mqtt import Endpoint, make_client
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
-from edge_agent.uplink.resend import CongestionWindow, ResendPolicy
+from edge_agent.uplink.resend import Pacing
 
 ALARM, OTHER = 1, 0
 LANES = (ALARM, OTHER)
@@ -63,6 +63,10 @@ class Batch:
     attempts: int = 1
     timeouts: int = 0
     wait_s: float = 0.0
+    first_sent_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_sent_at = self.sent_at
 
 
 @dataclass
@@ -93,8 +97,8 @@ class SimGateway:
         self.inflight: dict[int, Batch] = {}
         self.batch_of: dict[int, int] = {}
         self._batch_ids = itertools.count(1)
-        self.policy = ResendPolicy(window.ack_timeout_s, window.ack_timeout_max_s)
-        self.cwnd = CongestionWindow(window.inflight)
+        self.pacing = Pacing(window.ack_timeout_s, window.ack_timeout_max_s, window.inflight,
+                             aimd=window.aimd)
         self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -171,13 +175,13 @@ class SimGateway:
             await self._wake.wait()
             self._wake.clear()
             while len(self.inflight) < self.window.inflight:
-                lanes = LANES if len(self.inflight) < self.cwnd.limit else (ALARM,)
+                lanes = LANES if len(self.inflight) < self.pacing.limit else (ALARM,)
                 seqs = self._next_seqs(lanes)
                 if not seqs:
                     break
                 bid = next(self._batch_ids)
                 self.inflight[bid] = Batch(set(seqs), time.monotonic(),
-                                           wait_s=self.policy.wait_s(0))
+                                           wait_s=self.pacing.first_wait_s())
                 for s in seqs:
                     self.batch_of[s] = bid
                 self.counters.batches += 1
@@ -208,11 +212,8 @@ class SimGateway:
             if now - batch.sent_at < batch.wait_s:
                 continue
             seqs = sorted(s for s in batch.seqs if s in self.outbox)
-            batch.timeouts += 1
-            if self.window.aimd:
-                self.cwnd.timed_out(batch.sent_at, now)
-            batch.sent_at, batch.attempts = now, batch.attempts + 1
-            batch.wait_s = self.policy.wait_s(batch.timeouts)
+            self.pacing.timed_out(batch, now)
+            self.pacing.sent_again(batch, now)
             self.counters.resends += 1
             task = asyncio.get_running_loop().create_task(self._publish(client, seqs))
             task.add_done_callback(_ignore_result)
@@ -247,10 +248,7 @@ class SimGateway:
                 batch.seqs.discard(seq)
                 if not batch.seqs:
                     del self.inflight[bid]
-                    if batch.attempts == 1:  # a fresh ack
-                        if self.window.aimd:
-                            self.cwnd.on_time()
-                        self.policy.restart(self.inflight.values(), batch.sent_at, mono)
+                    self.pacing.completed(batch, self.inflight.values(), mono)
         if found:
             self._wake.set()
         if not self.outbox:

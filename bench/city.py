@@ -164,7 +164,7 @@ class Run:
                                    "waiting": sum(g.waiting for g in self.fleet),
                                    "street_waiting": sum(g.waiting for g in self.street),
                                    "resends": self.counters.resends + self.burst_counters.resends,
-                                   "mean_window": round(sum(g.cwnd.limit for g in self.fleet)
+                                   "mean_window": round(sum(g.pacing.limit for g in self.fleet)
                                                         / len(self.fleet), 2)}
             with contextlib.suppress(psutil.Error):
                 row["cpu_pct"] = {"bench": self.me.cpu_percent(),

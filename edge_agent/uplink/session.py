@@ -8,9 +8,10 @@ Invariants
    telemetry lane at most the congestion window; a batch without an ack after its ack
    timeout is sent again (rows still present only), or at once when a collector comes
    online (see 8). The timeout starts at `ack_timeout_s` and backs off, with jitter, up
-   to `ack_timeout_max_s` with each resend of the batch; the window halves when acks are
-   late and grows back when they are on time: `edge_agent.uplink.resend` (its invariants
-   R1–R5 say why and how; alarms never wait for a slot the window holds back).
+   to `ack_timeout_max_s` with each resend of the batch (and starts higher while acks
+   take longer than `ack_timeout_s`); the window halves when acks are late and grows back
+   when they are on time: `edge_agent.uplink.resend` (its invariants R1–R5 say why and
+   how; alarms never wait for a slot the window holds back).
 3. Alarms first: lane 1 (alarm retention) is drained before lane 0 on every pick.
 4. On every (re)connect all in-flight state is forgotten and sending restarts from
    the oldest row: the collector may have committed some of it; duplicates are free.
@@ -59,7 +60,7 @@ from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER, GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
 from edge_agent.outbox import Appended, OutboxRow, OutboxThread
-from edge_agent.uplink.resend import CongestionWindow, ResendPolicy
+from edge_agent.uplink.resend import Pacing
 
 log = get_logger("edge_agent.uplink.session")
 
@@ -88,6 +89,10 @@ class Batch:
     timeouts: int = 0
     #: how long the last send waits for its ack (drawn when it was sent)
     wait_s: float = 0.0
+    first_sent_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_sent_at = self.sent_at
 
 
 @dataclass
@@ -141,9 +146,8 @@ class Uplink:
         #: set when a collector came online: resend what was in flight then (invariant 8)
         self._presence = asyncio.Event()
         self._presence_at = -PRESENCE_RESEND_MIN_S
-        self._policy = ResendPolicy(cfg.ack_timeout_s, cfg.resend_cap_s)
         #: kept across sessions: it measures the collectors, not the connection
-        self._window = CongestionWindow(cfg.max_inflight_batches)
+        self._pacing = Pacing(cfg.ack_timeout_s, cfg.resend_cap_s, cfg.max_inflight_batches)
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -274,7 +278,7 @@ class Uplink:
             self._wake.clear()
             while len(self._inflight) < self.cfg.max_inflight_batches:
                 # the window holds back telemetry and records, never alarms
-                lanes = LANES if len(self._inflight) < self._window.limit else ALARM_LANES
+                lanes = LANES if len(self._inflight) < self._pacing.limit else ALARM_LANES
                 rows = await self._next_rows(lanes)
                 if not rows:
                     break
@@ -354,27 +358,25 @@ class Uplink:
                     continue
                 if batch.sent_at > online_at:  # a timeout, not a presence resend (R5)
                     self._timed_out(batch, now)
-                batch.sent_at, batch.attempts = time.monotonic(), batch.attempts + 1
-                batch.wait_s = self._policy.wait_s(batch.timeouts)
+                self._pacing.sent_again(batch, time.monotonic())
                 self.status.resends += 1
                 log.warning("ack_timeout_resend", batch=batch.id, events=len(rows),
                             attempt=batch.attempts, first_seq=rows[0].seq,
-                            next_wait_s=round(batch.wait_s, 2), window=self._window.limit)
+                            next_wait_s=round(batch.wait_s, 2), window=self._pacing.limit)
                 tg.create_task(self._publish(client, rows))
 
     def _first_wait_s(self, batch: Batch) -> float:
-        """`ack_timeout_s` (R1); shorter for a batch of a fresh session (FRESH_SESSION_S)."""
+        """The pacing's (R1); shorter for a batch of a fresh session (FRESH_SESSION_S)."""
         if batch.sent_at - self._session_started < FRESH_SESSION_S:
             return min(self.cfg.ack_timeout_s, FRESH_ACK_TIMEOUT_S)
-        return self._policy.wait_s(0)
+        return self._pacing.first_wait_s()
 
     def _timed_out(self, batch: Batch, now: float) -> None:
         """Its ack is late: back off and shrink the window (R2, R4). The short timeout of
         a fresh session is no sign of a slow collector and counts for neither."""
         if batch.attempts == 1 and batch.wait_s < self.cfg.ack_timeout_s:
             return
-        batch.timeouts += 1
-        self._window.timed_out(batch.sent_at, now)
+        self._pacing.timed_out(batch, now)
 
     # ------------------------------------------------------------------ acks
 
@@ -457,18 +459,12 @@ class Uplink:
             self.status.events_acked += len(done)
             batch = self._inflight.get(bid)
             if batch is not None:
-                if batch.attempts == 1 and batch.seqs == done:
-                    self._on_time(batch)
+                if batch.seqs == done:
+                    self._pacing.completed(batch, self._inflight.values(), time.monotonic())
                 self._forget(batch, done)
         if touched and self._draining and self.outbox.waiting() == 0:
             self._draining = False
             log.info("backlog_drained", acked_total=self.status.events_acked)
-
-    def _on_time(self, acked: Batch) -> None:
-        """A fresh ack (R3, R4): the window grows, and the batches last sent before this
-        one start their back-off again, resent at the latest `ack_timeout_s` from now."""
-        self._window.on_time()
-        self._policy.restart(self._inflight.values(), acked.sent_at, time.monotonic())
 
     def _forget(self, batch: Batch, seqs: set[int]) -> None:
         batch.seqs -= seqs

@@ -22,9 +22,10 @@ events/s offered → 70 committed) instead of queueing. Three mechanisms, as TCP
   plus four times its deviation) when that is longer than `ack_timeout_s`: thousands of
   gateways with one batch in flight each still make a queue longer than `ack_timeout_s`
   in front of a slow collector, and a fixed first timeout would resend every batch once.
-Measured in docs/benchmarks.md ("resend back-off"): the back-off and the window with a
-fixed first timeout still spent half the collectors' transactions on duplicates at 1,500
-events/s.
+Measured in docs/benchmarks.md ("resend back-off", 3,000 gateways offering 1,500 events/s
+to today's collectors): 92 events/s committed before; 413 with the back-off and the
+latency-following timeout but no window; 659 with the back-off and the window but a fixed
+first timeout (about one resend per batch); 1,184 with all three, no resend once adapted.
 
 Invariants
 R1. A batch's first ack timeout is `ack_timeout_s` while acks come well within it (a

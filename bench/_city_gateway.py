@@ -2,10 +2,16 @@
 
 It speaks the real wire format and behaves like the agent's uplink (edge_agent/uplink)
 where the collector can tell: events minted with `new_event` and stamped with an epoch and
-seq, batches of at most `batch_max` events (alarms first), at most `window` batches
-unacknowledged, a batch without an ack after `ack_timeout_s` sent again with the same
+seq, batches of at most `batch_max` events (alarms first), at most `inflight` batches
+unacknowledged, a batch without an ack after its ack timeout sent again with the same
 ids, an event deleted only when an ack names its seq, and on every reconnect everything
 unacked sent again from the oldest. Each gateway has its own MQTT connection.
+
+When to resend and how many telemetry batches may be in flight is the uplink's own code,
+`edge_agent.uplink.resend` (timeouts backing off from `ack_timeout_s` to
+`ack_timeout_max_s`, the congestion window), so the bench measures the agent's policy;
+`aimd=False` keeps the window at `inflight` (the back-off alone), and `ack_timeout_max_s`
+equal to `ack_timeout_s` turns the back-off off.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from edge_agent.contract.envelope import Event, Hierarchy, Retention, parse_time
 from edge_agent.contract.mqtt import Endpoint, make_client
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
+from edge_agent.uplink.resend import Pacing
 
 ALARM, OTHER = 1, 0
 LANES = (ALARM, OTHER)
@@ -38,6 +45,8 @@ class Window:
     inflight: int = 8
     ack_timeout_s: float = 5.0
     publish_timeout_s: float = 10.0
+    ack_timeout_max_s: float = 30.0
+    aimd: bool = True
 
 
 @dataclass(slots=True)
@@ -52,6 +61,12 @@ class Batch:
     seqs: set[int]
     sent_at: float
     attempts: int = 1
+    timeouts: int = 0
+    wait_s: float = 0.0
+    first_sent_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_sent_at = self.sent_at
 
 
 @dataclass
@@ -82,6 +97,8 @@ class SimGateway:
         self.inflight: dict[int, Batch] = {}
         self.batch_of: dict[int, int] = {}
         self._batch_ids = itertools.count(1)
+        self.pacing = Pacing(window.ack_timeout_s, window.ack_timeout_max_s, window.inflight,
+                             aimd=window.aimd)
         self._wake = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -125,8 +142,11 @@ class SimGateway:
                         tg.create_task(self._receive(client))
                         tg.create_task(self._send_loop(client, tg))
                 finally:
+                    # bounded: aiomqtt waits for the DISCONNECT's completion without a
+                    # timeout, forever when the socket already broke (a run's teardown hung)
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                        await client.__aexit__(None, None, None)
+                        async with asyncio.timeout(self.window.publish_timeout_s):
+                            await client.__aexit__(None, None, None)
             except* (aiomqtt.MqttError, TimeoutError):
                 self.counters.reconnects += 1
             finally:
@@ -155,18 +175,20 @@ class SimGateway:
             await self._wake.wait()
             self._wake.clear()
             while len(self.inflight) < self.window.inflight:
-                seqs = self._next_seqs()
+                lanes = LANES if len(self.inflight) < self.pacing.limit else (ALARM,)
+                seqs = self._next_seqs(lanes)
                 if not seqs:
                     break
                 bid = next(self._batch_ids)
-                self.inflight[bid] = Batch(set(seqs), time.monotonic())
+                self.inflight[bid] = Batch(set(seqs), time.monotonic(),
+                                           wait_s=self.pacing.first_wait_s())
                 for s in seqs:
                     self.batch_of[s] = bid
                 self.counters.batches += 1
                 tg.create_task(self._publish(client, seqs))
 
-    def _next_seqs(self) -> list[int]:
-        for lane in LANES:
+    def _next_seqs(self, lanes: tuple[int, ...] = LANES) -> list[int]:
+        for lane in lanes:
             queue, out = self.unsent[lane], []
             while queue and len(out) < self.window.batch_max:
                 seq = queue.popleft()
@@ -187,10 +209,11 @@ class SimGateway:
         if client is None:
             return
         for batch in list(self.inflight.values()):
-            if now - batch.sent_at < self.window.ack_timeout_s:
+            if now - batch.sent_at < batch.wait_s:
                 continue
             seqs = sorted(s for s in batch.seqs if s in self.outbox)
-            batch.sent_at, batch.attempts = now, batch.attempts + 1
+            self.pacing.timed_out(batch, now)
+            self.pacing.sent_again(batch, now)
             self.counters.resends += 1
             task = asyncio.get_running_loop().create_task(self._publish(client, seqs))
             task.add_done_callback(_ignore_result)
@@ -212,7 +235,7 @@ class SimGateway:
             self.counters.ack_ignored += 1
             return
         found = ack.seqs_among(sorted(self.batch_of))
-        now = time.time()
+        now, mono = time.time(), time.monotonic()
         lat = self.counters.latencies.setdefault(self.counters.phase, [])
         for seq in found:
             bid = self.batch_of.pop(seq)
@@ -225,6 +248,7 @@ class SimGateway:
                 batch.seqs.discard(seq)
                 if not batch.seqs:
                     del self.inflight[bid]
+                    self.pacing.completed(batch, self.inflight.values(), mono)
         if found:
             self._wake.set()
         if not self.outbox:

@@ -6,7 +6,9 @@
 Every gateway is a `bench._city_gateway.SimGateway`: its own MQTT v5 connection, the real
 wire format, an in-memory outbox that keeps each event until a collector's ack names it,
 batches of up to 200 events (alarms first), 8 batches in flight, a resend after the ack
-timeout. Their traffic (`bench._city_traffic`): a heartbeat a minute each, on-change
+timeout; when to resend and how many batches may be in flight is the uplink's own policy
+(`edge_agent.uplink.resend`: the timeout backing off to `--ack-timeout-max`, the congestion
+window). Their traffic (`bench._city_traffic`): a heartbeat a minute each, on-change
 telemetry and alarms raised and cleared, `--rate` events/s in total. The bench starts its
 own Mosquitto (anonymous, 127.0.0.1, a random port) and `--collectors` `edge-collector run`
 processes on one shared subscription writing to `--store` (default: SQLite in a temp dir;
@@ -125,7 +127,9 @@ class Run:
                  collectors: list[Proc]) -> None:
         self.args = args
         self.endpoint = Endpoint("127.0.0.1", port, protocol="5", keepalive_s=60)
-        self.window = Window(inflight=args.inflight, ack_timeout_s=args.ack_timeout)
+        self.window = Window(inflight=args.inflight, ack_timeout_s=args.ack_timeout,
+                             ack_timeout_max_s=max(args.ack_timeout, args.ack_timeout_max),
+                             aimd=not args.no_aimd)
         self.counters, self.burst_counters = Counters(), Counters()
         self.rng = random.Random(args.seed)
         self.fleet = [SimGateway(hierarchy(f"gw-{i:05d}", i), self.endpoint, self.window,
@@ -159,7 +163,9 @@ class Run:
                                    "acked": self.counters.acked,
                                    "waiting": sum(g.waiting for g in self.fleet),
                                    "street_waiting": sum(g.waiting for g in self.street),
-                                   "resends": self.counters.resends + self.burst_counters.resends}
+                                   "resends": self.counters.resends + self.burst_counters.resends,
+                                   "mean_window": round(sum(g.pacing.limit for g in self.fleet)
+                                                        / len(self.fleet), 2)}
             with contextlib.suppress(psutil.Error):
                 row["cpu_pct"] = {"bench": self.me.cpu_percent(),
                                   "mosquitto": self.broker.cpu_percent()}
@@ -271,6 +277,11 @@ def rss_summary(series: list[list[float]]) -> list[dict[str, float]]:
 @click.option("--store", default=None, help="store URL (default: SQLite in a temp dir)")
 @click.option("--inflight", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--ack-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option("--ack-timeout-max", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="the resend back-off's cap (the uplink's ack_timeout_max_s); "
+                   "--ack-timeout's value or less: a fixed timeout")
+@click.option("--no-aimd", is_flag=True,
+              help="keep every gateway's window at --inflight (the back-off alone)")
 @click.option("--heartbeat-s", type=click.FloatRange(0), default=60, show_default=True)
 @click.option("--sample-s", type=click.FloatRange(0.5), default=5, show_default=True)
 @click.option("--drain-timeout", type=click.FloatRange(1), default=300, show_default=True)
@@ -305,6 +316,8 @@ def main(**options: Any) -> None:
         figures = {
             "bench": "city", "store": store.split(":", 1)[0], "gateways": args.gateways,
             "rate": args.rate, "collectors": args.collectors, "fd_limit": fd_limit,
+            "ack_timeout_s": run.window.ack_timeout_s,
+            "ack_timeout_max_s": run.window.ack_timeout_max_s, "aimd": run.window.aimd,
             **out,
             "ack_latency_steady": lat, "ack_latency_during_burst": lat_burst,
             "store_latency_steady": stored,

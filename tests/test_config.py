@@ -325,6 +325,11 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["1:1: the top level must be a mapping of `key: value` lines, not a list"],
     ),
     (
+        "resend back-off cap below the ack timeout",
+        HEAD + "  ack_timeout_s: 10\n  ack_timeout_max_s: 5\n",
+        ["6:1: uplink: ack_timeout_max_s (5) is below ack_timeout_s (10)"],
+    ),
+    (
         "empty file",
         "",
         ["1:1: the file holds no settings (it is empty)"],

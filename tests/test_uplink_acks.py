@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
+from edge_agent.config.models import UplinkConfig
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import Ack
+from edge_agent.uplink.resend import ResendPolicy
 from edge_agent.uplink.session import FRESH_SESSION_S
 from tests.harness import (
     COMMUNITY,
@@ -25,7 +29,7 @@ from tests.harness import (
     wait_for,
     write_yaml,
 )
-from tests.peers import Mosquitto
+from tests.peers import Mosquitto, free_port
 
 #: Generous bound on the agent's peak RSS after a hostile ack (it idles at ~60 MiB here;
 #: expanding the ranges below took it past 800 MiB).
@@ -159,3 +163,67 @@ def hole(store: Path, gateway: str) -> bool:
     """The gateway's stream has a gap below its highest stored seq."""
     return bool(query(store, "SELECT 1 FROM streams WHERE gateway = ? "
                              "AND contiguous_through < high_seq", gateway))
+
+
+#: The stall of the collector, and the agent's ack timeout in that test: short, so that the
+#: stall spans many timeouts in a few seconds.
+STALL_S = 6.0
+STALL_ACK_TIMEOUT_S = 0.5
+
+
+@pytest.mark.parametrize("cap_s", [STALL_ACK_TIMEOUT_S, 4.0], ids=["fixed", "back-off"])
+def test_resends_back_off_while_the_collector_stalls_and_everything_is_stored_once(
+        tmp_path: Path, mosquitto: Mosquitto, cap_s: float) -> None:
+    """The real collector hangs (SIGSTOP) for STALL_S s: no ack comes. With the back-off
+    every batch in flight is resent at most as often as its schedule allows
+    (`ResendPolicy.max_timeouts`, at most `max_inflight_batches` batches); with a fixed
+    timeout (`ack_timeout_max_s` = `ack_timeout_s`: the policy before) far more often.
+    Once the collector runs again, every event is stored exactly once, with no hole."""
+    store, gw = tmp_path / "district.db", "gw-stall"
+    col = collector(write_yaml(tmp_path / "c.yaml", collector_yaml(mosquitto.url, store)),
+                    tmp_path / "c.log").start()
+    uplink = {"ack_timeout_s": STALL_ACK_TIMEOUT_S, "ack_timeout_max_s": cap_s}
+    cfg = gateway_yaml(gw, mosquitto.url, tmp_path / "o.db", uplink=uplink,
+                       devices=sim_devices(2, period_s=0.1, alarm_every_s=1.0))
+    port = free_port()
+    cfg["status_page"] = {"enabled": True, "listen": f"127.0.0.1:{port}"}
+    ag = agent(write_yaml(tmp_path / "g.yaml", cfg), tmp_path / "a.log")
+    # the most timeouts of one batch during the stall (and the reading of the logs)
+    per_batch = ResendPolicy(STALL_ACK_TIMEOUT_S, 4.0).max_timeouts(STALL_S + 1)
+    bound = UplinkConfig(broker=mosquitto.url).max_inflight_batches * per_batch
+    try:
+        wait_for(lambda: any(e.get("event") == "broker_connected" for e in col.log_events()),
+                 30, "the collector subscribed")
+        ag.start()
+        wait_for(lambda: stored_count(store) > 20, 30, "events flowing")
+        time.sleep(FRESH_SESSION_S)  # past the short timeout of a fresh session
+        assert col.proc is not None
+        before = resends(port)
+        col.proc.send_signal(signal.SIGSTOP)
+        time.sleep(STALL_S)
+        during = resends(port) - before
+        col.proc.send_signal(signal.SIGCONT)
+        print(f"resends during a {STALL_S:g} s stall, ack_timeout_s {STALL_ACK_TIMEOUT_S}, "
+              f"ack_timeout_max_s {cap_s}: {during} (back-off bound {bound})")
+        if cap_s > STALL_ACK_TIMEOUT_S:
+            assert 0 < during <= bound
+        else:
+            assert during > bound  # the fixed timeout: what the bound is there to stop
+        stalled = stored_count(store)
+        wait_for(lambda: stored_count(store) > stalled + 20 * STALL_S and not hole(store, gw),
+                 30, "the events of the stall stored, no hole")
+    finally:
+        assert ag.stop() == 0
+        col.stop()
+    count, distinct, first, last = query(
+        store, "SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM events "
+               "WHERE gateway = ?", gw)[0]
+    assert count == distinct == last and first == 1  # each seq once, none missing
+    assert query(store, "SELECT COUNT(*) FROM quarantine") == [(0,)]
+
+
+def resends(port: int) -> int:
+    """The agent's count of batches sent again (`/api/status`: the log lines are
+    rate-limited)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as resp:
+        return int(json.load(resp)["uplink"]["resends"])

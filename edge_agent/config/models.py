@@ -45,6 +45,10 @@ __all__ = [
     "UplinkConfig",
 ]
 
+#: `uplink.ack_timeout_max_s` by default (docs/config.md says why).
+ACK_TIMEOUT_MAX_S = 30.0
+
+
 class GatewayIdentity(Strict):
     id: str = Field(pattern=SEGMENT, description="gateway id, unique in the district")
     district: AdminCode = Field(pattern=r"^[0-9]{6}$", description="6-digit admin code")
@@ -70,8 +74,28 @@ class UplinkConfig(Strict):
     batch_max_bytes: ByteSize = 256 * 1024
     max_inflight_batches: int = Field(default=8, ge=1, le=100)
     ack_timeout_s: float = Field(default=5.0, gt=0, le=3600)
+    ack_timeout_max_s: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="each resend of a batch doubles its ack timeout (jittered) up to this; "
+        f"default {ACK_TIMEOUT_MAX_S:g} s, or ack_timeout_s if that is longer")
     publish_timeout_s: float = Field(default=5.0, gt=0, le=600)
     reconnect: BackoffConfig = BackoffConfig()
+
+    @model_validator(mode="after")
+    def _cap_not_below_timeout(self) -> UplinkConfig:
+        if self.ack_timeout_max_s is not None and self.ack_timeout_max_s < self.ack_timeout_s:
+            raise ValueError(
+                f"ack_timeout_max_s ({self.ack_timeout_max_s:g}) is below ack_timeout_s "
+                f"({self.ack_timeout_s:g}): the back-off starts at ack_timeout_s and grows up "
+                "to ack_timeout_max_s; set it equal for a fixed timeout")
+        return self
+
+    @property
+    def resend_cap_s(self) -> float:
+        """The longest a batch waits for its ack before it is sent again."""
+        if self.ack_timeout_max_s is None:
+            return max(ACK_TIMEOUT_MAX_S, self.ack_timeout_s)
+        return self.ack_timeout_max_s
 
     def endpoint(self) -> Endpoint:
         """Where and how to connect (no secret read until the connection is made)."""

@@ -4,9 +4,14 @@ Invariants
 1. A row leaves the outbox only when an Ack for this outbox's epoch names its seq.
    A PUBACK, a publish that raised or timed out, a reconnect: all "outcome unknown",
    the row stays and is sent again later with the same id (the collector dedupes).
-2. At most `max_inflight_batches` unacknowledged batches are out at once; a batch
-   without an ack after `ack_timeout_s` is sent again (rows still present only), or at
-   once when a collector comes online (see 8).
+2. At most `max_inflight_batches` unacknowledged batches are out at once, and of the
+   telemetry lane at most the congestion window; a batch without an ack after its ack
+   timeout is sent again (rows still present only), or at once when a collector comes
+   online (see 8). The timeout starts at `ack_timeout_s` and backs off, with jitter, up
+   to `ack_timeout_max_s` with each resend of the batch (and starts higher while acks
+   take longer than `ack_timeout_s`); the window halves when acks are late and grows back
+   when they are on time: `edge_agent.uplink.resend` (its invariants R1–R5 say why and
+   how; alarms never wait for a slot the window holds back).
 3. Alarms first: lane 1 (alarm retention) is drained before lane 0 on every pick.
 4. On every (re)connect all in-flight state is forgotten and sending restarts from
    the oldest row: the collector may have committed some of it; duplicates are free.
@@ -55,10 +60,12 @@ from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER, GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
 from edge_agent.outbox import Appended, OutboxRow, OutboxThread
+from edge_agent.uplink.resend import Pacing
 
 log = get_logger("edge_agent.uplink.session")
 
 LANES = (1, 0)  # alarm lane first
+ALARM_LANES = (1,)
 #: Rows handed over and not yet sent, per lane, as a multiple of batch_max_events; beyond
 #: it the buffer is dropped and the lane fetches from the outbox again.
 FRESH_MAX_BATCHES = 8
@@ -76,8 +83,16 @@ PRESENCE_RESEND_MIN_S = 1.0
 class Batch:
     id: int
     seqs: set[int]
-    sent_at: float
+    sent_at: float  # monotonic time of the last send
     attempts: int = 1
+    #: ack timeouts of this batch so far: its back-off (`resend.ResendPolicy`)
+    timeouts: int = 0
+    #: how long the last send waits for its ack (drawn when it was sent)
+    wait_s: float = 0.0
+    first_sent_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.first_sent_at = self.sent_at
 
 
 @dataclass
@@ -131,6 +146,8 @@ class Uplink:
         #: set when a collector came online: resend what was in flight then (invariant 8)
         self._presence = asyncio.Event()
         self._presence_at = -PRESENCE_RESEND_MIN_S
+        #: kept across sessions: it measures the collectors, not the connection
+        self._pacing = Pacing(cfg.ack_timeout_s, cfg.resend_cap_s, cfg.max_inflight_batches)
         self._reset_inflight()
 
     def notify(self) -> None:
@@ -260,10 +277,13 @@ class Uplink:
             await self._wake.wait()
             self._wake.clear()
             while len(self._inflight) < self.cfg.max_inflight_batches:
-                rows = await self._next_rows()
+                # the window holds back telemetry and records, never alarms
+                lanes = LANES if len(self._inflight) < self._pacing.limit else ALARM_LANES
+                rows = await self._next_rows(lanes)
                 if not rows:
                     break
                 batch = Batch(next(self._batch_ids), {r.seq for r in rows}, time.monotonic())
+                batch.wait_s = self._first_wait_s(batch)
                 self._inflight[batch.id] = batch
                 for seq in batch.seqs:
                     self._batch_of[seq] = batch.id
@@ -276,8 +296,8 @@ class Uplink:
                 self.status.batches_sent += 1
                 self.status.events_sent += len(rows)
 
-    async def _next_rows(self) -> list[OutboxRow]:
-        for lane in LANES:
+    async def _next_rows(self, lanes: tuple[int, ...] = LANES) -> list[OutboxRow]:
+        for lane in lanes:
             if self._caught_up[lane]:
                 rows = self._take_fresh(lane)
             else:
@@ -331,22 +351,32 @@ class Uplink:
             online_at = self._presence_at if self._presence.is_set() else 0.0
             self._presence.clear()
             for batch in [b for b in self._inflight.values()
-                          if now - b.sent_at >= self._ack_timeout(b)
-                          or b.sent_at <= online_at]:
+                          if now - b.sent_at >= b.wait_s or b.sent_at <= online_at]:
                 rows = await self.outbox.get(sorted(batch.seqs))
                 if not rows:  # evicted meanwhile
                     self._forget(batch, batch.seqs)
                     continue
-                batch.sent_at, batch.attempts = time.monotonic(), batch.attempts + 1
+                if batch.sent_at > online_at:  # a timeout, not a presence resend (R5)
+                    self._timed_out(batch, now)
+                self._pacing.sent_again(batch, time.monotonic())
                 self.status.resends += 1
                 log.warning("ack_timeout_resend", batch=batch.id, events=len(rows),
-                            attempt=batch.attempts, first_seq=rows[0].seq)
+                            attempt=batch.attempts, first_seq=rows[0].seq,
+                            next_wait_s=round(batch.wait_s, 2), window=self._pacing.limit)
                 tg.create_task(self._publish(client, rows))
 
-    def _ack_timeout(self, batch: Batch) -> float:
-        if batch.attempts == 1 and batch.sent_at - self._session_started < FRESH_SESSION_S:
+    def _first_wait_s(self, batch: Batch) -> float:
+        """The pacing's (R1); shorter for a batch of a fresh session (FRESH_SESSION_S)."""
+        if batch.sent_at - self._session_started < FRESH_SESSION_S:
             return min(self.cfg.ack_timeout_s, FRESH_ACK_TIMEOUT_S)
-        return self.cfg.ack_timeout_s
+        return self._pacing.first_wait_s()
+
+    def _timed_out(self, batch: Batch, now: float) -> None:
+        """Its ack is late: back off and shrink the window (R2, R4). The short timeout of
+        a fresh session is no sign of a slow collector and counts for neither."""
+        if batch.attempts == 1 and batch.wait_s < self.cfg.ack_timeout_s:
+            return
+        self._pacing.timed_out(batch, now)
 
     # ------------------------------------------------------------------ acks
 
@@ -429,6 +459,8 @@ class Uplink:
             self.status.events_acked += len(done)
             batch = self._inflight.get(bid)
             if batch is not None:
+                if batch.seqs == done:
+                    self._pacing.completed(batch, self._inflight.values(), time.monotonic())
                 self._forget(batch, done)
         if touched and self._draining and self.outbox.waiting() == 0:
             self._draining = False

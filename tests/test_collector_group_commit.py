@@ -31,7 +31,7 @@ def refuse_events_of(store_url: str, device: str) -> None:
                          "$$BEGIN IF NEW.device = '" + device + "' THEN RAISE EXCEPTION "
                          "'refused' USING ERRCODE = 'check_violation'; END IF; "
                          "RETURN NEW; END$$")
-        query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON events "
+        query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON event_rows "
                          "FOR EACH ROW EXECUTE FUNCTION refuse()")
     else:
         query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.device = '"

@@ -5,9 +5,10 @@ collectors on one shared subscription → the store), with real processes:
   the same port and data directory: the collectors ack nothing that was not committed,
   resume on their own (same processes), nothing is lost or stored twice.
 - A collector cut off silently (a frozen TCP proxy between it and the broker: no FIN,
-  no RST): the broker drops it after 1.5 × its keepalive and publishes its Will; the
-  agents resend to the other member; no event waits unacknowledged longer than
-  2 × `ack_timeout_s` + 1.5 × keepalive (a protocol bound computed from the configs).
+  no RST): the broker drops it once its keepalive runs out (MQTT: 1.5 ×; Mosquitto
+  2.0.11: 2-2.6 ×) and publishes its Will; the agents resend to the other member at
+  once; no event waits unacknowledged longer than that detection plus one
+  `ack_timeout_s` (the resends before it back off, and may land on the cut member).
 
 `PG_OUTAGE_S` lengthens the outage (30 s is the issue's figure); `SILENT_DEAD_S` how long
 the cut member stays cut before the run ends.
@@ -120,9 +121,12 @@ def test_a_collector_cut_off_silently_costs_at_most_its_keepalive(
         finally:
             district.close()
     ages = district.ages
-    bound = 2 * ACK_TIMEOUT_S + 1.5 * KEEPALIVE_S
     wills = [first_at(proc, "collector_offline", collector="c1") - frozen_at
              for proc in district.agents.values()]
+    # Until the broker gives up on c1 a batch may land on it (and its resend, backing off,
+    # again); at its Will every agent resends at once to c2, which commits within an ack
+    # timeout. So no event waits longer than the broker's detection plus one ack timeout.
+    bound = max(wills) + ACK_TIMEOUT_S
     print(f"silent death (keepalive {KEEPALIVE_S} s): Will seen by the agents after "
           f"{[round(w, 1) for w in wills]} s; oldest unacked event age (s), worst per "
           f"gateway: {ages.worst} (bound {bound} s); alarms -> stored, worst "

@@ -88,9 +88,19 @@ _NEW_PLACE = (b"INSERT INTO places (district, street, community, gateway) VALUES
               b"ON CONFLICT DO NOTHING RETURNING id")
 #: The rows of one stream: `place` is any of its gateway's places.
 _STREAM_ROWS = "place IN (SELECT id FROM places WHERE gateway = %s) AND epoch = %s"
-_UPSERT_STREAM = """
+#: One statement per group, not per stream: with thousands of gateways a group holds
+#: hundreds of streams of one event each, and a round trip per stream was most of its time.
+#: The keys arrive sorted; a FunctionScan yields them in array order (`ORDER BY n` says so),
+#: so two collectors take the locks of shared streams in one order (no deadlock).
+_LOCK_STREAMS = (b"SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) "
+                 b"FROM unnest(%s::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n")
+_STREAM_ROWS_OF = (b"SELECT s.gateway, s.epoch, s.first_seen, s.high_seq, s.received, "
+                   b"s.contiguous_through FROM streams s JOIN unnest(%s::text[], %s::text[]) "
+                   b"AS u(g, e) ON s.gateway = u.g AND s.epoch = u.e")
+_UPSERT_STREAMS = b"""
 INSERT INTO streams (gateway, epoch, first_seen, last_seen, high_seq, received, contiguous_through)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[],
+                     %s::bigint[])
 ON CONFLICT (gateway, epoch) DO UPDATE SET last_seen = excluded.last_seen,
   high_seq = excluded.high_seq, received = excluded.received,
   contiguous_through = excluded.contiguous_through
@@ -234,11 +244,9 @@ class PostgresStore(GroupCommit[Cur]):
         groups: dict[StreamKey, list[EventRow]] = defaultdict(list)
         for row in rows:
             groups[(row.gateway, row.epoch)].append(row)
-        keys = sorted(groups)
-        for key in keys:  # sorted: two collectors lock shared streams in the same order
-            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                        (f"{key[0]}\x1f{key[1]}",))
-        streams = {key: _stream_row(cur, key) for key in keys}
+        keys = sorted(groups)  # two collectors lock shared streams in the same order
+        cur.execute(_LOCK_STREAMS, ([f"{g}\x1f{e}" for g, e in keys],))
+        streams = _stream_rows(cur, keys)
         # Seqs above the stream's high_seq cannot be stored yet: only older ones are looked up.
         before = {key: _existing_seqs(cur, key, [r.seq for r in groups[key]
                                                  if r.seq <= streams[key][1]])
@@ -268,8 +276,9 @@ class PostgresStore(GroupCommit[Cur]):
             new_by_stream[(row.gateway, row.epoch)].add(row.seq)
             if row.type == "gateway.data_loss":
                 _record_explained(cur, row)
-        for key, seqs in new_by_stream.items():
-            _advance_stream(cur, key, streams[key], seqs - before[key], now)
+        fresh = {key: seqs - before[key] for key, seqs in new_by_stream.items()}
+        _advance_streams(cur, {key: _advanced(cur, key, streams[key], seqs, now)
+                               for key, seqs in fresh.items() if seqs}, now)
         return inserted, conflicts
 
     def _insert_quarantine(self, cur: Cur, origin: Origin, rejected: Sequence[Rejected],
@@ -463,24 +472,36 @@ def _same(stored: Sequence[Any], received: Sequence[Any]) -> bool:
     return True
 
 
-def _stream_row(cur: Cur, key: StreamKey) -> tuple[str | None, int, int, int]:
-    """(first_seen, high_seq, received, contiguous_through); read under the stream's lock."""
-    row = cur.execute("SELECT first_seen, high_seq, received, contiguous_through FROM streams "
-                      "WHERE gateway = %s AND epoch = %s", key).fetchone()
-    return (row[0], int(row[1]), int(row[2]), int(row[3])) if row else (None, 0, 0, 0)
+#: A stream's watermark row: (first_seen, high_seq, received, contiguous_through).
+Watermark = tuple[str | None, int, int, int]
 
 
-def _advance_stream(cur: Cur, key: StreamKey, stream: tuple[str | None, int, int, int],
-                    new_seqs: set[int], now: str) -> None:
-    """Fold newly seen seqs into the stream's watermark row (its advisory lock is held)."""
-    if not new_seqs:
-        return
+def _stream_rows(cur: Cur, keys: Sequence[StreamKey]) -> dict[StreamKey, Watermark]:
+    """The watermark row of each stream (zeros for a new one); read under their locks."""
+    cur.execute(_STREAM_ROWS_OF, ([k[0] for k in keys], [k[1] for k in keys]))
+    found = {(r[0], r[1]): (r[2], int(r[3]), int(r[4]), int(r[5])) for r in cur.fetchall()}
+    return {key: found.get(key, (None, 0, 0, 0)) for key in keys}
+
+
+def _advanced(cur: Cur, key: StreamKey, stream: Watermark, new_seqs: set[int],
+              now: str) -> Watermark:
+    """The watermark with newly seen seqs folded in (its advisory lock is held)."""
     first_seen, high, received, contiguous = stream
-    first_seen = first_seen or now
     high = max(high, max(new_seqs))
     received += len(new_seqs)
     contiguous = high if received == high else _contiguous_from(cur, key, contiguous)
-    cur.execute(_UPSERT_STREAM, (*key, first_seen, now, high, received, contiguous))
+    return (first_seen or now, high, received, contiguous)
+
+
+def _advance_streams(cur: Cur, rows: dict[StreamKey, Watermark], now: str) -> None:
+    """Write the advanced watermarks, every stream in one statement."""
+    if not rows:
+        return
+    keys = list(rows)
+    cur.execute(_UPSERT_STREAMS, (
+        [k[0] for k in keys], [k[1] for k in keys], [rows[k][0] for k in keys],
+        [now] * len(keys), [rows[k][1] for k in keys], [rows[k][2] for k in keys],
+        [rows[k][3] for k in keys]))
 
 
 def _contiguous_from(cur: Cur, key: StreamKey, through: int, page: int = 1000) -> int:

@@ -135,7 +135,9 @@ def test_a_collector_cut_off_silently_costs_at_most_its_keepalive(
     # Will at once). MQTT says 1.5 × keepalive; Mosquitto 2.0.11 measured 2-2.6 ×.
     log = (mosquitto.workdir / "mosquitto.log").read_text(errors="replace")
     assert "Client collector-c1 has exceeded timeout" in log
-    assert all(1.5 * KEEPALIVE_S <= w <= 3 * KEEPALIVE_S for w in wills), wills
+    # From the freeze, not from c1's last packet (up to a moment before it): so the lower
+    # bound is one keepalive, not 1.5; seen here 7.2-12.8 s at keepalive 5 s.
+    assert all(KEEPALIVE_S <= w <= 4 * KEEPALIVE_S for w in wills), wills
     assert_stored_exactly_once(url, stats)
     assert ages.samples > 50
     assert max(ages.worst.values()) <= bound, ages.worst

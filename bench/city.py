@@ -1,7 +1,8 @@
 """City load: thousands of simulated gateways through Mosquitto into `edge-collector run`.
 
     .venv/bin/python bench/city.py [--gateways 3000] [--rate 1500] [--seconds 120]
-        [--burst-gateways 100] [--burst-backlog 5000] [--collectors 2] [--store URL]
+        [--burst-gateways 100] [--burst-backlog 5000] [--collectors 2]
+        [--store sqlite|postgresql|URL]
 
 Every gateway is a `bench._city_gateway.SimGateway`: its own MQTT v5 connection, the real
 wire format, an in-memory outbox that keeps each event until a collector's ack names it,
@@ -11,8 +12,9 @@ timeout; when to resend and how many batches may be in flight is the uplink's ow
 window). Their traffic (`bench._city_traffic`): a heartbeat a minute each, on-change
 telemetry and alarms raised and cleared, `--rate` events/s in total. The bench starts its
 own Mosquitto (anonymous, 127.0.0.1, a random port) and `--collectors` `edge-collector run`
-processes on one shared subscription writing to `--store` (default: SQLite in a temp dir;
-a `postgresql://…` URL is passed through as it is).
+processes on one shared subscription writing to `--store`: `sqlite` (a file in a temp dir,
+the default), `postgresql` (a durable server of the bench's own) or a `postgresql://…` URL
+(a fresh, migrated database on that server).
 
 Phases: connect every gateway; `--warmup` s of load (not measured); `--seconds` s of
 steady load (offered and committed events/s, event time → ack at the gateway p50/p99);
@@ -48,6 +50,7 @@ from bench._city_gateway import Counters, SimGateway, Window  # noqa: E402
 from bench._city_store import store_latencies, stream_seqs  # noqa: E402
 from bench._city_traffic import Traffic, fill_backlog  # noqa: E402
 from bench._common import emit, rate, summary  # noqa: E402
+from bench._stores import STORE_HELP, stores  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
 from edge_agent.contract.mqtt import Endpoint  # noqa: E402
@@ -274,7 +277,7 @@ def rss_summary(series: list[list[float]]) -> list[dict[str, float]]:
 @click.option("--burst-gateways", type=click.IntRange(0), default=100, show_default=True)
 @click.option("--burst-backlog", type=click.IntRange(1), default=5000, show_default=True)
 @click.option("--collectors", type=click.IntRange(1, 8), default=2, show_default=True)
-@click.option("--store", default=None, help="store URL (default: SQLite in a temp dir)")
+@click.option("--store", default="sqlite", show_default=True, help=STORE_HELP)
 @click.option("--inflight", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--ack-timeout", type=click.FloatRange(0.1), default=5.0, show_default=True)
 @click.option("--ack-timeout-max", type=click.FloatRange(0.1), default=30.0, show_default=True,
@@ -290,9 +293,10 @@ def main(**options: Any) -> None:
     args = SimpleNamespace(**options)
     configure("warning")
     fd_limit = raise_fd_limit(args.gateways + args.burst_gateways + 200)
-    with tempfile.TemporaryDirectory(prefix="bench-city-") as d:
+    with tempfile.TemporaryDirectory(prefix="bench-city-") as d, \
+            stores(args.store, Path(d)) as fresh:
         tmp = Path(d)
-        store = args.store or f"sqlite:///{tmp / 'district.db'}"
+        store = fresh("district")
         broker = Mosquitto(tmp / "mosquitto")
         broker.start()
         procs = start_collectors(args.collectors, store, broker, tmp)

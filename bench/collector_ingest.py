@@ -34,14 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
-import os
-import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,19 +48,18 @@ from typing import Any
 
 import aiomqtt
 import click
-import psycopg
 from aiomqtt import ProtocolVersion
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import Timer, emit, rate, summary  # noqa: E402
+from bench._stores import STORE_HELP, stores  # noqa: E402
 from bench.pg_disk import measure  # noqa: E402
 from collector.config import BrokerUser, ManagedBrokerConfig  # noqa: E402
 from collector.ingest import Collector, PayloadHandler  # noqa: E402
 from collector.managed_broker import ManagedBroker  # noqa: E402
-from collector.store import Origin, migrate_store, open_store  # noqa: E402
+from collector.store import Origin, open_store  # noqa: E402
 from collector.validate import Limits, check_payload  # noqa: E402
 from edge_agent.config.models import BackoffConfig, SecretRef  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy, new_event  # noqa: E402
@@ -70,7 +67,7 @@ from edge_agent.contract.logs import configure  # noqa: E402
 from edge_agent.contract.mqtt import Endpoint  # noqa: E402
 from edge_agent.contract.topics import GatewayTopics  # noqa: E402
 from edge_agent.contract.wire import Ack, encode_batch  # noqa: E402
-from tests.peers import Mosquitto, Postgres, free_port  # noqa: E402
+from tests.peers import Mosquitto, free_port  # noqa: E402
 
 HIER = Hierarchy(district="371312", street="371312001", community="371312001001", gateway="gw-b1")
 TOPICS = GatewayTopics(HIER.district, HIER.community, HIER.gateway)
@@ -295,7 +292,7 @@ async def bench_mqtt(batches: list[Batch], size: int, inflight: int, collectors:
 @click.option("--local/--no-local", default=True, show_default=True,
               help="the in-process rounds (validate, store, handler)")
 @click.option("--store", "store", default="sqlite", show_default=True,
-              help="sqlite, postgresql (a server of its own) or a postgresql:// URL")
+              help=STORE_HELP)
 @click.option("--disk-events", type=int, default=200_000, show_default=True,
               help="PostgreSQL: events stored for the bytes-per-event round")
 def main(**options: Any) -> None:
@@ -317,38 +314,6 @@ def main(**options: Any) -> None:
              "batch": args.batch, "batches": args.batches, "inflight": args.inflight,
              "gateways": args.gateways, "collectors": args.collectors,
              **figures})
-
-
-@contextlib.contextmanager
-def stores(kind: str, tmp: Path) -> Iterator[Callable[[str], str]]:
-    """A function giving a fresh, ready store URL per name."""
-    if kind == "sqlite":
-        yield lambda name: f"sqlite:///{tmp / (name + '.db')}"
-        return
-    server: Postgres | None = None
-    if kind == "postgresql":
-        workdir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-        server = Postgres(workdir, durable=True)
-        server.start()
-        base = server.url()
-    else:
-        base = kind
-
-    def fresh(name: str) -> str:
-        db = f"bench_{name}_{os.getpid()}"
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-        url = base.split("?")[0].rsplit("/", 1)[0] + "/" + db  # same server, that database
-        migrate_store(url)
-        return url
-
-    try:
-        yield fresh
-    finally:
-        if server is not None:
-            server.stop()
-            shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 def bench_disk(url: str, events: int, size: int) -> dict[str, Any]:

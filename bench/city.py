@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import random
 import resource
 import signal
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -127,25 +130,32 @@ class Run:
     """One bench run: the fleet, its counters and the samplers."""
 
     def __init__(self, args: SimpleNamespace, port: int, broker_pid: int,
-                 collectors: list[Proc]) -> None:
+                 collector_pids: list[int], shard: int = 0, shards: int = 1,
+                 barrier: Any = None) -> None:
+        """Shard `shard` of `shards` drives the gateways whose index is `shard` modulo
+        `shards` at `rate / shards`; the shards meet at `barrier` once connected, so their
+        steady phases start together."""
         self.args = args
+        self.shard, self.shards, self.barrier = shard, shards, barrier
         self.endpoint = Endpoint("127.0.0.1", port, protocol="5", keepalive_s=60)
         self.window = Window(inflight=args.inflight, ack_timeout_s=args.ack_timeout,
                              ack_timeout_max_s=max(args.ack_timeout, args.ack_timeout_max),
                              aimd=not args.no_aimd)
         self.counters, self.burst_counters = Counters(), Counters()
-        self.rng = random.Random(args.seed)
+        self.rng = random.Random(args.seed + shard)
         self.fleet = [SimGateway(hierarchy(f"gw-{i:05d}", i), self.endpoint, self.window,
-                                 self.counters) for i in range(args.gateways)]
+                                 self.counters) for i in range(shard, args.gateways, shards)]
         self.street = [SimGateway(hierarchy(f"st-{i:04d}", i), self.endpoint, self.window,
-                                  self.burst_counters) for i in range(args.burst_gateways)]
-        self.collectors = [psutil.Process(p.proc.pid) for p in collectors if p.proc]
+                                  self.burst_counters)
+                       for i in range(shard, args.burst_gateways, shards)]
+        # the first shard samples the collectors and the broker
+        self.collectors = [psutil.Process(pid) for pid in collector_pids] if shard == 0 else []
         self.me = psutil.Process()
-        self.broker = psutil.Process(broker_pid)
-        for p in (self.me, self.broker, *self.collectors):
+        self.broker = psutil.Process(broker_pid) if shard == 0 else None
+        for p in (self.me, *([self.broker] if self.broker else []), *self.collectors):
             p.cpu_percent()  # starts the measurement
         self.rss: list[list[float]] = [[] for _ in self.collectors]
-        self.traffic = Traffic(self.fleet, args.rate, args.heartbeat_s, self.rng)
+        self.traffic = Traffic(self.fleet, args.rate / shards, args.heartbeat_s, self.rng)
         self.generating = False
         self.t0 = time.monotonic()
 
@@ -161,7 +171,8 @@ class Run:
 
     async def sampler(self) -> None:
         while True:
-            row: dict[str, Any] = {"round": "sample", "t_s": round(time.monotonic() - self.t0, 1),
+            row: dict[str, Any] = {"round": "sample", "shard": self.shard,
+                                   "t_s": round(time.monotonic() - self.t0, 1),
                                    "offered": self.counters.offered,
                                    "acked": self.counters.acked,
                                    "waiting": sum(g.waiting for g in self.fleet),
@@ -170,8 +181,9 @@ class Run:
                                    "mean_window": round(sum(g.pacing.limit for g in self.fleet)
                                                         / len(self.fleet), 2)}
             with contextlib.suppress(psutil.Error):
-                row["cpu_pct"] = {"bench": self.me.cpu_percent(),
-                                  "mosquitto": self.broker.cpu_percent()}
+                row["cpu_pct"] = {"bench": self.me.cpu_percent()}
+                if self.broker is not None:
+                    row["cpu_pct"]["mosquitto"] = self.broker.cpu_percent()
             for i, p in enumerate(self.collectors):
                 with contextlib.suppress(psutil.Error):
                     mib = p.memory_info().rss / 2**20
@@ -197,7 +209,10 @@ class Run:
             await asyncio.wait_for(asyncio.gather(*(g.connected.wait() for g in self.fleet)),
                                    max(60, args.gateways / 20))
             out["connect_s"] = round(time.monotonic() - t, 2)
-            emit({"round": "connected", "gateways": args.gateways, "seconds": out["connect_s"]})
+            emit({"round": "connected", "shard": self.shard, "gateways": len(self.fleet),
+                  "seconds": out["connect_s"]})
+            if self.barrier is not None:  # every shard connected: the load starts together
+                await asyncio.get_running_loop().run_in_executor(None, self.barrier.wait, 120)
             self.traffic.start()
             self.generating = True
             await asyncio.sleep(args.warmup)
@@ -210,7 +225,7 @@ class Run:
                     "steady_until": time.time(),
                     "offered_per_s": rate(self.counters.offered - offered0, seconds),
                     "committed_per_s": rate(self.counters.acked - acked0, seconds)}
-            emit({"round": "steady", **out})
+            emit({"round": "steady", "shard": self.shard, **out})
             if self.street:
                 self.counters.phase = "burst"
                 t = time.monotonic()
@@ -222,9 +237,9 @@ class Run:
                     out["burst_drain_s"] = round(time.monotonic() - t, 2)
                 except TimeoutError:
                     out["burst_drain_s"] = None
-                out["burst_events"] = args.burst_gateways * args.burst_backlog
+                out["burst_events"] = len(self.street) * args.burst_backlog
                 out["burst_left"] = sum(g.waiting for g in self.street)
-                emit({"round": "burst", "drain_s": out["burst_drain_s"],
+                emit({"round": "burst", "shard": self.shard, "drain_s": out["burst_drain_s"],
                       "events": out["burst_events"], "left": out["burst_left"]})
             self.generating = False
             self.counters.phase = "tail"
@@ -236,7 +251,34 @@ class Run:
         return out
 
 
-def check_store(url: str, gateways: list[SimGateway]) -> dict[str, int]:
+@dataclass(frozen=True)
+class Stream:
+    """What one simulated gateway minted and still holds, for the read-back."""
+
+    gateway: str
+    epoch: str
+    last_seq: int
+    unacked: frozenset[int]
+
+    @classmethod
+    def of(cls, g: SimGateway) -> Stream:
+        return cls(g.hierarchy.gateway, g.epoch, g.last_seq, frozenset(g.outbox))
+
+
+@dataclass
+class ShardResult:
+    """One shard's figures, sent back to the parent process."""
+
+    out: dict[str, Any]
+    latencies: dict[str, list[float]]
+    streams: list[Stream]
+    fleet: list[str]
+    resends: int
+    reconnects: int
+    rss: list[list[float]] = field(default_factory=list)
+
+
+def check_store(url: str, streams: list[Stream]) -> dict[str, int]:
     """Each gateway's stream in the store against what it minted (seqs 1..last_seq):
     `lost` = acked (gone from its outbox) but not stored, the one thing that must never
     happen; `missing` = not stored yet, still in its outbox (the run ended first);
@@ -244,18 +286,66 @@ def check_store(url: str, gateways: list[SimGateway]) -> dict[str, int]:
     stored = stream_seqs(url)
     rows = sum(len(v) for v in stored.values())
     lost = missing = duplicated = 0
-    for g in gateways:
-        seqs = stored.pop((g.hierarchy.gateway, g.epoch), [])
+    for g in streams:
+        seqs = stored.pop((g.gateway, g.epoch), [])
         have = set(seqs)
         duplicated += len(seqs) - len(have)
         for seq in range(1, g.last_seq + 1):
             if seq not in have:
-                if seq in g.outbox:
+                if seq in g.unacked:
                     missing += 1
                 else:
                     lost += 1
     return {"store_rows": rows, "store_lost": lost, "store_missing_still_in_outbox": missing,
             "store_duplicated": duplicated, "store_foreign_streams": len(stored)}
+
+
+def run_shard(options: dict[str, Any], port: int, broker_pid: int, collector_pids: list[int],
+              shard: int = 0, shards: int = 1, barrier: Any = None) -> ShardResult:
+    """Drive one shard of the fleet to the end of the run (in this process)."""
+    configure("warning")
+    run = Run(SimpleNamespace(**options), port, broker_pid, collector_pids, shard, shards,
+              barrier)
+    out = asyncio.run(run.drive())
+    everyone = [*run.fleet, *run.street]
+    return ShardResult(out, {k: list(v) for k, v in run.counters.latencies.items()},
+                       [Stream.of(g) for g in everyone],
+                       [g.hierarchy.gateway for g in run.fleet],
+                       run.counters.resends + run.burst_counters.resends,
+                       run.counters.reconnects + run.burst_counters.reconnects, run.rss)
+
+
+def run_shards(args: SimpleNamespace, port: int, broker_pid: int,
+               collector_pids: list[int]) -> list[ShardResult]:
+    """`--procs` shards, each in a process of its own (one asyncio loop drives ~1,500
+    connections at most ~1,000 events/s on this machine's core); one shard: in this one."""
+    if args.procs == 1:
+        return [run_shard(vars(args), port, broker_pid, collector_pids)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(args.procs, mp_context=ctx) as pool:
+        barrier = manager.Barrier(args.procs)
+        futures = [pool.submit(run_shard, vars(args), port, broker_pid, collector_pids, k,
+                               args.procs, barrier) for k in range(args.procs)]
+        return [f.result() for f in futures]
+
+
+def merged(results: list[ShardResult]) -> dict[str, Any]:
+    """The shards' figures as one run's: rates summed, the slowest drain, latencies pooled."""
+    outs = [r.out for r in results]
+    out: dict[str, Any] = {
+        "connect_s": max(o["connect_s"] for o in outs),
+        "steady_s": max(o["steady_s"] for o in outs),
+        "steady_since": min(o["steady_since"] for o in outs),
+        "steady_until": max(o["steady_until"] for o in outs),
+        "offered_per_s": round(sum(o["offered_per_s"] for o in outs), 1),
+        "committed_per_s": round(sum(o["committed_per_s"] for o in outs), 1),
+    }
+    if any("burst_events" in o for o in outs):
+        drains = [o.get("burst_drain_s") for o in outs if "burst_events" in o]
+        out["burst_drain_s"] = None if None in drains else max(d for d in drains if d)
+        out["burst_events"] = sum(o.get("burst_events", 0) for o in outs)
+        out["burst_left"] = sum(o.get("burst_left", 0) for o in outs)
+    return out
 
 
 def rss_summary(series: list[list[float]]) -> list[dict[str, float]]:
@@ -288,6 +378,9 @@ def rss_summary(series: list[list[float]]) -> list[dict[str, float]]:
 @click.option("--heartbeat-s", type=click.FloatRange(0), default=60, show_default=True)
 @click.option("--sample-s", type=click.FloatRange(0.5), default=5, show_default=True)
 @click.option("--drain-timeout", type=click.FloatRange(1), default=300, show_default=True)
+@click.option("--procs", type=click.IntRange(1, 8), default=2, show_default=True,
+              help="processes the simulated gateways are spread over (the generator must "
+                   "not be what limits the run)")
 @click.option("--seed", type=int, default=1)
 def main(**options: Any) -> None:
     args = SimpleNamespace(**options)
@@ -303,8 +396,8 @@ def main(**options: Any) -> None:
         try:
             asyncio.run(wait_online(broker.port, procs))
             assert broker.proc is not None
-            run = Run(args, broker.port, broker.proc.pid, procs)
-            out = asyncio.run(run.drive())
+            results = run_shards(args, broker.port, broker.proc.pid,
+                                 [p.proc.pid for p in procs if p.proc])
         finally:
             for p in procs:
                 try:
@@ -312,25 +405,29 @@ def main(**options: Any) -> None:
                 except AssertionError:  # ignored SIGTERM for 30 s: killed by stop()
                     emit({"round": "collector_stop", "error": "ignored SIGTERM for 30 s"})
             broker.stop()
-        everyone = [*run.fleet, *run.street]
-        lat = quantiles(run.counters.latencies.get("steady", []))
-        lat_burst = quantiles(run.counters.latencies.get("burst", []))
-        stored = quantiles(store_latencies(store, (g.hierarchy.gateway for g in run.fleet),
+        out = merged(results)
+        streams = [s for r in results for s in r.streams]
+        lat = quantiles([x for r in results for x in r.latencies.get("steady", [])])
+        lat_burst = quantiles([x for r in results for x in r.latencies.get("burst", [])])
+        stored = quantiles(store_latencies(store, (n for r in results for n in r.fleet),
                                            out.pop("steady_since"), out.pop("steady_until")))
+        window = Window(inflight=args.inflight, ack_timeout_s=args.ack_timeout,
+                        ack_timeout_max_s=max(args.ack_timeout, args.ack_timeout_max),
+                        aimd=not args.no_aimd)
         figures = {
             "bench": "city", "store": store.split(":", 1)[0], "gateways": args.gateways,
-            "rate": args.rate, "collectors": args.collectors, "fd_limit": fd_limit,
-            "ack_timeout_s": run.window.ack_timeout_s,
-            "ack_timeout_max_s": run.window.ack_timeout_max_s, "aimd": run.window.aimd,
+            "rate": args.rate, "collectors": args.collectors, "procs": args.procs,
+            "fd_limit": fd_limit, "ack_timeout_s": window.ack_timeout_s,
+            "ack_timeout_max_s": window.ack_timeout_max_s, "aimd": window.aimd,
             **out,
             "ack_latency_steady": lat, "ack_latency_during_burst": lat_burst,
             "store_latency_steady": stored,
-            "generated": sum(g.last_seq for g in everyone),
-            "unacked_at_end": sum(g.waiting for g in everyone),
-            "resends": run.counters.resends + run.burst_counters.resends,
-            "reconnects": run.counters.reconnects + run.burst_counters.reconnects,
-            **check_store(store, everyone),
-            "collector_rss": rss_summary(run.rss),
+            "generated": sum(s.last_seq for s in streams),
+            "unacked_at_end": sum(len(s.unacked) for s in streams),
+            "resends": sum(r.resends for r in results),
+            "reconnects": sum(r.reconnects for r in results),
+            **check_store(store, streams),
+            "collector_rss": rss_summary(results[0].rss),
         }
     summary(figures)
 

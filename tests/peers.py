@@ -97,9 +97,10 @@ class FaultProxy:
     `blackhole_downstream`: bytes from the server are swallowed (PUBACKs and acks
     never reach the client) while upstream bytes still flow, so a publish is
     delivered but the client times out on it. `cut()` drops every connection.
-    `frozen`: a silent network cut: nothing is forwarded either way, and every socket
-    stays open (no FIN, no RST reaches either side, even when the other side closes);
-    only `close()` ends them.
+    `frozen`: a silent network cut: nothing is forwarded either way, nothing more is read
+    (the senders' socket buffers fill, their writes block, as over a dead route), and
+    every socket stays open (no FIN, no RST reaches either side, even when the other side
+    closes); only `close()` ends them.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -150,7 +151,10 @@ class FaultProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
             try:
                 while data := await src.read(65536):
-                    if self.frozen or (down and self.blackhole_downstream):
+                    if self.frozen:  # a cut link: nothing read any more, the sender's
+                        await self._thawed()  # socket buffers fill as over a dead route
+                        continue
+                    if down and self.blackhole_downstream:
                         continue
                     dst.write(data)
                     await dst.drain()

@@ -15,9 +15,9 @@ spread over `--procs` processes (shards, each with its share of the rate and the
 so that the generator is not what limits the run: one asyncio process at 3,000
 connections and 1,500 events/s spent a full core and its own lag showed as latency. The
 bench starts its own Mosquitto (anonymous, 127.0.0.1, a random port) and `--collectors`
-`edge-collector run` processes on one shared subscription writing to `--store`: `sqlite` (a file in a temp dir,
-the default), `postgresql` (a durable server of the bench's own) or a `postgresql://…` URL
-(a fresh, migrated database on that server).
+`edge-collector run` processes on one shared subscription writing to `--store`: `sqlite`
+(a file in a temp dir, the default), `postgresql` (a durable server of the bench's own) or
+a `postgresql://…` URL (a fresh, migrated database on that server).
 
 Phases: connect every gateway; `--warmup` s of load (not measured); `--seconds` s of
 steady load (offered and committed events/s, event time → ack at the gateway p50/p99);

@@ -3,14 +3,13 @@ one result per payload, the same outcome as committing them one after the other.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 import pytest
 
 from collector.model import Rejected
 from collector.store import Origin, Payload, Store, open_store
-from tests.test_collector_store import query, rows
+from tests.test_collector_store import query, refuse_quarantine, rows
 from tests.test_collector_support import alarm, new_epoch, reading, topics
 
 GW_A = Origin(topics("gw-a").events, "gw-a")
@@ -108,18 +107,7 @@ def test_quarantine_is_written_under_each_payloads_origin(store: Store) -> None:
 
 
 def test_a_group_the_store_fails_leaves_nothing(store: Store, store_url: str) -> None:
-    if store_url.startswith("postgresql"):
-        import psycopg
-
-        query(store_url, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                         "$$BEGIN RAISE EXCEPTION 'no quarantine today'; END$$")
-        query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
-                         "FOR EACH ROW EXECUTE FUNCTION refuse()")
-        error: type[Exception] = psycopg.Error
-    else:
-        query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
-                         "BEGIN SELECT RAISE(ABORT, 'no quarantine today'); END")
-        error = sqlite3.Error
+    error = refuse_quarantine(store_url)
     a, b = new_epoch(), new_epoch()
     with pytest.raises(error):  # the last payload's quarantine fails the whole group
         store.ingest_many([Payload(GW_A, rows([reading("gw-a", a, 1)]), []),

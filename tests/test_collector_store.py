@@ -163,9 +163,8 @@ def test_quarantine_keeps_raw_bytes_and_real_size(store: Store) -> None:
     assert store.stats().quarantined == 3
 
 
-def test_a_failed_transaction_leaves_nothing(store: Store, store_url: str) -> None:
-    epoch = new_epoch()
-    good = rows([reading("gw-a", epoch, 1)])
+def refuse_quarantine(store_url: str) -> type[Exception]:
+    """A trigger that fails every quarantine insert; returns the error the store raises."""
     if store_url.startswith("postgresql"):
         import psycopg
 
@@ -178,6 +177,13 @@ def test_a_failed_transaction_leaves_nothing(store: Store, store_url: str) -> No
         query(store_url, "CREATE TRIGGER refuse BEFORE INSERT ON quarantine "
                          "BEGIN SELECT RAISE(ABORT, 'no quarantine today'); END")
         error = sqlite3.Error
+    return error
+
+
+def test_a_failed_transaction_leaves_nothing(store: Store, store_url: str) -> None:
+    epoch = new_epoch()
+    good = rows([reading("gw-a", epoch, 1)])
+    error = refuse_quarantine(store_url)
     with pytest.raises(error):  # and the one-by-one retry fails the same way
         store.ingest(ORIGIN, good, [Rejected("x", b"x")])
     stats = store.stats()

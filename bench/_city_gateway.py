@@ -31,7 +31,7 @@ from edge_agent.contract.envelope import Event, Hierarchy, Retention, parse_time
 from edge_agent.contract.mqtt import Endpoint, make_client
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
-from edge_agent.uplink.resend import Pacing
+from edge_agent.uplink.resend import InFlight, Pacing
 
 ALARM, OTHER = 1, 0
 LANES = (ALARM, OTHER)
@@ -54,19 +54,6 @@ class Stored:
     body: str
     lane: int
     created: float  # wall clock of minting (the event's `time`)
-
-
-@dataclass(slots=True)
-class Batch:
-    seqs: set[int]
-    sent_at: float
-    attempts: int = 1
-    timeouts: int = 0
-    wait_s: float = 0.0
-    first_sent_at: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.first_sent_at = self.sent_at
 
 
 @dataclass
@@ -94,7 +81,7 @@ class SimGateway:
         self.last_seq = 0
         self.outbox: dict[int, Stored] = {}
         self.unsent: dict[int, deque[int]] = {lane: deque() for lane in LANES}
-        self.inflight: dict[int, Batch] = {}
+        self.inflight: dict[int, InFlight] = {}
         self.batch_of: dict[int, int] = {}
         self._batch_ids = itertools.count(1)
         self.pacing = Pacing(window.ack_timeout_s, window.ack_timeout_max_s, window.inflight,
@@ -180,7 +167,7 @@ class SimGateway:
                 if not seqs:
                     break
                 bid = next(self._batch_ids)
-                self.inflight[bid] = Batch(set(seqs), time.monotonic(),
+                self.inflight[bid] = InFlight(set(seqs), time.monotonic(),
                                            wait_s=self.pacing.first_wait_s())
                 for s in seqs:
                     self.batch_of[s] = bid

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bench._city_gateway import Batch, Counters, SimGateway, Window
+from bench._city_gateway import Counters, SimGateway, Window
 from bench._city_traffic import Minter, fill_backlog
 from collector.validate import check_payload
 from edge_agent.contract.envelope import Hierarchy
 from edge_agent.contract.mqtt import Endpoint
 from edge_agent.contract.wire import Ack, encode_batch
+from edge_agent.uplink.resend import InFlight
 from tests.peers import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def test_an_event_leaves_the_outbox_only_when_an_ack_for_its_epoch_names_it() ->
     first, second = g._next_seqs(), g._next_seqs()
     assert (first, second) == ([1, 2, 3], [4, 5, 6])
     for bid, seqs in enumerate((first, second), 1):
-        g.inflight[bid] = Batch(set(seqs), 0.0)
+        g.inflight[bid] = InFlight(set(seqs), 0.0)
         g.batch_of.update(dict.fromkeys(seqs, bid))
 
     g.on_ack(Ack("0" * 16, committed=[[1, 3]]).encode())  # another epoch: ignored

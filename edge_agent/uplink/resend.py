@@ -59,22 +59,27 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
 
 from edge_agent.contract.backoff import Uniform, ceiling_s
 
 __all__ = ["AckLatency", "CongestionWindow", "InFlight", "Pacing", "ResendPolicy"]
 
 
-class InFlight(Protocol):
-    """What the policy reads and sets on a batch in flight."""
+@dataclass
+class InFlight:
+    """A batch in flight: what the policy reads and sets on it (the uplink's batches and
+    the city bench's are these)."""
 
-    first_sent_at: float  #: monotonic time of its first send
+    seqs: set[int]  #: the seqs it carries
     sent_at: float  #: monotonic time of its last send
-    attempts: int  #: sends so far
-    timeouts: int  #: ack timeouts it had so far: its back-off
-    wait_s: float  #: how long its last send waits for an ack
+    attempts: int = 1  #: sends so far
+    timeouts: int = 0  #: ack timeouts it had so far: its back-off
+    wait_s: float = 0.0  #: how long its last send waits for an ack
+    first_sent_at: float = field(init=False)  #: monotonic time of its first send
+
+    def __post_init__(self) -> None:
+        self.first_sent_at = self.sent_at
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER, GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
 from edge_agent.outbox import Appended, OutboxRow, OutboxThread
-from edge_agent.uplink.resend import Pacing
+from edge_agent.uplink.resend import InFlight, Pacing
 
 log = get_logger("edge_agent.uplink.session")
 
@@ -80,19 +80,8 @@ PRESENCE_RESEND_MIN_S = 1.0
 
 
 @dataclass
-class Batch:
-    id: int
-    seqs: set[int]
-    sent_at: float  # monotonic time of the last send
-    attempts: int = 1
-    #: ack timeouts of this batch so far: its back-off (`resend.ResendPolicy`)
-    timeouts: int = 0
-    #: how long the last send waits for its ack (drawn when it was sent)
-    wait_s: float = 0.0
-    first_sent_at: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.first_sent_at = self.sent_at
+class Batch(InFlight):
+    id: int = 0  #: this session's number for it (the ack names seqs, not batches)
 
 
 @dataclass
@@ -282,7 +271,7 @@ class Uplink:
                 rows = await self._next_rows(lanes)
                 if not rows:
                     break
-                batch = Batch(next(self._batch_ids), {r.seq for r in rows}, time.monotonic())
+                batch = Batch({r.seq for r in rows}, time.monotonic(), id=next(self._batch_ids))
                 batch.wait_s = self._first_wait_s(batch)
                 self._inflight[batch.id] = batch
                 for seq in batch.seqs:

@@ -22,17 +22,15 @@ from typing import Any
 
 from bench._city_store import query_events, stored_seconds
 from collector.store import StoreError, StreamInfo, open_store
-from edge_agent.contract.envelope import ALARM_TYPES, Hierarchy
-from edge_agent.outbox.store import Outbox, OutboxStats
+from edge_agent.contract.envelope import ALARM_TYPES
+from edge_agent.outbox.store import OutboxStats
 from tests.harness import (
-    COMMUNITY,
-    DISTRICT,
-    STREET,
     Proc,
     agent,
     collector,
     collector_yaml,
     gateway_yaml,
+    outbox_stats,
     sim_devices,
     wait_for,
     write_yaml,
@@ -187,15 +185,6 @@ def store_latency(url: str, *, alarms: bool) -> float:
         if type_ in ALARM_TYPES or not alarms:
             worst = max(worst, stored_seconds(stored) - stored_seconds(t))
     return worst
-
-
-def outbox_stats(path: Path, gateway: str) -> OutboxStats:
-    hierarchy = Hierarchy(district=DISTRICT, street=STREET, community=COMMUNITY, gateway=gateway)
-    box = Outbox.open(path, max_bytes=1 << 30, hierarchy=hierarchy)
-    try:
-        return box.stats()
-    finally:
-        box.close()
 
 
 def listen_port() -> int:

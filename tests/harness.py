@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from edge_agent.contract.envelope import Hierarchy
+from edge_agent.outbox.store import Outbox, OutboxStats
+
 DISTRICT, STREET, COMMUNITY = "371312", "371312001", "371312001001"
 
 
@@ -112,6 +115,16 @@ def agent(config: Path, log: Path) -> Proc:
 
 def collector(config: Path, log: Path) -> Proc:
     return Proc([sys.executable, "-m", "collector", "run", "--config", str(config)], log)
+
+
+def outbox_stats(path: Path, gateway: str) -> OutboxStats:
+    """Open the outbox of a stopped agent and read its figures."""
+    hierarchy = Hierarchy(district=DISTRICT, street=STREET, community=COMMUNITY, gateway=gateway)
+    box = Outbox.open(path, max_bytes=1 << 30, hierarchy=hierarchy)
+    try:
+        return box.stats()
+    finally:
+        box.close()
 
 
 def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:

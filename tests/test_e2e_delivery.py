@@ -16,16 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.contract.envelope import ALARM_TYPES, Hierarchy
-from edge_agent.outbox.store import Outbox, OutboxStats
+from edge_agent.contract.envelope import ALARM_TYPES
 from tests.harness import (
-    COMMUNITY,
-    DISTRICT,
-    STREET,
     agent,
     collector,
     collector_yaml,
     gateway_yaml,
+    outbox_stats,
     query,
     sim_devices,
     wait_for,
@@ -35,16 +32,6 @@ from tests.harness import (
 from tests.peers import FaultProxy, Mosquitto
 
 pytestmark = pytest.mark.slow
-
-
-def outbox_stats(path: Path, gateway: str) -> OutboxStats:
-    """Open the outbox of a stopped agent and read its figures."""
-    hierarchy = Hierarchy(district=DISTRICT, street=STREET, community=COMMUNITY, gateway=gateway)
-    box = Outbox.open(path, max_bytes=1 << 30, hierarchy=hierarchy)
-    try:
-        return box.stats()
-    finally:
-        box.close()
 
 
 def event_count(store: Path) -> int:

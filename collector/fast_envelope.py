@@ -140,7 +140,8 @@ def plainly_time(value: str) -> bool:
     year 0001 or later (`datetime` has no year 0), month 01–12, day 01–28, hour < 24,
     minute and second < 60 (no leap second: the full check's `datetime` refuses it too)."""
     return (value[0:4] != "0000" and "01" <= value[5:7] <= "12"
-            and "01" <= value[8:10] <= _SAFE_DAY and value[11:13] < "24" and value[14:16] < "60" and value[17:19] < "60")
+            and "01" <= value[8:10] <= _SAFE_DAY and value[11:13] < "24"
+            and value[14:16] < "60" and value[17:19] < "60")
 
 
 def _segments(rules: Rules, *values: str) -> bool:

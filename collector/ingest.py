@@ -447,9 +447,14 @@ class Collector:
         now = time.time()
         self.summary.add(gateway=outcome.gateway,
                          lag_s=None if outcome.oldest is None else now - outcome.oldest)
-        log.info("batch_ingested", gateway=outcome.gateway, inserted=r.inserted,
-                 duplicates=r.duplicates, quarantined=r.quarantined, dropped=r.dropped,
-                 conflicts=r.conflicts)
+        # A line per payload is a flood at city scale (1,500 payloads/s): the plain ones
+        # are debug, the minute's `collector_summary` counts them; a payload with
+        # duplicates, conflicts or losses is worth its own line.
+        noteworthy = r.duplicates or r.quarantined or r.dropped or r.conflicts
+        (log.info if noteworthy else log.debug)(
+            "batch_ingested", gateway=outcome.gateway, inserted=r.inserted,
+            duplicates=r.duplicates, quarantined=r.quarantined, dropped=r.dropped,
+            conflicts=r.conflicts)
         if outcome.reasons:
             # One line a minute per gateway (RepeatLimiter): the reason is not an identity key.
             log.warning("payload_quarantined", gateway=outcome.gateway, count=r.quarantined,

@@ -129,6 +129,12 @@ async def wait_online(port: int, procs: list[Proc], within_s: float = 60) -> Non
                         break
 
 
+def cpu_seconds(p: psutil.Process) -> float:
+    """User + system CPU seconds of this generator process (its threads included)."""
+    times = p.cpu_times()
+    return float(times.user + times.system)
+
+
 class Run:
     """One bench run: the fleet, its counters and the samplers."""
 
@@ -221,9 +227,10 @@ class Run:
             await asyncio.sleep(args.warmup)
             self.counters.phase = "steady"
             offered0, acked0, t = self.counters.offered, self.counters.acked, time.monotonic()
-            steady_since = time.time()
+            steady_since, cpu0 = time.time(), cpu_seconds(self.me)
             await asyncio.sleep(args.seconds)
             seconds = time.monotonic() - t
+            out["generator_cpu_pct"] = round((cpu_seconds(self.me) - cpu0) / seconds * 100, 1)
             out |= {"steady_s": round(seconds, 1), "steady_since": steady_since,
                     "steady_until": time.time(),
                     "offered_per_s": rate(self.counters.offered - offered0, seconds),
@@ -342,6 +349,8 @@ def merged(results: list[ShardResult]) -> dict[str, Any]:
         "steady_until": max(o["steady_until"] for o in outs),
         "offered_per_s": round(sum(o["offered_per_s"] for o in outs), 1),
         "committed_per_s": round(sum(o["committed_per_s"] for o in outs), 1),
+        # the load generator's own cost over the steady phase, % of one core (all shards)
+        "generator_cpu_pct": round(sum(o["generator_cpu_pct"] for o in outs), 1),
     }
     if any("burst_events" in o for o in outs):
         drains = [o.get("burst_drain_s") for o in outs if "burst_events" in o]

@@ -56,6 +56,7 @@ from bench._city_gateway import Counters, SimGateway, Window  # noqa: E402
 from bench._city_store import store_latencies, stream_seqs  # noqa: E402
 from bench._city_traffic import Traffic, fill_backlog  # noqa: E402
 from bench._common import emit, rate, summary  # noqa: E402
+from bench._mqtt_lean import LeanClient  # noqa: E402
 from bench._stores import STORE_HELP, stores  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
@@ -114,19 +115,26 @@ def start_collectors(n: int, store: str, broker: Mosquitto, tmp: Path) -> list[P
 async def wait_online(port: int, procs: list[Proc], within_s: float = 60) -> None:
     """Start the collectors one after the other, each once the previous one is online
     (its retained presence), so two never create a new store at the same moment."""
-    import aiomqtt
+    online: set[str] = set()
+    arrived = asyncio.Event()
 
-    async with aiomqtt.Client("127.0.0.1", port, identifier="city-monitor") as mon:
+    def seen(topic: str, payload: bytes) -> None:
+        if payload == PRESENCE_ONLINE:
+            online.add(topic)
+            arrived.set()
+
+    mon = LeanClient("127.0.0.1", port, "city-monitor", on_message=seen)
+    await mon.connect()
+    try:
         await mon.subscribe(COLLECTOR_PRESENCE_FILTER, qos=1)
-        online: set[str] = set()
         async with asyncio.timeout(within_s):
             for i, proc in enumerate(procs, 1):
                 proc.start()
-                async for m in mon.messages:
-                    if m.payload == PRESENCE_ONLINE:
-                        online.add(m.topic.value)
-                    if len(online) >= i:
-                        break
+                while len(online) < i:
+                    arrived.clear()
+                    await arrived.wait()
+    finally:
+        mon.disconnect()
 
 
 def cpu_seconds(p: psutil.Process) -> float:

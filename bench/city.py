@@ -12,15 +12,18 @@ timeout; when to resend and how many batches may be in flight is the uplink's ow
 window). Their traffic (`bench._city_traffic`): a heartbeat a minute each, on-change
 telemetry and alarms raised and cleared, `--rate` events/s in total. The gateways are
 spread over `--procs` processes (shards, each with its share of the rate and the burst),
-so that the generator is not what limits the run: one asyncio process at 3,000
-connections and 1,500 events/s spent a full core and its own lag showed as latency. The
+so that the generator is not what limits the run: with aiomqtt (paho) one asyncio process
+at 3,000 connections and 1,500 events/s spent a full core and its own lag showed as
+latency; the gateways now speak MQTT through `bench._mqtt_lean` (about a quarter of a core
+for the same load, docs/benchmarks.md). The
 bench starts its own Mosquitto (anonymous, 127.0.0.1, a random port) and `--collectors`
 `edge-collector run` processes on one shared subscription writing to `--store`: `sqlite`
 (a file in a temp dir, the default), `postgresql` (a durable server of the bench's own) or
 a `postgresql://…` URL (a fresh, migrated database on that server).
 
 Phases: connect every gateway; `--warmup` s of load (not measured); `--seconds` s of
-steady load (offered and committed events/s, event time → ack at the gateway p50/p99);
+steady load (offered and committed events/s, event time → ack at the gateway p50/p99,
+`generator_cpu_pct`: the gateways' processes' CPU, % of one core);
 then, with the steady load still on, the street comes back: `--burst-gateways` gateways,
 each with `--burst-backlog` events from the last 24 hours, connect at once (drain time:
 their connect → the last of their events acked). Then the load stops, everything drains,
@@ -335,8 +338,9 @@ def run_shard(options: dict[str, Any], port: int, broker_pid: int, collector_pid
 
 def run_shards(args: SimpleNamespace, port: int, broker_pid: int,
                collector_pids: list[int]) -> list[ShardResult]:
-    """`--procs` shards, each in a process of its own (one asyncio loop drives ~1,500
-    connections at most ~1,000 events/s on this machine's core); one shard: in this one."""
+    """`--procs` shards, each in a process of its own (with aiomqtt one asyncio loop drove
+    ~1,500 connections at most ~1,000 events/s on this machine's core; the lean client
+    costs a third of that); one shard: in this one."""
     if args.procs == 1:
         return [run_shard(vars(args), port, broker_pid, collector_pids)]
     ctx = multiprocessing.get_context("spawn")

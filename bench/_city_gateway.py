@@ -5,7 +5,9 @@ where the collector can tell: events minted with `new_event` and stamped with an
 seq, batches of at most `batch_max` events (alarms first), at most `inflight` batches
 unacknowledged, a batch without an ack after its ack timeout sent again with the same
 ids, an event deleted only when an ack names its seq, and on every reconnect everything
-unacked sent again from the oldest. Each gateway has its own MQTT connection.
+unacked sent again from the oldest. Each gateway has its own MQTT connection, a
+`bench._mqtt_lean.LeanClient` (not aiomqtt: the generator must not eat the cores of what
+it measures; that module says why).
 
 When to resend and how many telemetry batches may be in flight is the uplink's own code,
 `edge_agent.uplink.resend` (timeouts backing off from `ack_timeout_s` to
@@ -17,18 +19,15 @@ equal to `ack_timeout_s` turns the back-off off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import aiomqtt
-from aiomqtt import ProtocolVersion
-
+from bench._mqtt_lean import LeanClient, MqttError
 from edge_agent.contract.envelope import Event, Hierarchy, Retention, parse_time
-from edge_agent.contract.mqtt import Endpoint, make_client
+from edge_agent.contract.mqtt import Endpoint
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import Ack, AckError, encode_batch
 from edge_agent.uplink.resend import InFlight, Pacing
@@ -87,7 +86,7 @@ class SimGateway:
         self.pacing = Pacing(window.ack_timeout_s, window.ack_timeout_max_s, window.inflight,
                              aimd=window.aimd)
         self._wake = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: LeanClient | None = None
         self.connected = asyncio.Event()
         self.drained = asyncio.Event()
         self.drained.set()
@@ -114,10 +113,13 @@ class SimGateway:
 
     async def run(self, connects: asyncio.Semaphore | None = None) -> None:
         """Connect, send and take acks until cancelled; reconnect after any MQTT error."""
+        ep = self.endpoint
         while True:
-            client = make_client(self.endpoint, ProtocolVersion.V5,
-                                 identifier=self.hierarchy.gateway, persistent=False,
-                                 timeout_s=self.window.publish_timeout_s)
+            client = LeanClient(ep.host, ep.port, self.hierarchy.gateway,
+                                keepalive_s=ep.keepalive_s, username=ep.username,
+                                password=ep.password.get_secret_value() if ep.password else None,
+                                on_message=self._on_message,
+                                timeout_s=self.window.publish_timeout_s)
             try:
                 await self._connect(client, connects)
                 try:
@@ -126,15 +128,11 @@ class SimGateway:
                     self._restart_from_oldest()
                     self.connected.set()
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._receive(client))
+                        tg.create_task(client.closed())  # raises when the connection drops
                         tg.create_task(self._send_loop(client, tg))
                 finally:
-                    # bounded: aiomqtt waits for the DISCONNECT's completion without a
-                    # timeout, forever when the socket already broke (a run's teardown hung)
-                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                        async with asyncio.timeout(self.window.publish_timeout_s):
-                            await client.__aexit__(None, None, None)
-            except* (aiomqtt.MqttError, TimeoutError):
+                    client.disconnect()  # never waits, even on a broken socket
+            except* (MqttError, TimeoutError):
                 self.counters.reconnects += 1
             finally:
                 self._client = None
@@ -142,13 +140,13 @@ class SimGateway:
             await asyncio.sleep(0.2)
 
     @staticmethod
-    async def _connect(client: aiomqtt.Client, connects: asyncio.Semaphore | None) -> None:
+    async def _connect(client: LeanClient, connects: asyncio.Semaphore | None) -> None:
         """Connect, at most `connects` gateways at a time (the broker's listen backlog)."""
         if connects is None:
-            await client.__aenter__()
+            await client.connect()
             return
         async with connects:
-            await client.__aenter__()
+            await client.connect()
 
     def _restart_from_oldest(self) -> None:
         self.inflight.clear()
@@ -157,7 +155,7 @@ class SimGateway:
             self.unsent[lane] = deque(s for s, row in self.outbox.items() if row.lane == lane)
         self._wake.set()
 
-    async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
+    async def _send_loop(self, client: LeanClient, tg: asyncio.TaskGroup) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -185,10 +183,9 @@ class SimGateway:
                 return out
         return []
 
-    async def _publish(self, client: aiomqtt.Client, seqs: list[int]) -> None:
+    async def _publish(self, client: LeanClient, seqs: list[int]) -> None:
         payload = encode_batch(self.outbox[s].body for s in seqs if s in self.outbox)
-        await client.publish(self.topics.events, payload, qos=1,
-                             timeout=self.window.publish_timeout_s)
+        await client.publish(self.topics.events, payload, qos=1)  # timeout: publish_timeout_s
 
     def resend_due(self, now: float) -> None:
         """Publish again every batch whose ack is overdue (called by the bench's ticker)."""
@@ -207,10 +204,8 @@ class SimGateway:
 
     # ------------------------------------------------------------------ acks
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            if isinstance(message.payload, bytes | bytearray):
-                self.on_ack(message.payload)
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.on_ack(payload)  # the only subscription is the gateway's ack topic
 
     def on_ack(self, payload: bytes | bytearray) -> None:
         try:

@@ -12,15 +12,18 @@ timeout; when to resend and how many batches may be in flight is the uplink's ow
 window). Their traffic (`bench._city_traffic`): a heartbeat a minute each, on-change
 telemetry and alarms raised and cleared, `--rate` events/s in total. The gateways are
 spread over `--procs` processes (shards, each with its share of the rate and the burst),
-so that the generator is not what limits the run: one asyncio process at 3,000
-connections and 1,500 events/s spent a full core and its own lag showed as latency. The
+so that the generator is not what limits the run: with aiomqtt (paho) one asyncio process
+at 3,000 connections and 1,500 events/s spent a full core and its own lag showed as
+latency; the gateways now speak MQTT through `bench._mqtt_lean` (about a quarter of a core
+for the same load, docs/benchmarks.md). The
 bench starts its own Mosquitto (anonymous, 127.0.0.1, a random port) and `--collectors`
 `edge-collector run` processes on one shared subscription writing to `--store`: `sqlite`
 (a file in a temp dir, the default), `postgresql` (a durable server of the bench's own) or
 a `postgresql://…` URL (a fresh, migrated database on that server).
 
 Phases: connect every gateway; `--warmup` s of load (not measured); `--seconds` s of
-steady load (offered and committed events/s, event time → ack at the gateway p50/p99);
+steady load (offered and committed events/s, event time → ack at the gateway p50/p99,
+`generator_cpu_pct`: the gateways' processes' CPU, % of one core);
 then, with the steady load still on, the street comes back: `--burst-gateways` gateways,
 each with `--burst-backlog` events from the last 24 hours, connect at once (drain time:
 their connect → the last of their events acked). Then the load stops, everything drains,
@@ -56,6 +59,7 @@ from bench._city_gateway import Counters, SimGateway, Window  # noqa: E402
 from bench._city_store import store_latencies, stream_seqs  # noqa: E402
 from bench._city_traffic import Traffic, fill_backlog  # noqa: E402
 from bench._common import emit, rate, summary  # noqa: E402
+from bench._mqtt_lean import LeanClient  # noqa: E402
 from bench._stores import STORE_HELP, stores  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
@@ -114,19 +118,32 @@ def start_collectors(n: int, store: str, broker: Mosquitto, tmp: Path) -> list[P
 async def wait_online(port: int, procs: list[Proc], within_s: float = 60) -> None:
     """Start the collectors one after the other, each once the previous one is online
     (its retained presence), so two never create a new store at the same moment."""
-    import aiomqtt
+    online: set[str] = set()
+    arrived = asyncio.Event()
 
-    async with aiomqtt.Client("127.0.0.1", port, identifier="city-monitor") as mon:
+    def seen(topic: str, payload: bytes) -> None:
+        if payload == PRESENCE_ONLINE:
+            online.add(topic)
+            arrived.set()
+
+    mon = LeanClient("127.0.0.1", port, "city-monitor", on_message=seen)
+    await mon.connect()
+    try:
         await mon.subscribe(COLLECTOR_PRESENCE_FILTER, qos=1)
-        online: set[str] = set()
         async with asyncio.timeout(within_s):
             for i, proc in enumerate(procs, 1):
                 proc.start()
-                async for m in mon.messages:
-                    if m.payload == PRESENCE_ONLINE:
-                        online.add(m.topic.value)
-                    if len(online) >= i:
-                        break
+                while len(online) < i:
+                    arrived.clear()
+                    await arrived.wait()
+    finally:
+        mon.disconnect()
+
+
+def cpu_seconds(p: psutil.Process) -> float:
+    """User + system CPU seconds of this generator process (its threads included)."""
+    times = p.cpu_times()
+    return float(times.user + times.system)
 
 
 class Run:
@@ -221,9 +238,10 @@ class Run:
             await asyncio.sleep(args.warmup)
             self.counters.phase = "steady"
             offered0, acked0, t = self.counters.offered, self.counters.acked, time.monotonic()
-            steady_since = time.time()
+            steady_since, cpu0 = time.time(), cpu_seconds(self.me)
             await asyncio.sleep(args.seconds)
             seconds = time.monotonic() - t
+            out["generator_cpu_pct"] = round((cpu_seconds(self.me) - cpu0) / seconds * 100, 1)
             out |= {"steady_s": round(seconds, 1), "steady_since": steady_since,
                     "steady_until": time.time(),
                     "offered_per_s": rate(self.counters.offered - offered0, seconds),
@@ -320,8 +338,9 @@ def run_shard(options: dict[str, Any], port: int, broker_pid: int, collector_pid
 
 def run_shards(args: SimpleNamespace, port: int, broker_pid: int,
                collector_pids: list[int]) -> list[ShardResult]:
-    """`--procs` shards, each in a process of its own (one asyncio loop drives ~1,500
-    connections at most ~1,000 events/s on this machine's core); one shard: in this one."""
+    """`--procs` shards, each in a process of its own (with aiomqtt one asyncio loop drove
+    ~1,500 connections at most ~1,000 events/s on this machine's core; the lean client
+    costs a third of that); one shard: in this one."""
     if args.procs == 1:
         return [run_shard(vars(args), port, broker_pid, collector_pids)]
     ctx = multiprocessing.get_context("spawn")
@@ -342,6 +361,8 @@ def merged(results: list[ShardResult]) -> dict[str, Any]:
         "steady_until": max(o["steady_until"] for o in outs),
         "offered_per_s": round(sum(o["offered_per_s"] for o in outs), 1),
         "committed_per_s": round(sum(o["committed_per_s"] for o in outs), 1),
+        # the load generator's own cost over the steady phase, % of one core (all shards)
+        "generator_cpu_pct": round(sum(o["generator_cpu_pct"] for o in outs), 1),
     }
     if any("burst_events" in o for o in outs):
         drains = [o.get("burst_drain_s") for o in outs if "burst_events" in o]

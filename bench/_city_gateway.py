@@ -64,6 +64,9 @@ class Counters:
     acked: int = 0
     batches: int = 0
     resends: int = 0
+    #: events carried by those resends (each one a duplicate at the store unless its
+    #: first copy was shed or lost)
+    resent_events: int = 0
     reconnects: int = 0
     ack_ignored: int = 0
     #: (phase, latency s): the ack's arrival minus the event's time, per event
@@ -202,6 +205,7 @@ class SimGateway:
             self.pacing.timed_out(batch, now)
             self.pacing.sent_again(batch, now)
             self.counters.resends += 1
+            self.counters.resent_events += len(seqs)
             task = asyncio.get_running_loop().create_task(self._publish(client, seqs))
             task.add_done_callback(_ignore_result)
 

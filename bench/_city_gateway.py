@@ -9,7 +9,7 @@ unacked sent again from the oldest. Each gateway has its own MQTT connection.
 
 When to resend and how many telemetry batches may be in flight is the uplink's own code,
 `edge_agent.uplink.resend` (timeouts backing off from `ack_timeout_s` to
-`ack_timeout_max_s`, the congestion window), so the bench measures the agent's policy;
+`ack_timeout_max_s`, the congestion window and its slow start after each connect), so the bench measures the agent's policy;
 `aimd=False` keeps the window at `inflight` (the back-off alone), and `ack_timeout_max_s`
 equal to `ack_timeout_s` turns the back-off off.
 """
@@ -156,6 +156,7 @@ class SimGateway:
     def _restart_from_oldest(self) -> None:
         self.inflight.clear()
         self.batch_of.clear()
+        self.pacing.restart()  # as the uplink does on every (re)connect
         for lane in LANES:
             self.unsent[lane] = deque(s for s, row in self.outbox.items() if row.lane == lane)
         self._wake.set()

@@ -205,3 +205,19 @@ def test_slow_start_holds_back_telemetry_only_and_not_without_aimd() -> None:
     assert Pacing(5.0, 30.0, 8, aimd=False).limit == 8
     assert Pacing(5.0, 30.0, 1).limit == 1  # never above max_inflight_batches
     assert CongestionWindow(8).limit == 8  # no initial: the full window, no slow start
+
+
+def test_an_ack_restarts_the_timer_of_the_batches_queued_behind_it_only() -> None:
+    pacing = Pacing(5.0, 30.0, 8)
+    before = Sent(sent_at=100.0, wait_s=5.0)  # sent before the acked one: may be lost (R3)
+    behind = Sent(sent_at=101.0, wait_s=5.0)  # due at 106: now one first timeout from 104
+    backing = Sent(sent_at=101.5, timeouts=1, wait_s=10.0)  # its back-off is its own
+    later = Sent(sent_at=103.5, wait_s=30.0)  # due at 133.5 already: never shortened
+    acked = Sent(sent_at=100.5, first_sent_at=100.5)
+    pacing.completed(acked, [before, behind, backing, later], now=104.0)  # 3.5 s: a queue
+    first = pacing.first_wait_s()
+    assert first == 3.5 + 4 * 1.75  # RFC 6298's first sample
+    assert (before.wait_s, behind.wait_s, backing.wait_s, later.wait_s) == (
+        5.0, 104.0 + first - 101.0, 10.0, 30.0)
+    pacing.completed(Sent(sent_at=101.0, first_sent_at=101.0), [later], now=120.0)
+    assert later.wait_s == 120.0 + pacing.first_wait_s() - 103.5  # the timer follows the acks

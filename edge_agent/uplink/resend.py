@@ -64,6 +64,14 @@ R6. Slow start (TCP's, RFC 5681 with HyStart's delay exit): the window starts at
     drained in 78 s instead of ~30 (docs/benchmarks.md, "the street burst"). Two batches
     per gateway already keep the collectors' queue full; a lone gateway on a healthy
     collector reaches its full window in three round trips (~0.1 s).
+R7. An ack restarts the timer of every batch sent after the acked one that has not timed
+    out yet (RFC 6298 5.3: the timer restarts on an ack of new data): it waits at least
+    one first timeout (R1) from now. Such a batch is queued behind the acked one, and its
+    ack comes after it; the timer set at its send, before the latency of a growing queue
+    was measured, would resend it while its first copy still waits (the street burst's
+    resends). A batch sent before the acked one keeps its timer (R3: its copy may be lost),
+    so a lost batch is resent at most one first timeout after the ack of the last batch
+    sent before it.
 R5. Resends on a collector's presence (session invariants 8 and 9) are not timeouts: they
     stay immediate and change neither the back-off nor the window.
 """
@@ -202,8 +210,8 @@ class CongestionWindow:
 
 
 class Pacing:
-    """The whole policy for one gateway's uplink: what its batches wait (R1–R3) and how many
-    telemetry batches it may have in flight (R4, R6). `aimd=False` keeps the window at
+    """The whole policy for one gateway's uplink: what its batches wait (R1–R3, R7) and how
+    many telemetry batches it may have in flight (R4, R6). `aimd=False` keeps the window at
     `max_batches` (for the bench's comparison only)."""
 
     def __init__(self, ack_timeout_s: float, ack_timeout_max_s: float, max_batches: int, *,
@@ -241,11 +249,15 @@ class Pacing:
 
     def completed(self, batch: InFlight, inflight: Iterable[InFlight], now: float) -> None:
         """An ack completed `batch` at `now` (`inflight`: the batches still out)."""
+        inflight = list(inflight)
         latency = now - batch.first_sent_at
         self.latency.sample(latency)
+        first = self.first_wait_s()
+        for other in inflight:  # R7
+            if not other.timeouts and other.sent_at >= batch.sent_at:
+                other.wait_s = max(other.wait_s, now + first - other.sent_at)
         fresh = batch.attempts == 1
         if fresh:  # R3
-            first = self.first_wait_s()
             for other in inflight:
                 if other.timeouts and other.sent_at < batch.sent_at:
                     other.timeouts = 0

@@ -9,9 +9,9 @@ unacked sent again from the oldest. Each gateway has its own MQTT connection.
 
 When to resend and how many telemetry batches may be in flight is the uplink's own code,
 `edge_agent.uplink.resend` (timeouts backing off from `ack_timeout_s` to
-`ack_timeout_max_s`, the congestion window and its slow start after each connect), so the bench measures the agent's policy;
-`aimd=False` keeps the window at `inflight` (the back-off alone), and `ack_timeout_max_s`
-equal to `ack_timeout_s` turns the back-off off.
+`ack_timeout_max_s`, the congestion window and its slow start after each connect), so the
+bench measures the agent's policy; `aimd=False` keeps the window at `inflight` (the
+back-off alone), and `ack_timeout_max_s` equal to `ack_timeout_s` turns the back-off off.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ it measures; that module says why).
 
 When to resend and how many telemetry batches may be in flight is the uplink's own code,
 `edge_agent.uplink.resend` (timeouts backing off from `ack_timeout_s` to
-`ack_timeout_max_s`, the congestion window), so the bench measures the agent's policy;
-`aimd=False` keeps the window at `inflight` (the back-off alone), and `ack_timeout_max_s`
-equal to `ack_timeout_s` turns the back-off off.
+`ack_timeout_max_s`, the congestion window and its slow start after each connect), so the
+bench measures the agent's policy; `aimd=False` keeps the window at `inflight` (the
+back-off alone), and `ack_timeout_max_s` equal to `ack_timeout_s` turns the back-off off.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ class Counters:
     acked: int = 0
     batches: int = 0
     resends: int = 0
+    #: events carried by those resends (each one a duplicate at the store unless its
+    #: first copy was shed or lost)
+    resent_events: int = 0
     reconnects: int = 0
     ack_ignored: int = 0
     #: (phase, latency s): the ack's arrival minus the event's time, per event
@@ -151,6 +154,7 @@ class SimGateway:
     def _restart_from_oldest(self) -> None:
         self.inflight.clear()
         self.batch_of.clear()
+        self.pacing.restart()  # as the uplink does on every (re)connect
         for lane in LANES:
             self.unsent[lane] = deque(s for s, row in self.outbox.items() if row.lane == lane)
         self._wake.set()
@@ -199,6 +203,7 @@ class SimGateway:
             self.pacing.timed_out(batch, now)
             self.pacing.sent_again(batch, now)
             self.counters.resends += 1
+            self.counters.resent_events += len(seqs)
             task = asyncio.get_running_loop().create_task(self._publish(client, seqs))
             task.add_done_callback(_ignore_result)
 

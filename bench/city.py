@@ -200,6 +200,8 @@ class Run:
                                    "resends": self.counters.resends + self.burst_counters.resends,
                                    "mean_window": round(sum(g.pacing.limit for g in self.fleet)
                                                         / len(self.fleet), 2)}
+            if self.street and self.counters.phase != "warmup":
+                row["street"] = street_sample(self.street, self.burst_counters)
             with contextlib.suppress(psutil.Error):
                 row["cpu_pct"] = {"bench": self.me.cpu_percent()}
                 if self.broker is not None:
@@ -272,6 +274,31 @@ class Run:
         return out
 
 
+def street_sample(street: list[SimGateway], c: Counters) -> dict[str, Any]:
+    """The street gateways' state now (per sample, to see the burst's shape second by
+    second): running totals of acked events, resent batches and the events they carried
+    (each a duplicate at the store unless its first copy was shed), and, over the street's
+    connected gateways, the telemetry window (min / mean / max), the events in flight, the
+    first ack timeout a batch sent now gets (mean / max) and the batches in flight that
+    are backing off (had a timeout) with the longest wait among them."""
+    live = [g for g in street if g.connected.is_set()]
+    inflight = [b for g in live for b in g.inflight.values()]
+    windows = [g.pacing.limit for g in live]
+    firsts = [g.pacing.first_wait_s() for g in live]
+    backing = [b for b in inflight if b.timeouts]
+    return {"acked": c.acked, "resends": c.resends, "resent_events": c.resent_events,
+            "reconnects": c.reconnects, "connected": len(live),
+            "waiting": sum(g.waiting for g in street),
+            "inflight_events": sum(len(b.seqs) for b in inflight),
+            "window": [min(windows, default=0),
+                       round(sum(windows) / len(windows), 2) if windows else 0,
+                       max(windows, default=0)],
+            "first_timeout_s": [round(sum(firsts) / len(firsts), 2) if firsts else 0,
+                                round(max(firsts, default=0), 2)],
+            "backing_off": len(backing),
+            "max_wait_s": round(max((b.wait_s for b in backing), default=0), 1)}
+
+
 @dataclass(frozen=True)
 class Stream:
     """What one simulated gateway minted and still holds, for the read-back."""
@@ -297,6 +324,7 @@ class ShardResult:
     resends: int
     reconnects: int
     rss: list[list[float]] = field(default_factory=list)
+    resent_events: int = 0
 
 
 def check_store(url: str, streams: list[Stream]) -> dict[str, int]:
@@ -333,7 +361,8 @@ def run_shard(options: dict[str, Any], port: int, broker_pid: int, collector_pid
                        [Stream.of(g) for g in everyone],
                        [g.hierarchy.gateway for g in run.fleet],
                        run.counters.resends + run.burst_counters.resends,
-                       run.counters.reconnects + run.burst_counters.reconnects, run.rss)
+                       run.counters.reconnects + run.burst_counters.reconnects, run.rss,
+                       run.counters.resent_events + run.burst_counters.resent_events)
 
 
 def run_shards(args: SimpleNamespace, port: int, broker_pid: int,
@@ -449,6 +478,7 @@ def main(**options: Any) -> None:
             "generated": sum(s.last_seq for s in streams),
             "unacked_at_end": sum(len(s.unacked) for s in streams),
             "resends": sum(r.resends for r in results),
+            "resent_events": sum(r.resent_events for r in results),
             "reconnects": sum(r.reconnects for r in results),
             **check_store(store, streams),
             "collector_rss": rss_summary(results[0].rss),

@@ -1,6 +1,6 @@
 """The uplink's resend policy, pure (`edge_agent.uplink.resend`): the back-off schedule, its
 cap and jitter bounds, the first timeout following the ack latency, the reset on a fresh
-ack, and the congestion window (AIMD)."""
+ack, and the congestion window (AIMD, slow start)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from edge_agent.config.models import ACK_TIMEOUT_MAX_S, UplinkConfig
-from edge_agent.uplink.resend import AckLatency, CongestionWindow, Pacing, ResendPolicy
+from edge_agent.uplink.resend import (
+    SLOW_START_BATCHES,
+    AckLatency,
+    CongestionWindow,
+    Pacing,
+    ResendPolicy,
+)
 
 
 def low(a: float, b: float) -> float:
@@ -122,7 +128,7 @@ def test_the_cap_setting_defaults_to_30_s_or_the_ack_timeout_if_longer() -> None
 
 
 def test_the_pacing_window_shrinks_on_late_acks_and_timeouts_and_grows_on_acks_in_time() -> None:
-    pacing = Pacing(5.0, 30.0, 8)
+    pacing = Pacing(5.0, 30.0, 8, initial_batches=8)  # a full window (slow start: below)
     pacing.completed(Sent(sent_at=0.0), [], now=6.0)  # acked, but later than ack_timeout_s
     assert pacing.limit == 4
     pacing.timed_out(Sent(sent_at=7.0), now=12.0)
@@ -141,3 +147,77 @@ def test_the_pacing_window_shrinks_on_late_acks_and_timeouts_and_grows_on_acks_i
     fixed = Pacing(5.0, 30.0, 8, aimd=False)  # the bench's comparison: no window
     fixed.timed_out(Sent(sent_at=0.0), now=5.0)
     assert fixed.limit == 8
+
+
+def acked_in(pacing: Pacing, seconds: float, n: int = 1, at: float = 0.0) -> None:
+    """`n` batches sent once at `at`, each acked `seconds` later."""
+    for _ in range(n):
+        pacing.completed(Sent(sent_at=at, first_sent_at=at), [], now=at + seconds)
+
+
+def test_a_new_gateway_starts_at_two_batches_and_doubles_per_round_of_acks_in_time() -> None:
+    pacing = Pacing(5.0, 30.0, 8)
+    assert SLOW_START_BATCHES == 2 and pacing.limit == 2  # R6: nothing measured yet
+    rounds = [pacing.limit]
+    while pacing.limit < 8:  # a healthy collector: each round's acks in 50 ms
+        acked_in(pacing, 0.05, n=pacing.limit)
+        rounds.append(pacing.limit)
+    assert rounds == [2, 4, 8]
+    acked_in(pacing, 0.05, n=20)
+    assert pacing.window.size == 8.0  # never above max_inflight_batches
+
+
+def test_slow_start_ends_where_acks_come_later_than_half_the_ack_timeout() -> None:
+    pacing = Pacing(5.0, 30.0, 8)
+    acked_in(pacing, 1.0, n=2)  # in time and quick: 2 -> 4
+    assert pacing.limit == 4
+    acked_in(pacing, 3.0)  # in time, but a queue is forming: no more doubling
+    assert not pacing.window.slow_start and pacing.limit == 4
+    acked_in(pacing, 3.0, n=3)  # one batch per window of acks in time (R4)
+    assert pacing.limit == 4 and pacing.window.size > 4.5
+    acked_in(pacing, 3.0, n=2)
+    assert pacing.limit == 5
+
+
+def test_a_reconnect_restarts_slow_start_and_a_cut_lowers_where_it_stops() -> None:
+    pacing = Pacing(5.0, 30.0, 8)
+    acked_in(pacing, 0.05, n=6)
+    assert pacing.limit == 8
+    acked_in(pacing, 0.05, n=50)  # a healthy latency estimate, kept across sessions
+    pacing.restart()
+    assert pacing.limit == 2 and pacing.first_wait_s() == 5.0
+    acked_in(pacing, 0.05, n=2)
+    assert pacing.limit == 4
+    pacing.timed_out(Sent(sent_at=10.0), now=15.0)  # a cut: halved, slow start over
+    assert pacing.limit == 2 and not pacing.window.slow_start
+    pacing.restart()
+    assert pacing.limit == 2  # restart never grows a window
+    acked_in(pacing, 0.05, n=2, at=20.0)  # additive now: up to the threshold the cut set
+    assert pacing.limit == 2
+    acked_in(pacing, 0.05, n=1, at=20.0)
+    assert pacing.limit == 3
+
+
+def test_slow_start_holds_back_telemetry_only_and_not_without_aimd() -> None:
+    # the window is `limit`; callers let alarms use every max_inflight_batches slot (R4)
+    pacing = Pacing(5.0, 30.0, 8)
+    assert pacing.limit == 2 and pacing.window.max_batches == 8
+    assert Pacing(5.0, 30.0, 8, aimd=False).limit == 8
+    assert Pacing(5.0, 30.0, 1).limit == 1  # never above max_inflight_batches
+    assert CongestionWindow(8).limit == 8  # no initial: the full window, no slow start
+
+
+def test_an_ack_restarts_the_timer_of_the_batches_queued_behind_it_only() -> None:
+    pacing = Pacing(5.0, 30.0, 8)
+    before = Sent(sent_at=100.0, wait_s=5.0)  # sent before the acked one: may be lost (R3)
+    behind = Sent(sent_at=101.0, wait_s=5.0)  # due at 106: now one first timeout from 104
+    backing = Sent(sent_at=101.5, timeouts=1, wait_s=10.0)  # its back-off is its own
+    later = Sent(sent_at=103.5, wait_s=30.0)  # due at 133.5 already: never shortened
+    acked = Sent(sent_at=100.5, first_sent_at=100.5)
+    pacing.completed(acked, [before, behind, backing, later], now=104.0)  # 3.5 s: a queue
+    first = pacing.first_wait_s()
+    assert first == 3.5 + 4 * 1.75  # RFC 6298's first sample
+    assert (before.wait_s, behind.wait_s, backing.wait_s, later.wait_s) == (
+        5.0, 104.0 + first - 101.0, 10.0, 30.0)
+    pacing.completed(Sent(sent_at=101.0, first_sent_at=101.0), [later], now=120.0)
+    assert later.wait_s == 120.0 + pacing.first_wait_s() - 103.5  # the timer follows the acks

@@ -43,13 +43,35 @@ R2. After its n-th timeout (n ≥ 1) a batch waits a time drawn uniformly from
 R3. A fresh ack (for a batch sent once) resets the back-off of every batch in flight last
     sent before that batch: its count starts again, and it is resent at the latest one
     first timeout from now (a later batch being acked first says its copy was lost).
-R4. The window starts at `max_inflight_batches`. An ack later than `ack_timeout_s`, or a
-    timeout, halves it (down to 1), once per congestion event: a batch last sent before
-    the last cut does not cut it again. Each ack within `ack_timeout_s` of a batch sent
-    once grows it by 1 / window (one batch per window of them), up to
-    `max_inflight_batches`. It limits telemetry and records only: alarm batches may use
-    all `max_inflight_batches` slots, so an alarm never waits for a slot the window holds
-    back.
+R4. An ack later than `ack_timeout_s`, or a timeout, halves the window (down to 1), once
+    per congestion event: a batch last sent before the last cut does not cut it again.
+    Each ack within `ack_timeout_s` of a batch sent once grows it by 1 / window (one batch
+    per window of them), up to `max_inflight_batches`. It limits telemetry and records
+    only: alarm batches may use all `max_inflight_batches` slots, so an alarm never waits
+    for a slot the window holds back.
+R6. Slow start (TCP's, RFC 5681 with HyStart's delay exit): the window starts at
+    `SLOW_START_BATCHES`, and again at most that after every reconnect (`restart`; the
+    latency estimate is kept, it measures the collectors). Below the slow-start
+    threshold (`max_inflight_batches` until a cut lowers it to the halved window) each
+    ack in time grows it by one batch: it doubles per round of acks. An ack in time but
+    later than `SLOW_START_EXIT` × `ack_timeout_s` ends slow start there (the threshold
+    drops to the window): a queue is forming, and the window then grows by R4 only.
+    Why: a gateway reconnecting with a backlog used to put its whole window on the wire
+    at once, before any latency sample (first timeout `ack_timeout_s`); a street of them
+    (100 × 8 × 200 events) queued more in front of the collectors than they commit in
+    `ack_timeout_s`, so every window was resent once (duplicates, shed payloads), the
+    windows were cut and the resends backed off towards `ack_timeout_max_s`: the burst
+    drained in 78 s instead of ~30 (docs/benchmarks.md, "the street burst"). Two batches
+    per gateway already keep the collectors' queue full; a lone gateway on a healthy
+    collector reaches its full window in three round trips (~0.1 s).
+R7. An ack restarts the timer of every batch sent after the acked one that has not timed
+    out yet (RFC 6298 5.3: the timer restarts on an ack of new data): it waits at least
+    one first timeout (R1) from now. Such a batch is queued behind the acked one, and its
+    ack comes after it; the timer set at its send, before the latency of a growing queue
+    was measured, would resend it while its first copy still waits (the street burst's
+    resends). A batch sent before the acked one keeps its timer (R3: its copy may be lost),
+    so a lost batch is resent at most one first timeout after the ack of the last batch
+    sent before it.
 R5. Resends on a collector's presence (session invariants 8 and 9) are not timeouts: they
     stay immediate and change neither the back-off nor the window.
 """
@@ -63,7 +85,13 @@ from dataclasses import dataclass, field
 
 from edge_agent.contract.backoff import Uniform, ceiling_s
 
-__all__ = ["AckLatency", "CongestionWindow", "InFlight", "Pacing", "ResendPolicy"]
+__all__ = ["SLOW_START_BATCHES", "SLOW_START_EXIT", "AckLatency", "CongestionWindow",
+           "InFlight", "Pacing", "ResendPolicy"]
+
+#: The telemetry window of a gateway with nothing measured yet, and after a reconnect (R6).
+SLOW_START_BATCHES = 2
+#: An ack later than this fraction of `ack_timeout_s` ends slow start (R6).
+SLOW_START_EXIT = 0.5
 
 
 @dataclass
@@ -135,14 +163,17 @@ class AckLatency:
 
 
 class CongestionWindow:
-    """How many telemetry batches may be in flight (R4): additive increase on acks in
-    time, multiplicative decrease on late ones."""
+    """How many telemetry batches may be in flight (R4, R6): slow start up to its
+    threshold, then additive increase on acks in time; multiplicative decrease on late
+    ones. `initial` defaults to `max_batches` (no slow start)."""
 
-    def __init__(self, max_batches: int) -> None:
+    def __init__(self, max_batches: int, initial: int | None = None) -> None:
         if max_batches < 1:
             raise ValueError(f"max_batches must be at least 1, not {max_batches}")
         self.max_batches = max_batches
-        self.size = float(max_batches)
+        self.size = float(max_batches if initial is None else max(1, min(initial, max_batches)))
+        #: below it each ack in time adds a whole batch (slow start)
+        self.threshold = float(max_batches)
         self._cut_at = -math.inf
 
     @property
@@ -150,9 +181,22 @@ class CongestionWindow:
         """Batches of the telemetry lane that may be in flight now."""
         return max(1, int(self.size))
 
+    @property
+    def slow_start(self) -> bool:
+        return self.size < self.threshold
+
     def on_time(self) -> None:
-        """An ack in time: one more batch per window of them."""
-        self.size = min(float(self.max_batches), self.size + 1 / self.size)
+        """An ack in time: one more batch per ack in slow start, else per window of them."""
+        step = 1.0 if self.slow_start else 1 / self.size
+        self.size = min(float(self.max_batches), self.size + step)
+
+    def settle(self) -> None:
+        """Acks come in time but slower: end slow start at the window it reached."""
+        self.threshold = min(self.threshold, self.size)
+
+    def restart(self, initial: int) -> None:
+        """A new session: slow start again from at most `initial` (the threshold stays)."""
+        self.size = min(self.size, float(max(1, initial)))
 
     def late(self, sent_at: float, now: float) -> bool:
         """The ack of a batch last sent at `sent_at` is late at `now`; True if that cut the
@@ -160,21 +204,28 @@ class CongestionWindow:
         if sent_at < self._cut_at:
             return False
         self.size = max(1.0, self.size / 2)
+        self.threshold = self.size
         self._cut_at = now
         return True
 
 
 class Pacing:
-    """The whole policy for one gateway's uplink: what its batches wait (R1–R3) and how many
-    telemetry batches it may have in flight (R4). `aimd=False` keeps the window at
+    """The whole policy for one gateway's uplink: what its batches wait (R1–R3, R7) and how
+    many telemetry batches it may have in flight (R4, R6). `aimd=False` keeps the window at
     `max_batches` (for the bench's comparison only)."""
 
     def __init__(self, ack_timeout_s: float, ack_timeout_max_s: float, max_batches: int, *,
-                 aimd: bool = True, uniform: Uniform = random.uniform) -> None:
+                 aimd: bool = True, uniform: Uniform = random.uniform,
+                 initial_batches: int = SLOW_START_BATCHES) -> None:
         self.policy = ResendPolicy(ack_timeout_s, ack_timeout_max_s, uniform)
         self.latency = AckLatency()
-        self.window = CongestionWindow(max_batches)
+        self.initial_batches = initial_batches
+        self.window = CongestionWindow(max_batches, initial_batches)
         self.aimd = aimd
+
+    def restart(self) -> None:
+        """A new session (a reconnect): its backlog leaves in slow start again (R6)."""
+        self.window.restart(self.initial_batches)
 
     @property
     def limit(self) -> int:
@@ -198,11 +249,15 @@ class Pacing:
 
     def completed(self, batch: InFlight, inflight: Iterable[InFlight], now: float) -> None:
         """An ack completed `batch` at `now` (`inflight`: the batches still out)."""
+        inflight = list(inflight)
         latency = now - batch.first_sent_at
         self.latency.sample(latency)
+        first = self.first_wait_s()
+        for other in inflight:  # R7
+            if not other.timeouts and other.sent_at >= batch.sent_at:
+                other.wait_s = max(other.wait_s, now + first - other.sent_at)
         fresh = batch.attempts == 1
         if fresh:  # R3
-            first = self.first_wait_s()
             for other in inflight:
                 if other.timeouts and other.sent_at < batch.sent_at:
                     other.timeouts = 0
@@ -210,6 +265,8 @@ class Pacing:
         if not self.aimd:
             return
         if fresh and latency <= self.policy.ack_timeout_s:
+            if self.window.slow_start and latency > SLOW_START_EXIT * self.policy.ack_timeout_s:
+                self.window.settle()  # R6: a queue is forming
             self.window.on_time()
         elif latency > self.policy.ack_timeout_s:
             self.window.late(batch.sent_at, now)

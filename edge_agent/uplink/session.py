@@ -10,8 +10,9 @@ Invariants
    online (see 8). The timeout starts at `ack_timeout_s` and backs off, with jitter, up
    to `ack_timeout_max_s` with each resend of the batch (and starts higher while acks
    take longer than `ack_timeout_s`); the window halves when acks are late and grows back
-   when they are on time: `edge_agent.uplink.resend` (its invariants R1–R5 say why and
-   how; alarms never wait for a slot the window holds back).
+   when they are on time, and starts small after every (re)connect, doubling per round of
+   acks in time (slow start): `edge_agent.uplink.resend` (its invariants R1–R6 say why
+   and how; alarms never wait for a slot the window holds back).
 3. Alarms first: lane 1 (alarm retention) is drained before lane 0 on every pick.
 4. On every (re)connect all in-flight state is forgotten and sending restarts from
    the oldest row: the collector may have committed some of it; duplicates are free.
@@ -232,6 +233,7 @@ class Uplink:
                              timeout=self.cfg.publish_timeout_s)
         self._was_connected = True
         self._reset_inflight()
+        self._pacing.restart()  # the backlog leaves in slow start (resend R6)
         self.status.connected, self.status.since = True, time.time()
         self._session_started = time.monotonic()
         self.status.protocol = self._protocol.label

@@ -5,6 +5,7 @@ Each test names the invariant of the outbox module docstring it checks.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import json.encoder
@@ -1274,3 +1275,23 @@ def test_a_pending_report_from_before_unconfirmed_was_kept_counts_all_as_unconfi
     loss = parse_loss(old, next_seq=10, evicted_total=3, epoch="0" * 16)
     assert loss.data()["unconfirmed"] == 3 and loss.data()["lost"] == 0
     assert json.loads(loss.to_json())["unconfirmed"] == 3
+
+
+async def test_waiting_counts_no_ack_twice_while_its_delete_runs(path: Path) -> None:
+    """The last ack of a backlog lands while the previous acks' delete runs on the thread:
+    `waiting()` is 0 then (the uplink logs `backlog_drained` on it), not the rows being
+    deleted counted again."""
+    outbox = await OutboxThread.open(path, max_bytes=BIG, hierarchy=H)
+    try:
+        for _ in range(20):
+            seqs = await outbox.append([telemetry(i) for i in range(10)])
+            outbox.ack(seqs[:5])
+            outbox._flush_acks()  # the write-behind delete starts now (as after ACK_FLUSH_S)
+            assert outbox.waiting() == 5
+            await asyncio.sleep(0)  # the delete task is on its way to the thread
+            outbox.ack(seqs[5:])
+            assert outbox.waiting() == 0, "rows taken for deletion were counted as waiting"
+            await outbox.fetch(lane=0, after_seq=0, limit=100, max_bytes=BIG)
+            assert outbox.waiting() == 0 and outbox.stats().events == 0
+    finally:
+        await outbox.close()

@@ -22,6 +22,7 @@ ack matches.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -66,6 +67,9 @@ class OutboxThread:
         #: why the outbox is not open (degraded start), "" once it is
         self.open_error = ""
         self._acked: list[int] = []
+        #: acked rows taken for a delete that has not yet dropped them from the counters
+        self._deleting = 0
+        self._deleting_lock = threading.Lock()  # changed on both threads
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
 
@@ -137,17 +141,22 @@ class OutboxThread:
     async def _run_after_acks(self, fn: Callable[[], T]) -> T:
         """`fn` on the thread, after deleting the acknowledged rows still pending."""
         acked = self._take_acked()
-        if not acked:
-            return await self._run(fn)
-
-        def both() -> T:
-            self._box().delete(acked)
-            return fn()
-        return await self._keeping_acks(acked, both)
+        if acked:
+            await self._keeping_acks(acked, lambda: self._box().delete(acked))
+        return await self._run(fn)
 
     async def _keeping_acks(self, acked: list[int], fn: Callable[[], T]) -> T:
+        """`fn` on the thread, which deletes the rows `acked` (taken by `_take_acked`; it
+        may do more in the same transaction); if it fails they are acked again, to be
+        deleted with the next call."""
+        def deleting() -> T:
+            try:
+                return fn()
+            finally:
+                with self._deleting_lock:
+                    self._deleting -= len(acked)
         try:
-            return await self._run(fn)
+            return await self._run(deleting)
         except BaseException:
             self._acked[:0] = acked  # not deleted: try again with the next call
             raise
@@ -191,11 +200,18 @@ class OutboxThread:
                 ACK_FLUSH_S, self._flush_acks)
 
     def waiting(self) -> int:
-        """Rows not yet acknowledged (the outbox's count less the pending acks)."""
-        return max(0, self.stats().events - len(self._acked))
+        """Rows not yet acknowledged: the outbox's count less the acks pending and those
+        being deleted (taken from `_acked` at the start of a delete, they leave `_deleting`
+        on the thread right after the outbox's counters drop, so no ack is counted twice
+        or not at all while the delete runs)."""
+        return max(0, self.stats().events - len(self._acked) - self._deleting)
 
     def _take_acked(self) -> list[int]:
+        """The pending acks, for a delete: they count as `_deleting` until it has run (every
+        caller hands them to `_keeping_acks`)."""
         acked, self._acked = self._acked, []
+        with self._deleting_lock:
+            self._deleting += len(acked)
         if self._ack_timer is not None:
             self._ack_timer.cancel()
             self._ack_timer = None

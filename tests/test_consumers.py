@@ -330,3 +330,85 @@ def test_the_real_command(tmp_path: Path) -> None:
                           "--type", "smoke.*"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("edge-collector: area '1'")
     assert "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------- PostgreSQL schema
+
+
+def test_a_store_without_the_consumers_migration_is_refused_with_the_command(
+        postgres: Any) -> None:
+    import psycopg
+
+    from collector.store import StoreError, open_store
+    from collector.store.pg_migrate import migrate
+
+    url = postgres.new_database()
+    with psycopg.connect(url) as conn:
+        migrate(conn, upto=2)
+    with pytest.raises(ConsumerError, match="edge-collector migrate"):
+        open_consumers(url)
+    with pytest.raises(StoreError, match=r"missing .*0004_consumers\.sql.*edge-collector migrate"):
+        open_store(url, create=False)
+    assert "applied 0004_consumers.sql" in CliRunner().invoke(
+        main, ["migrate", "--store", url]).output
+    open_consumers(url).close()
+
+
+def test_migrate_applies_a_lower_number_that_arrives_later(postgres: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two features numbered side by side (0003 merged after 0004 was applied somewhere):
+    the missing version is applied, not skipped for being below the highest."""
+    import psycopg
+
+    from collector.store import pg_migrate
+    from collector.store.pg_migrate import Migration, migrate, missing_versions
+
+    url = postgres.new_database()
+    one = Migration(1, "0001_a.sql", "CREATE TABLE a (x int)")
+    four = Migration(4, "0004_d.sql", "CREATE TABLE d (x int)")
+    three = Migration(3, "0003_c.sql", "CREATE TABLE c (x int)")
+    with psycopg.connect(url) as conn:
+        monkeypatch.setattr(pg_migrate, "migrations", lambda: [one, four])
+        assert migrate(conn) == ["0001_a.sql", "0004_d.sql"]
+        monkeypatch.setattr(pg_migrate, "migrations", lambda: [one, three, four])
+        assert missing_versions(conn) == ["0003_c.sql"]
+        assert migrate(conn) == ["0003_c.sql"]
+        assert migrate(conn) == [] and missing_versions(conn) == []
+        assert conn.execute("SELECT to_regclass('c') IS NOT NULL").fetchone() == (True,)
+
+
+def test_a_store_that_is_away_is_unavailable_not_unauthorised(tmp_path: Path) -> None:
+    """The stream API answers 503 (StoreUnavailable), not 401, while PostgreSQL is down,
+    and tokens work again once it is back."""
+    import shutil
+    import tempfile
+
+    from collector.consumers import StoreUnavailable
+    from tests.peers import Postgres
+
+    workdir = Path(tempfile.mkdtemp(prefix="cd-pg-away-"))
+    server = Postgres(workdir)
+    server.start()
+    try:
+        url = server.new_database()
+        migrate_store(url)
+        with Consumers(open_db(url), cache_s=0) as c:
+            made = c.add("消防-河东", parse_scope([HEDONG], ["smoke.*"]))
+            assert c.authenticate(made.token) is not None
+            server.stop()
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="cannot be read"):
+                c.authenticate(made.token)
+            assert time.monotonic() - started < 8
+            server.start()
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    assert c.authenticate(made.token) is not None
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -14,7 +14,7 @@ The stream API uses only this module's names: `open_consumers(url)`, then
 from __future__ import annotations
 
 from collector.consumers.db import open_db
-from collector.consumers.errors import ConsumerError
+from collector.consumers.errors import ConsumerError, StoreUnavailable
 from collector.consumers.scope import Scope, parse_scope
 from collector.consumers.service import (
     CACHE_S,
@@ -27,7 +27,8 @@ from collector.consumers.service import (
 )
 
 __all__ = ["CACHE_S", "AuditRow", "Consumer", "ConsumerError", "ConsumerInfo", "Consumers",
-           "NewToken", "Scope", "TokenInfo", "open_consumers", "parse_scope"]
+           "NewToken", "Scope", "StoreUnavailable", "TokenInfo", "open_consumers",
+           "parse_scope"]
 
 
 def open_consumers(store_url: str, *, audit_retention_days: int | None = 90,

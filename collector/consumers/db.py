@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from collector.consumers.errors import ConsumerError
+from collector.consumers.errors import ConsumerError, StoreUnavailable
 from collector.store import parse_store_url
 from edge_agent.contract.envelope import format_time, parse_time
 
@@ -125,8 +125,11 @@ class SqliteDb:
             cur.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+        try:
+            with self._lock:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self.transaction() as tx:
@@ -181,10 +184,13 @@ class PostgresDb:
         if any(name.endswith("_consumers.sql") for name in missing):
             raise ConsumerError("the PostgreSQL store has no consumers tables yet (hint: run "
                                 "`edge-collector migrate --store URL`)")
-        self._psycopg_error = psycopg.Error
+        self._unavailable: tuple[type[BaseException], ...] = (psycopg.OperationalError,
+                                                              PoolTimeout)
+        # A request waits at most `timeout` for a connection while the server is away.
         self._pool: Any = ConnectionPool(dsn, min_size=1, max_size=4, open=False,
                                          name="collector-consumers",
-                                         kwargs={"connect_timeout": 10}, timeout=10)
+                                         check=ConnectionPool.check_connection,
+                                         kwargs={"connect_timeout": 3}, timeout=3)
         try:
             self._pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:
@@ -197,8 +203,11 @@ class PostgresDb:
             yield _PgTx(cur)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        with self.transaction() as tx:
-            return tx.run(sql, params)
+        try:
+            with self.transaction() as tx:
+                return tx.run(sql, params)
+        except self._unavailable as exc:
+            raise StoreUnavailable(f"the store cannot be read: {_line(exc)}") from exc
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

@@ -9,3 +9,8 @@ class ConsumerError(ValueError):
     The message names what was wrong and, after `hint:`, what to do; the CLI prints it as
     is, never a traceback.
     """
+
+
+class StoreUnavailable(ConsumerError):
+    """The store could not be read or written just now (server down, file locked): a
+    request should be answered 503 (try again), not 401."""

@@ -112,7 +112,9 @@ class Consumers:
     # ------------------------------------------------------------------ the stream API's
 
     def authenticate(self, token: str) -> Consumer | None:
-        """The consumer of a valid token; None when unknown, revoked or expired."""
+        """The consumer of a valid token; None when unknown, revoked or expired.
+
+        Raises StoreUnavailable when the store cannot be read (answer 503, not 401)."""
         if not isinstance(token, str) or not well_formed(token):
             return None
         key = digest(token)

@@ -171,7 +171,7 @@ def test_a_revoked_token_fails_within_the_cache_delay(url: str, consumers: Consu
     while consumers.authenticate(made.token) is not None:
         assert time.monotonic() - revoked_at < consumers.cache_s + 0.5
         time.sleep(0.02)
-    assert time.monotonic() - revoked_at <= consumers.cache_s + 0.1
+    assert time.monotonic() - revoked_at <= consumers.cache_s + 0.3  # + one loop, loaded box
     assert consumers.authenticate(other.token) is not None  # only that token
     assert consumers.revoke("民政") == [other.id]
     assert consumers.revoke("民政") == []
@@ -189,6 +189,49 @@ def test_an_expired_token_fails_at_once_even_cached(consumers: Consumers, clock:
     assert consumers.authenticate(made.token) is None
     [info] = consumers.list_consumers()
     assert info.tokens[0].state(datetime.fromtimestamp(clock.now, UTC)) == "expired"
+
+
+def test_sqlite_authentication_does_not_wait_for_a_writer(tmp_path: Path) -> None:
+    """A collector holding the file's write lock (a group commit) delays the audit flush,
+    never `authenticate`."""
+    import sqlite3
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'district.db'}"
+    migrate_store(url)
+    with Consumers(open_db(url), cache_s=0) as c:
+        made = c.add("公安", parse_scope(["all"], ["gate.*"]))
+        c.audit("公安", "/v1/events", parse_scope(["all"], ["gate.*"]), 1)
+        collector = sqlite3.connect(tmp_path / "district.db", isolation_level=None)
+        collector.execute("BEGIN IMMEDIATE")
+        flusher = threading.Thread(target=c.flush)
+        flusher.start()
+        time.sleep(0.2)  # the flush now waits for the write lock
+        started = time.monotonic()
+        for _ in range(100):
+            assert c.authenticate(made.token) is not None
+        assert time.monotonic() - started < 1.0
+        assert flusher.is_alive()
+        collector.execute("COMMIT")
+        flusher.join(10)
+        collector.close()
+        assert [r.events for r in c.audit_rows()] == [1]
+
+
+def test_names_are_data_never_sql(consumers: Consumers) -> None:
+    name = "x'); DROP TABLE consumers; --"
+    made = consumers.add(name, parse_scope(["all"], ["*"]))
+    assert consumers.authenticate(made.token) == Consumer(name, parse_scope(["all"], ["*"]))
+    assert [i.name for i in consumers.list_consumers()] == [name]
+
+
+def test_authenticate_from_many_threads(consumers: Consumers) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokens = [consumers.add(f"c{i}", parse_scope(["all"], ["*"])).token for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: consumers.authenticate(tokens[i % 8]), range(400)))
+    assert [g.name if g else None for g in got] == [f"c{i % 8}" for i in range(400)]
 
 
 def test_management_mistakes_are_named(consumers: Consumers) -> None:
@@ -315,7 +358,8 @@ def test_cli_on_a_missing_sqlite_store_says_how_to_make_it(tmp_path: Path) -> No
 
 def test_the_real_command(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'district.db'}"
-    cmd = [sys.executable, "-m", "collector"]
+    script = Path(sys.executable).parent / "edge-collector"  # the installed console script
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "collector"]
     subprocess.run([*cmd, "migrate", "--store", url], check=True, capture_output=True)
     added = subprocess.run([*cmd, "consumers", "add", "消防-河东", "--store", url, "--area",
                             HEDONG, "--type", "smoke.*"], capture_output=True, text=True,

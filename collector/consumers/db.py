@@ -5,8 +5,8 @@ are aware UTC datetimes in Python; SQLite keeps them as RFC 3339 text with milli
 (`2026-12-05T13:40:00.123Z`, which sorts as it reads, like the other SQLite tables),
 PostgreSQL as timestamptz.
 
-SQLite: one connection shared by the threads of the process (a lock around each use), WAL,
-`synchronous=FULL`; the consumers' tables are created on open if missing, so a store
+SQLite: a read and a write connection shared by the threads of the process (a lock
+around each use), WAL, `synchronous=FULL`; the consumers' tables are created on open if missing, so a store
 file made before they existed gains them (the file itself must exist: `edge-collector
 migrate` makes it). PostgreSQL: a small psycopg pool; the tables come from migration
 `0004_consumers.sql`, and a store without it is refused with the command to run.
@@ -83,6 +83,10 @@ class _SqliteTx:
 
 
 class SqliteDb:
+    """Two connections: reads (`query`: authenticate, listings) never queue behind a write
+    (`transaction`, `many`: the audit flush, management) that waits for the file's write
+    lock while a collector commits a group; WAL lets them read meanwhile."""
+
     kind = "sqlite"
 
     def __init__(self, path: str, busy_timeout_s: float = 30.0) -> None:
@@ -94,28 +98,34 @@ class SqliteDb:
         if not Path(path).exists():
             raise ConsumerError(f"no store at {path} (hint: `edge-collector migrate --store "
                                 "sqlite:///…` creates it)")
-        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         try:
-            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                         timeout=busy_timeout_s)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            with self._lock:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    create_tables(self._conn, CONSUMER_TABLES)
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
+            self._writer = self._connect(path, busy_timeout_s)
+            self._reader = self._connect(path, busy_timeout_s)
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                create_tables(self._writer, CONSUMER_TABLES)
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise ConsumerError(f"cannot open store {path}: {exc}") from None
 
+    @staticmethod
+    def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                               timeout=busy_timeout_s)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._lock:
-            cur = self._conn.cursor()
+        with self._write_lock:
+            cur = self._writer.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
                 yield _SqliteTx(cur)
@@ -126,8 +136,8 @@ class SqliteDb:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            with self._lock:
-                return self._conn.execute(sql, tuple(params)).fetchall()
+            with self._read_lock:
+                return self._reader.execute(sql, tuple(params)).fetchall()
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"the store cannot be read: {exc}") from exc
 
@@ -143,8 +153,9 @@ class SqliteDb:
         return None if value is None else parse_time(str(value))
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._write_lock, self._read_lock:
+            self._reader.close()
+            self._writer.close()
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

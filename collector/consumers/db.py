@@ -6,9 +6,9 @@ are aware UTC datetimes in Python; SQLite keeps them as RFC 3339 text with milli
 PostgreSQL as timestamptz.
 
 SQLite: a read and a write connection shared by the threads of the process (a lock
-around each use), WAL, `synchronous=FULL`; the consumers' tables are created on open if missing, so a store
-file made before they existed gains them (the file itself must exist: `edge-collector
-migrate` makes it). PostgreSQL: a small psycopg pool; the tables come from migration
+around each use), WAL, `synchronous=FULL`; the consumers' tables are created on open if
+missing, so a store file made before they existed gains them (the file itself must exist:
+`edge-collector migrate` makes it). PostgreSQL: a small psycopg pool; the tables come from migration
 `0004_consumers.sql`, and a store without it is refused with the command to run.
 """
 

@@ -175,3 +175,12 @@ def stats(store_url: str) -> None:
     for d in st.dropped:
         _out("dropped", d.gateway or "-", d.cause, f"{d.rows} entries", f"{d.bytes} bytes",
              f"last {d.last_at}")
+
+
+def _add_consumers() -> None:
+    from collector.consumers.cli import consumers
+
+    main.add_command(consumers)
+
+
+_add_consumers()

@@ -2,7 +2,10 @@
 
 `NNNN_name.sql` files are applied in order, each in its own transaction together with
 its row in `schema_version`; an advisory lock makes concurrent `migrate` runs wait for
-each other. Applying is idempotent: applied versions are skipped.
+each other. Applying is idempotent: applied versions are skipped. Numbers may have gaps
+and a lower number may arrive later (two features developed side by side, e.g. 0003 and
+0004): every version not recorded in `schema_version` is applied, not only those above
+the highest recorded one.
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ def current_version(conn: psycopg.Connection[Any]) -> int:
     return int(got[0]) if got else 0
 
 
+def applied_versions(conn: psycopg.Connection[Any]) -> set[int]:
+    row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        return set()
+    return {int(v) for (v,) in conn.execute("SELECT version FROM schema_version").fetchall()}
+
+
+def missing_versions(conn: psycopg.Connection[Any]) -> list[str]:
+    """The migrations this code has that the database has not applied (by name)."""
+    have = applied_versions(conn)
+    return [m.name for m in migrations() if m.version not in have]
+
+
 def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[str]:
     """Apply what is missing (up to version `upto`, default all); returns the names applied
     (empty: already up to date)."""
@@ -60,9 +76,9 @@ def migrate(conn: psycopg.Connection[Any], upto: int | None = None) -> list[str]
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
                      "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
-        have = current_version(conn)
+        have = applied_versions(conn)
         for m in migrations():
-            if m.version <= have or (upto is not None and m.version > upto):
+            if m.version in have or (upto is not None and m.version > upto):
                 continue
             with conn.transaction():
                 conn.execute(m.sql.encode())

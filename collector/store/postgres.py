@@ -54,7 +54,7 @@ from collector.store.base import (
 )
 from collector.store.intervals import split_missing
 from collector.store.pg_keys import epoch_int, epoch_text, ulid_uuid, uuid_ulid
-from collector.store.pg_migrate import current_version, latest_version
+from collector.store.pg_migrate import current_version, latest_version, missing_versions
 from collector.store.pg_partitions import PartitionKeeper
 from collector.store.schema import RAW_CAP
 from collector.text import storable
@@ -163,13 +163,15 @@ class PostgresStore(GroupCommit[Cur]):
         try:  # first one plain connection: a wrong URL fails here, before any pool thread
             with psycopg.connect(self.dsn, connect_timeout=10) as conn:
                 have, need = current_version(conn), latest_version()
+                missing = missing_versions(conn)
         except psycopg.Error as exc:
             raise StoreError(f"cannot open store postgresql://…: {one_line(exc)} (hint: is the "
                              "server up, and do the host, port, user and database in the "
                              "store URL exist?)") from None
-        if have < need:
+        if missing and have <= need:
             raise StoreError(f"the PostgreSQL store has schema version {have}, this collector "
-                             f"needs {need}: run `edge-collector migrate --store URL` first")
+                             f"needs {need} (missing {', '.join(missing)}): run "
+                             "`edge-collector migrate --store URL` first")
         if have > need:
             raise StoreError(f"the PostgreSQL store has schema version {have}, newer than this "
                              f"collector knows ({need}): upgrade the collector")

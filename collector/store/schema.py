@@ -33,6 +33,7 @@ class Table:
     columns: tuple[Column, ...]
     pk: tuple[str, ...]
     indexes: tuple[tuple[str, ...], ...] = ()
+    unique: tuple[tuple[str, ...], ...] = ()
 
     def index_name(self, cols: tuple[str, ...]) -> str:
         return f"idx_{self.name}_{'_'.join(cols)}"
@@ -89,4 +90,32 @@ QUARANTINE_DROPPED = Table(
     pk=("gateway", "cause"),
 )
 
-TABLES: tuple[Table, ...] = (EVENTS, STREAMS, EXPLAINED_GAPS, QUARANTINE, QUARANTINE_DROPPED)
+#: Who may read the store through the stream API (`collector.consumers`): a name and a
+#: scope (areas and type patterns, space-separated; areas "" = all).
+CONSUMERS = Table("consumers", (_t("name"), _t("areas"), _t("types"), _t("created_at")),
+                  pk=("name",))
+
+#: A consumer's bearer tokens, stored as SHA-256 only (`hash`, unique: the lookup).
+CONSUMER_TOKENS = Table(
+    "consumer_tokens",
+    (_t("id"), _t("consumer"), _t("hash"), _t("hint"), _t("created_at"),
+     Column("expires_at", "text", not_null=False), Column("revoked_at", "text", not_null=False),
+     Column("last_used_at", "text", not_null=False)),
+    pk=("id",),
+    indexes=(("consumer",),),
+    unique=(("hash",),),
+)
+
+#: One row per read through the stream API; bounded by `audit_retention_days`.
+CONSUMER_AUDIT = Table(
+    "consumer_audit",
+    (Column("id", "integer"), _t("at"), _t("consumer"), _t("route"), _t("scope"),
+     Column("events", "integer")),
+    pk=("id",),
+    indexes=(("at",), ("consumer", "at")),
+)
+
+CONSUMER_TABLES: tuple[Table, ...] = (CONSUMERS, CONSUMER_TOKENS, CONSUMER_AUDIT)
+
+TABLES: tuple[Table, ...] = (EVENTS, STREAMS, EXPLAINED_GAPS, QUARANTINE, QUARANTINE_DROPPED,
+                             *CONSUMER_TABLES)

@@ -43,7 +43,7 @@ from collector.store.base import (
     StreamInfo,
 )
 from collector.store.intervals import split_missing
-from collector.store.schema import RAW_CAP, SCHEMA_VERSION, TABLES, Column
+from collector.store.schema import RAW_CAP, SCHEMA_VERSION, TABLES, Column, Table
 from collector.text import storable
 from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import format_time
@@ -363,8 +363,15 @@ class _transaction:
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
+    create_tables(conn, TABLES)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def create_tables(conn: sqlite3.Connection, tables: Sequence[Table]) -> None:
+    """Create `tables` and their indexes where missing (idempotent): also how a store file
+    made by an older collector gets tables added since (the consumers')."""
     db = sqlite_utils.Database(conn)
-    for table in TABLES:
+    for table in tables:
         db.table(table.name).create(
             {c.name: _PY_TYPES[c.type] for c in table.columns},
             pk=table.pk[0] if len(table.pk) == 1 else table.pk,
@@ -374,7 +381,9 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         for cols in table.indexes:
             db.table(table.name).create_index(list(cols), index_name=table.index_name(cols),
                                               if_not_exists=True)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for cols in table.unique:
+            db.table(table.name).create_index(list(cols), index_name=table.index_name(cols),
+                                              unique=True, if_not_exists=True)
 
 
 def _not_null(column: Column, pk: tuple[str, ...]) -> bool:

@@ -33,7 +33,7 @@ def reader(store: Store, store_url: str) -> Iterator[Reader]:
     r.close()
 
 
-def drain(reader: Reader, after: Position, flt: Filter = Filter(),
+def drain(reader: Reader, after: Position, flt: Filter = Filter(),  # noqa: B008
           limit: int = 1000) -> tuple[list[str], Position]:
     ids: list[str] = []
     while True:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from collector.store import Store, open_store
 from collector.stream.filter import Filter
@@ -159,3 +161,50 @@ def test_postgres_late_commit_is_not_skipped(postgres: Postgres) -> None:
     finally:
         reader.close()
         store.close()
+
+
+_INSERT_ROWS = ("INSERT INTO event_rows (id, time, received_at, epoch, seq, place, type, device, "
+                "severity, data) SELECT gen_random_uuid(), now(), now(), 1, g, "
+                "(SELECT min(id) FROM places), 'smoke.reading', 'prop', 'info', '{}' "
+                "FROM generate_series(1, %s) g RETURNING id")
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres: Postgres) -> str:
+    from collector.store.pg_migrate import migrate_url
+
+    url = postgres.new_database()
+    migrate_url(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO places (district, street, community, gateway) "
+                     "VALUES ('371312', '371312001', '371312001001', 'gw-p')")
+    return url
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 3), min_size=2, max_size=5), data=st.data())
+def test_postgres_interleaved_commits_never_skip(pg_url: str, sizes: list[int],
+                                                 data: st.DataObject) -> None:
+    """Transactions take their xids in one order, insert in another and commit in a
+    third; a reader polling after every step sees each row exactly once."""
+    reader = open_reader(pg_url)
+    conns = [psycopg.connect(pg_url) for _ in sizes]
+    try:
+        _, after = drain(reader, Position.start("postgresql"))
+        for conn in conns:
+            conn.execute("SELECT pg_current_xact_id()")  # xids in list order
+        seen: list[str] = []
+        for i in data.draw(st.permutations(range(len(sizes))), label="insert order"):
+            conns[i].execute(_INSERT_ROWS.encode(), (sizes[i],))
+        for i in data.draw(st.permutations(range(len(sizes))), label="commit order"):
+            ids, after = drain(reader, after)
+            seen += ids
+            conns[i].commit()
+        ids, after = drain(reader, after)
+        seen += ids
+        assert len(seen) == len(set(seen)) == sum(sizes)
+    finally:
+        for conn in conns:
+            conn.close()
+        reader.close()

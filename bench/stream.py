@@ -64,20 +64,27 @@ async def _page_all(base: str, n: int) -> tuple[int, float]:
 
 async def _sse(base: str, headers: dict[str, str], until: float, n: int | None,
                log: list[tuple[str, float]]) -> None:
+    """Reads chunks (not lines: 20 clients parsing line by line were the bottleneck)."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
     async with aiohttp.ClientSession(timeout=timeout) as s, \
             s.get(base + "/v1/events/stream", headers={**AUTH, **headers}) as resp:
+        buf = b""
         while time.time() < until:
             try:
-                line = await asyncio.wait_for(resp.content.readline(), until - time.time())
+                chunk = await asyncio.wait_for(resp.content.readany(), until - time.time())
             except TimeoutError:
                 return
-            if line.startswith(b"data: "):
-                log.append((_id_of(line), time.time()))
-                if n is not None and len(log) >= n:
-                    return
+            if not chunk:
+                return
+            now = time.time()
+            *messages, buf = (buf + chunk).split(b"\n\n")
+            for message in messages:
+                if b"\ndata: " in message:
+                    log.append((_id_of(message), now))
+            if n is not None and len(log) >= n:
+                return
 
 
 def _client(mode: str, base: str, arg: Any, out: Any) -> None:

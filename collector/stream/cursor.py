@@ -36,11 +36,22 @@ class CursorCodec:
         if len(key) < 16:
             raise ValueError("the cursor key must be at least 16 bytes")
         self._key = key
+        #: the text of recent positions: every stream at the tail sends the same ones
+        self._recent: dict[Position, str] = {}
 
     def _tag(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_TAG]
 
     def encode(self, pos: Position) -> str:
+        text = self._recent.get(pos)
+        if text is None:
+            text = self._encode(pos)
+            if len(self._recent) >= 20_000:
+                self._recent.clear()
+            self._recent[pos] = text
+        return text
+
+    def _encode(self, pos: Position) -> str:
         body = _BODY.pack(_VERSION, KINDS.index(pos.kind), pos.a, pos.b.to_bytes(16, "big"))
         return base64.urlsafe_b64encode(body + self._tag(body)).rstrip(b"=").decode()
 

@@ -119,6 +119,27 @@ _PG_PAGE = ("SELECT e.tx, e.id, e.type, p.district, p.street, p.community, p.gat
             "ORDER BY e.tx, e.id LIMIT %s")
 
 
+class EnvelopeCache:
+    """The CloudEvent JSON of recently read positions. Streams at the tail read the same
+    new events, each with its own filter: turning a row into JSON (ULID text, time,
+    JSON of `data`: ~30 µs) is done once per event, not once per consumer."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._size = size
+        self._items: dict[Position, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pos: Position) -> bytes | None:
+        return self._items.get(pos)
+
+    def put(self, pos: Position, body: bytes) -> None:
+        with self._lock:
+            self._items[pos] = body
+            if len(self._items) > self._size:  # dicts keep insertion order: drop the oldest
+                for old in list(self._items)[: self._size // 10]:
+                    del self._items[old]
+
+
 class PostgresReader:
     """Reads `event_rows` below the oldest open transaction (a small pool of its own)."""
 
@@ -129,6 +150,7 @@ class PostgresReader:
         from psycopg_pool import ConnectionPool
 
         self._psycopg = psycopg
+        self._cache = EnvelopeCache()
         self._pool: ConnectionPool[Any] = ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, name="stream-reader",
             kwargs={"connect_timeout": 10,
@@ -151,8 +173,14 @@ class PostgresReader:
                 cur.execute(_PG_PAGE.format(where=cond).encode(),
                             [after.a, after.uuid, horizon, *params, limit + 1])
                 rows = cur.fetchall()
-        events = [(Position("postgresql", r[0], r[1].int), _pg_envelope(r[1:]))
-                  for r in rows[:limit]]
+        events = []
+        for r in rows[:limit]:
+            pos = Position("postgresql", r[0], r[1].int)
+            body = self._cache.get(pos)
+            if body is None:
+                body = _pg_envelope(r[1:])
+                self._cache.put(pos, body)
+            events.append((pos, body))
         if len(rows) > limit:
             return Page(events, events[-1][0], True)
         # Every transaction below the horizon has ended and was read: continue after it.

@@ -2,7 +2,7 @@
 delivery latency with many consumers connected while ingest runs.
 
     .venv/bin/python bench/stream.py [--store sqlite|postgresql|URL] [--events 50000]
-        [--consumers 20] [--rate 2000] [--seconds 20] [--poll 0.2]
+        [--consumers 20] [--rate 2000] [--seconds 20] [--poll 0.1]
 
 1. `--events` events are loaded through the store's `ingest` (payloads of 500); one
    client pages through them (`limit=1000`), then one SSE client reads them all: events/s.
@@ -192,7 +192,7 @@ def _end(reader: Any) -> Any:
 @click.option("--consumers", default=20, show_default=True)
 @click.option("--rate", "per_s", default=2000, show_default=True)
 @click.option("--seconds", default=20.0, show_default=True)
-@click.option("--poll", "poll_s", default=0.2, show_default=True)
+@click.option("--poll", "poll_s", default=0.1, show_default=True)
 def main(kind: str, events: int, consumers: int, per_s: int, seconds: float,
          poll_s: float) -> None:
     with tempfile.TemporaryDirectory() as tmp, stores(kind, Path(tmp)) as fresh:

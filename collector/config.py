@@ -139,7 +139,7 @@ class ApiConfig(Strict):
                                               "characters; a random 64-hex-digit file)")
     tls: ListenerTls | None = None
     heartbeat_s: float = Field(default=15.0, gt=0, le=300)
-    poll_s: float = Field(default=0.2, gt=0, le=10,
+    poll_s: float = Field(default=0.1, gt=0, le=10,
                           description="how often the server looks for new events (SSE)")
     behind_after_s: float = Field(default=30.0, gt=0, le=3600,
                                   description="an SSE client that takes nothing for this long "

@@ -36,7 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class StreamSettings:
     heartbeat_s: float = 15.0
     #: how often the server looks for new events (SSE)
-    poll_s: float = 0.2
+    poll_s: float = 0.1
     #: a stream whose client has not taken what was written within this is told it is behind
     behind_after_s: float = 30.0
 

@@ -208,3 +208,26 @@ def test_postgres_interleaved_commits_never_skip(pg_url: str, sizes: list[int],
         for conn in conns:
             conn.close()
         reader.close()
+
+
+def test_postgres_small_windows_read_everything(pg_url: str) -> None:
+    """Windows of one transaction id (and widening ones over gaps) lose nothing."""
+    from collector.stream.reader import PostgresReader
+
+    store = open_store(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # xids used by no event row
+        for _ in range(30):
+            conn.execute("SELECT pg_current_xact_id()")
+    batches = [event_rows(3) for _ in range(6)]
+    for rows in batches:
+        ingest(store, rows)
+    store.close()
+    reader = PostgresReader(pg_url, window=1)
+    wide = open_reader(pg_url)
+    try:
+        ids, _ = drain(reader, Position.start("postgresql"), limit=2)
+        assert ids == drain(wide, Position.start("postgresql"))[0]
+        assert {r.id for rows in batches for r in rows} <= set(ids)
+    finally:
+        reader.close()
+        wide.close()

@@ -33,6 +33,8 @@ from edge_agent.contract.envelope import format_time
 
 MAX_PAGE = 1000
 _U128_MAX = (1 << 128) - 1
+#: Windows of transaction ids one PostgreSQL read may look at before it answers.
+_MAX_WINDOWS = 48
 
 
 class ReaderError(RuntimeError):
@@ -146,7 +148,7 @@ class PostgresReader:
     kind: StoreKind = "postgresql"
 
     def __init__(self, dsn: str, pool_size: int = 4, statement_timeout_ms: int = 30_000,
-                 window: int = 4096) -> None:
+                 window: int = 16) -> None:
         import psycopg
         from psycopg_pool import ConnectionPool
 
@@ -165,27 +167,32 @@ class PostgresReader:
             raise ReaderError(f"cannot read the store postgresql://…: {exc}") from None
 
     def read(self, after: Position, flt: Filter, limit: int = MAX_PAGE) -> Page:
-        """Reads a window of transaction ids at a time: `tx >= after.tx AND tx < upper`,
-        so the BRIN index on `tx` reads only those block ranges (a page from far back
-        does not sort the whole table). An empty window is followed by one 4 times as
-        wide, within this call, up to the horizon."""
+        """Reads windows of transaction ids: `tx >= after.tx AND tx < upper`, so the BRIN
+        index on `tx` reads only those block ranges and a page far back does not sort the
+        whole table. A window that returned little is followed by one 4 times as wide
+        (empty stretches of ids cost a few steps); at most `_MAX_WINDOWS` per call."""
         limit = max(1, min(limit, MAX_PAGE))
         cond, params = where(flt, POSTGRES)
         sql = _PG_PAGE.format(where=cond).encode()
         iso = self._psycopg.IsolationLevel.REPEATABLE_READ
+        rows: list[Any] = []
         with self._pool.connection() as conn:
             conn.isolation_level = iso
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(_HORIZON)
                 horizon = int(cur.fetchone()[0])
                 start, window = after, self.window
-                while True:
+                for _ in range(_MAX_WINDOWS):
                     upper = min(horizon, max(start.a, 0) + 1 + window)
-                    cur.execute(sql, [start.a, start.uuid, upper, *params, limit + 1])
-                    rows = cur.fetchall()
-                    if rows or upper >= horizon:
+                    cur.execute(sql, [start.a, start.uuid, upper, *params,
+                                      limit + 1 - len(rows)])
+                    got = cur.fetchall()
+                    rows += got
+                    if len(rows) > limit or upper >= horizon:
                         break
-                    start, window = Position("postgresql", upper - 1, _U128_MAX), window * 4
+                    if len(got) < limit // 4:
+                        window *= 4
+                    start = Position("postgresql", upper - 1, _U128_MAX)
         events = []
         for r in rows[:limit]:
             pos = Position("postgresql", r[0], r[1].int)

@@ -190,7 +190,7 @@ class PostgresReader:
                     rows += got
                     if len(rows) > limit or upper >= horizon:
                         break
-                    if len(got) < limit // 4:
+                    if not got or len(got) < limit // 4:
                         window *= 4
                     start = Position("postgresql", upper - 1, _U128_MAX)
         events = []

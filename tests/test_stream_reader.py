@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -85,6 +86,9 @@ def test_filters_and_scope(store: Store, reader: Reader) -> None:
     assert drain(reader, start, Filter().narrowed(Scope((), ("*",))))[0] == []
     assert drain(reader, start, Filter().narrowed(Scope(("",), ())))[0] == []
     assert len(drain(reader, start, Filter().narrowed(ALL))[0]) == 9
+    past, future = datetime(2020, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    assert len(drain(reader, start, Filter(since=past))[0]) == 9
+    assert drain(reader, start, Filter(since=future))[0] == []
 
 
 @pytest.mark.parametrize("evil", ["' OR 1=1 --", "x'); DROP TABLE events; --", "%", "_",

@@ -147,6 +147,8 @@ async def test_bad_parameters(reader: Reader, consumers: MemoryConsumers,
         for path in ("/v1/events", "/v1/events/stream"):
             status, body = await get(s, api.base, path, "t-all", **params)
             assert status == 400 and body["parameter"] == name, body
+    assert [(a[1], a[3]) for a in consumers.audits] == [("/v1/events", 0),
+                                                        ("/v1/events/stream", 0)]
 
 
 async def test_cursor_tampered_or_foreign(reader: Reader, consumers: MemoryConsumers,
@@ -290,19 +292,19 @@ async def test_sse_heartbeat_and_live_events(reader: Reader, consumers: MemoryCo
     async with running_api(reader, consumers, settings) as api, \
             aiohttp.ClientSession() as s, \
             s.get(api.base + "/v1/events/stream", headers=auth("t-fire")) as resp:
-            assert resp.headers["Content-Type"].startswith("text/event-stream")
-            beats, events = 0, 0
-            async with asyncio.timeout(10):
-                async for msg in sse_messages(resp):
-                    if msg == ": heartbeat":
-                        beats += 1
-                        if beats == 2:
-                            await asyncio.to_thread(ingest, store, event_rows(5))
-                    elif isinstance(msg, SseMessage):
-                        events += 1
-                        if events == 5:
-                            break
-            assert beats >= 2
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        beats, events = 0, 0
+        async with asyncio.timeout(10):
+            async for msg in sse_messages(resp):
+                if msg == ": heartbeat":
+                    beats += 1
+                    if beats == 2:
+                        await asyncio.to_thread(ingest, store, event_rows(5))
+                elif isinstance(msg, SseMessage):
+                    events += 1
+                    if events == 5:
+                        break
+        assert beats >= 2
 
 
 async def test_sse_behind(reader: Reader, consumers: MemoryConsumers, store: Store) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,12 +93,23 @@ def _start(request: web.Request, query: Query, resume: str | None = None) -> Pos
         raise ParamError("Last-Event-ID" if resume is not None else "after", str(exc)) from None
 
 
+@contextlib.contextmanager
+def _audited_refusal(request: web.Request, consumer: ConsumerLike, route: str) -> Iterator[None]:
+    """A request refused for its parameters is audited too (0 events), then answered 400."""
+    try:
+        yield
+    except ParamError:
+        request.app[CONSUMERS].audit(consumer.name, route, consumer.scope, 0)
+        raise
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     consumer = _consumer(request)
     if isinstance(consumer, web.Response):
         return consumer
-    query = parse_query(request.query.items())
-    after = _start(request, query)
+    with _audited_refusal(request, consumer, "/v1/events"):
+        query = parse_query(request.query.items())
+        after = _start(request, query)
     reader, codec = request.app[READER], request.app[CODEC]
     page = await asyncio.to_thread(reader.read, after, query.filter.narrowed(consumer.scope),
                                    query.limit)
@@ -122,9 +133,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     consumer = _consumer(request)
     if isinstance(consumer, web.Response):
         return consumer
-    query = parse_query(request.query.items())
-    resume = request.headers.get("Last-Event-ID")
-    pos = _start(request, query, resume if resume else None)
+    with _audited_refusal(request, consumer, "/v1/events/stream"):
+        query = parse_query(request.query.items())
+        resume = request.headers.get("Last-Event-ID")
+        pos = _start(request, query, resume if resume else None)
     flt = query.filter.narrowed(consumer.scope)
     app = request.app
     reader, codec, settings, head = app[READER], app[CODEC], app[SETTINGS], app[HEAD]

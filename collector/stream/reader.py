@@ -117,7 +117,7 @@ _HORIZON = b"SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
 _PG_PAGE = ("SELECT e.tx, e.id, e.type, p.district, p.street, p.community, p.gateway, "
             "e.device, e.time, e.epoch, e.seq, e.severity, e.data "
             "FROM event_rows e JOIN places p ON p.id = e.place "
-            "WHERE (e.tx, e.id) > (%s, %s) AND e.tx < %s AND ({where}) "
+            "WHERE e.tx >= %s AND (e.tx, e.id) > (%s, %s) AND e.tx < %s AND ({where}) "
             "ORDER BY e.tx, e.id LIMIT %s")
 
 
@@ -184,7 +184,7 @@ class PostgresReader:
                 start, window = after, self.window
                 for _ in range(_MAX_WINDOWS):
                     upper = min(horizon, max(start.a, 0) + 1 + window)
-                    cur.execute(sql, [start.a, start.uuid, upper, *params,
+                    cur.execute(sql, [start.a, start.a, start.uuid, upper, *params,
                                       limit + 1 - len(rows)])
                     got = cur.fetchall()
                     rows += got

@@ -71,24 +71,67 @@ def validate(config_path: Path) -> None:
 @main.command()
 @click.option("--config", "config_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="collector YAML")
-def run(config_path: Path) -> None:
-    """Ingest until SIGINT/SIGTERM."""
+@click.option("--serve", "with_api", is_flag=True,
+              help="also serve the event stream API (the config's `api:` section)")
+def run(config_path: Path, with_api: bool) -> None:
+    """Ingest until SIGINT/SIGTERM (with --serve or `api.enabled`, also the stream API)."""
     from collector.app import SetupError, serve
     from collector.managed_broker import ManagedBrokerError
+    from collector.stream.server import ApiSetupError, serve_api
 
     cfg = _load(config_path)
     configure(cfg.log_level)
+    api = cfg.api
+    if with_api and api is None:
+        _fail(f"{config_path}: --serve needs an `api:` section (listen, cursor_key)")
 
     async def main_async() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(cfg, stop)
+        if api is None or not (with_api or api.enabled):
+            await serve(cfg, stop)
+            return
+        tasks = [asyncio.create_task(serve(cfg, stop)),
+                 asyncio.create_task(serve_api(api, cfg.store, stop))]
+        try:  # either one failing stops both
+            for done in asyncio.as_completed(tasks):
+                await done
+                stop.set()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     try:
         asyncio.run(main_async())
-    except (StoreError, SecretError, SetupError, ManagedBrokerError) as exc:
+    except (StoreError, SecretError, SetupError, ManagedBrokerError, ApiSetupError) as exc:
+        _fail(str(exc))
+
+
+@main.command("serve")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="collector YAML")
+def serve_command(config_path: Path) -> None:
+    """Serve the event stream API (the config's `api:` section) until SIGINT/SIGTERM."""
+    from collector.stream.server import ApiSetupError, serve_api
+
+    cfg = _load(config_path)
+    configure(cfg.log_level)
+    if cfg.api is None:
+        _fail(f"{config_path}: no `api:` section (listen, cursor_key); see docs/stream-api.md")
+    api = cfg.api
+
+    async def main_async() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_api(api, cfg.store, stop)
+
+    try:
+        asyncio.run(main_async())
+    except (SecretError, ApiSetupError) as exc:
         _fail(str(exc))
 
 

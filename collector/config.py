@@ -127,6 +127,33 @@ class GatewaysConfig(Strict):
                     "`accept` with a warning")
 
 
+class ApiConfig(Strict):
+    """The event stream API (docs/stream-api.md): `edge-collector serve`, or inside
+    `edge-collector run` with `enabled: true` (or `run --serve`)."""
+
+    enabled: bool = Field(default=False, description="serve the API inside `edge-collector run`")
+    listen: str = Field(default="127.0.0.1:8470", pattern=LISTEN,
+                        description="host:port; keep it on the loopback behind a reverse "
+                                    "proxy, or give `tls`")
+    cursor_key: SecretRef = Field(description="HMAC key of the cursors (at least 16 "
+                                              "characters; a random 64-hex-digit file)")
+    tls: ListenerTls | None = None
+    heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+    poll_s: float = Field(default=0.1, gt=0, le=10,
+                          description="how often the server looks for new events (SSE)")
+    behind_after_s: float = Field(default=30.0, gt=0, le=3600,
+                                  description="an SSE client that takes nothing for this long "
+                                              "is told `behind` and disconnected")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 def _managed_as_none(value: Any) -> Any:
     """`broker: managed` (the default) is stored as None; a mapping is an external broker."""
     if value == "embedded":
@@ -153,6 +180,8 @@ class CollectorConfig(Strict):
     quarantine: QuarantineLimits = QuarantineLimits()
     reconnect: BackoffConfig = BackoffConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: None: no stream API (`edge-collector serve` needs it).
+    api: ApiConfig | None = None
 
     @field_validator("store")
     @classmethod

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from collector.consumers.errors import ConsumerError
 from edge_agent.contract.envelope import CATALOG
@@ -27,6 +28,16 @@ ALL_AREAS = ""
 ALL_TYPES = "*"
 _CODE = re.compile(r"^[0-9]+$")
 _PATTERN = re.compile(r"^(\*|[a-z][a-z0-9_]*\.\*|[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)$")
+
+
+class ScopeParts(Protocol):
+    """What the audit needs of a scope (the stream API passes its own view of one)."""
+
+    @property
+    def areas(self) -> tuple[str, ...]: ...
+
+    @property
+    def types(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)

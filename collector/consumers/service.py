@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from collector.consumers.audit import AuditLog
 from collector.consumers.db import Db
 from collector.consumers.errors import ConsumerError
-from collector.consumers.scope import Scope, scope_from_db, scope_to_db
+from collector.consumers.scope import Scope, ScopeParts, scope_from_db, scope_to_db
 from collector.consumers.tokens import digest, hint, mint, parse_name, token_id, well_formed
 from edge_agent.contract.logs import get_logger
 
@@ -146,9 +146,9 @@ class Consumers:
             self._cache[key] = found
         return found
 
-    def audit(self, consumer: str, route: str, scope: Scope, events: int) -> None:
+    def audit(self, consumer: str, route: str, scope: ScopeParts, events: int) -> None:
         """One read: a `consumer_read` log line now, an audit row within a second."""
-        self.audit_log.record(consumer, route, scope.text(), events)
+        self.audit_log.record(consumer, route, Scope(scope.areas, scope.types).text(), events)
 
     # ------------------------------------------------------------------ management (CLI)
 

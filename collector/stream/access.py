@@ -28,9 +28,7 @@ class ConsumersLike(Protocol):
 
 
 def open_consumers(store_url: str) -> ConsumersLike:
-    """`collector.consumers.open_consumers`, imported when the API starts."""
-    import importlib
+    """The consumers of the store at `store_url` (`collector.consumers`)."""
+    from collector.consumers import open_consumers as open_real
 
-    module = importlib.import_module("collector.consumers")
-    consumers: ConsumersLike = module.open_consumers(store_url)
-    return consumers
+    return open_real(store_url)

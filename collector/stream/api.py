@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from collector.consumers.errors import StoreUnavailable
 from collector.stream.access import ConsumerLike, ConsumersLike
 from collector.stream.cursor import CursorCodec, CursorError
 from collector.stream.head import Head
@@ -74,7 +75,13 @@ def _consumer(request: web.Request) -> ConsumerLike | web.Response:
     if scheme.lower() != "bearer" or not token.strip():
         return error(401, "a bearer token is required (Authorization: Bearer <token>)",
                      headers=challenge)
-    consumer = request.app[CONSUMERS].authenticate(token.strip())
+    try:
+        consumer = request.app[CONSUMERS].authenticate(token.strip())
+    except StoreUnavailable:
+        log.warning("consumers_unavailable", route=request.path,
+                    hint="the store holding the consumers cannot be read; see its log")
+        return error(503, "the consumers' store is unavailable just now; try again",
+                     headers={"Retry-After": "5"})
     if consumer is None:
         return error(401, "the token is unknown, revoked or expired", headers=challenge)
     if not consumer.scope.areas or not consumer.scope.types:

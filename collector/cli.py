@@ -94,7 +94,7 @@ def run(config_path: Path, with_api: bool) -> None:
             await serve(cfg, stop)
             return
         tasks = [asyncio.create_task(serve(cfg, stop)),
-                 asyncio.create_task(serve_api(api, cfg.store, stop))]
+                 asyncio.create_task(serve_api(api, cfg.store, stop, fleet=cfg.fleet))]
         try:  # either one failing stops both
             for done in asyncio.as_completed(tasks):
                 await done
@@ -127,7 +127,7 @@ def serve_command(config_path: Path) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve_api(api, cfg.store, stop)
+        await serve_api(api, cfg.store, stop, fleet=cfg.fleet)
 
     try:
         asyncio.run(main_async())

@@ -154,6 +154,21 @@ class ApiConfig(Strict):
         return int(self.listen.rsplit(":", 1)[1])
 
 
+class FleetConfig(Strict):
+    """The district fleet view on the API's listener (docs/fleet.md)."""
+
+    enabled: bool = Field(default=True, description="serve `/fleet` and `/v1/fleet` with the API")
+    heartbeat_s: float = Field(default=60.0, gt=0, le=3600,
+                               description="the gateways' heartbeat interval: a gateway silent "
+                                           "for twice this turns red")
+    rebuild_s: float = Field(default=86_400.0, gt=0, le=90 * 86_400,
+                             description="on start, the view is rebuilt from the events of "
+                                         "this many seconds back")
+    poll_s: float = Field(default=1.0, gt=0, le=60)
+    gaps_s: float = Field(default=30.0, gt=0, le=3600,
+                          description="how often the store's sequence gaps are read")
+
+
 def _managed_as_none(value: Any) -> Any:
     """`broker: managed` (the default) is stored as None; a mapping is an external broker."""
     if value == "embedded":
@@ -182,6 +197,7 @@ class CollectorConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: None: no stream API (`edge-collector serve` needs it).
     api: ApiConfig | None = None
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("store")
     @classmethod

@@ -8,7 +8,7 @@ import ssl
 
 from aiohttp import web
 
-from collector.config import ApiConfig
+from collector.config import ApiConfig, FleetConfig
 from collector.stream.access import ConsumersLike, open_consumers
 from collector.stream.api import StreamSettings, build_app
 from collector.stream.cursor import CursorCodec
@@ -43,7 +43,8 @@ def codec_for(api: ApiConfig) -> CursorCodec:
 
 
 async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
-                    consumers: ConsumersLike | None = None) -> None:
+                    consumers: ConsumersLike | None = None,
+                    fleet: FleetConfig | None = None) -> None:
     """Serve until `stop` is set. Raises ApiSetupError or SecretError."""
     codec = codec_for(api)
     context = _ssl(api)
@@ -58,8 +59,15 @@ async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
             except ImportError:
                 raise ApiSetupError("stream API: collector.consumers is not installed") from None
         settings = StreamSettings(api.heartbeat_s, api.poll_s, api.behind_after_s)
-        runner = web.AppRunner(build_app(reader, codec, consumers, settings), access_log=None,
-                               shutdown_timeout=5)
+        app = build_app(reader, codec, consumers, settings)
+        fleet = fleet or FleetConfig()
+        if fleet.enabled:  # the fleet view's hook (collector/fleet/routes.py)
+            from collector.fleet.projector import FleetSettings
+            from collector.fleet.routes import add_fleet_routes
+
+            add_fleet_routes(app, store_url, FleetSettings(fleet.heartbeat_s, fleet.rebuild_s,
+                                                           fleet.poll_s, fleet.gaps_s))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:
             site = web.TCPSite(runner, api.host, api.port, ssl_context=context)

@@ -4,6 +4,8 @@
 "use strict";
 
 const LANGS = ["zh-CN", "en"];
+// every 2 s, or a quarter of the heartbeat interval when that is shorter (a silent
+// gateway shows red soon after two heartbeats)
 const POLL_MS = 2000;
 let lang = pickLang();
 let catalog = {};
@@ -35,7 +37,7 @@ function el(tag, attrs, ...children) {
 function ago(iso) {
   if (!iso) return t("time.never");
   const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (s < 5) return t("time.just_now");
+  if (s < 2) return t("time.just_now");
   if (s < 60) return t("time.seconds_ago", { n: s });
   if (s < 3600) return t("time.minutes_ago", { n: Math.floor(s / 60) });
   if (s < 86400) return t("time.hours_ago", { n: Math.floor(s / 3600) });
@@ -82,7 +84,8 @@ async function poll() {
     else state = "unreachable";
   } catch (e) { state = "unreachable"; }
   render();
-  timer = setTimeout(poll, POLL_MS);
+  const every = doc ? Math.max(100, Math.min(POLL_MS, doc.heartbeat_s * 250)) : POLL_MS;
+  timer = setTimeout(poll, every);
 }
 
 function renderBanner() {

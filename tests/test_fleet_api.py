@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from collector.consumers import open_consumers, parse_scope
 from collector.fleet.projector import FleetSettings
 from collector.store import Origin, open_store
@@ -64,8 +65,8 @@ async def test_fleet_json_on_a_real_store_scoped_per_consumer(store_url: str) ->
             assert gws["gw-a"]["heartbeat"]["version"] == "1.4.0"
             assert sorted(a["alarm_id"] for a in body["alarms"]) == ["g-1", "s-1", "s-9"]
             body = await fleet_json(http, base, everyone, lambda b: b["counts"]["amber"] == 1)
-            gw_b = [g for d in body["districts"] for s in d["streets"]
-                    for c in s["communities"] for g in c["gateways"] if g["id"] == "gw-b"][0]
+            gw_b = next(g for d in body["districts"] for s in d["streets"]
+                    for c in s["communities"] for g in c["gateways"] if g["id"] == "gw-b")
             assert gw_b["reasons"] == ["gaps", "devices_offline"]
             assert gw_b["gaps"]["unexplained"] == 5
 

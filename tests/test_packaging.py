@@ -27,7 +27,8 @@ PACKAGES = ("edge_agent", "collector", "drivers")
 #: Package data that must be in the wheel: every file of these checkout folders.
 DATA_FOLDERS = ("drivers/modbus/profiles", "drivers/modbus/simulator/scenarios",
                 "edge_agent/contract/schemas", "edge_agent/status/static",
-                "edge_agent/status/i18n", "collector/store/migrations/pg")
+                "edge_agent/status/i18n", "collector/store/migrations/pg",
+                "collector/fleet/static")
 #: Not part of the checkout that is built: local state, caches, earlier builds.
 UNBUILT = shutil.ignore_patterns(".git", ".venv", "var", "build", "dist", "*.egg-info",
                                  "__pycache__", ".mypy_cache", ".ruff_cache",

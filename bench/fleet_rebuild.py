@@ -1,6 +1,7 @@
 """The fleet view's rebuild on start (docs/fleet.md): how long reading the window takes.
 
-    .venv/bin/python bench/fleet_rebuild.py [--events 100000] [--gateways 200] [--store sqlite|postgresql|URL]
+    .venv/bin/python bench/fleet_rebuild.py [--events 100000] [--gateways 200]
+                                            [--store sqlite|postgresql|URL]
 
 Loads `--events` readings spread over `--gateways` gateways (payloads of 500, through the
 store's `ingest`), then runs the projector's rebuild as `serve` does (every area and

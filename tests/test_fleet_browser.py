@@ -73,7 +73,7 @@ async def test_fleet_page_in_chromium(tmp_path: Path) -> None:
             await p.wait_for_selector(red, timeout=int(2 * HEARTBEAT_S * 1000 + 3000))
             after = time.monotonic() - stopped
             # red within two heartbeats of the last one (plus the page's poll), not before
-            assert 2 * HEARTBEAT_S - 0.3 <= after <= 2 * HEARTBEAT_S + 0.8, after
+            assert 2 * HEARTBEAT_S - 0.3 <= after <= 2 * HEARTBEAT_S + 1.0, after
             assert "失联" in await p.locator(red).inner_text()
             await p.wait_for_selector("#banner.bad")
             shot = await screenshot(p, "fleet", "zh-CN-red")

@@ -22,7 +22,12 @@ from edge_agent.contract.logs import configure
 from edge_agent.contract.settings import ConfigError, SecretError, load_model
 
 if TYPE_CHECKING:
-    from collector.config import CollectorConfig
+    from collections.abc import Callable
+
+    from aiohttp import web
+
+    from collector.config import ApiConfig, CollectorConfig
+    from collector.stream.reader import Reader
 
 
 def _out(*fields: object) -> None:
@@ -78,6 +83,7 @@ def run(config_path: Path, with_api: bool) -> None:
     from collector.app import SetupError, serve
     from collector.managed_broker import ManagedBrokerError
     from collector.stream.server import ApiSetupError, serve_api
+    from collector.webhooks.db import WebhookDbError
 
     cfg = _load(config_path)
     configure(cfg.log_level)
@@ -94,7 +100,8 @@ def run(config_path: Path, with_api: bool) -> None:
             await serve(cfg, stop)
             return
         tasks = [asyncio.create_task(serve(cfg, stop)),
-                 asyncio.create_task(serve_api(api, cfg.store, stop))]
+                 asyncio.create_task(serve_api(api, cfg.store, stop,
+                                               extend=_webhooks(api, cfg.store)))]
         try:  # either one failing stops both
             for done in asyncio.as_completed(tasks):
                 await done
@@ -105,7 +112,8 @@ def run(config_path: Path, with_api: bool) -> None:
 
     try:
         asyncio.run(main_async())
-    except (StoreError, SecretError, SetupError, ManagedBrokerError, ApiSetupError) as exc:
+    except (StoreError, SecretError, SetupError, ManagedBrokerError, ApiSetupError,
+            WebhookDbError) as exc:
         _fail(str(exc))
 
 
@@ -115,6 +123,7 @@ def run(config_path: Path, with_api: bool) -> None:
 def serve_command(config_path: Path) -> None:
     """Serve the event stream API (the config's `api:` section) until SIGINT/SIGTERM."""
     from collector.stream.server import ApiSetupError, serve_api
+    from collector.webhooks.db import WebhookDbError
 
     cfg = _load(config_path)
     configure(cfg.log_level)
@@ -127,11 +136,11 @@ def serve_command(config_path: Path) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve_api(api, cfg.store, stop)
+        await serve_api(api, cfg.store, stop, extend=_webhooks(api, cfg.store))
 
     try:
         asyncio.run(main_async())
-    except (SecretError, ApiSetupError) as exc:
+    except (SecretError, ApiSetupError, WebhookDbError) as exc:
         _fail(str(exc))
 
 
@@ -220,10 +229,21 @@ def stats(store_url: str) -> None:
              f"last {d.last_at}")
 
 
+def _webhooks(api: ApiConfig, store_url: str) -> Callable[[web.Application, Reader], None]:
+    """The webhooks' lag page and delivery loop, inside the API's process."""
+    from collector.webhooks.web import extension
+
+    token = None if api.operator_token is None else \
+        api.operator_token.reveal().get_secret_value().strip()
+    return extension(store_url, token or None)
+
+
 def _add_consumers() -> None:
     from collector.consumers.cli import consumers
+    from collector.webhooks.cli import webhooks
 
     main.add_command(consumers)
+    main.add_command(webhooks)
 
 
 _add_consumers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -43,8 +44,11 @@ def codec_for(api: ApiConfig) -> CursorCodec:
 
 
 async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
-                    consumers: ConsumersLike | None = None) -> None:
-    """Serve until `stop` is set. Raises ApiSetupError or SecretError."""
+                    consumers: ConsumersLike | None = None,
+                    extend: Callable[[web.Application, Reader], None] | None = None) -> None:
+    """Serve until `stop` is set. Raises ApiSetupError or SecretError. `extend` adds
+    routes and tasks of another package to the app (the webhooks' lag page and delivery
+    loop), sharing the reader."""
     codec = codec_for(api)
     context = _ssl(api)
     try:
@@ -58,8 +62,10 @@ async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
             except ImportError:
                 raise ApiSetupError("stream API: collector.consumers is not installed") from None
         settings = StreamSettings(api.heartbeat_s, api.poll_s, api.behind_after_s)
-        runner = web.AppRunner(build_app(reader, codec, consumers, settings), access_log=None,
-                               shutdown_timeout=5)
+        app = build_app(reader, codec, consumers, settings)
+        if extend is not None:
+            extend(app, reader)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:
             site = web.TCPSite(runner, api.host, api.port, ssl_context=context)

@@ -163,7 +163,7 @@ def _tls(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 async def _start(app: web.Application, port: int,
                  ctx: ssl.SSLContext | None = None) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
     return runner
@@ -348,3 +348,51 @@ async def test_a_refused_batch_is_dead_lettered_then_replayed_and_a_revoked_cons
         reader.close()
         store.close()
     assert secret not in logbuf.getvalue()
+
+
+async def test_a_hanging_receiver_never_delays_another_and_retry_after_is_honoured(
+        store_url: str) -> None:
+    store, ids = _setup(store_url, 40)
+    hooks = _hooks(store_url)
+    hang_port, fast_port, api_port = free_port(), free_port(), free_port()
+    hooks.add("hangs", "消防-河东", f"http://127.0.0.1:{hang_port}/hook")
+    hooks.add("fast", "消防-河东", f"http://127.0.0.1:{fast_port}/hook")
+    reader = open_reader(store_url)
+    settings = DeliverySettings(max_events=10, timeout_s=20.0, poll_s=0.1, refresh_s=0.2,
+                                backoff_initial_s=0.01, backoff_max_s=0.05)
+    fast_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def hang(request: web.Request) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response(status=200)
+
+    async def fast(request: web.Request) -> web.Response:
+        await request.read()
+        fast_at.append(loop.time())
+        if len(fast_at) == 1:  # the first attempt: come back in 2 s
+            return web.Response(status=429, headers={"Retry-After": "2"})
+        return web.Response(status=200)
+
+    runners = []
+    for port, handler in ((hang_port, hang), (fast_port, fast)):
+        app = web.Application()
+        app.router.add_post("/hook", handler)
+        runners.append(await _start(app, port))
+    app = web.Application()
+    attach(app, reader, hooks, OPERATOR, settings)
+    api = await _start(app, api_port)
+    try:
+        async def fast_done() -> bool:
+            sub = hooks.get("fast")
+            return sub is not None and sub.delivered == len(ids)
+        await _until(fast_done, 15, "a hanging receiver held up another subscription")
+        assert fast_at[1] - fast_at[0] >= 1.9  # Retry-After, not the 10 ms back-off
+        hung = hooks.get("hangs")
+        assert hung is not None and hung.delivered == 0
+    finally:
+        await api.cleanup()
+        for r in runners:
+            await r.cleanup()
+        reader.close()
+        store.close()

@@ -22,7 +22,8 @@ from edge_agent.contract.logs import configure
 from edge_agent.contract.settings import ConfigError, SecretError, load_model
 
 if TYPE_CHECKING:
-    from collector.config import CollectorConfig
+    from collector.config import ApiConfig, CollectorConfig
+    from collector.stream.server import Extension
 
 
 def _out(*fields: object) -> None:
@@ -78,6 +79,7 @@ def run(config_path: Path, with_api: bool) -> None:
     from collector.app import SetupError, serve
     from collector.managed_broker import ManagedBrokerError
     from collector.stream.server import ApiSetupError, serve_api
+    from collector.webhooks.db import WebhookDbError
 
     cfg = _load(config_path)
     configure(cfg.log_level)
@@ -94,7 +96,8 @@ def run(config_path: Path, with_api: bool) -> None:
             await serve(cfg, stop)
             return
         tasks = [asyncio.create_task(serve(cfg, stop)),
-                 asyncio.create_task(serve_api(api, cfg.store, stop, fleet=cfg.fleet))]
+                 asyncio.create_task(serve_api(api, cfg.store, stop,
+                                               extensions=_extensions(api, cfg)))]
         try:  # either one failing stops both
             for done in asyncio.as_completed(tasks):
                 await done
@@ -105,7 +108,8 @@ def run(config_path: Path, with_api: bool) -> None:
 
     try:
         asyncio.run(main_async())
-    except (StoreError, SecretError, SetupError, ManagedBrokerError, ApiSetupError) as exc:
+    except (StoreError, SecretError, SetupError, ManagedBrokerError, ApiSetupError,
+            WebhookDbError) as exc:
         _fail(str(exc))
 
 
@@ -115,6 +119,7 @@ def run(config_path: Path, with_api: bool) -> None:
 def serve_command(config_path: Path) -> None:
     """Serve the event stream API (the config's `api:` section) until SIGINT/SIGTERM."""
     from collector.stream.server import ApiSetupError, serve_api
+    from collector.webhooks.db import WebhookDbError
 
     cfg = _load(config_path)
     configure(cfg.log_level)
@@ -127,11 +132,11 @@ def serve_command(config_path: Path) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve_api(api, cfg.store, stop, fleet=cfg.fleet)
+        await serve_api(api, cfg.store, stop, extensions=_extensions(api, cfg))
 
     try:
         asyncio.run(main_async())
-    except (SecretError, ApiSetupError) as exc:
+    except (SecretError, ApiSetupError, WebhookDbError) as exc:
         _fail(str(exc))
 
 
@@ -220,10 +225,30 @@ def stats(store_url: str) -> None:
              f"last {d.last_at}")
 
 
+def _extensions(api: ApiConfig, cfg: CollectorConfig) -> list[Extension]:
+    """What the API's process serves beside the stream: the webhooks' lag page and delivery
+    loop, and the fleet view when `fleet.enabled`."""
+    from collector.webhooks.web import extension
+
+    token = None if api.operator_token is None else \
+        api.operator_token.reveal().get_secret_value().strip()
+    extensions = [extension(cfg.store, token or None)]
+    if cfg.fleet.enabled:
+        from collector.fleet.projector import FleetSettings
+        from collector.fleet.routes import add_fleet_routes
+
+        fleet = FleetSettings(cfg.fleet.heartbeat_s, cfg.fleet.rebuild_s, cfg.fleet.poll_s,
+                              cfg.fleet.gaps_s)
+        extensions.append(lambda app, _reader: add_fleet_routes(app, cfg.store, fleet))
+    return extensions
+
+
 def _add_consumers() -> None:
     from collector.consumers.cli import consumers
+    from collector.webhooks.cli import webhooks
 
     main.add_command(consumers)
+    main.add_command(webhooks)
 
 
 _add_consumers()

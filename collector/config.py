@@ -137,6 +137,9 @@ class ApiConfig(Strict):
                                     "proxy, or give `tls`")
     cursor_key: SecretRef = Field(description="HMAC key of the cursors (at least 16 "
                                               "characters; a random 64-hex-digit file)")
+    operator_token: SecretRef | None = Field(
+        default=None, description="token of the webhook lag page (/webhooks, /v1/webhooks); "
+                                  "without it the page answers 404")
     tls: ListenerTls | None = None
     heartbeat_s: float = Field(default=15.0, gt=0, le=300)
     poll_s: float = Field(default=0.1, gt=0, le=10,

@@ -16,6 +16,7 @@ from collector.consumers import open_consumers, parse_scope
 from collector.fleet.projector import FleetSettings
 from collector.store import Origin, open_store
 from tests.fleet_support import EAST, WEST, Gw, running_fleet
+from tests.openapi_check import check
 
 SETTINGS = FleetSettings(heartbeat_s=60, poll_s=0.1, gaps_s=0.2)
 
@@ -28,6 +29,7 @@ async def fleet_json(http: aiohttp.ClientSession, base: str, token: str,
                             headers={"Authorization": f"Bearer {token}"}) as r:
             if r.status == 200:
                 body: dict[str, Any] = await r.json()
+                check("/v1/fleet", 200, body)
                 if until is None or until(body):
                     return body
             else:
@@ -83,6 +85,7 @@ async def test_fleet_json_on_a_real_store_scoped_per_consumer(store_url: str) ->
 
             async with http.get(f"{base}/v1/fleet") as r:
                 assert r.status == 401
+                check("/v1/fleet", 401, await r.json())
             async with http.get(f"{base}/v1/fleet",
                                 headers={"Authorization": "Bearer cdt_nope"}) as r:
                 assert r.status == 401

@@ -8,37 +8,21 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jsonschema
 import pytest
-import yaml
 
-import collector.stream
 from collector.store import Store, open_store
 from collector.stream.api import StreamSettings
 from collector.stream.filter import Filter
 from collector.stream.position import Position
 from collector.stream.reader import Reader, open_reader
+from tests.openapi_check import SPEC, check
 from tests.stream_http import SseMessage, running_api, sse_messages
 from tests.stream_support import ALL, Consumer, MemoryConsumers, Scope, event_rows, ingest
 from tests.test_collector_support import COMMUNITY
-
-SPEC: dict[str, Any] = yaml.safe_load(
-    (Path(collector.stream.__file__).parent / "openapi.yaml").read_text())
-
-
-def check(path: str, status: int, body: Any) -> None:
-    """`body` is what openapi.yaml promises for `path` and `status`."""
-    responses = SPEC["paths"][path]["get"]["responses"]
-    assert str(status) in responses, f"{path} {status} is not documented"
-    resp = responses[str(status)]
-    if "$ref" in resp:
-        resp = SPEC["components"]["responses"][resp["$ref"].rsplit("/", 1)[1]]
-    schema = resp["content"]["application/json"]["schema"]
-    jsonschema.validate(body, {**schema, "components": SPEC["components"]})
 
 
 def check_sse(kind: str, data: str) -> None:

@@ -1,7 +1,7 @@
 """The stream API with real consumers, end to end, on both stores: a consumer made with
-`edge-collector consumers add`, its token read by a real `edge-collector serve`, its scope
-enforced on every route, its reads audited, its token revoked from the CLI; the token
-never in the server's log."""
+`edge-collector consumers add`, its token read by a real `edge-collector serve` (with the
+fleet view and the webhooks' loop, as deployed), its scope enforced on every route, its
+reads audited, its token revoked from the CLI; the token never in the server's log."""
 
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ def served(store_url: str, tmp_path: Path) -> Any:
         "collector": {"id": "c1"}, "store": store_url, "broker": {"url": "mqtt://127.0.0.1:1"},
         "api": {"listen": f"127.0.0.1:{port}", "cursor_key": {"file": str(key)},
                 "heartbeat_s": 1},
+        "fleet": {"enabled": True, "heartbeat_s": 60},
     }))
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "collector", "serve", "--config", str(cfg)],
@@ -133,6 +134,19 @@ async def test_a_real_consumer_reads_its_scope_only_and_is_audited_and_revoked(
         assert status == 200 and all(
             e["community"] == HERE and e["type"].startswith("smoke.") for e in body["events"])
     assert sorted(await _sse_types(base, token)) == ["smoke.alarm", "smoke.reading"]
+    # the fleet view served by the same process, through the same scope
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{base}/v1/fleet", headers={"Authorization": f"Bearer {token}"}) as resp:
+        fleet_text = await resp.text()
+        assert resp.status in (200, 503), fleet_text  # 503 while it rebuilds
+    deadline = time.monotonic() + 20
+    while '"gw-here"' not in fleet_text:
+        assert time.monotonic() < deadline, fleet_text
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as s, s.get(
+                f"{base}/v1/fleet", headers={"Authorization": f"Bearer {token}"}) as resp:
+            fleet_text = await resp.text()
+    assert "gw-there" not in fleet_text and THERE not in fleet_text
 
     status, body = await _get(base, token + "x")
     assert status == 401
@@ -147,3 +161,33 @@ async def test_a_real_consumer_reads_its_scope_only_and_is_audited_and_revoked(
         assert time.monotonic() < deadline, "a revoked token still reads"
         await asyncio.sleep(0.2)
     assert token not in log.read_text(), "the token is in the server's log"
+
+
+def test_every_route_the_deployed_api_serves_is_in_the_openapi_file(tmp_path: Path) -> None:
+    """The app as `edge-collector serve` builds it (stream, webhooks, fleet): its `/v1/`
+    routes and the published OpenAPI paths are the same set."""
+    from collector.cli import _extensions
+    from collector.config import CollectorConfig
+    from collector.stream.api import build_app
+    from collector.stream.cursor import CursorCodec
+    from collector.stream.reader import open_reader
+    from tests.openapi_check import SPEC
+    from tests.stream_support import MemoryConsumers
+
+    url = f"sqlite:///{tmp_path / 'district.db'}"
+    open_store(url).close()
+    key = tmp_path / "cursor.key"
+    key.write_text(os.urandom(32).hex())
+    cfg = CollectorConfig.model_validate({
+        "collector": {"id": "c1"}, "store": url, "broker": {"url": "mqtt://127.0.0.1:1"},
+        "api": {"cursor_key": {"file": str(key)}}, "fleet": {"enabled": True}})
+    assert cfg.api is not None
+    reader = open_reader(url)
+    try:
+        app = build_app(reader, CursorCodec(os.urandom(32)), MemoryConsumers())
+        for extend in _extensions(cfg.api, cfg):
+            extend(app, reader)
+        served = {r.canonical for r in app.router.resources() if r.canonical.startswith("/v1/")}
+    finally:
+        reader.close()
+    assert served == set(SPEC["paths"])

@@ -117,5 +117,30 @@ CONSUMER_AUDIT = Table(
 
 CONSUMER_TABLES: tuple[Table, ...] = (CONSUMERS, CONSUMER_TOKENS, CONSUMER_AUDIT)
 
+#: Push subscriptions (`collector.webhooks`): the signing secret is kept in the clear (it
+#: signs every batch; docs/webhooks.md says why), the cursor is a stream Position
+#: (`cursor_b`: the 128-bit part as decimal text), and the delivery counters.
+WEBHOOKS = Table(
+    "webhooks",
+    (_t("name"), _t("consumer"), _t("url"), _t("secret"), Column("cursor_a", "integer"),
+     _t("cursor_b"), _t("created_at"), Column("delivered", "integer"),
+     Column("attempts", "integer"), Column("failures", "integer"),
+     Column("dead_lettered", "integer"), Column("last_error", "text", not_null=False),
+     Column("last_success_at", "text", not_null=False)),
+    pk=("name",),
+)
+
+#: Batches a receiver refused (4xx past the retries): kept whole for `webhooks replay`.
+WEBHOOK_DEAD_LETTERS = Table(
+    "webhook_dead_letters",
+    (Column("id", "integer"), _t("webhook"), _t("batch_id"), Column("body", "blob"),
+     Column("events", "integer"), Column("status", "integer"), _t("error"), _t("at"),
+     Column("replayed_at", "text", not_null=False)),
+    pk=("id",),
+    indexes=(("webhook", "replayed_at"),),
+)
+
+WEBHOOK_TABLES: tuple[Table, ...] = (WEBHOOKS, WEBHOOK_DEAD_LETTERS)
+
 TABLES: tuple[Table, ...] = (EVENTS, STREAMS, EXPLAINED_GAPS, QUARANTINE, QUARANTINE_DROPPED,
-                             *CONSUMER_TABLES)
+                             *CONSUMER_TABLES, *WEBHOOK_TABLES)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from collector.config import ApiConfig, FleetConfig
+from collector.config import ApiConfig
 from collector.stream.access import ConsumersLike, open_consumers
 from collector.stream.api import StreamSettings, build_app
 from collector.stream.cursor import CursorCodec
@@ -16,6 +17,10 @@ from collector.stream.reader import Reader, ReaderError, open_reader
 from edge_agent.contract.logs import get_logger
 
 log = get_logger("collector.stream")
+
+
+#: Adds another package's routes and tasks to the API's app (given the app and its reader).
+Extension = Callable[[web.Application, Reader], None]
 
 
 class ApiSetupError(RuntimeError):
@@ -44,8 +49,10 @@ def codec_for(api: ApiConfig) -> CursorCodec:
 
 async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
                     consumers: ConsumersLike | None = None,
-                    fleet: FleetConfig | None = None) -> None:
-    """Serve until `stop` is set. Raises ApiSetupError or SecretError."""
+                    extensions: Sequence[Extension] = ()) -> None:
+    """Serve until `stop` is set. Raises ApiSetupError or SecretError. `extensions` add
+    routes and tasks of other packages to the app, sharing its reader (the webhooks' lag
+    page and delivery loop, the fleet view: `edge-collector`'s `_extensions`)."""
     codec = codec_for(api)
     context = _ssl(api)
     try:
@@ -60,13 +67,8 @@ async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
                 raise ApiSetupError("stream API: collector.consumers is not installed") from None
         settings = StreamSettings(api.heartbeat_s, api.poll_s, api.behind_after_s)
         app = build_app(reader, codec, consumers, settings)
-        fleet = fleet or FleetConfig()
-        if fleet.enabled:  # the fleet view's hook (collector/fleet/routes.py)
-            from collector.fleet.projector import FleetSettings
-            from collector.fleet.routes import add_fleet_routes
-
-            add_fleet_routes(app, store_url, FleetSettings(fleet.heartbeat_s, fleet.rebuild_s,
-                                                           fleet.poll_s, fleet.gaps_s))
+        for extend in extensions:
+            extend(app, reader)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:

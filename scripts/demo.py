@@ -8,6 +8,9 @@ Starts, in this order, each waiting for the one before to listen:
    one ONVIF camera on 127.0.0.1:18090 (motion every 20 s, tamper every 60 s);
 2. `edge-collector run` (`broker: managed`: the collector runs a Mosquitto on
    127.0.0.1:18830 with files in var/demo/broker/; SQLite store under var/demo/);
+   the same process serves the district side on 127.0.0.1:18470: the event stream API and
+   the fleet view (`/fleet`), read with the token of a demo consumer "演示-全区" (every area,
+   every type) made on first run;
 3. `edge-agent run --config configs/gateway.demo.yaml`, polling the simulators with the
    `modbus` and `onvif` drivers.
 All of them log JSON to the terminal; Ctrl-C stops all three. Demo credentials are
@@ -35,6 +38,11 @@ USERS = ("gw-demo-01",)
 #: The demo's simulated ONVIF camera (configs/gateway.demo.yaml's cam-gate-north).
 CAMERA, CAMERA_PORT = "cam-gate-north", 18090
 BROKER_PORT = 18830
+#: configs/collector.demo.yaml's api.listen and store, and the demo consumer of the district
+API_PORT = 18470
+STORE = "sqlite:///var/demo/district.db"
+CONSUMER = "演示-全区"
+TOKEN_FILE = SECRETS / "district.token"
 #: configs/gateway.demo.yaml's status_page.listen
 STATUS_PAGE_URL = "http://127.0.0.1:18080/"
 GATEWAY_CONFIG = "configs/gateway.demo.yaml"
@@ -52,6 +60,26 @@ def ensure_secrets() -> None:
         if not path.exists():
             path.write_text(secrets.token_urlsafe(24) + "\n")
             path.chmod(0o600)
+    key = SECRETS / "cursor.key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(32) + "\n")
+        key.chmod(0o600)
+
+
+def ensure_consumer(py: str) -> None:
+    """The demo's district consumer and its token (first run; a lost token file gets a new
+    token for the same consumer)."""
+    if TOKEN_FILE.exists():
+        return
+    made = subprocess.run([py, "-m", "collector", "consumers", "add", CONSUMER, "--store", STORE,
+                           "--area", "all", "--type", "*"], capture_output=True, text=True)
+    if made.returncode != 0 and "exists" in made.stderr:
+        made = subprocess.run([py, "-m", "collector", "consumers", "token", CONSUMER,
+                               "--store", STORE], capture_output=True, text=True)
+    if made.returncode != 0:
+        raise SystemExit(f"demo: could not make the demo consumer: {made.stderr.strip()}")
+    TOKEN_FILE.write_text(made.stdout.strip() + "\n")
+    TOKEN_FILE.chmod(0o600)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20,
@@ -102,6 +130,8 @@ def main() -> None:
             [py, "-m", "collector", "run", "--config", "configs/collector.demo.yaml"],
             start_new_session=True))
         wait_for_port(BROKER_PORT, procs[-1])
+        wait_for_port(API_PORT, procs[-1], name="the collector's API")
+        ensure_consumer(py)
         procs.append(subprocess.Popen(
             [py, "-m", "edge_agent", "run", "--config", GATEWAY_CONFIG],
             start_new_session=True))
@@ -111,6 +141,9 @@ def main() -> None:
     print("demo: Modbus and camera simulators, collector and agent running; store: "
           "var/demo/district.db; Ctrl-C stops them all", file=sys.stderr)
     print(f"demo: gateway status page: {STATUS_PAGE_URL}", file=sys.stderr)
+    print(f"demo: district fleet view: http://127.0.0.1:{API_PORT}/fleet and event stream "
+          f"http://127.0.0.1:{API_PORT}/v1/events (token: {TOKEN_FILE.relative_to(ROOT)})",
+          file=sys.stderr)
     while all(p.poll() is None for p in procs):
         time.sleep(0.5)
     stop()

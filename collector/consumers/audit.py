@@ -54,6 +54,7 @@ class AuditLog:
         self.clock = clock
         self.dropped = 0
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time (see `flush`)
         self._rows: list[tuple[datetime, str, str, str, int]] = []
         self._last_used: dict[str, datetime] = {}
         self._wake = threading.Event()
@@ -83,7 +84,13 @@ class AuditLog:
             self._last_used[token_id] = datetime.fromtimestamp(self.clock(), UTC)
 
     def flush(self) -> int:
-        """Write what is queued now; returns the audit rows written."""
+        """Write what is queued now; returns the audit rows written. Once it returns, every
+        row recorded before the call is written (a batch the writer thread took meanwhile
+        included: flushes take turns)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> int:
         with self._lock:
             rows, self._rows = self._rows, []
             used, self._last_used = self._last_used, {}

@@ -3,17 +3,69 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 from collector.stream.api import StreamSettings, build_app
 from collector.stream.cursor import CursorCodec
 from collector.stream.reader import Reader
+from tests.peers import free_port
+
+
+@dataclass
+class Served:
+    """A real `edge-collector serve` process (see `serve_process`)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+
+
+def serve_process(tmp: Path, store_url: str, *, api: dict[str, Any] | None = None,
+                  **config: Any) -> Served:
+    """`edge-collector serve` on a free loopback port with a fresh cursor key; `api` adds
+    to its `api:` section, `config` to the rest of its YAML. Returns once it listens."""
+    key = tmp / "cursor.key"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o600)
+    port = free_port()
+    cfg = tmp / "serve.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "collector": {"id": "api"}, "store": store_url, "broker": {"url": "mqtt://127.0.0.1:1"},
+        "api": {"listen": f"127.0.0.1:{port}", "cursor_key": {"file": str(key)},
+                **(api or {})},
+        **config}))
+    log = tmp / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "collector", "serve", "--config",
+                                 str(cfg)], stdout=out, stderr=out)
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return Served(proc, port, log)
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from collector.store import Origin, open_store
 from collector.validate import check_payload
 from edge_agent.contract.envelope import Hierarchy, new_event
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import encode_batch
-from tests.peers import free_port
+from tests.stream_http import serve_process
 from tests.test_collector_support import new_epoch
 
 DISTRICT, STREET = "371312", "371312001"
@@ -84,32 +82,10 @@ async def _sse_types(base: str, token: str) -> list[str]:
 @pytest.fixture
 def served(store_url: str, tmp_path: Path) -> Any:
     open_store(store_url).close()  # `serve` reads a store, it never creates one
-    key = tmp_path / "cursor.key"
-    key.write_text(os.urandom(32).hex())
-    key.chmod(0o600)
-    port = free_port()
-    cfg = tmp_path / "collector.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "collector": {"id": "c1"}, "store": store_url, "broker": {"url": "mqtt://127.0.0.1:1"},
-        "api": {"listen": f"127.0.0.1:{port}", "cursor_key": {"file": str(key)},
-                "heartbeat_s": 1},
-        "fleet": {"enabled": True, "heartbeat_s": 60},
-    }))
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "collector", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=log)
-    deadline = time.monotonic() + 30
-
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", tmp_path / "serve.log"
-    proc.terminate()
-    proc.wait(15)
-    log.close()
+    api = serve_process(tmp_path, store_url, api={"heartbeat_s": 1},
+                        fleet={"enabled": True, "heartbeat_s": 60})
+    yield api.base, api.log
+    api.stop()
 
 
 async def test_a_real_consumer_reads_its_scope_only_and_is_audited_and_revoked(

@@ -9,47 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from collector.consumers import open_consumers, parse_scope
 from collector.store import open_store
 from tests.district import District
-from tests.peers import Mosquitto, free_port
+from tests.peers import Mosquitto
+from tests.stream_http import serve_process
 
 RESUMES = 50
-
-
-def _serve(tmp: Path, store_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    key = tmp / "cursor.key"
-    key.write_text(os.urandom(32).hex())
-    key.chmod(0o600)
-    port = free_port()
-    cfg = tmp / "serve.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "collector": {"id": "api"}, "store": store_url, "broker": {"url": "mqtt://127.0.0.1:1"},
-        "api": {"listen": f"127.0.0.1:{port}", "cursor_key": {"file": str(key)},
-                "heartbeat_s": 1}}))
-    out = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "collector", "serve", "--config", str(cfg)],
-                            stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}"
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            (tmp / "serve.log").read_text()
-        time.sleep(0.1)
 
 
 async def _page_reader(base: str, token: str, stop: asyncio.Event) -> list[str]:
@@ -112,7 +84,8 @@ def test_readers_resuming_50_times_get_every_event_once_while_two_collectors_ing
     token = consumers.add("公安-全区", parse_scope(["all"], ["*"])).token
     district = District(tmp_path, mosquitto.url, url, ack_timeout_s=2.0)
     district.collector("c1"), district.collector("c2")
-    api, base = _serve(tmp_path, url)
+    api = serve_process(tmp_path, url, api={"heartbeat_s": 1})
+    base = api.base
     try:
         district.start_collectors(together=True)
 
@@ -130,8 +103,7 @@ def test_readers_resuming_50_times_get_every_event_once_while_two_collectors_ing
 
         paged, streamed, resumed = asyncio.run(read_while_ingesting())
     finally:
-        api.terminate()
-        api.wait(15)
+        api.stop()
         district.close()
     store = open_store(url, create=False)
     try:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 from collector.store import open_store
 from tests.peers import free_port
+from tests.stream_http import serve_process
 from tests.test_stream_consumers import HERE, THERE, _ingest
 
 OPERATOR = "operator-token-for-the-test"
@@ -31,30 +28,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _serve(store_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    key, op = tmp / "cursor.key", tmp / "operator.token"
-    key.write_text(os.urandom(32).hex())
+    op = tmp / "operator.token"
     op.write_text(OPERATOR)
-    for f in (key, op):
-        f.chmod(0o600)
-    port = free_port()
-    cfg = tmp / "collector.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "collector": {"id": "c1"}, "store": store_url, "broker": {"url": "mqtt://127.0.0.1:1"},
-        "api": {"listen": f"127.0.0.1:{port}", "cursor_key": {"file": str(key)},
-                "operator_token": {"file": str(op)}},
-    }))
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "collector", "serve", "--config",
-                                 str(cfg)], stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, port, log
-        assert proc.poll() is None, log.read_text()
-        time.sleep(0.1)
-    raise AssertionError("serve did not start")
+    op.chmod(0o600)
+    served = serve_process(tmp, store_url, api={"operator_token": {"file": str(op)}})
+    return served.proc, served.port, served.log
 
 
 async def test_serve_delivers_the_consumers_scope_and_shows_the_lag(

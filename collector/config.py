@@ -7,7 +7,7 @@ never inline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
@@ -68,7 +68,24 @@ class ListenerTls(Strict):
     key_file: Path
 
 
-class ManagedBrokerConfig(Strict):
+class _HasListen(Protocol):
+    @property
+    def listen(self) -> str: ...
+
+
+class Listens:
+    """`host` and `port` of a model's `listen: "host:port"` field."""
+
+    @property
+    def host(self: _HasListen) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self: _HasListen) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class ManagedBrokerConfig(Strict, Listens):
     """A Mosquitto the collector configures (files in `state_dir`) and supervises."""
 
     listen: str = Field(default="127.0.0.1:1883", pattern=LISTEN)
@@ -91,14 +108,6 @@ class ManagedBrokerConfig(Strict):
             raise ValueError("no gateway user: no gateway could connect; add one user per "
                              "gateway (its username is the gateway id)")
         return users
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
 
 
 class IngestConfig(Strict):
@@ -127,7 +136,7 @@ class GatewaysConfig(Strict):
                     "`accept` with a warning")
 
 
-class ApiConfig(Strict):
+class ApiConfig(Strict, Listens):
     """The event stream API (docs/stream-api.md): `edge-collector serve`, or inside
     `edge-collector run` with `enabled: true` (or `run --serve`)."""
 
@@ -147,14 +156,6 @@ class ApiConfig(Strict):
     behind_after_s: float = Field(default=30.0, gt=0, le=3600,
                                   description="an SSE client that takes nothing for this long "
                                               "is told `behind` and disconnected")
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0]
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
 
 
 class FleetConfig(Strict):

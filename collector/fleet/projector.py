@@ -90,22 +90,28 @@ class Projector:
         finally:
             store.close()
 
+    async def _refresh_gaps(self) -> None:
+        try:
+            await asyncio.to_thread(self.refresh_gaps)
+        except StoreError as exc:
+            log.warning("fleet_gaps_unavailable", error=str(exc))
+
     async def run(self) -> None:
         since = datetime.fromtimestamp(self.clock() - self.settings.rebuild_s, UTC)
         flt = Filter(since=since)
         started = time.monotonic()
         pos, n = await asyncio.to_thread(self.catch_up, Position.start(self.reader.kind), flt)
+        # the gaps too before the first answer: a view without them would show a gateway
+        # with holes green (or amber for another reason only) until the first refresh
+        await self._refresh_gaps()
+        gaps_at = time.monotonic() + self.settings.gaps_s
         self.rebuild_seconds = time.monotonic() - started
         self.ready = True
         log.info("fleet_rebuilt", events=n, gateways=len(self.fleet.gateways),
                  seconds=round(self.rebuild_seconds, 3), window_s=self.settings.rebuild_s)
-        gaps_at = 0.0
         while True:
             if time.monotonic() >= gaps_at:
-                try:
-                    await asyncio.to_thread(self.refresh_gaps)
-                except StoreError as exc:
-                    log.warning("fleet_gaps_unavailable", error=str(exc))
+                await self._refresh_gaps()
                 gaps_at = time.monotonic() + self.settings.gaps_s
             try:
                 pos, _ = await asyncio.to_thread(self.catch_up, pos, flt)

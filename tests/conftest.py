@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import structlog
 
+from collector.store import Store, open_store
+from collector.stream.reader import Reader, open_reader
 from drivers.modbus import profile as profile_module
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
 from edge_agent.contract import logs
@@ -64,3 +66,19 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
     migrate_url(url)
     return url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """The store at `store_url`, open for the test."""
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def reader(store: Store, store_url: str) -> Iterator[Reader]:
+    """A stream reader of that store (its own connection)."""
+    r = open_reader(store_url)
+    yield r
+    r.close()

@@ -3,24 +3,15 @@ one result per payload, the same outcome as committing them one after the other.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from collector.model import Rejected
-from collector.store import Origin, Payload, Store, open_store
+from collector.store import Origin, Payload, Store
 from tests.test_collector_store import query, refuse_quarantine, rows
 from tests.test_collector_support import alarm, new_epoch, reading, topics
 
 GW_A = Origin(topics("gw-a").events, "gw-a")
 GW_B = Origin(topics("gw-b").events, "gw-b")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def refuse_events_of(store_url: str, device: str) -> None:

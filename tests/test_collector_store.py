@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,6 @@ from tests.test_collector_support import (
 )
 
 ORIGIN = Origin("cd/v1/371312/371312001001/gw-a/events", "gw-a")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
 
 
 def query(url: str, sql: str) -> list[tuple[Any, ...]]:

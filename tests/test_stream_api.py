@@ -7,18 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import jsonschema
 import pytest
 
-from collector.store import Store, open_store
+from collector.store import Store
 from collector.stream.api import StreamSettings
 from collector.stream.filter import Filter
 from collector.stream.position import Position
-from collector.stream.reader import Reader, open_reader
+from collector.stream.reader import Reader
 from tests.openapi_check import SPEC, check
 from tests.stream_http import SseMessage, running_api, sse_messages
 from tests.stream_support import ALL, Consumer, MemoryConsumers, Scope, event_rows, ingest
@@ -29,20 +28,6 @@ def check_sse(kind: str, data: str) -> None:
     media = SPEC["paths"]["/v1/events/stream"]["get"]["responses"]["200"]["content"]
     schema = media["text/event-stream"]["x-event-data"][kind]
     jsonschema.validate(json.loads(data), {**schema, "components": SPEC["components"]})
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def reader(store: Store, store_url: str) -> Iterator[Reader]:
-    r = open_reader(store_url)
-    yield r
-    r.close()
 
 
 @pytest.fixture

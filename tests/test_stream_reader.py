@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -20,20 +19,6 @@ from collector.stream.position import Position
 from collector.stream.reader import Reader, open_reader
 from tests.peers import Postgres
 from tests.stream_support import ALL, Scope, event_rows, ingest
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def reader(store: Store, store_url: str) -> Iterator[Reader]:
-    r = open_reader(store_url)
-    yield r
-    r.close()
 
 
 def drain(reader: Reader, after: Position, flt: Filter = Filter(),  # noqa: B008

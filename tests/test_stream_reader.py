@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from collector.store import Store, open_store
 from collector.stream.filter import Filter
 from collector.stream.position import Position
-from collector.stream.reader import Reader, open_reader
+from collector.stream.reader import Reader, ReaderError, open_reader
 from tests.peers import Postgres
 from tests.stream_support import ALL, Scope, event_rows, ingest
 
@@ -220,3 +221,30 @@ def test_postgres_small_windows_read_everything(pg_url: str) -> None:
     finally:
         reader.close()
         wide.close()
+
+
+def test_closing_a_sqlite_reader_while_another_thread_reads_is_safe(tmp_path: Path) -> None:
+    """close() waits for a read in progress (sqlite3 crashes the process otherwise); a read
+    after it is a ReaderError."""
+    url = f"sqlite:///{tmp_path / 'district.db'}"
+    store = open_store(url)
+    for start in range(1, 3001, 500):
+        ingest(store, event_rows(500, start=start, epoch="00000000000000aa"))
+    store.close()
+    for _ in range(20):
+        reader = open_reader(url)
+        errors: list[BaseException] = []
+
+        def read_on(r: Reader = reader, errors: list[BaseException] = errors) -> None:
+            try:
+                while True:
+                    r.read(Position.start("sqlite"), Filter())
+            except ReaderError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=read_on)
+        thread.start()
+        time.sleep(0.01)
+        reader.close()
+        thread.join(10)
+        assert not thread.is_alive() and len(errors) == 1

@@ -85,6 +85,7 @@ class SqliteReader:
                                      timeout=30)
         self._conn.execute("PRAGMA query_only = 1")  # (mode=ro cannot open a WAL file alone)
         self._lock = threading.Lock()
+        self._closed = False
         sql = self._conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
                                  "AND name = 'events'").fetchone()
         if sql is None:
@@ -96,6 +97,8 @@ class SqliteReader:
         limit = max(1, min(limit, MAX_PAGE))
         cond, params = where(flt, SQLITE)
         with self._lock:  # one read transaction: the page and the head in one snapshot
+            if self._closed:
+                raise ReaderError("the reader is closed")
             self._conn.execute("BEGIN")
             try:
                 rows = self._conn.execute(_SQLITE_PAGE.format(where=cond),
@@ -110,7 +113,12 @@ class SqliteReader:
         return Page(events, Position("sqlite", end), False)
 
     def close(self) -> None:
-        self._conn.close()
+        # Under the read lock: closing a sqlite3 connection while another thread reads on it
+        # crashes the process (a page read by the fleet projector's thread when the API
+        # stops did, in tests/test_fleet_api.py).
+        with self._lock:
+            self._closed = True
+            self._conn.close()
 
 
 _HORIZON = b"SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("edge_agent", "collector", "drivers")
 #: Package data that must be in the wheel: every file of these checkout folders.
 DATA_FOLDERS = ("drivers/modbus/profiles", "drivers/modbus/simulator/scenarios",
-                "edge_agent/contract/schemas", "edge_agent/status/static",
+                "edge_agent/contract/schemas", "edge_agent/contract/static",
+                "edge_agent/status/static",
                 "edge_agent/status/i18n", "collector/store/migrations/pg",
                 "collector/fleet/static")
 #: Not part of the checkout that is built: local state, caches, earlier builds.

@@ -27,7 +27,7 @@ from edge_agent.contract.logs import get_logger
 log = get_logger("collector.fleet")
 PROJECTOR = web.AppKey("fleet_projector", Projector)
 _TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("fleet_task")
-_ASSETS = {"app.js": "application/javascript", "app.css": "text/css",
+_ASSETS = {"app.js": "application/javascript", "app.css": "text/css", "page.css": "text/css",
            "zh-CN.json": "application/json", "en.json": "application/json"}
 
 
@@ -67,6 +67,8 @@ async def fleet_json(request: web.Request) -> web.StreamResponse:
 
 
 def _asset(name: str) -> bytes:
+    if name == "page.css":  # the gateway page's look, shared through the contract
+        return resources.files("edge_agent.contract").joinpath("static/page.css").read_bytes()
     return resources.files("collector.fleet").joinpath(f"static/{name}").read_bytes()
 
 

@@ -28,7 +28,7 @@ from edge_agent.status.throttle import GuessThrottle, Verdict, client_key
 log = get_logger("edge_agent.status")
 
 LANGS = ("zh-CN", "en")
-STATIC = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+STATIC = {"app.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 DEFAULT_SNAPSHOT_DIR = Path("/var/lib/edge-agent/snapshots")
 SNAPSHOT_NAME = re.compile(r"^([0-9A-HJKMNP-TV-Z]{26})\.jpg$")
 SNAPSHOT_MAX_BYTES = 8 * 1024 * 1024
@@ -59,6 +59,10 @@ def load_assets() -> dict[str, Asset]:
     for name, ctype in STATIC.items():
         assets[f"/static/{name}"] = Asset(root.joinpath(f"static/{name}").read_bytes(),
                                           f"{ctype}; charset=utf-8")
+    # the house look, shared with the district's pages (edge_agent/contract/static)
+    assets["/static/app.css"] = Asset(
+        resources.files("edge_agent.contract").joinpath("static/page.css").read_bytes(),
+        "text/css; charset=utf-8")
     for lang in LANGS:
         assets[f"/i18n/{lang}.json"] = Asset(root.joinpath(f"i18n/{lang}.json").read_bytes(),
                                              "application/json; charset=utf-8")

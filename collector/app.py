@@ -12,6 +12,7 @@ from collector.config import CollectorConfig
 from collector.inbox import Bounds
 from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker
+from collector.provisioning.files import Provisioning
 from collector.registry import Registry, RegistryFile
 from collector.store import Store, open_store
 from collector.validate import Limits
@@ -89,7 +90,8 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
             check_tls(endpoint)
         else:
             assert cfg.managed_broker is not None
-            broker = ManagedBroker(cfg.managed_broker, cfg.collector.id)
+            broker = ManagedBroker(cfg.managed_broker, cfg.collector.id,
+                                   Provisioning.from_config(cfg))
             await broker.start()
             endpoint = broker.endpoint()
         log.info("collector_started", collector=cfg.collector.id, broker=endpoint.describe(),

@@ -245,10 +245,12 @@ def _extensions(api: ApiConfig, cfg: CollectorConfig) -> list[Extension]:
 
 def _add_consumers() -> None:
     from collector.consumers.cli import consumers
+    from collector.provisioning.cli import provision
     from collector.webhooks.cli import webhooks
 
     main.add_command(consumers)
     main.add_command(webhooks)
+    main.add_command(provision)
 
 
 _add_consumers()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from collector.quarantine import QuarantineLimits
 from collector.registry import Unregistered
@@ -104,10 +104,30 @@ class ManagedBrokerConfig(Strict, Listens):
             if user.username in seen:
                 raise ValueError(f"user {user.username!r} is listed twice")
             seen.add(user.username)
-        if not any(u.role == "gateway" for u in users):
-            raise ValueError("no gateway user: no gateway could connect; add one user per "
-                             "gateway (its username is the gateway id)")
         return users
+
+
+class ProvisionedCollector(Strict):
+    """A collector account of the district broker, written into the provisioning ACL."""
+
+    username: str = Field(pattern=SEGMENT, description="its broker user (mosquitto_passwd)")
+    collector_id: str | None = Field(
+        default=None, pattern=SEGMENT,
+        description="its collector id: it may then write only its own presence topic")
+
+
+class ProvisioningConfig(Strict):
+    """`edge-collector provision`: where the broker's password file and ACL are written
+    (docs/provisioning.md). The registry is `gateways.file`."""
+
+    dir: Path = Field(description="holds `passwd` and `acl` (the broker's password_file and "
+                                  "acl_file) and the lock of concurrent provisions")
+    broker_url: BrokerUrl = Field(description="the broker as the gateway boxes reach it "
+                                              "(printed in the box's uplink snippet)")
+    collectors: list[ProvisionedCollector] = Field(
+        default_factory=list,
+        description="collector accounts of an external broker, given their rights in the "
+                    "ACL (a managed broker adds its own)")
 
 
 class IngestConfig(Strict):
@@ -190,6 +210,8 @@ class CollectorConfig(Strict):
     store: str = Field(description="sqlite:///relative.db, sqlite:////absolute.db or postgresql://…")
     #: PostgreSQL: whole daily partitions of events older than this are dropped; None keeps all.
     store_retention_days: int | None = Field(default=None, ge=1, le=36500)
+    #: None: `edge-collector provision` is not set up (docs/provisioning.md).
+    provisioning: ProvisioningConfig | None = None
     #: None means `broker: managed`.
     broker: Annotated[BrokerConnection | None, BeforeValidator(_managed_as_none)] = None
     managed_broker: ManagedBrokerConfig | None = Field(default=None, validate_default=True)
@@ -222,7 +244,19 @@ class CollectorConfig(Strict):
                              "(listen, state_dir, users)")
         if info.data["broker"] is not None and value is not None:
             raise ValueError("managed_broker is only used with `broker: managed`")
+        if (value is not None and info.data.get("provisioning") is None
+                and not any(u.role == "gateway" for u in value.users)):
+            raise ValueError("no gateway user: no gateway could connect; add one user per "
+                             "gateway (its username is the gateway id) or a `provisioning:` "
+                             "section (edge-collector provision)")
         return value
+
+    @model_validator(mode="after")
+    def _provisioning_needs_registry(self) -> CollectorConfig:
+        if self.provisioning is not None and self.gateways is None:
+            raise ValueError("provisioning needs a `gateways:` section: its `file` is the "
+                             "registry `edge-collector provision` writes the places into")
+        return self
 
     @property
     def client_id(self) -> str:

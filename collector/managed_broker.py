@@ -30,11 +30,14 @@ from collector.config import INTERNAL_USER_PREFIX, ManagedBrokerConfig
 from collector.mosquitto_files import (
     EXPECTED_WARNINGS,
     CollectorAccount,
+    GatewayAccount,
     Listener,
     acl_file,
     mosquitto_conf,
     password_file,
 )
+from collector.provisioning.files import Provisioning
+from collector.provisioning.plan import ProvisionError
 from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint
@@ -89,8 +92,11 @@ def _free_loopback_port() -> int:
 
 
 class ManagedBroker:
-    def __init__(self, cfg: ManagedBrokerConfig, collector_id: str) -> None:
+    def __init__(self, cfg: ManagedBrokerConfig, collector_id: str,
+                 provisioning: Provisioning | None = None) -> None:
         self.cfg = cfg
+        #: gateways provisioned with `edge-collector provision`, read at each start
+        self.provisioning = provisioning
         self.collector_id = collector_id
         self.username = f"{INTERNAL_USER_PREFIX}{collector_id}"
         self._password = secrets.token_urlsafe(24)
@@ -134,6 +140,8 @@ class ManagedBroker:
         collectors = [CollectorAccount(self.username, self.collector_id)]
         collectors += [CollectorAccount(u.username) for u in self.cfg.users
                        if u.role == "collector"]
+        gateways = [GatewayAccount(u.username) for u in self.cfg.users if u.role == "gateway"]
+        hashes = self._provisioned(passwords, gateways)
         listeners = [Listener(self.cfg.host.strip("[]") or "0.0.0.0", self.cfg.port,
                               *((self.cfg.tls.cert_file.resolve(), self.cfg.tls.key_file.resolve())
                                 if self.cfg.tls else ()))]
@@ -142,7 +150,8 @@ class ManagedBroker:
         conf = mosquitto_conf(listeners=listeners, state_dir=state,
                               message_size_limit=self.cfg.message_size_limit,
                               run_as_root=os.geteuid() == 0)
-        for name, text in (("passwd", password_file(passwords)), ("acl", acl_file(collectors)),
+        passwd = password_file(passwords) + "".join(f"{u}:{h}\n" for u, h in hashes.items())
+        for name, text in (("passwd", passwd), ("acl", acl_file(collectors, gateways)),
                            ("mosquitto.conf", conf)):
             path = state / name
             path.unlink(missing_ok=True)
@@ -150,6 +159,27 @@ class ManagedBroker:
             with os.fdopen(fd, "w") as out:
                 out.write(text)
         return state / "mosquitto.conf"
+
+    def _provisioned(self, passwords: dict[str, str],
+                     gateways: list[GatewayAccount]) -> dict[str, str]:
+        """Add the provisioned gateways (their own codes) to `gateways`; their hashes.
+        A configured user of the same name wins (warned)."""
+        if self.provisioning is None:
+            return {}
+        try:
+            accounts = self.provisioning.accounts()
+        except ProvisionError as exc:
+            raise ManagedBrokerError(f"provisioning: {exc}") from None
+        hashes: dict[str, str] = {}
+        for gw, (digest, place) in accounts.items():
+            if gw in passwords:
+                log.warning("provisioned_gateway_shadowed", gateway=gw,
+                            hint="managed_broker.users lists it too; that entry is used")
+                continue
+            hashes[gw] = digest
+            gateways.append(GatewayAccount(gw, place.district, place.community))
+        log.info("managed_broker_provisioned", gateways=len(hashes))
+        return hashes
 
     def _check_tls(self) -> None:
         if self.cfg.tls is None:

@@ -31,9 +31,12 @@ from paho.mqtt.client import topic_matches_sub
 from collector.config import BrokerUser, ManagedBrokerConfig
 from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker, ManagedBrokerError
-from collector.mosquitto_files import GATEWAY_PATTERNS, mosquitto_hash
+from collector.mosquitto_files import CollectorAccount, mosquitto_hash
+from collector.provisioning.plan import provisioning_acl
+from collector.registry import GatewaysFile
 from collector.store import Store, open_store
 from edge_agent.config.models import SecretRef
+from edge_agent.contract.settings import load_model
 from edge_agent.contract.topics import (
     COLLECTOR_PRESENCE_FILTER,
     EVENTS_FILTER,
@@ -222,8 +225,15 @@ def test_password_hashes_are_the_ones_mosquitto_passwd_writes(tmp_path: Path) ->
 
 
 def test_shipped_mosquitto_files_use_the_generated_acl_and_bind_client_ids() -> None:
-    shipped = (ROOT / "configs" / "mosquitto" / "acl").read_text().splitlines()
-    assert [line for line in shipped if line.startswith("pattern ")] == list(GATEWAY_PATTERNS)
+    shipped = (ROOT / "configs" / "mosquitto" / "acl").read_text()
+    places = load_model(ROOT / "configs" / "gateways.example.yaml", GatewaysFile).gateways
+    generated = provisioning_acl(places, [CollectorAccount("collector-c1", "c1"),
+                                          CollectorAccount("collector-c2", "c2")])
+
+    def rules(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    assert rules(shipped) == rules(generated)
     conf = (ROOT / "configs" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
     assert "use_username_as_clientid true" in conf
 

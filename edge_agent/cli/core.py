@@ -105,3 +105,66 @@ def run(config_path: Path) -> None:
         logs.get_logger("edge_agent.cli").error("agent_cannot_start", error=str(exc))
         click.echo(f"edge-agent: {exc}", err=True)
         sys.exit(1)
+
+
+@main.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("gateway.yaml"), show_default=True, help="the YAML to write")
+@click.option("--force", is_flag=True, help="replace an existing --out file")
+@click.option("--ask/--no-ask", "ask", default=None,
+              help="ask for what the options do not give (default: only on a terminal)")
+@click.option("--id", "gateway", help="gateway id (its MQTT user name too)")
+@click.option("--district", help="6-digit admin code")
+@click.option("--street", help="street (township) code")
+@click.option("--community", help="community code")
+@click.option("--name", help="name shown on the status page")
+@click.option("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+@click.option("--password-file", help="the MQTT password file on this box",
+              default=None)
+@click.option("--ca-file", default=None, help="CA of the broker certificate (mqtts)")
+@click.option("--outbox", default="/var/lib/edge-agent/outbox.db", show_default=True,
+              help="the outbox database")
+@click.option("--device", "devices", multiple=True, metavar="KEY=VALUE,...",
+              help="a device: id=...,driver=...,OPTION=... (repeatable; a.b=... nests)")
+@click.option("--discover-cameras", "camera_target", metavar="TARGET",
+              help="add the ONVIF cameras answering a WS-Discovery probe (HOST:PORT or "
+                   "A.B.C.D-E:PORT, as `discover cameras --target`)")
+@click.option("--discover-timeout", type=click.FloatRange(0.1, 60), default=3.0,
+              show_default=True, help="seconds to wait for the cameras' answers")
+def init(out: Path, force: bool, ask: bool | None, gateway: str | None, district: str | None,
+         street: str | None, community: str | None, name: str | None, broker: str | None,
+         password_file: str | None, ca_file: str | None, outbox: str,
+         devices: tuple[str, ...], camera_target: str | None,
+         discover_timeout: float) -> None:
+    """Write a commented gateway YAML from the options, asking for what is missing.
+
+    What it writes passes `edge-agent validate`; an existing file is kept unless --force."""
+    from edge_agent.cli import init_config as ic
+
+    if out.exists() and not force:
+        raise click.UsageError(f"--out: {out} exists; pass --force to replace it")
+    interactive = sys.stdin.isatty() if ask is None else ask
+    gw = ic.ask(gateway, "Gateway id", ic.check_segment("--id", "gateway id"), interactive,
+                "--id")
+    answers = ic.Answers(
+        gateway=gw,
+        district=ic.ask(district, "District (6-digit admin code)", ic.check_district,
+                        interactive, "--district"),
+        street=ic.ask(street, "Street code", ic.check_segment("--street", "street code"),
+                      interactive, "--street"),
+        community=ic.ask(community, "Community code",
+                         ic.check_segment("--community", "community code"), interactive,
+                         "--community"),
+        broker=ic.ask(broker, "Broker URL", ic.check_broker, interactive, "--broker"),
+        password_file=Path(ic.ask(password_file, "MQTT password file", str.strip, interactive,
+                                  "--password-file", "/etc/edge-agent/mqtt-password")),
+        ca_file=Path(ca_file) if ca_file else None,
+        name=name,
+        outbox=Path(outbox),
+        devices=ic.ask_devices(devices, interactive),
+    )
+    if camera_target is not None:
+        answers.devices += ic.discovered_cameras(camera_target, discover_timeout)
+    ic.write_checked(out, ic.render(answers), force)
+    click.echo(f"{out}: written (gateway {answers.gateway}, {len(answers.devices)} "
+               f"device(s)); check it with: edge-agent validate {out}")

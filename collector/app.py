@@ -55,6 +55,18 @@ def open_registry(cfg: CollectorConfig) -> RegistryFile | None:
     return registry
 
 
+def _reload_broker_on_hup(broker: ManagedBroker, registry: RegistryFile | None) -> None:
+    """SIGHUP also rewrites the managed broker's files: newly provisioned or revoked
+    gateways take effect without a restart."""
+    def on_hup() -> None:
+        if registry is not None:
+            registry.request_reload()
+        broker.reload()
+
+    with contextlib.suppress(RuntimeError, ValueError, NotImplementedError):  # not main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+
+
 def _nothing_to_reload() -> None:
     log.info("reload_ignored", reason="no gateways file configured")
 
@@ -94,6 +106,8 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
                                    Provisioning.from_config(cfg))
             await broker.start()
             endpoint = broker.endpoint()
+            if broker.provisioning is not None:
+                _reload_broker_on_hup(broker, registry)
         log.info("collector_started", collector=cfg.collector.id, broker=endpoint.describe(),
                  managed=broker is not None)
         await build_collector(cfg, store, endpoint, registry).run(stop)

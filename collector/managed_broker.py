@@ -1,12 +1,14 @@
 """A Mosquitto the collector configures and supervises (`broker: managed`).
 
 For the demo and a single site: the collector writes mosquitto.conf, a hashed password
-file and the ACL into `managed_broker.state_dir` (0700), starts `mosquitto -c` as its
-child, forwards its log lines, restarts it with back-off when it dies, and stops it on
-shutdown. It connects to it like any client, over the loopback, with a per-run account
-`_collector-<id>` (the ACL gives it the collector rights and its own presence topic).
-With `tls:` the configured listener speaks TLS and a second, loopback-only plain
-listener on a free port serves the collector itself.
+file and the ACL into `managed_broker.state_dir` (0700) for its configured users and the
+gateways provisioned with `edge-collector provision` (rewritten and re-read by Mosquitto
+on the collector's SIGHUP), starts `mosquitto -c` as its child, forwards its log lines,
+restarts it with back-off when it dies, and stops it on shutdown. It connects to it like
+any client, over the loopback, with a per-run account `_collector-<id>` (the ACL gives
+it the collector rights and its own presence topic). With `tls:` the configured listener
+speaks TLS and a second, loopback-only plain listener on a free port serves the
+collector itself.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from collector.provisioning.plan import ProvisionError
 from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint
+from edge_agent.contract.settings import SecretError
 
 log = get_logger("collector.broker")
 
@@ -212,6 +215,19 @@ class ManagedBroker:
                  state_dir=str(self.cfg.state_dir))
         self._supervisor = asyncio.create_task(self._supervise(binary, conf),
                                                name="managed-broker")
+
+    def reload(self) -> None:
+        """Rewrite the password file and ACL (provisioned gateways added or revoked since)
+        and have Mosquitto read them again (SIGHUP). On the collector's SIGHUP."""
+        try:
+            self.write_files()
+        except (ManagedBrokerError, SecretError) as exc:
+            log.error("managed_broker_reload_failed", error=str(exc),
+                      hint="the broker keeps the files it read before")
+            return
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGHUP)
+        log.info("managed_broker_reloaded", pid=self._pid())
 
     async def stop(self) -> None:
         self._stopping = True

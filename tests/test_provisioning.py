@@ -298,6 +298,16 @@ async def test_a_managed_broker_includes_the_provisioned_gateways(district: Dist
             await gw.publish(GatewayTopics(DISTRICT, COMM_B, "gw-a").events, b"x", qos=1)
             await gw.publish(own.events, b"marker", qos=1)
             assert await _until(coll, own.events) == [own.events]
+        assert district.provision("gw-new", "--district", DISTRICT, "--street", STREET,
+                                  "--community", COMM_B)[0] == 0
+        assert district.provision("--revoke", "gw-a")[0] == 0
+        broker.reload()  # what the collector does on SIGHUP
+        async with asyncio.timeout(10):
+            for _ in iter(int, 1):
+                if await _connack(cfg.port, "gw-a", district.password("gw-a")) != 0:
+                    break
+                await asyncio.sleep(0.05)
+        assert await _connack(cfg.port, "gw-new", district.password("gw-new")) == 0
     finally:
         await broker.stop()
 

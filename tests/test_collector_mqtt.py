@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from collector.config import BrokerUser, ManagedBrokerConfig
 from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker
+from collector.mosquitto_files import GatewayAccount, gateway_block
 from collector.store import IngestResult, Payload, Store, open_store
 from collector.validate import Limits
 from edge_agent.config.models import BackoffConfig, SecretRef
@@ -370,7 +371,9 @@ async def test_collector_sessions_queue_while_it_is_away(managed: Broker, tmp_pa
 
 @pytest.fixture
 def district_mosquitto(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, str]]]:
-    """Mosquitto with password auth and configs/mosquitto/acl exactly as shipped."""
+    """Mosquitto with password auth, configs/mosquitto/acl as shipped, and blocks for the
+    hand-configured gateways gw-a and gw-b (`+` for their codes: these tests send under
+    foreign codes on purpose, to see what the collector itself refuses)."""
     passwd = require_binary("mosquitto_passwd")
     users = {"collector-c1": "pw-c", "gw-a": "pw-a", "gw-b": "pw-b"}
     # Mosquitto started as root reads its files as user `mosquitto`: not from tmp_path (0700).
@@ -382,7 +385,9 @@ def district_mosquitto(tmp_path: Path) -> Iterator[tuple[Mosquitto, dict[str, st
         subprocess.run([passwd, "-b", str(pwfile), name, password], check=True)
     pwfile.chmod(0o644)
     acl = shared / "acl"
-    shutil.copy(Path(__file__).resolve().parent.parent / "configs" / "mosquitto" / "acl", acl)
+    shipped = (Path(__file__).resolve().parent.parent / "configs" / "mosquitto" / "acl")
+    acl.write_text(shipped.read_text() + "\n" + "".join(
+        "\n".join(gateway_block(GatewayAccount(gw))) + "\n\n" for gw in ("gw-a", "gw-b")))
     acl.chmod(0o644)
     mq = Mosquitto(tmp_path / "mq", extra_conf=(
         f"allow_anonymous false\nuse_username_as_clientid true\npassword_file {pwfile}\n"

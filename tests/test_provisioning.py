@@ -128,6 +128,9 @@ def test_provision_writes_the_box_password_the_hash_the_acl_and_the_registry(
     (["gw-old", "--district", DISTRICT, "--street", STREET, "--community", COMM_A],
      "--move"),
     (["--revoke", "gw-nobody"], "not provisioned"),
+    (["--revoke", "collector-c1"], "not provisioned"),
+    (["collector-c1", "--district", DISTRICT, "--street", STREET, "--community", COMM_A],
+     "provisioning does not manage"),
 ])
 def test_bad_input_is_exit_2_naming_the_option_and_changes_nothing(
         district: District, args: list[str], named: str) -> None:

@@ -97,9 +97,8 @@ def provision(gateway: str | None, config_path: Path, district: str | None,
         check_gateway(gateway)
         if revoke:
             place = _provisioning(config_path).revoke(gateway)
-            where = f" (was at {describe(place)})" if place is not None else ""
-            click.echo(f"{gateway}: revoked{where}; reload the broker (systemctl reload "
-                       "mosquitto) to shut it out")
+            click.echo(f"{gateway}: revoked (was at {describe(place)}); reload the broker "
+                       "(systemctl reload mosquitto) to shut it out")
             return
         missing = [f"--{n}" for n, v in (("district", district), ("street", street),
                                          ("community", community)) if v is None]

@@ -180,6 +180,10 @@ class Provisioning:
                                f"{describe(before)}",
                                "pass --move to move it (its box then needs the new codes), or "
                                "choose another id")
+            if before is None and (gateway in hashes or gateway in self._collector_names()):
+                raise Conflict(f"GATEWAY: {gateway!r} is a broker account provisioning does "
+                               "not manage (a collector's?)",
+                               f"choose another id, or remove its line from {self.passwd}")
             issue = rotate or gateway not in hashes
             password_path = None
             if issue:
@@ -200,23 +204,25 @@ class Provisioning:
         return Provisioned(gateway, place, issue, password_path,
                            BoxFiles(gateway, place, self.broker_url), moved)
 
-    def revoke(self, gateway: str) -> Place | None:
+    def revoke(self, gateway: str) -> Place:
         """Remove the gateway's password, rights and registry entry; its former place."""
         with self.locked():
             places = _places(self.registry)
             passwd_text = _read(self.passwd)
-            if gateway not in places and gateway not in passwd_hashes(passwd_text):
-                raise Conflict(f"GATEWAY: {gateway!r} is not provisioned",
-                               "edge-collector provision --list shows who is")
+            if gateway not in places:  # a passwd line alone may be a collector's account
+                raise Conflict(f"GATEWAY: {gateway!r} is not provisioned (not in the "
+                               "registry)", "edge-collector provision --list shows who is")
             passwd_text = passwd_set(passwd_text, gateway, None)
             write_atomic(self.passwd, passwd_text)
-            if gateway in places:
-                write_atomic(self.registry, registry_set(_read(self.registry), gateway, None),
-                             mode=0o644, check=_check_registry)
-            place = places.pop(gateway, None)
+            write_atomic(self.registry, registry_set(_read(self.registry), gateway, None),
+                         mode=0o644, check=_check_registry)
+            place = places.pop(gateway)
             self._write_acl(places, passwd_hashes(passwd_text))
         log.info("gateway_revoked", gateway=gateway)
         return place
+
+    def _collector_names(self) -> set[str]:
+        return {c.username for c in self.collectors}
 
     def _write_acl(self, places: dict[str, Place], hashes: dict[str, str]) -> None:
         write_atomic(self.acl, provisioning_acl(provisioned(places, hashes), self.collectors))

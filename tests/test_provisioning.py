@@ -330,3 +330,19 @@ def test_config_rules_of_the_provisioning_section(district: District, tmp_path: 
         """))
     result = CliRunner().invoke(main, ["validate", str(managed)])
     assert result.exit_code == 2 and "no gateway user" in result.output
+
+
+def test_registry_edits_keep_block_entries_and_the_comments_after_them() -> None:
+    from collector.provisioning.plan import check_place, registry_set
+
+    place = check_place(DISTRICT, STREET, COMM_A)
+    text = ("gateways:\n  gw-a:\n    district: '371312'\n    street: s1\n    community: c1\n"
+            "# about gw-a\n")
+    added = registry_set(text, "gw-b", place)
+    assert added.splitlines()[:5] == text.splitlines()[:5]
+    assert added.splitlines()[5].startswith("  gw-b: {") and added.endswith("# about gw-a\n")
+    replaced = registry_set(text, "gw-a", place)
+    assert replaced == ('gateways:\n  gw-a: {district: "371312", street: "371312001", '
+                        'community: "371312001001"}\n# about gw-a\n')
+    assert registry_set(text, "gw-a", None) == "gateways: {}\n# about gw-a\n"
+    assert registry_set("gateways: {}\n", "gw-b", place).startswith("gateways:\n  gw-b: {")

@@ -1,0 +1,209 @@
+"""systemd's notify protocol and watchdog, against a fake notify socket.
+
+A real `edge-agent run` / `edge-collector run` process with a real broker says READY=1,
+pings WATCHDOG=1 regularly and says STOPPING=1 on SIGTERM. In process, with the real
+Agent, outbox and pipeline: a wedged uplink session or a wedged pipeline stops the pings
+while the event loop still runs (systemd would then kill and restart the agent).
+
+Not here: `systemd-run --user` (this container has no systemd as PID 1 and no user bus;
+docs/deploy.md says how to check on a real box).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config.loader import load_gateway_config
+from edge_agent.contract import sdnotify
+from edge_agent.contract.watchdog import Beats, keep_alive, sleep_beating
+from tests.harness import agent, collector, collector_yaml, gateway_yaml, sim_devices, write_yaml
+from tests.notify_socket import NotifySocket, notify_socket
+from tests.peers import Mosquitto
+
+#: short, so a test takes seconds (the units say 30s)
+WATCHDOG_S = 1.0
+
+
+@pytest.fixture
+def fake_systemd(tmp_path: Path) -> Iterator[NotifySocket]:
+    with notify_socket(tmp_path, abstract=True) as sock:
+        yield sock
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def test_without_notify_socket_nothing_is_sent_and_nothing_fails(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify.sock")
+    assert sdnotify.notify("READY=1") is False  # logged once, never raised
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    assert sdnotify.notify("READY=1") is False
+
+
+@pytest.mark.parametrize("abstract", [True, False])
+def test_lines_arrive_as_one_datagram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      abstract: bool) -> None:
+    with notify_socket(tmp_path, abstract=abstract) as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", sock.name)
+        assert sdnotify.notify("READY=1", "STATUS=serving")
+        assert sock.sock.recv(4096) == b"READY=1\nSTATUS=serving"
+
+
+def test_watchdog_interval_honours_watchdog_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert sdnotify.watchdog_interval_s() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    assert sdnotify.watchdog_interval_s() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert sdnotify.watchdog_interval_s() == 30.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))  # meant for another process
+    assert sdnotify.watchdog_interval_s() is None
+    monkeypatch.delenv("WATCHDOG_PID")
+    for bad in ("0", "-5", "soon"):
+        monkeypatch.setenv("WATCHDOG_USEC", bad)
+        assert sdnotify.watchdog_interval_s() is None
+
+
+async def test_pings_only_while_every_stage_beats(fake_systemd: NotifySocket,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", fake_systemd.name)
+    beats = Beats("a", "b")
+    beats.rest("b")  # resting: never stale
+    beating = asyncio.create_task(sleep_beating(3600, beats.beater("a")))
+    pings = asyncio.create_task(keep_alive(beats, 0.2, service="test"))
+    try:
+        await _until(lambda: fake_systemd.count("WATCHDOG=1") >= 3, "pings while a beats")
+        beating.cancel()  # a wedges
+        await _until(lambda: _quiet_for(fake_systemd, 0.5), "pings stop once a is stale")
+        assert beats.stale(0.2).keys() == {"a"}
+        beats.beat("a")
+        n = fake_systemd.count("WATCHDOG=1")
+        await _until(lambda: fake_systemd.count("WATCHDOG=1") > n, "pings again")
+    finally:
+        beating.cancel()
+        pings.cancel()
+
+
+# ---------------------------------------------------------------- real processes
+
+
+def test_agent_process_ready_pings_and_stopping(tmp_path: Path, mosquitto: Mosquitto,
+                                                fake_systemd: NotifySocket) -> None:
+    cfg = gateway_yaml("gw-notify", mosquitto.url, tmp_path / "outbox.db",
+                       devices=sim_devices(2, period_s=0.2))
+    proc = agent(write_yaml(tmp_path / "gw.yaml", cfg), tmp_path / "agent.log")
+    proc.env = fake_systemd.env(WATCHDOG_S)
+    proc.start()
+    try:
+        fake_systemd.wait_for("READY=1")
+        fake_systemd.wait_for("WATCHDOG=1", n=5)  # every half interval: regular
+        assert any(line.startswith("STATUS=uplink ") for _, line in fake_systemd.lines)
+        assert proc.alive()
+        assert proc.stop() == 0
+        fake_systemd.wait_for("STOPPING=1", within=1)
+    finally:
+        proc.kill()
+    events = [e.get("event") for e in proc.log_events()]
+    assert "watchdog_stage_stale" not in events
+    ready = next(i for i, (_, line) in enumerate(fake_systemd.lines) if line == "READY=1")
+    assert all(line != "WATCHDOG=1" for _, line in fake_systemd.lines[:ready])
+
+
+def test_collector_process_ready_pings_and_stopping(tmp_path: Path, mosquitto: Mosquitto,
+                                                    fake_systemd: NotifySocket) -> None:
+    cfg = collector_yaml(mosquitto.url, tmp_path / "district.db")
+    proc = collector(write_yaml(tmp_path / "collector.yaml", cfg), tmp_path / "collector.log")
+    proc.env = fake_systemd.env(WATCHDOG_S)
+    proc.start()
+    try:
+        fake_systemd.wait_for("READY=1")
+        fake_systemd.wait_for("WATCHDOG=1", n=5)
+        assert any(line.startswith("STATUS=subscribed ") for _, line in fake_systemd.lines)
+        assert proc.stop() == 0
+        fake_systemd.wait_for("STOPPING=1", within=1)
+    finally:
+        proc.kill()
+    assert "watchdog_stage_stale" not in [e.get("event") for e in proc.log_events()]
+
+
+# ---------------------------------------------------------------- wedged stages, in process
+
+
+@pytest.mark.parametrize("wedge", ["uplink", "pipeline"])
+async def test_a_wedged_stage_stops_the_pings(tmp_path: Path, mosquitto: Mosquitto,
+                                              fake_systemd: NotifySocket,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              wedge: str) -> None:
+    for key, value in fake_systemd.env(WATCHDOG_S).items():
+        monkeypatch.setenv(key, value)
+    cfg = load_gateway_config(write_yaml(tmp_path / "gw.yaml", gateway_yaml(
+        "gw-wedge", mosquitto.url, tmp_path / "outbox.db", devices=sim_devices(1, period_s=0.1))))
+    gateway = await Agent.open(cfg)
+    wedged = asyncio.Event()
+
+    async def never(*_: Any) -> None:
+        """Stuck for good: it never returns and never beats."""
+        wedged.set()
+        await asyncio.Event().wait()
+
+    if wedge == "uplink":
+        # the session connects to the broker for real, then its serve coroutine is stuck
+        gateway.uplink._serve = never  # type: ignore[method-assign]
+    else:
+        gateway.pipeline.run = never  # type: ignore[method-assign]
+    ticks = 0
+
+    async def loop_probe() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.05)
+
+    probe = asyncio.create_task(loop_probe())
+    running = asyncio.create_task(gateway.run())
+    try:
+        await _until(lambda: fake_systemd.count("READY=1") == 1, "READY=1")
+        await _until(wedged.is_set, f"the {wedge} is wedged")
+        # the last beat was at most the interval ago; a ping at most half an interval later
+        await _until(lambda: _quiet_for(fake_systemd, 2 * WATCHDOG_S),
+                     "the pings stop", within=4 * WATCHDOG_S + 5)
+        before, pings = ticks, fake_systemd.count("WATCHDOG=1")
+        await asyncio.sleep(WATCHDOG_S)
+        assert fake_systemd.count("WATCHDOG=1") == pings  # still no ping
+        assert ticks > before  # while the event loop itself runs on
+        assert not running.done()
+        if wedge == "uplink":  # the other stages still make progress
+            assert gateway.pipeline.counters.committed > 0
+    finally:
+        running.cancel()
+        probe.cancel()
+        await asyncio.gather(running, probe, return_exceptions=True)
+    assert fake_systemd.count("STOPPING=1") == 1
+
+
+def _quiet_for(sock: NotifySocket, seconds: float) -> bool:
+    """No WATCHDOG=1 in the last `seconds` (and at least one READY before)."""
+    last = sock.last_at("WATCHDOG=1")
+    ready = sock.last_at("READY=1")
+    since = last if last is not None else ready
+    return since is not None and time.monotonic() - since > seconds
+
+
+async def _until(cond: Callable[[], Any], what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(0.02)

@@ -3,7 +3,8 @@
 A real `edge-agent run` / `edge-collector run` process with a real broker says READY=1,
 pings WATCHDOG=1 regularly and says STOPPING=1 on SIGTERM. In process, with the real
 Agent, outbox and pipeline: a wedged uplink session or a wedged pipeline stops the pings
-while the event loop still runs (systemd would then kill and restart the agent).
+while the event loop still runs (systemd would then kill and restart the agent); a
+store transaction that hangs does the same to the collector.
 
 Not here: `systemd-run --user` (this container has no systemd as PID 1 and no user bus;
 docs/deploy.md says how to check on a real box).
@@ -13,18 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
+from collector.ingest import Collector
+from collector.service import announce
+from collector.store import open_store
 from edge_agent.agent import Agent
 from edge_agent.config.loader import load_gateway_config
 from edge_agent.contract import sdnotify
+from edge_agent.contract.mqtt import Endpoint
+from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.watchdog import Beats, keep_alive, sleep_beating
-from tests.harness import agent, collector, collector_yaml, gateway_yaml, sim_devices, write_yaml
+from tests.harness import (
+    COMMUNITY,
+    DISTRICT,
+    agent,
+    collector,
+    collector_yaml,
+    gateway_yaml,
+    sim_devices,
+    write_yaml,
+)
 from tests.notify_socket import NotifySocket, notify_socket
 from tests.peers import Mosquitto
 
@@ -207,3 +224,38 @@ async def _until(cond: Callable[[], Any], what: str, within: float = 15.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within}s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_a_store_transaction_that_hangs_stops_the_collectors_pings(
+        tmp_path: Path, mosquitto: Mosquitto, fake_systemd: NotifySocket,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in fake_systemd.env(WATCHDOG_S).items():
+        monkeypatch.setenv(key, value)
+    store = open_store(f"sqlite:///{tmp_path / 'district.db'}")
+    ingest = Collector(store, Endpoint("127.0.0.1", mosquitto.port), client_id="collector-wd")
+    release, entered = threading.Event(), threading.Event()
+
+    def hanging_commit(checked: Any) -> Any:
+        entered.set()
+        release.wait(60)  # a stalled database: the store thread never comes back
+        raise RuntimeError("released by the test")
+
+    ingest.handler.commit = hanging_commit  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(ingest.run(stop))
+    announcing = asyncio.create_task(announce(ingest, stop))
+    try:
+        await _until(lambda: fake_systemd.count("READY=1") == 1, "READY=1")
+        await _until(lambda: fake_systemd.count("WATCHDOG=1") >= 2, "pings while idle")
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="gw-wd") as gw:
+            await gw.publish(GatewayTopics(DISTRICT, COMMUNITY, "gw-wd").events, b"{}", qos=1)
+        await _until(entered.is_set, "the commit hangs")
+        await _until(lambda: _quiet_for(fake_systemd, 2 * WATCHDOG_S),
+                     "the pings stop", within=4 * WATCHDOG_S + 5)
+        assert ingest.beats.stale(WATCHDOG_S).keys() == {"commit"}  # the others run on
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.gather(running, announcing, return_exceptions=True)
+        store.close()
+    assert fake_systemd.count("STOPPING=1") == 1

@@ -4,7 +4,9 @@ A real `edge-agent run` / `edge-collector run` process with a real broker says R
 pings WATCHDOG=1 regularly and says STOPPING=1 on SIGTERM. In process, with the real
 Agent, outbox and pipeline: a wedged uplink session or a wedged pipeline stops the pings
 while the event loop still runs (systemd would then kill and restart the agent); a
-store transaction that hangs does the same to the collector.
+store transaction that hangs does the same to the collector. And end to end, with the
+test in systemd's part: a real agent process whose uplink wedges is SIGABRTed once the
+pings stop, and the agent started again is READY and pings.
 
 Not here: `systemd-run --user` (this container has no systemd as PID 1 and no user bus;
 docs/deploy.md says how to check on a real box).
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,11 +39,13 @@ from edge_agent.contract.watchdog import Beats, keep_alive, sleep_beating
 from tests.harness import (
     COMMUNITY,
     DISTRICT,
+    Proc,
     agent,
     collector,
     collector_yaml,
     gateway_yaml,
     sim_devices,
+    wait_for,
     write_yaml,
 )
 from tests.notify_socket import NotifySocket, notify_socket
@@ -259,3 +265,62 @@ async def test_a_store_transaction_that_hangs_stops_the_collectors_pings(
         await asyncio.gather(running, announcing, return_exceptions=True)
         store.close()
     assert fake_systemd.count("STOPPING=1") == 1
+
+
+#: A real `edge-agent run` whose uplink session is stuck once connected (only its serve
+#: coroutine replaced), as a separate process.
+WEDGED_AGENT = """
+import asyncio, resource, sys
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGABRT below: no core file
+from edge_agent.uplink.session import Uplink
+
+async def _stuck(self, client):
+    print('{"event": "test_uplink_wedged"}', flush=True)
+    await asyncio.Event().wait()
+
+Uplink._serve = _stuck
+from edge_agent.cli import main
+sys.argv = ["edge-agent", "run", "--config", sys.argv[1]]
+main()
+"""
+
+
+def test_watchdog_restarts_an_agent_whose_uplink_is_wedged(
+        tmp_path: Path, mosquitto: Mosquitto, fake_systemd: NotifySocket) -> None:
+    """The test plays systemd's part: no WATCHDOG=1 within the interval -> SIGABRT, then
+    Restart=always starts the agent again (this time healthy); what the first run committed
+    is still in the outbox for the second."""
+    config = write_yaml(tmp_path / "gw.yaml", gateway_yaml(
+        "gw-restart", mosquitto.url, tmp_path / "outbox.db", devices=sim_devices(2)))
+    wedged = agent(config, tmp_path / "wedged.log")
+    wedged.argv = [sys.executable, "-c", WEDGED_AGENT, str(config)]
+    wedged.env = fake_systemd.env(WATCHDOG_S)
+    wedged.start()
+    healthy = agent(config, tmp_path / "healthy.log")
+    healthy.env = fake_systemd.env(WATCHDOG_S)
+    try:
+        fake_systemd.wait_for("READY=1")
+        wait_for(lambda: "test_uplink_wedged" in _events(wedged), 20, "the uplink wedged")
+        # systemd's rule: no ping for WatchdogSec -> WatchdogSignal (SIGABRT)
+        wait_for(lambda: _quiet_for(fake_systemd, WATCHDOG_S), 4 * WATCHDOG_S + 5,
+                 "the pings stop", every=0.05)
+        assert wedged.alive()
+        assert wedged.proc is not None
+        wedged.proc.send_signal(signal.SIGABRT)
+        assert wedged.proc.wait(10) == -signal.SIGABRT
+        stale = [e for e in wedged.log_events() if e.get("event") == "watchdog_stage_stale"]
+        assert [e["stages"] for e in stale] == [["uplink"]]
+        healthy.start()  # Restart=always
+        fake_systemd.wait_for("READY=1", n=2)
+        pings = fake_systemd.count("WATCHDOG=1")
+        fake_systemd.wait_for("WATCHDOG=1", n=pings + 3)
+        assert healthy.stop() == 0
+    finally:
+        wedged.kill()
+        healthy.kill()
+    started = [e for e in healthy.log_events() if e.get("event") == "agent_started"]
+    assert started[0]["backlog"] > 0  # the wedged run's commits survived its SIGABRT
+
+
+def _events(proc: Proc) -> list[Any]:
+    return [e.get("event") for e in proc.log_events()]

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,10 @@ def _copies(tmp_path: Path) -> list[Path]:
     venv_bin = Path(sys.executable).parent
     for tool in ("edge-agent", "edge-collector"):
         if not (venv_bin / tool).exists():
-            pytest.fail(f"{venv_bin / tool} missing: run ./run lint (it installs the venv)")
+            reason = f"{venv_bin / tool} missing: run the tests from the venv ./run makes"
+            if os.environ.get("CI") == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
     out = []
     for name in UNITS:
         text = (ROOT / "systemd" / name).read_text()

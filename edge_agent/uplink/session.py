@@ -40,7 +40,8 @@ Invariants
    when its connection dies silently, its keepalive and then at most one ack timeout.
 10. `beat` is called at least every `contract.watchdog.BEAT_S` while the uplink makes
    progress: by the send loop in a session (idle too), by the back-off waits between
-   connects, and before each connect (bounded by `publish_timeout_s`). A session stuck
+   connects, and before each connect (connect and set-up: four steps, each bounded by
+   `publish_timeout_s`). A session stuck
    elsewhere stops the beats, and systemd's watchdog restarts the agent.
 """
 

@@ -49,7 +49,7 @@ from tests.harness import (
     write_yaml,
 )
 from tests.notify_socket import NotifySocket, notify_socket
-from tests.peers import Mosquitto
+from tests.peers import Mosquitto, free_port
 
 #: short, so a test takes seconds (the units say 30s)
 WATCHDOG_S = 1.0
@@ -142,6 +142,28 @@ def test_agent_process_ready_pings_and_stopping(tmp_path: Path, mosquitto: Mosqu
     assert "watchdog_stage_stale" not in events
     ready = next(i for i, (_, line) in enumerate(fake_systemd.lines) if line == "READY=1")
     assert all(line != "WATCHDOG=1" for _, line in fake_systemd.lines[:ready])
+
+
+def test_a_broker_that_is_down_is_no_reason_to_restart(tmp_path: Path,
+                                                       fake_systemd: NotifySocket) -> None:
+    """Reconnect waits longer than the watchdog interval still beat: pings go on."""
+    closed = f"mqtt://127.0.0.1:{free_port()}"
+    cfg = gateway_yaml("gw-offline", closed, tmp_path / "outbox.db", devices=sim_devices(1),
+                       uplink={"reconnect": {"initial_s": 3 * WATCHDOG_S,
+                                             "max_s": 4 * WATCHDOG_S}})
+    proc = agent(write_yaml(tmp_path / "gw.yaml", cfg), tmp_path / "agent.log")
+    proc.env = fake_systemd.env(WATCHDOG_S)
+    proc.start()
+    try:
+        fake_systemd.wait_for("READY=1")
+        wait_for(lambda: "uplink_reconnecting" in _events(proc), 20, "a reconnect wait")
+        # pings every half interval: 12 span 6 intervals, more than a reconnect wait
+        fake_systemd.wait_for("WATCHDOG=1", n=fake_systemd.count("WATCHDOG=1") + 12)
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
+    assert "watchdog_stage_stale" not in _events(proc)
+    assert any(line.startswith("STATUS=uplink down ") for _, line in fake_systemd.lines)
 
 
 def test_collector_process_ready_pings_and_stopping(tmp_path: Path, mosquitto: Mosquitto,

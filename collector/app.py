@@ -14,6 +14,7 @@ from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker
 from collector.provisioning.files import Provisioning
 from collector.registry import Registry, RegistryFile
+from collector.service import announce
 from collector.store import Store, open_store
 from collector.validate import Limits
 from edge_agent.contract.logs import get_logger
@@ -110,7 +111,12 @@ async def serve(cfg: CollectorConfig, stop: asyncio.Event) -> None:
                 _reload_broker_on_hup(broker, registry)
         log.info("collector_started", collector=cfg.collector.id, broker=endpoint.describe(),
                  managed=broker is not None)
-        await build_collector(cfg, store, endpoint, registry).run(stop)
+        collector = build_collector(cfg, store, endpoint, registry)
+        announcer = asyncio.create_task(announce(collector, stop))  # systemd: READY, pings
+        try:
+            await collector.run(stop)
+        finally:
+            announcer.cancel()
     finally:
         if broker is not None:
             await broker.stop()

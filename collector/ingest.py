@@ -44,6 +44,12 @@ store thread finishes there, unacked.
 Presence: with a `collector_id`, the collector says `online` (retained, QoS 1) on
 `collector_presence_topic(id)` once its subscription is in place, leaves `offline` there
 as its Last Will, and publishes `offline` itself on a clean stop.
+
+Liveness (systemd's watchdog, `contract.watchdog`): `beats` has three stages. `broker`
+beats while connecting, between attempts and while a session's tasks are all running;
+`validate` and `commit` beat in their loops, idle too (waits of at most `BEAT_S`), and
+rest between sessions. A stage stuck (a store call that never returns, a wedged session)
+stops the beats, then the pings, and systemd restarts the collector.
 """
 
 from __future__ import annotations
@@ -51,11 +57,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
@@ -83,9 +90,12 @@ from edge_agent.contract.topics import (
     parse_topic,
     shared_subscription,
 )
+from edge_agent.contract.watchdog import BEAT_S, Beats, sleep_beating
 from edge_agent.contract.wire import Ack
 
 log = get_logger("collector.ingest")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +229,16 @@ class Collector:
         self._protocol = ProtocolChooser(endpoint.protocol)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collector-store")
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="collector-validate")
+        #: progress of each stage, read by the watchdog (collector.service)
+        self.beats = Beats("broker", "validate", "commit")
+        self._rest_session()
+
+    def _rest_session(self) -> None:
+        self.beats.rest("validate")
+        self.beats.rest("commit")
+
+    async def _sleep(self, seconds: float) -> None:
+        await sleep_beating(seconds, lambda: self.beats.beat("broker"))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -249,6 +269,7 @@ class Collector:
 
     async def _sessions(self) -> None:
         while True:
+            self.beats.beat("broker")
             try:
                 async with AsyncExitStack() as stack:
                     client = await self._connect(stack)
@@ -263,7 +284,7 @@ class Collector:
                 self.subscribed.clear()
             # a session ended: back-off starts afresh, never a tight loop against a broker
             # that accepts and then drops us at once
-            await Backoff(self.backoff.initial_s, self.backoff.max_s).sleep()
+            await self._sleep(Backoff(self.backoff.initial_s, self.backoff.max_s).next_s())
 
     # ------------------------------------------------------------------ connecting
 
@@ -272,6 +293,7 @@ class Collector:
             retry=retry_if_exception_type(aiomqtt.MqttError),
             wait=wait_full_jitter(self.backoff.initial_s, self.backoff.max_s),
             before_sleep=self._log_retry,
+            sleep=self._sleep,
             reraise=True,
         )
         client: aiomqtt.Client | None = None
@@ -285,6 +307,7 @@ class Collector:
         return client
 
     async def _connect_once(self, stack: AsyncExitStack) -> aiomqtt.Client:
+        self.beats.beat("broker")
         async with AsyncExitStack() as attempt:  # a refused SUBSCRIBE disconnects this client
             try:
                 client = await attempt.enter_async_context(self._client())
@@ -365,7 +388,11 @@ class Collector:
         tasks = (reader, validator, committer)
         self.subscribed.set()
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done: set[asyncio.Task[None]] = set()
+            while not done:  # the session's tasks all run: the broker stage beats
+                self.beats.beat("broker")
+                done, _ = await asyncio.wait(tasks, timeout=BEAT_S,
+                                             return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
             raise aiomqtt.MqttError("the broker's message stream ended")
@@ -380,6 +407,7 @@ class Collector:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._rest_session()
 
     async def _read(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         """Every message into the inbox, at once; one that does not fit is shed."""
@@ -395,9 +423,9 @@ class Collector:
                         staged: asyncio.Queue[list[Checked] | None]) -> None:
         """Each group taken from the inbox, validated in its own thread; None once closed."""
         loop = asyncio.get_running_loop()
-        while group := await inbox.take():
+        while group := await self._beating("validate", inbox.take):
             checked = await loop.run_in_executor(self._checker, self.handler.check_all, group)
-            await staged.put(checked)
+            await self._beating("validate", partial(staged.put, checked))
         await staged.put(None)
 
     async def _commit(self, client: aiomqtt.Client,
@@ -412,7 +440,7 @@ class Collector:
             slots.release()
 
         try:
-            while (group := await staged.get()) is not None:
+            while (group := await self._beating("commit", staged.get)) is not None:
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self.handler.commit,
                                                           group)
@@ -435,6 +463,15 @@ class Collector:
             for task in flying:
                 task.cancel()
             raise
+
+    async def _beating(self, stage: str, take: Callable[[], Awaitable[_T]]) -> _T:
+        """`await take()`, beating `stage` at least every BEAT_S meanwhile (`take` must be
+        safe to cancel: nothing is taken until it returns)."""
+        while True:
+            self.beats.beat(stage)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BEAT_S):
+                    return await take()
 
     def _count(self, outcome: Outcome) -> None:
         c, r = self.counters, outcome.result

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 
-from edge_agent import __version__
+from edge_agent import __version__, service
 from edge_agent.config.models import DeviceConfig, GatewayConfig
 from edge_agent.contract.envelope import Hierarchy
 from edge_agent.contract.logs import get_logger
@@ -82,10 +82,12 @@ class Agent:
                     tg.create_task(supervise("status_page", partial(serve_status, self)))
                 for name, driver in self.drivers.items():
                     tg.create_task(supervise(f"driver:{name}", driver.run))
+                service.started(self, tg)  # systemd: READY=1 and the watchdog
         finally:
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:
+        service.stopping()
         self.pipeline.request_stop()
         await self.pipeline.flush()
         await self.outbox.close()

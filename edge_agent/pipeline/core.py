@@ -5,6 +5,8 @@ pipeline mints envelope-v1 events, turns device state transitions into
 `device.online` / `device.offline`, and its `run()` task commits what is queued to
 the outbox in batches (one transaction per batch) and wakes the uplink.
 Durability starts at that commit: an event is "created" once it has a seq.
+`run()` calls `beat` at least every `contract.watchdog.BEAT_S` while it is alive, idle
+or not, and on every commit attempt (systemd's watchdog: `contract.watchdog`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edge_agent.contract.envelope import (
     new_event,
 )
 from edge_agent.contract.logs import get_logger
+from edge_agent.contract.watchdog import BEAT_S, no_beat
 from edge_agent.outbox import Appended, OutboxFullDiskError, OutboxThread
 from edge_agent.pipeline.dropped import Dropped
 from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
@@ -152,6 +155,8 @@ class Pipeline:
         self._commit_backoff = Backoff(COMMIT_RETRY_S, COMMIT_RETRY_S)
         self._reserve_released = False
         self._reserve_tried_at = -math.inf
+        #: called in the run loop, idle or not (the agent's watchdog: contract.watchdog)
+        self.beat: Callable[[], None] = no_beat
 
     def register_device(self, device: str, driver: str) -> None:
         self.devices.setdefault(device, DeviceStatus(device, driver))
@@ -253,7 +258,12 @@ class Pipeline:
         """Commit queued events in batches until cancelled; flush what is left on the way out."""
         try:
             while True:
-                await self._queue.ready.wait()
+                self.beat()
+                if not self._queue.ready.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(BEAT_S):  # idle: still beat
+                            await self._queue.ready.wait()
+                    continue
                 if (self.commit_linger_s and not self._queue.urgent.is_set()
                         and len(self._queue) < self.commit_batch_max):
                     # Let a burst gather: one commit (fsync) and one uplink round for many
@@ -291,6 +301,7 @@ class Pipeline:
         fails. While the disk is full, alarms go first: they are committed on their own (with
         the outbox's reserve released for them) and the rest goes back to wait in the queue."""
         while batch:
+            self.beat()
             try:
                 appended = await self.outbox.append_rows(batch)
             except OutboxFullDiskError as exc:

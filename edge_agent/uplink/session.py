@@ -38,6 +38,11 @@ Invariants
    waiting `ack_timeout_s` for each would hold the window. So a dead member costs a
    gateway one broker round trip (SIGKILL: the broker sees the socket close at once) or,
    when its connection dies silently, its keepalive and then at most one ack timeout.
+10. `beat` is called at least every `contract.watchdog.BEAT_S` while the uplink makes
+   progress: by the send loop in a session (idle too), by the back-off waits between
+   connects, and before each connect (connect and set-up: four steps, each bounded by
+   `publish_timeout_s`). A session stuck
+   elsewhere stops the beats, and systemd's watchdog restarts the agent.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -59,6 +65,7 @@ from edge_agent.contract.envelope import BATCH_CONTENT_TYPE
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client
 from edge_agent.contract.topics import COLLECTOR_PRESENCE_FILTER, GatewayTopics
+from edge_agent.contract.watchdog import BEAT_S, no_beat, sleep_beating
 from edge_agent.contract.wire import Ack, AckError, encode_batch
 from edge_agent.outbox import Appended, OutboxRow, OutboxThread
 from edge_agent.uplink.resend import InFlight, Pacing
@@ -139,6 +146,8 @@ class Uplink:
         #: kept across sessions: it measures the collectors, not the connection
         self._pacing = Pacing(cfg.ack_timeout_s, cfg.resend_cap_s, cfg.max_inflight_batches)
         self._reset_inflight()
+        #: progress mark for systemd's watchdog (invariant 10)
+        self.beat: Callable[[], None] = no_beat
 
     def notify(self) -> None:
         """The outbox changed in a way the uplink was not told row by row (a data_loss
@@ -184,6 +193,7 @@ class Uplink:
                 wait=wait_full_jitter(self.cfg.reconnect.initial_s, self.cfg.reconnect.max_s),
                 retry=retry_if_exception_type(aiomqtt.MqttError),
                 before_sleep=self._log_retry,
+                sleep=self._sleep,
                 reraise=True,
             )
             with contextlib.suppress(SessionEnded):
@@ -192,7 +202,11 @@ class Uplink:
                         await self._connect_and_serve()
             # A session ended: back-off starts afresh, but never in a tight loop against a
             # broker that accepts and then drops us at once.
-            await Backoff(self.cfg.reconnect.initial_s, self.cfg.reconnect.max_s).sleep()
+            await self._sleep(Backoff(self.cfg.reconnect.initial_s,
+                                      self.cfg.reconnect.max_s).next_s())
+
+    async def _sleep(self, seconds: float) -> None:
+        await sleep_beating(seconds, self.beat)
 
     def _log_retry(self, state: object) -> None:
         attempt = getattr(state, "attempt_number", 0)
@@ -202,6 +216,7 @@ class Uplink:
                         wait_s=round(sleep, 2), error=self.status.last_error)
 
     async def _connect_and_serve(self) -> None:
+        self.beat()
         self._was_connected = False
         will = aiomqtt.Will(self.topics.status, b"offline", qos=1, retain=True)
         client = make_client(self.endpoint, self._protocol.current, identifier=self.client_id,
@@ -265,7 +280,12 @@ class Uplink:
 
     async def _send_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
         while True:
-            await self._wake.wait()
+            self.beat()
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(BEAT_S):  # idle: still beat (invariant 10)
+                        await self._wake.wait()
+                continue
             self._wake.clear()
             while len(self._inflight) < self.cfg.max_inflight_batches:
                 # the window holds back telemetry and records, never alarms

@@ -28,7 +28,8 @@ from typing import Any
 
 from edge_agent.bundles import journal, loader
 from edge_agent.bundles.errors import BundleError
-from edge_agent.bundles.service import mark_agent, shown
+from edge_agent.bundles.model import shown
+from edge_agent.bundles.presence import mark_agent
 from edge_agent.bundles.store import DriverState, Store
 from edge_agent.config.models import ChatterConfig, DeviceConfig, DriversConfig, SnapshotsConfig
 from edge_agent.contract.backoff import Backoff
@@ -166,7 +167,11 @@ class DriverRuntime:
 
     # ------------------------------------------------------------------ running
     async def run(self) -> None:
-        mark_agent(self.store.root, os.getpid())
+        try:
+            mark_agent(self.store.root, os.getpid())
+        except OSError as exc:  # drivers run anyway; `install --wait` will not wait
+            log.warning("driver_store_not_writable", path=str(self.store.root),
+                        error=str(exc), hint="check drivers.state_dir")
         try:
             for slot in self.slots.values():
                 if slot.task is None or slot.task.done():

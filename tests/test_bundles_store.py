@@ -116,6 +116,12 @@ def test_probation_interrupted_twice_is_rolled_back_on_the_third_start(tmp_path:
     assert [e.type for e in sent] == ["gateway.driver_installed", "gateway.driver_rolled_back"]
     asyncio.run(rt.tick())  # the offset moved: nothing twice
     assert len(sent) == 2
+    # a kill before the offset write sends the entries again with the same ids
+    (tmp_path / "journal.offset").write_text("0\n")
+    again, resent = _runtime(tmp_path)
+    asyncio.run(again.tick())
+    assert [e.id for e in resent] == [e.id for e in sent]
+    assert len({e.id for e in sent}) == 2 and all(len(e.id) == 26 for e in sent)
     assert [e for _, e in read_from(tmp_path, 0)][1]["event"] == "rolled_back"
 
 

@@ -13,13 +13,16 @@ counting attempts; the third start in probation rolls back.
 
 Journal → events: each journal entry (written by whoever acted) becomes one
 `gateway.driver_installed|_rolled_back|_refused` event committed to the outbox, and only then
-the journal offset moves (a kill in between repeats the event with the same `entry_id`).
+the journal offset moves. The event's id is a ULID derived from the entry (its time, and a
+hash of the gateway and the entry), so a kill between the commit and the offset write sends
+the same id again, which the collector stores once (its primary key is the id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -48,6 +51,18 @@ _TYPES = {"installed": "gateway.driver_installed", "rolled_back": "gateway.drive
           "refused": "gateway.driver_refused"}
 _FIELDS = ("driver", "version", "previous", "reason", "hint", "keyids", "metadata_version",
            "entry_id")
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def entry_ulid(gateway: str, entry: dict[str, Any]) -> str:
+    """A ULID for a journal entry, the same on every reading: the entry's time in ms and
+    80 bits of sha256(gateway, entry_id)."""
+    ms = int(float(entry.get("time", 0)) * 1000) & ((1 << 48) - 1)
+    digest = hashlib.sha256(f"{gateway}:{entry.get('entry_id', '')}".encode()).digest()
+    value = (ms << 80) | int.from_bytes(digest[:10], "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
 class _Watch:
@@ -313,7 +328,10 @@ class DriverRuntime:
             data.setdefault("version", "")
             if type_ != "gateway.driver_installed":
                 data.setdefault("reason", "")
-            events.append(new_event(self.hierarchy, self.hierarchy.gateway, type_, data))
+            event = new_event(self.hierarchy, self.hierarchy.gateway, type_, data,
+                              observed_at=float(entry.get("time") or time.time()))
+            events.append(event.model_copy(
+                update={"id": entry_ulid(self.hierarchy.gateway, entry)}))
         try:
             if events:
                 await self.commit(events)

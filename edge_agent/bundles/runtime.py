@@ -39,7 +39,7 @@ from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import DeviceState, Driver, DriverSpec, EventSink, OpenAlarm
-from edge_agent.sdk.registry import builtin
+from edge_agent.sdk.registry import available, builtin
 from edge_agent.sdk.supervise import RESTART_MAX_S, RESTART_MIN_S
 
 log = get_logger("edge_agent.bundles.runtime")
@@ -132,8 +132,14 @@ class DriverRuntime:
                 self.slots.setdefault(dev.driver, _Slot(dev.driver, [])).devices.append(dev)
 
     # ------------------------------------------------------------------ building
-    def _spec(self, name: str) -> tuple[str | None, DriverSpec]:
+    def _spec(self, name: str, first: bool = False) -> tuple[str | None, DriverSpec]:
         version_dir = self.store.active_dir(name)
+        if first:  # the modules config validation imported (no second copy in memory)
+            root = self.store.root
+            drivers = available(root) if root.is_dir() else available()
+            seen = drivers.bundles.get(name)
+            if name in drivers and (seen[1] if seen else None) == version_dir:
+                return (None if version_dir is None else version_dir.name), drivers[name]
         point = builtin().get(name)
         if version_dir is None and point is not None and not point.value.startswith(
                 f"drivers.{name}:"):
@@ -144,8 +150,8 @@ class DriverRuntime:
         return (None if version_dir is None else version_dir.name,
                 loader.load(name, self.store.root / name, version_dir))
 
-    def _build(self, slot: _Slot) -> Driver:
-        slot.version, spec = self._spec(slot.name)
+    def _build(self, slot: _Slot, first: bool = False) -> Driver:
+        slot.version, spec = self._spec(slot.name, first)
         devices = [d if isinstance(d, spec.options) else spec.options.model_validate(
             d.model_dump()) for d in slot.devices]
         slot.watch = _Watch(self.sink)
@@ -170,7 +176,7 @@ class DriverRuntime:
             st = self._state(slot.name)
             probation = st is not None and st.state == "probation"
             try:
-                slot.driver = self._build(slot)
+                slot.driver = self._build(slot, first=True)
             except Exception as exc:
                 if not probation:
                     raise

@@ -53,6 +53,12 @@ def _inventory(path: Path) -> Inventory:
         _fail(str(exc))
 
 
+def _stdout() -> Console:
+    """Tables on stdout: the terminal's width, or 160 columns into a file or pipe."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=160)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="edge-fleet")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -98,7 +104,7 @@ def push_command(bundle: Path, selector: str, canary: int, parallel: int, wait_s
     finally:
         shown.close()
     wall = time.monotonic() - t0
-    push_table(results, Console(highlight=False))
+    push_table(results, _stdout())
     report = push_report(bundle, selector, gateways, results, started_at=started, wall_s=wall,
                          parallel=parallel, canary=canary, wait_s=wait_s)
     if report_path is not None:
@@ -123,7 +129,7 @@ def status_command(selector: str, as_json: bool, parallel: int, inventory_path: 
         click.echo(json.dumps({"gateways": [r.as_json() for r in results]},
                               ensure_ascii=False))
     else:
-        status_table(results, Console(highlight=False))
+        status_table(results, _stdout())
     sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_NOT_OK)
 
 

@@ -49,8 +49,9 @@ async def connect(gw: Gateway, ssh: SshOptions) -> asyncssh.SSHClientConnection:
         raise SshFailure(Outcome.UNREACHABLE, (
             f"{gw.address}: no SSH answer within {ssh.connect_timeout_s:g}s")) from None
     except OSError as exc:
-        raise SshFailure(Outcome.UNREACHABLE,
-                         f"{gw.address}: {exc.strerror or exc}") from None
+        raise SshFailure(Outcome.UNREACHABLE, (
+            f"{gw.address}: {exc.strerror or exc} (hint: is the box up and its sshd "
+            f"listening on port {gw.port}?)")) from None
     except asyncssh.KeyImportError as exc:
         raise SshFailure(Outcome.ERROR, (
             f"cannot use client key {ssh.client_key}: {exc} (hint: an unencrypted OpenSSH "

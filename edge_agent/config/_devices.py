@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -30,8 +31,10 @@ if TYPE_CHECKING:
     from edge_agent.sdk.api import DriverSpec
 
 
-def validate_devices(doc: Document) -> tuple[list[DeviceConfig], list[ConfigIssue]]:
-    """The devices of `doc.root["devices"]`, each as its driver's options model."""
+def validate_devices(doc: Document, store: Path | None = None
+                     ) -> tuple[list[DeviceConfig], list[ConfigIssue]]:
+    """The devices of `doc.root["devices"]`, each as its driver's options model (the active
+    installed bundle of a driver under `store` wins over the built-in one)."""
     if "devices" not in doc.root:
         return [], []
     raw = doc.root["devices"]
@@ -39,7 +42,7 @@ def validate_devices(doc: Document) -> tuple[list[DeviceConfig], list[ConfigIssu
         what = "has no value" if raw is None else "must be a list"
         return [], [doc.at(("devices",), f"{what}; expected a list of device entries "
                            "(`- id: ...` lines)", "write `devices: []` for none")]
-    drivers = _drivers(bool(raw))
+    drivers = _drivers(bool(raw), store)
     issues: list[ConfigIssue] = []
     devices: list[DeviceConfig] = []
     indexes: list[int] = []
@@ -79,12 +82,12 @@ def assemble(doc: Document, cfg: GatewayConfig, devices: list[DeviceConfig]) -> 
                            for err in exc.errors()]) from None
 
 
-def _drivers(needed: bool) -> Mapping[str, DriverSpec]:
+def _drivers(needed: bool, store: Path | None) -> Mapping[str, DriverSpec]:
     if not needed:
         return {}
     from edge_agent.sdk import registry  # late: sdk.registry -> sdk.api -> config.models
 
-    return registry.available()
+    return registry.available(store)
 
 
 def _validate_device(doc: Document, drivers: Mapping[str, DriverSpec], index: int,

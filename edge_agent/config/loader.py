@@ -22,19 +22,23 @@ __all__ = ["MAX_FILE_BYTES", "ConfigError", "ConfigIssue", "check_secrets",
            "load_gateway_config", "load_model"]
 
 
-def load_gateway_config(path: str | Path) -> GatewayConfig:
-    """Load a gateway config; each device entry is validated by its driver's options.
+def load_gateway_config(path: str | Path, *, devices: bool = True) -> GatewayConfig:
+    """Load a gateway config; each device entry is validated by its driver's options (the
+    active installed bundle of a driver wins over the built-in one).
 
-    The returned `devices` hold instances of the drivers' option models.
+    The returned `devices` hold instances of the drivers' option models. `devices=False`
+    skips them (the result has none): `edge-agent drivers` installs a bundle a device entry
+    may need before it validates.
     """
     doc = read_yaml(path)
     top = {k: v for k, v in doc.root.items() if k != "devices"}
     cfg, issues = validate_part(doc, GatewayConfig, top, ())
-    devices, device_issues = validate_devices(doc)
+    store = cfg.drivers.store_root(cfg.outbox.path) if cfg is not None else None
+    found, device_issues = validate_devices(doc, store) if devices else ([], [])
     issues += device_issues
     raise_issues(doc, issues)
     assert cfg is not None
-    return assemble(doc, cfg, devices)
+    return assemble(doc, cfg, found)
 
 
 def check_secrets(path: str | Path, cfg: GatewayConfig

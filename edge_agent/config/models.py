@@ -33,6 +33,7 @@ __all__ = [
     "ChatterConfig",
     "ChatterOverride",
     "DeviceConfig",
+    "DriversConfig",
     "GatewayConfig",
     "GatewayIdentity",
     "OutboxConfig",
@@ -42,6 +43,7 @@ __all__ = [
     "StatusPageConfig",
     "Strict",
     "TlsConfig",
+    "TrustedKey",
     "UplinkConfig",
 ]
 
@@ -172,6 +174,50 @@ class ChatterOverride(Strict):
     calm_s: float | None = Field(default=None, ge=1, le=3600, allow_inf_nan=False)
 
 
+class TrustedKey(Strict):
+    """One maintainer's Ed25519 public key: a file (`keygen`'s OUT.pub, or PEM) or inline
+    base64 of its raw 32 bytes. Public keys are not secrets."""
+
+    file: Path | None = Field(default=None, description="public key file")
+    key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9+/]{43}=$",
+                            description="base64 of the raw 32-byte public key")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TrustedKey:
+        if (self.file is None) == (self.key is None):
+            raise ValueError("give exactly one of `file` and `key`")
+        return self
+
+
+class DriversConfig(Strict):
+    """Driver bundles (docs/drivers-updates.md): who may sign them, where they live."""
+
+    trusted_keys: list[TrustedKey] = Field(
+        default_factory=list, max_length=32,
+        description="public keys whose signatures this gateway accepts on bundles")
+    threshold: int = Field(default=1, ge=1, le=32,
+                           description="distinct trusted keys that must sign a bundle")
+    state_dir: Path | None = Field(
+        default=None, description="where bundles are installed (<state_dir>/drivers); "
+        "default: the outbox's folder")
+    probation_s: float = Field(
+        default=60.0, gt=0, le=86400, allow_inf_nan=False,
+        description="after an update, a driver that crashes or reports nothing this long "
+        "is rolled back")
+    keep_versions: int = Field(default=3, ge=2, le=50,
+                               description="installed versions kept per driver")
+
+    @model_validator(mode="after")
+    def _threshold_reachable(self) -> DriversConfig:
+        if self.trusted_keys and self.threshold > len(self.trusted_keys):
+            raise ValueError(f"threshold {self.threshold} is more than the "
+                             f"{len(self.trusted_keys)} trusted key(s): no bundle could pass")
+        return self
+
+    def store_root(self, outbox_path: Path) -> Path:
+        return (self.state_dir or outbox_path.parent) / "drivers"
+
+
 class DeviceConfig(BaseModel):
     """Common part of every device entry; the driver validates the rest."""
 
@@ -192,6 +238,7 @@ class GatewayConfig(Strict):
     heartbeat_s: float = Field(default=60.0, gt=0, le=86400)
     alarm_chatter: ChatterConfig = ChatterConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    drivers: DriversConfig = DriversConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

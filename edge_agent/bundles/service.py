@@ -1,0 +1,186 @@
+"""What the `edge-agent drivers` commands do, apart from parsing and printing.
+
+`install` verifies a bundle (format.verify) against the gateway's trusted keys and what is
+installed, installs it (store), journals the outcome, and answers one `Outcome` per the
+contract with edge-fleet (docs/drivers-updates.md): installed | already_current | refused |
+rolled_back | pending. With a running agent and `wait_s`, the answer waits for the agent's
+probation verdict in state.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge_agent import __version__
+from edge_agent.bundles.errors import BundleError
+from edge_agent.bundles.format import LIMITS, Accepted, Refused, Trust, verify
+from edge_agent.bundles.fsutil import write_atomic
+from edge_agent.bundles.keys import keyid, parse_public, read_public
+from edge_agent.bundles.store import DriverState, Store
+from edge_agent.config.models import DriversConfig, GatewayConfig
+
+AGENT_FILE = "agent.json"
+BUILTIN = "builtin"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    gateway: str
+    driver: str
+    version: str
+    previous: str
+    outcome: str
+    reason: str = ""
+
+    def json(self) -> str:
+        return json.dumps(asdict(self), separators=(", ", ": "))
+
+
+def shown(version: str | None) -> str:
+    return BUILTIN if version is None else version
+
+
+def store_for(cfg: GatewayConfig) -> Store:
+    return Store(cfg.drivers.store_root(cfg.outbox.path), cfg.drivers.keep_versions)
+
+
+def trust_from(cfg: DriversConfig) -> Trust:
+    keys = {}
+    for entry in cfg.trusted_keys:
+        key = read_public(entry.file) if entry.file is not None else parse_public(
+            entry.key or "", "drivers.trusted_keys")
+        keys[keyid(key)] = key
+    return Trust(keys, cfg.threshold)
+
+
+# ---------------------------------------------------------------------- agent presence
+def mark_agent(root: Path, pid: int | None) -> None:
+    """The running agent says so (pid) or that it stopped (None)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if pid is None:
+        (root / AGENT_FILE).unlink(missing_ok=True)
+    else:
+        write_atomic(root / AGENT_FILE, json.dumps({"pid": pid}).encode())
+
+
+def agent_running(root: Path) -> bool:
+    try:
+        pid = int(json.loads((root / AGENT_FILE).read_text())["pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return b"edge" in cmdline
+
+
+# ---------------------------------------------------------------------- install
+def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None) -> Outcome:
+    gw = cfg.gateway.id
+    store = store_for(cfg)
+    label = path.name
+    guess = label.split("-", 1)[0] if "-" in label else label
+    try:
+        size = path.stat().st_size
+        data = b"" if size > LIMITS.bundle_bytes else path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the bundle ({exc.strerror})",
+                          "give the path of a .edgebundle file") from None
+    trust = trust_from(cfg.drivers)
+    with store.locked():
+        name_ok = guess in store.names()
+        before = store.state(guess) if name_ok else DriverState(guess)
+        if size > LIMITS.bundle_bytes:
+            verdict: Accepted | Refused = Refused("malformed", f"{label}: {size} bytes, over "
+                                      f"{LIMITS.bundle_bytes}", "", guess)
+        else:
+            verdict = verify(data, trust=trust, installed=before.installed(),
+                             agent_version=__version__, now=datetime.now(UTC), label=label)
+            if not isinstance(verdict, Refused) and verdict.signed.name != guess:
+                # the file name lied about the driver: judge against the right one
+                before = store.state(verdict.signed.name)
+                verdict = verify(data, trust=trust, installed=before.installed(),
+                                 agent_version=__version__, now=datetime.now(UTC),
+                                 label=label)
+        if isinstance(verdict, Refused):
+            name = verdict.name or guess
+            store.record({"event": "refused", "driver": name, "version": verdict.version,
+                          "reason": verdict.text(), "hint": verdict.hint,
+                          "keyids": list(verdict.keyids),
+                          "previous": shown(before.active)})
+            return Outcome(gw, name, verdict.version, shown(before.active), "refused",
+                           f"{verdict.text()} (hint: {verdict.hint})" if verdict.hint
+                           else verdict.text())
+        s = verdict.signed
+        if before.active == s.version:
+            if before.state == "committed":
+                return Outcome(gw, s.name, s.version, shown(before.previous),
+                               "already_current")
+            return Outcome(gw, s.name, s.version, shown(before.previous), "pending",
+                           "in probation")
+        _, after = store.install(verdict, probation_s if probation_s is not None
+                                 else cfg.drivers.probation_s)
+        store.record({"event": "installed", "driver": s.name, "version": s.version,
+                      "previous": shown(before.active), "keyids": list(verdict.keyids),
+                      "metadata_version": s.metadata_version})
+        store.crash("journaled")
+    return Outcome(gw, s.name, s.version, shown(after.previous), "installed")
+
+
+def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
+    """After an install: the agent's probation verdict within `wait_s` (no agent: as is)."""
+    if first.outcome not in ("installed", "pending"):
+        return first
+    store = store_for(cfg)
+    if not agent_running(store.root):
+        return first if first.outcome == "installed" else Outcome(
+            first.gateway, first.driver, first.version, first.previous, "installed",
+            "no agent runs: probation starts with it")
+    deadline = time.monotonic() + wait_s
+    while True:
+        st = store.state(first.driver)
+        if st.active == first.version and st.state == "committed":
+            return Outcome(first.gateway, first.driver, first.version, first.previous,
+                           "installed")
+        if st.active != first.version:
+            return Outcome(first.gateway, first.driver, first.version, first.previous,
+                           "rolled_back", st.reason or f"{shown(st.active)} is active now")
+        if time.monotonic() >= deadline or not agent_running(store.root):
+            return Outcome(first.gateway, first.driver, first.version, first.previous,
+                           "pending", "probation did not end within --wait")
+        time.sleep(0.2)
+
+
+def rollback(cfg: GatewayConfig, name: str) -> Outcome:
+    store = store_for(cfg)
+    with store.locked():
+        after = store.switch_back(name, "rolled back by hand (edge-agent drivers rollback)")
+        store.record({"event": "rolled_back", "driver": name, "version": shown(after.active),
+                      "previous": shown(after.rolled_back), "reason": after.reason})
+    return Outcome(cfg.gateway.id, name, shown(after.active), shown(after.rolled_back),
+                   "rolled_back", after.reason)
+
+
+def listing(cfg: GatewayConfig) -> dict[str, object]:
+    from edge_agent.sdk.registry import builtin
+
+    store = store_for(cfg)
+    out: list[dict[str, object]] = []
+    bundled = set()
+    for name in store.names():
+        st = store.state(name)
+        if st.active is None:
+            continue
+        bundled.add(name)
+        out.append({"name": name, "version": st.active, "state": st.state,
+                    "source": "bundle", "previous": shown(st.previous),
+                    "versions": store.versions(name)})
+    for name, point in sorted(builtin().items()):
+        if name not in bundled:
+            dist = point.dist
+            out.append({"name": name, "version": dist.version if dist else __version__,
+                        "state": "committed", "source": "builtin", "previous": None})
+    out.sort(key=lambda d: str(d["name"]))
+    return {"gateway": cfg.gateway.id, "drivers": out}

@@ -1,0 +1,214 @@
+"""Installed driver versions side by side under `<state_dir>/drivers/`.
+
+Layout: `NAME/VERSION/` (an unpacked wheel: `drivers/NAME/**` + dist-info), `NAME/current`
+(symlink to the active VERSION; absent: the built-in driver), `NAME/state.json` (active,
+previous, committed|probation, probation deadline, attempts, highest metadata_version),
+`journal.jsonl`, `.lock` (flock: one writer at a time, CLI or agent).
+
+Install order (each step atomic, `crash(point)` between them for tests): unpack into
+`NAME/.tmp-*` and fsync → rename to `NAME/VERSION` → switch `current` → write state.json →
+journal. The symlink is the truth: a state.json that disagrees with it (killed between the
+switch and the state write) is reconciled on read (the linked version is in probation, the
+one state.json named is its previous). So a kill anywhere leaves the old or the new version
+active, each a complete directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from packaging.version import InvalidVersion, Version
+
+from edge_agent.bundles import journal
+from edge_agent.bundles.errors import StoreError
+from edge_agent.bundles.format import NAME_RE, Accepted, Installed
+from edge_agent.bundles.fsutil import switch_symlink, write_atomic, write_tree
+
+#: crash points (tests): the env var names one, the process SIGKILLs itself there
+CRASH_ENV = "EDGE_AGENT_TEST_CRASH_AT"
+CRASH_POINTS = ("unpacked", "renamed", "switched", "state_written", "journaled")
+
+Phase = Literal["committed", "probation"]
+
+
+def _crash_from_env(point: str) -> None:
+    if os.environ.get(CRASH_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class DriverState:
+    name: str
+    active: str | None = None  # None: the built-in driver
+    previous: str | None = None
+    state: Phase = "committed"
+    deadline: float | None = None
+    attempts: int = 0
+    metadata_version: int = 0
+    reason: str = ""  # why the last rollback happened
+    rolled_back: str | None = None  # the version the last rollback left
+
+    def installed(self) -> Installed:
+        return Installed(self.active, self.metadata_version)
+
+
+def _version_key(v: str) -> Version:
+    try:
+        return Version(v)
+    except InvalidVersion:
+        return Version("0")
+
+
+class Store:
+    def __init__(self, root: Path, keep_versions: int = 3,
+                 crash: Callable[[str], None] = _crash_from_env) -> None:
+        self.root = root
+        self.keep = max(2, keep_versions)
+        self.crash = crash
+
+    # ------------------------------------------------------------------ reading
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and NAME_RE.match(p.name))
+
+    def _dir(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise StoreError(f"{name!r} is not a driver name", "a-z, 0-9 and _")
+        return self.root / name
+
+    def linked(self, name: str) -> str | None:
+        try:
+            target = os.readlink(self._dir(name) / "current")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"{self._dir(name)}/current: {exc.strerror}") from None
+        return Path(target).name
+
+    def state(self, name: str) -> DriverState:
+        """The driver's state, reconciled with the `current` symlink."""
+        path = self._dir(name) / "state.json"
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+            st = DriverState(**{k: v for k, v in raw.items()
+                                if k in DriverState.__dataclass_fields__})
+        except FileNotFoundError:
+            st = DriverState(name)
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreError(f"{path}: unreadable ({exc})",
+                             "restore it or remove it (the `current` link stays the "
+                             "truth)") from None
+        linked = self.linked(name)
+        if linked != st.active:  # killed between the switch and the state write
+            if linked is None:
+                st = replace(st, active=None, previous=None, state="committed")
+            else:
+                st = replace(st, active=linked, previous=st.active, state="probation",
+                             attempts=0, deadline=None)
+        return st
+
+    def active_dir(self, name: str) -> Path | None:
+        version = self.linked(name)
+        return None if version is None else self._dir(name) / version
+
+    def versions(self, name: str) -> list[str]:
+        d = self._dir(name)
+        if not d.is_dir():
+            return []
+        return sorted((p.name for p in d.iterdir() if p.is_dir() and not p.is_symlink() and not
+                       p.name.startswith(".")), key=_version_key)
+
+    # ------------------------------------------------------------------ writing
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.root}: cannot write the driver store ({exc.strerror})",
+                             "run as the agent's user; check drivers.state_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_state(self, st: DriverState) -> None:
+        write_atomic(self._dir(st.name) / "state.json",
+                     json.dumps(asdict(st), sort_keys=True, indent=1).encode())
+
+    def install(self, accepted: Accepted, probation_s: float) -> tuple[DriverState, DriverState]:
+        """Unpack, switch to the bundle's version; (state before, state after). Call under
+        `locked()`, after `verify` with `state(name).installed()`."""
+        s = accepted.signed
+        d = self._dir(s.name)
+        d.mkdir(parents=True, exist_ok=True)
+        before = self.state(s.name)
+        for stale in d.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = d / f".tmp-{s.version}-{os.getpid()}"
+        write_tree(tmp, accepted.files)
+        self.crash("unpacked")
+        final = d / s.version
+        if final.exists():
+            if before.active == s.version:
+                shutil.rmtree(tmp)
+                raise StoreError(f"{s.name} {s.version} is active already")
+            old = d / f".tmp-old-{s.version}-{os.getpid()}"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(tmp, final)
+        self.crash("renamed")
+        switch_symlink(d / "current", s.version)
+        self.crash("switched")
+        after = DriverState(s.name, s.version, before.active, "probation",
+                            time.time() + probation_s, 0,
+                            max(before.metadata_version, s.metadata_version))
+        self._write_state(after)
+        self.crash("state_written")
+        self._prune(s.name, keep={s.version, before.active})
+        return before, after
+
+    def switch_back(self, name: str, reason: str) -> DriverState:
+        """Make the previous version active again (None: the built-in driver). Call under
+        `locked()`."""
+        st = self.state(name)
+        if st.active is None:
+            raise StoreError(f"{name}: the built-in driver is active; nothing to roll back",
+                             "`edge-agent drivers list` shows what is installed")
+        target = st.previous
+        if target is not None and not (self._dir(name) / target).is_dir():
+            raise StoreError(f"{name}: the previous version {target} is gone",
+                             "install a bundle instead")
+        switch_symlink(self._dir(name) / "current", target)
+        after = DriverState(name, target, None, "committed", None, 0, st.metadata_version,
+                            reason, st.active)
+        self._write_state(after)
+        return after
+
+    def update(self, st: DriverState) -> None:
+        """Write `st` as is (probation attempts, commit). Call under `locked()`."""
+        if self.linked(st.name) != st.active:
+            raise StoreError(f"{st.name}: the active version changed meanwhile")
+        self._write_state(st)
+
+    def _prune(self, name: str, keep: set[str | None]) -> None:
+        versions = self.versions(name)
+        extra = [v for v in versions if v not in keep]
+        for v in extra[:max(0, len(versions) - self.keep)]:
+            shutil.rmtree(self._dir(name) / v, ignore_errors=True)
+
+    def record(self, entry: dict[str, object]) -> None:
+        journal.append(self.root, entry)

@@ -1,0 +1,164 @@
+"""`edge-agent drivers keygen|pack|install|list|rollback` as real processes, real keys:
+every refusal of the contract with edge-fleet, its exit codes and its one-line JSON."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.bundle_support import CRASHING, cli, gateway_yaml, install, keygen, pack, simulated_copy
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> dict[str, Path]:
+    keygen(tmp_path / "k1")
+    keygen(tmp_path / "k2")
+    keygen(tmp_path / "stranger")
+    src = simulated_copy(tmp_path / "src")
+    out = tmp_path / "out"
+    return {"tmp": tmp_path, "src": src, "out": out,
+            "cfg": gateway_yaml(tmp_path, [tmp_path / "k1.pub", tmp_path / "k2.pub"])}
+
+
+def test_keygen_writes_a_private_key_0600_and_never_overwrites(tmp_path: Path) -> None:
+    info = keygen(tmp_path / "key")
+    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
+    assert len(info["keyid"]) == 64 and (tmp_path / "key.pub").read_text().strip() == \
+        info["public_key"]
+    again = cli("drivers", "keygen", str(tmp_path / "key"))
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+def test_install_list_already_current_and_rollback(env: dict[str, Path]) -> None:
+    b1 = pack(env["src"], env["out"], "1.1.0", env["tmp"] / "k1")
+    rc, out = install(b1, env["cfg"])
+    assert (rc, out["outcome"], out["version"], out["previous"]) == \
+        (0, "installed", "1.1.0", "builtin")
+    assert out["gateway"] == "gw-b1"
+    b2 = pack(env["src"], env["out"], "1.2.0", env["tmp"] / "k1", metadata_version=2)
+    rc, out = install(b2, env["cfg"])
+    assert (rc, out["outcome"], out["previous"]) == (0, "installed", "1.1.0")
+    listed = json.loads(cli("drivers", "list", "--config", str(env["cfg"]), "--json").stdout)
+    sim = next(d for d in listed["drivers"] if d["name"] == "simulated")
+    assert (sim["version"], sim["source"], sim["previous"]) == ("1.2.0", "bundle", "1.1.0")
+    assert next(d for d in listed["drivers"] if d["name"] == "modbus")["source"] == "builtin"
+    # the old version is refused now: no downgrade, rollback is the only way back
+    rc, out = install(b1, env["cfg"])
+    assert (rc, out["outcome"]) == (3, "refused") and out["reason"].startswith("downgrade")
+    back = cli("drivers", "rollback", "simulated", "--config", str(env["cfg"]), "--json")
+    assert back.returncode == 0 and json.loads(back.stdout)["version"] == "1.1.0"
+    assert (env["tmp"] / "drivers/simulated/current").resolve().name == "1.1.0"
+    # the journal holds every step for the agent's events
+    lines = (env["tmp"] / "drivers/journal.jsonl").read_text().splitlines()
+    assert [json.loads(x)["event"] for x in lines] == \
+        ["installed", "installed", "refused", "rolled_back"]
+
+
+def test_the_same_version_twice_is_already_current_once_committed(
+        env: dict[str, Path]) -> None:
+    b1 = pack(env["src"], env["out"], "1.1.0", env["tmp"] / "k1")
+    install(b1, env["cfg"])
+    state = env["tmp"] / "drivers/simulated/state.json"
+    st = json.loads(state.read_text())
+    state.write_text(json.dumps({**st, "state": "committed"}))
+    rc, out = install(b1, env["cfg"])
+    assert (rc, out["outcome"]) == (0, "already_current")
+
+
+def _rezip(bundle: Path, dest: Path, change: dict[str, bytes | None]) -> Path:
+    with zipfile.ZipFile(bundle) as zin, zipfile.ZipFile(dest, "w") as zout:
+        for info in zin.infolist():
+            data = change.get(info.filename, zin.read(info))
+            if data is not None:
+                zout.writestr(info, data)
+    return dest
+
+
+def _reason(env: dict[str, Path], bundle: Path) -> str:
+    rc, out = install(bundle, env["cfg"])
+    assert (rc, out["outcome"]) == (3, "refused"), out
+    assert not (env["tmp"] / "drivers/simulated/current").exists()
+    assert "hint:" in out["reason"]
+    return str(out["reason"])
+
+
+def test_every_refusal_names_its_reason(env: dict[str, Path]) -> None:
+    tmp, out = env["tmp"], env["out"]
+    good = pack(env["src"], out, "1.1.0", tmp / "k1")
+    meta = json.loads(zipfile.ZipFile(good).read("metadata.json"))
+    wheel = next(n for n in zipfile.ZipFile(good).namelist() if n.endswith(".whl"))
+
+    unsigned = _rezip(good, tmp / "unsigned.edgebundle", {"metadata.json": json.dumps(
+        {"signed": meta["signed"], "signatures": []}).encode()})
+    assert _reason(env, unsigned).startswith("unsigned")
+
+    forged = dict(meta["signed"], version="9.9.9")
+    tampered_meta = _rezip(good, tmp / "t1.edgebundle", {"metadata.json": json.dumps(
+        {"signed": forged, "signatures": meta["signatures"]}).encode()})
+    assert _reason(env, tampered_meta).startswith("tampered")
+
+    whl = bytearray(zipfile.ZipFile(good).read(wheel))
+    whl[-30] ^= 0xFF
+    tampered_wheel = _rezip(good, tmp / "t2.edgebundle", {wheel: bytes(whl)})
+    assert _reason(env, tampered_wheel).startswith("tampered")
+
+    stranger = pack(env["src"], tmp / "o2", "1.1.0", tmp / "stranger")
+    assert _reason(env, stranger).startswith("untrusted_key")
+
+    expired = pack(env["src"], tmp / "o3", "1.1.0", tmp / "k1", expires="0.00001")
+    assert _reason(env, expired).startswith("expired")
+
+    incompatible = pack(env["src"], tmp / "o4", "1.1.0", tmp / "k1", requires=">=99")
+    assert _reason(env, incompatible).startswith("incompatible")
+
+    garbage = tmp / "garbage.edgebundle"
+    garbage.write_bytes(b"not a zip at all")
+    assert _reason(env, garbage).startswith("malformed")
+
+
+def test_a_threshold_counts_distinct_keys(env: dict[str, Path]) -> None:
+    tmp = env["tmp"]
+    cfg = gateway_yaml(tmp, [tmp / "k1.pub", tmp / "k2.pub"], threshold=2)
+    once = pack(env["src"], tmp / "a", "1.1.0", tmp / "k1")
+    twice_same = pack(env["src"], tmp / "b", "1.1.0", tmp / "k1", tmp / "k1")
+    both = pack(env["src"], tmp / "c", "1.1.0", tmp / "k1", tmp / "k2")
+    for bundle in (once, twice_same):
+        rc, out = install(bundle, cfg)
+        assert (rc, out["outcome"]) == (3, "refused")
+        assert out["reason"].startswith("below_threshold")
+    rc, out = install(both, cfg)
+    assert (rc, out["outcome"]) == (0, "installed")
+
+
+def test_validate_uses_the_active_bundle_options(env: dict[str, Path]) -> None:
+    """A bundle may add options: the config is checked against the ACTIVE version."""
+    tmp = env["tmp"]
+    src = simulated_copy(tmp / "src2", extra=(
+        "class SimulatedDeviceV2(SimulatedDevice):\n    color: str = 'red'\n\n\n"
+        "DRIVER = DriverSpec(name='simulated', options=SimulatedDeviceV2,\n"
+        "                    build=SimulatedDriver)\n"))
+    text = env["cfg"].read_text().replace("kind: smoke,", "kind: smoke, color: blue,")
+    env["cfg"].write_text(text)
+    before = cli("validate", str(env["cfg"]), "--skip-secrets")
+    assert before.returncode == 2 and "color" in before.stderr
+    rc, out = install(pack(src, tmp / "o", "2.0.0", tmp / "k1"), env["cfg"])
+    assert rc == 0, out
+    after = cli("validate", str(env["cfg"]), "--skip-secrets")
+    assert after.returncode == 0, after.stderr
+
+
+def test_json_errors_for_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gateway: {id: x}\n")
+    res = cli("drivers", "install", str(tmp_path / "none"), "--config", str(bad), "--json")
+    assert res.returncode == 2 and json.loads(res.stdout)["outcome"] == "error"
+
+
+def test_crashing_bundle_installs_without_an_agent(env: dict[str, Path]) -> None:
+    """Without a running agent an install is `installed`; the agent's probation judges it."""
+    src = simulated_copy(env["tmp"] / "crash", extra=CRASHING)
+    rc, out = install(pack(src, env["out"], "1.3.0", env["tmp"] / "k1"), env["cfg"])
+    assert (rc, out["outcome"]) == (0, "installed")

@@ -36,10 +36,13 @@ def skipped(gateways: Sequence[Gateway], why: str) -> list[GatewayResult]:
 
 
 def remote_name(bundle_name: str, token: str) -> str:
-    """The upload's file name on the box: unique, keeping the bundle's own name when it is
-    a plain file name (the installer may read NAME-VERSION from it)."""
-    name = bundle_name if _SAFE_NAME.match(bundle_name) else "bundle.edgebundle"
-    return f"edge-fleet-{token}-{name}"
+    """The upload's file name on the box: unique, and starting with the bundle's own
+    `NAME-VERSION` when it is a plain file name (the installer reads the driver's name
+    from there first): `simulated-1.2.0.edge-fleet-TOKEN.edgebundle`."""
+    if not _SAFE_NAME.match(bundle_name):
+        return f"bundle.edge-fleet-{token}.edgebundle"
+    stem = bundle_name.removesuffix(".edgebundle")
+    return f"{stem}.edge-fleet-{token}.edgebundle"
 
 
 def install_command(gw: Gateway, remote_path: str, wait_s: float) -> str:

@@ -16,7 +16,7 @@ is emptied, so every run installs on all 50.
 - ansible-core (installed by `./run bench`, the `bench` extra): a generated INI inventory
   and playbook (`copy`, `command`, `file`; `gather_facts: false`; default ssh connection
   plugin with its ControlPersist, default pipelining off), `ansible-playbook -f FORKS`,
-  the JSON stdout callback to count hosts that changed with no failure.
+  its PLAY RECAP read to count hosts that changed with no failure.
 
 Prints one JSON line per run and a summary: the ratio of edge-fleet's best wall time to
 ansible's best (target <= 0.5) and edge-fleet's wall time for 50 (target < 60 s).
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -74,6 +75,13 @@ def reset(boxes: list[tuple[Sshd, Path]]) -> None:
         (cfg.parent / "state").mkdir()
 
 
+def on_disk(boxes: list[tuple[Sshd, Path]], version: str) -> int:
+    """Boxes whose driver store has `version` of the bundle active (checked for both tools)."""
+    return sum(1 for _s, cfg in boxes
+               if (cfg.parent / "state" / "drivers" / "simulated" / "current").resolve().name
+               == version)
+
+
 def fleet_run(bundle: Path, inv: Path, parallel: int, work: Path) -> dict[str, object]:
     report = work / f"report-{parallel}.json"
     t0 = time.perf_counter()
@@ -101,6 +109,8 @@ def ansible_run(bundle: Path, boxes: list[tuple[Sshd, Path]], key: Path, known: 
         for i, (sshd, cfg) in enumerate(boxes)))
     install = (f"{EDGE_AGENT} drivers install {{{{ upload }}}} --config {{{{ edge_config }}}} "
                "--wait 0 --json")
+    cfg_file = work / "ansible.cfg"
+    cfg_file.write_text("[defaults]\n")  # nothing of the machine's /etc/ansible
     play = work / "push.yml"
     play.write_text(f"""- hosts: gateways
   gather_facts: false
@@ -111,23 +121,23 @@ def ansible_run(bundle: Path, boxes: list[tuple[Sshd, Path]], key: Path, known: 
     - command: "{install}"
     - file: {{path: "{{{{ upload }}}}", state: absent}}
 """)
-    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_STDOUT_CALLBACK": "json",
+    env = {**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_STDOUT_CALLBACK": "default",
            "ANSIBLE_REMOTE_USER": user(), "ANSIBLE_PRIVATE_KEY_FILE": str(key),
            "ANSIBLE_SSH_ARGS": f"-o ControlMaster=auto -o ControlPersist=60s "
                                f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes "
                                "-o IdentitiesOnly=yes",
-           "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "ANSIBLE_CONFIG": os.devnull,
+           "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3", "ANSIBLE_CONFIG": str(cfg_file),
            "ANSIBLE_LOCAL_TEMP": str(work / "ansible-local"),
            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / f"cp{forks}"),
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "False"}
     t0 = time.perf_counter()
     res = run([str(playbook_bin), "-i", str(inv), "-f", str(forks), str(play)], env=env)
     wall = time.perf_counter() - t0
-    try:
-        stats = json.loads(res.stdout)["stats"]
-    except (ValueError, KeyError):
+    recap = {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+             for m in re.finditer(r"^(gw-\d+)\s+:\s+(.*)$", res.stdout, re.M)}
+    if len(recap) != len(boxes):
         return {"tool": "ansible", "forks": forks, "error": (res.stdout + res.stderr)[-800:]}
-    ok = sum(1 for s in stats.values() if not s["failures"] and not s["unreachable"]
+    ok = sum(1 for s in recap.values() if not s["failed"] and not s["unreachable"]
              and s["changed"] >= 2)
     return {"tool": "ansible", "forks": forks, "wall_s": round(wall, 2), "installed": ok,
             "exit": res.returncode, "wall_per_gateway_s": round(wall / len(boxes), 3)}
@@ -167,11 +177,13 @@ def main() -> None:
         rows = []
         for p in [int(x) for x in args.parallel.split(",") if x]:
             reset(boxes)
-            rows.append(fleet_run(bundle, inv, p, work))
+            rows.append({**fleet_run(bundle, inv, p, work),
+                         "active_on_boxes": on_disk(boxes, "99.0.0")})
             emit({"bench": "fleet_push", "gateways": len(boxes), **rows[-1]})
         for f in [int(x) for x in args.forks.split(",") if x]:
             reset(boxes)
-            rows.append(ansible_run(bundle, boxes, key, known, f, work))
+            rows.append({**ansible_run(bundle, boxes, key, known, f, work),
+                         "active_on_boxes": on_disk(boxes, "99.0.0")})
             emit({"bench": "fleet_push", "gateways": len(boxes), **rows[-1]})
         fleet_best = min((r["wall_s"] for r in rows if r["tool"] == "edge-fleet"
                           and r.get("installed") == len(boxes)), default=None)

@@ -75,6 +75,19 @@ def reset(boxes: list[tuple[Sshd, Path]]) -> None:
         (cfg.parent / "state").mkdir()
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine: /proc/stat's first line."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The machine's CPU use between two `cpu_ticks()` (all cores, other processes too)."""
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total else 0.0
+
+
 def on_disk(boxes: list[tuple[Sshd, Path]], version: str) -> int:
     """Boxes whose driver store has `version` of the bundle active (checked for both tools)."""
     return sum(1 for _s, cfg in boxes
@@ -177,13 +190,17 @@ def main() -> None:
         rows = []
         for p in [int(x) for x in args.parallel.split(",") if x]:
             reset(boxes)
+            ticks = cpu_ticks()
             rows.append({**fleet_run(bundle, inv, p, work),
-                         "active_on_boxes": on_disk(boxes, "99.0.0")})
+                         "active_on_boxes": on_disk(boxes, "99.0.0"),
+                         "machine_cpu_busy_pct": busy_pct(ticks, cpu_ticks())})
             emit({"bench": "fleet_push", "gateways": len(boxes), **rows[-1]})
         for f in [int(x) for x in args.forks.split(",") if x]:
             reset(boxes)
+            ticks = cpu_ticks()
             rows.append({**ansible_run(bundle, boxes, key, known, f, work),
-                         "active_on_boxes": on_disk(boxes, "99.0.0")})
+                         "active_on_boxes": on_disk(boxes, "99.0.0"),
+                         "machine_cpu_busy_pct": busy_pct(ticks, cpu_ticks())})
             emit({"bench": "fleet_push", "gateways": len(boxes), **rows[-1]})
         fleet_best = min((r["wall_s"] for r in rows if r["tool"] == "edge-fleet"
                           and r.get("installed") == len(boxes)), default=None)

@@ -149,6 +149,34 @@ def test_an_unknown_or_changed_host_key_refuses_the_connection(box: Box, known: 
     assert not (box.root / "ran-agent").exists(), "a command ran on an unverified box"
 
 
+def test_a_refused_canary_leaves_the_others_untouched(box: Box) -> None:
+    refused = box.script("canary", "echo '{\"gateway\": \"gw-1\", \"driver\": \"simulated\", "
+                         "\"version\": \"1.0.0\", \"previous\": \"1.1.0\", \"outcome\": "
+                         "\"refused\", \"reason\": \"downgrade: 1.0.0 < 1.1.0\"}'; exit 3")
+    others = [box.gateway(f"gw-{i}", edge_agent=box.script(f"other{i}", "exit 0"))
+              for i in (2, 3)]
+    inv = box.inventory([box.gateway("gw-1", edge_agent=refused), *others])
+    code, by_id, _ = push(box, inv, "--canary", "1")
+    assert code == 1
+    assert by_id["gw-1"]["outcome"] == "refused"
+    for gid in ("gw-2", "gw-3"):
+        assert by_id[gid]["outcome"] == "skipped"
+        assert "canary gw-1 refused: downgrade" in str(by_id[gid]["reason"])
+    assert not list(box.root.glob("ran-other*")), "the canary rule pushed anyway"
+
+
+def test_canaries_that_were_all_unreachable_prove_nothing() -> None:
+    from edge_fleet.outcome import GatewayResult, Outcome
+    from edge_fleet.plan import canary_stop
+
+    down = GatewayResult("gw-1", "a", Outcome.UNREACHABLE, "refused")
+    up = GatewayResult("gw-2", "b", Outcome.INSTALLED)
+    assert canary_stop([down, up]) is None
+    assert "no canary gateway confirmed" in str(canary_stop([down]))
+    assert "rolled_back" in str(canary_stop([up, GatewayResult("gw-3", "c",
+                                                              Outcome.ROLLED_BACK, "crashed")]))
+
+
 def test_the_inventory_is_checked_before_any_connection(box: Box) -> None:
     inv = box.inventory([box.gateway("gw-a"), box.gateway("gw-a")])
     doc = yaml.safe_load(inv.read_text())

@@ -1,4 +1,7 @@
-"""The agent process: drivers → pipeline → outbox → uplink, each stage supervised."""
+"""The agent process: drivers → pipeline → outbox → uplink, each stage supervised.
+
+The drivers run under `edge_agent.bundles.runtime.DriverRuntime`: it reloads a driver live
+when an installed bundle switches its version, and judges a new version in probation."""
 
 from __future__ import annotations
 
@@ -10,14 +13,14 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from edge_agent import __version__
-from edge_agent.config.models import DeviceConfig, GatewayConfig
-from edge_agent.contract.envelope import Hierarchy
+from edge_agent.bundles.runtime import DriverRuntime
+from edge_agent.bundles.store import Store
+from edge_agent.config.models import GatewayConfig
+from edge_agent.contract.envelope import Event, Hierarchy
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.outbox import OutboxThread
 from edge_agent.pipeline import OpenAlarms, Pipeline
-from edge_agent.sdk.api import Driver
-from edge_agent.sdk.registry import available
 from edge_agent.sdk.supervise import supervise
 from edge_agent.status.activity import Activity
 from edge_agent.uplink import Uplink
@@ -31,7 +34,7 @@ class Agent:
     outbox: OutboxThread
     pipeline: Pipeline
     uplink: Uplink
-    drivers: dict[str, Driver]
+    drivers: DriverRuntime
     started: float = field(default_factory=time.time)
     #: recent events and open alarms for the status page, fed by the pipeline
     activity: Activity = field(default_factory=Activity)
@@ -62,7 +65,17 @@ class Agent:
         pipeline.open_alarms = OpenAlarms(cfg.outbox.path.parent / "open-alarms.json")
         activity = Activity()
         pipeline.on_restored = activity.restore  # drivers take their alarms back when built
-        drivers = build_drivers(cfg.devices, pipeline)
+        for dev in cfg.devices:
+            if dev.enabled:
+                pipeline.register_device(dev.id, dev.driver)
+
+        async def commit(events: list[Event]) -> None:  # the drivers' own gateway events
+            await outbox.append_rows(events)
+            uplink.notify()
+
+        store = Store(cfg.drivers.store_root(cfg.outbox.path), cfg.drivers.keep_versions)
+        drivers = DriverRuntime(cfg.drivers, store, cfg.devices, pipeline, hierarchy, commit)
+        drivers.build_all()
         return cls(cfg, hierarchy, outbox, pipeline, uplink, drivers, activity=activity)
 
     async def run(self) -> None:
@@ -80,8 +93,7 @@ class Agent:
                     from edge_agent.status.server import serve_status
 
                     tg.create_task(supervise("status_page", partial(serve_status, self)))
-                for name, driver in self.drivers.items():
-                    tg.create_task(supervise(f"driver:{name}", driver.run))
+                tg.create_task(supervise("drivers", self.drivers.run))
         finally:
             await asyncio.shield(self._close())
 
@@ -122,16 +134,6 @@ class Agent:
         if s.oldest_created is not None:
             data["oldest_waiting_s"] = round(max(0.0, time.time() - s.oldest_created), 1)
         return data
-
-
-def build_drivers(devices: list[DeviceConfig], pipeline: Pipeline) -> dict[str, Driver]:
-    registry = available()
-    by_driver: dict[str, list[DeviceConfig]] = {}
-    for dev in devices:
-        if dev.enabled:
-            by_driver.setdefault(dev.driver, []).append(dev)
-            pipeline.register_device(dev.id, dev.driver)
-    return {name: registry[name].build(devs, pipeline) for name, devs in by_driver.items()}
 
 
 async def run_agent(cfg: GatewayConfig) -> None:

@@ -33,12 +33,11 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles.canonical import JsonRefused, canonical, strict_loads
+from edge_agent.bundles.model import NAME_RE, VERSION_DIR_RE, Installed
 
 BUNDLE_TYPE = "driver-bundle"
 SPEC_VERSION = "1.0"
 SUFFIX = ".edgebundle"
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-VERSION_DIR_RE = re.compile(r"^[0-9A-Za-z.+!_-]{1,64}$")
 KEYID_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -63,15 +62,6 @@ class Trust:
 
     keys: dict[str, Ed25519PublicKey]
     threshold: int = 1
-
-
-@dataclass(frozen=True)
-class Installed:
-    """What is installed of the driver: its active bundle version (None: the built-in
-    driver) and the highest metadata_version ever installed."""
-
-    version: str | None = None
-    metadata_version: int = 0
 
 
 @dataclass(frozen=True)

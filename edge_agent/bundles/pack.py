@@ -21,8 +21,9 @@ from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles.canonical import canonical
 from edge_agent.bundles.errors import PackError
-from edge_agent.bundles.format import BUNDLE_TYPE, NAME_RE, SPEC_VERSION, SUFFIX
+from edge_agent.bundles.format import BUNDLE_TYPE, SPEC_VERSION, SUFFIX
 from edge_agent.bundles.keys import keyid
+from edge_agent.bundles.model import NAME_RE
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_DIRS = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache"}

@@ -18,13 +18,11 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.bundles.errors import BundleError
 from edge_agent.bundles.format import LIMITS, Accepted, Refused, Trust, verify
-from edge_agent.bundles.fsutil import write_atomic
 from edge_agent.bundles.keys import keyid, parse_public, read_public
+from edge_agent.bundles.model import shown
+from edge_agent.bundles.presence import agent_running
 from edge_agent.bundles.store import DriverState, Store
 from edge_agent.config.models import DriversConfig, GatewayConfig
-
-AGENT_FILE = "agent.json"
-BUILTIN = "builtin"
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,6 @@ class Outcome:
         return json.dumps(asdict(self), separators=(", ", ": "))
 
 
-def shown(version: str | None) -> str:
-    return BUILTIN if version is None else version
-
-
 def store_for(cfg: GatewayConfig) -> Store:
     return Store(cfg.drivers.store_root(cfg.outbox.path), cfg.drivers.keep_versions)
 
@@ -55,25 +49,6 @@ def trust_from(cfg: DriversConfig) -> Trust:
             entry.key or "", "drivers.trusted_keys")
         keys[keyid(key)] = key
     return Trust(keys, cfg.threshold)
-
-
-# ---------------------------------------------------------------------- agent presence
-def mark_agent(root: Path, pid: int | None) -> None:
-    """The running agent says so (pid) or that it stopped (None)."""
-    root.mkdir(parents=True, exist_ok=True)
-    if pid is None:
-        (root / AGENT_FILE).unlink(missing_ok=True)
-    else:
-        write_atomic(root / AGENT_FILE, json.dumps({"pid": pid}).encode())
-
-
-def agent_running(root: Path) -> bool:
-    try:
-        pid = int(json.loads((root / AGENT_FILE).read_text())["pid"])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return b"edge" in cmdline
 
 
 # ---------------------------------------------------------------------- install

@@ -25,14 +25,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles import journal
 from edge_agent.bundles.errors import StoreError
-from edge_agent.bundles.format import NAME_RE, Accepted, Installed
 from edge_agent.bundles.fsutil import switch_symlink, write_atomic, write_tree
+from edge_agent.bundles.model import NAME_RE, Installed
+
+if TYPE_CHECKING:
+    from edge_agent.bundles.format import Accepted
 
 #: crash points (tests): the env var names one, the process SIGKILLs itself there
 CRASH_ENV = "EDGE_AGENT_TEST_CRASH_AT"

@@ -87,7 +87,9 @@ def _drivers(needed: bool, store: Path | None) -> Mapping[str, DriverSpec]:
         return {}
     from edge_agent.sdk import registry  # late: sdk.registry -> sdk.api -> config.models
 
-    return registry.available(store)
+    if store is not None and store.is_dir():  # installed bundles win over built-in drivers
+        return registry.available(store)
+    return registry.available()
 
 
 def _validate_device(doc: Document, drivers: Mapping[str, DriverSpec], index: int,

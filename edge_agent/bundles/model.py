@@ -1,0 +1,26 @@
+"""Plain facts about bundles shared by the verifier, the store and the agent (no crypto
+imported here: the agent's runtime reads the store without loading `cryptography`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+VERSION_DIR_RE = re.compile(r"^[0-9A-Za-z.+!_-]{1,64}$")
+BUILTIN = "builtin"
+
+
+def shown(version: str | None) -> str:
+    """A version as commands and events show it (`builtin`: the driver shipped with the
+    agent)."""
+    return BUILTIN if version is None else version
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What is installed of the driver: its active bundle version (None: the built-in
+    driver) and the highest metadata_version ever installed."""
+
+    version: str | None = None
+    metadata_version: int = 0

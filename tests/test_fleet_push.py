@@ -149,7 +149,7 @@ def test_a_crashing_driver_is_rolled_back_and_the_canary_stops_the_push(
         assert code == 1
         first, *rest = GATEWAYS
         assert by_id[first]["outcome"] == "rolled_back", by_id[first]
-        assert by_id[first]["reason"]
+        assert "crash" in by_id[first]["reason"], by_id[first]
         assert f.active(first)[1] == "builtin"
         for gid in rest:
             assert by_id[gid]["outcome"] == "skipped"

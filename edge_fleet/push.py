@@ -64,10 +64,11 @@ async def push_one(gw: Gateway, s: PushSettings) -> GatewayResult:
         r = result(Outcome.ERROR, f"no result within gateway_timeout_s="
                    f"{s.ssh.gateway_timeout_s:g}s (the box may still finish the install; "
                    "check with edge-fleet status or logs)")
-    except (asyncssh.Error, OSError) as exc:
+    except (asyncssh.Error, OSError) as exc:  # after the connection was made
         text = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
-        r = result(Outcome.UNREACHABLE if isinstance(exc, (asyncssh.ConnectionLost, OSError))
-                   else Outcome.ERROR, f"{gw.address}: {clean(text)}")
+        r = result(Outcome.ERROR, f"{gw.address}: connection failed during the push: "
+                   f"{clean(text)} (the box may have installed it: check with edge-fleet "
+                   "status)")
     else:
         r = GatewayResult(r.gateway, r.address, r.outcome, r.reason, time.monotonic() - t0,
                           r.driver, r.version, r.previous)

@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edge_fleet.inventory import Gateway
-from edge_fleet.outcome import GatewayResult, Outcome
+from edge_fleet.outcome import GatewayResult, Outcome, clean
 from edge_fleet.push import Progress as PushProgress
 from edge_fleet.status import StatusResult
 
@@ -79,7 +80,7 @@ def push_table(results: Sequence[GatewayResult], console: Console) -> None:
     for r in results:
         version = f"{r.previous or '-'} → {r.version}" if r.version else ""
         table.add_row(r.gateway, r.address, f"[{STYLE[r.outcome]}]{r.outcome.value}[/]",
-                      version, r.reason, f"{r.seconds:.1f}")
+                      escape(version), escape(r.reason), f"{r.seconds:.1f}")
     console.print(table)
     summary = ", ".join(f"{k} {v}" for k, v in counts(results).items() if v)
     console.print(f"{len(results)} gateway(s): {summary}")
@@ -115,12 +116,13 @@ def status_table(results: Sequence[StatusResult], console: Console) -> None:
         table.add_column(col, overflow="fold")
     for r in results:
         if not r.ok:
-            table.add_row(r.gateway, "", "", "", "", "", "", "", f"[red]{r.error}[/]")
+            table.add_row(r.gateway, "", "", "", "", "", "", "", f"[red]{escape(r.error)}[/]")
             continue
         s = r.summary()
         up = {True: "[green]up[/]", False: "[red]down[/]"}.get(s["uplink"], "?")
         uptime = f"{s['uptime_s'] / 3600:.1f}h" if isinstance(s["uptime_s"], int | float) else ""
-        table.add_row(r.gateway, str(s["version"] or ""), up, str(s["devices"] or 0),
-                      str(s["online"] or 0), str(s["open_alarms"] or 0),
-                      str(s["outbox_events"] or 0), uptime, "")
+        cells = [s["version"] or "", s["devices"] or 0, s["online"] or 0, s["open_alarms"] or 0,
+                 s["outbox_events"] or 0]
+        version, devices, online, alarms, outbox = (escape(clean(str(c), 40)) for c in cells)
+        table.add_row(r.gateway, version, up, devices, online, alarms, outbox, uptime, "")
     console.print(table)

@@ -12,6 +12,7 @@ escaped. The box's edge-agent is a script here: what a hostile box would print.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,18 +100,21 @@ def test_a_hostile_box_is_an_error_for_itself_only(box: Box) -> None:
             "escape", "printf '{\"outcome\": \"refused\", \"reason\": \"\\\\u001b[2Jbad\"}\\n'; "
                       "exit 3")),
         box.gateway("gw-missing", edge_agent="/nonexistent/bin/edge-agent"),
+        box.gateway("gw-hangs", edge_agent=box.script("hangs", "exec sleep 60")),
     ]
-    code, by_id, _ = push(box, box.inventory(gateways))
+    code, by_id, _ = push(box, box.inventory(gateways, gateway_timeout_s=2))
     assert code == 1
     assert by_id["gw-good"]["outcome"] == "installed"
     assert by_id["gw-good"]["version"] == "1.2.0"
-    for gid in ("gw-garbage", "gw-partial", "gw-huge", "gw-lies", "gw-two", "gw-missing"):
+    for gid in ("gw-garbage", "gw-partial", "gw-huge", "gw-lies", "gw-two", "gw-missing",
+                "gw-hangs"):
         assert by_id[gid]["outcome"] == "error", by_id[gid]
     assert "not JSON" in str(by_id["gw-garbage"]["reason"])
     assert "more than" in str(by_id["gw-huge"]["reason"])
     assert "contradicts" in str(by_id["gw-lies"]["reason"])
     assert "one JSON line" in str(by_id["gw-two"]["reason"])
     assert "edge_agent" in str(by_id["gw-missing"]["reason"])
+    assert "gateway_timeout_s=2s" in str(by_id["gw-hangs"]["reason"])
     assert by_id["gw-escape"]["outcome"] == "refused"
     assert "\x1b" not in str(by_id["gw-escape"]["reason"])
     assert "\\x1b" in str(by_id["gw-escape"]["reason"])
@@ -178,16 +182,31 @@ def test_canaries_that_were_all_unreachable_prove_nothing() -> None:
 
 
 def test_the_inventory_is_checked_before_any_connection(box: Box) -> None:
-    inv = box.inventory([box.gateway("gw-a"), box.gateway("gw-a")])
-    doc = yaml.safe_load(inv.read_text())
-    doc["districts"][0]["streets"][0]["communities"][0]["code"] = "999999001001"
-    doc["districts"][0]["streets"][0]["communities"][0]["gateways"][1]["prot"] = 22
-    inv.write_text(yaml.safe_dump(doc, sort_keys=False))
-    code, out, err = fleet("push", inv, "--to", "all", "--inventory", inv)
-    assert code == 2
-    assert f"{inv}:" in err and "did you mean `port`" in err
-    assert "Traceback" not in out + err
-    assert not (box.root / "sshd" / "sshd.log").read_text().strip()
+    with socket.socket() as listener:  # counts connection attempts: there must be none
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        inv = box.inventory([{"id": "gw-a", "host": "127.0.0.1", "port": port},
+                             {"id": "gw-a", "host": "127.0.0.1", "port": port}])
+        doc = yaml.safe_load(inv.read_text())
+        doc["districts"][0]["streets"][0]["communities"][0]["code"] = "999999001001"
+        doc["districts"][0]["streets"][0]["communities"][0]["gateways"][1]["prot"] = 22
+        inv.write_text(yaml.safe_dump(doc, sort_keys=False))
+        code, out, err = fleet("push", inv, "--to", "all", "--inventory", inv)
+        assert code == 2
+        assert f"{inv}:" in err and "did you mean `port`" in err
+        assert "Traceback" not in out + err
+        del doc["districts"][0]["streets"][0]["communities"][0]["gateways"][1]["prot"]
+        inv.write_text(yaml.safe_dump(doc, sort_keys=False))
+        code, out, err = fleet("push", inv, "--to", "all", "--inventory", inv)
+        assert code == 2 and f"{inv}:" in err and "not in street 371312001" in err
+        doc["districts"][0]["streets"][0]["communities"][0]["code"] = "371312001001"
+        inv.write_text(yaml.safe_dump(doc, sort_keys=False))
+        code, out, err = fleet("push", inv, "--to", "all", "--inventory", inv)
+        assert code == 2 and "gateway id 'gw-a' is used twice" in err
+        with pytest.raises(BlockingIOError):
+            listener.accept()
     code, _, err = fleet("status", "nowhere", "--inventory", box.inventory([box.gateway("gw-a")]))
     assert code == 2 and "names no gateway" in err and "371312001001" in err
 

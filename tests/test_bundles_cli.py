@@ -162,3 +162,17 @@ def test_crashing_bundle_installs_without_an_agent(env: dict[str, Path]) -> None
     src = simulated_copy(env["tmp"] / "crash", extra=CRASHING)
     rc, out = install(pack(src, env["out"], "1.3.0", env["tmp"] / "k1"), env["cfg"])
     assert (rc, out["outcome"]) == (0, "installed")
+
+
+def test_mistakes_are_exit_2_with_a_hint_never_a_traceback(env: dict[str, Path]) -> None:
+    res = cli("drivers", "rollback", "simulated", "--config", str(env["cfg"]), "--json")
+    assert res.returncode == 2 and "built-in driver is active" in json.loads(
+        res.stdout)["reason"]
+    missing = gateway_yaml(env["tmp"], [env["tmp"] / "nope.pub"])
+    b1 = pack(env["src"], env["out"], "1.1.0", env["tmp"] / "k1")
+    res = cli("drivers", "install", str(b1), "--config", str(missing), "--json")
+    assert res.returncode == 2 and "nope.pub" in json.loads(res.stdout)["reason"]
+    assert "hint" in res.stderr and "Traceback" not in res.stderr
+    res = cli("drivers", "pack", str(env["tmp"]), "--name", "simulated", "--version", "1",
+              "--key", str(env["tmp"] / "k1"))
+    assert res.returncode == 2 and "no __init__.py" in res.stderr

@@ -13,13 +13,16 @@ counting attempts; the third start in probation rolls back.
 
 Journal → events: each journal entry (written by whoever acted) becomes one
 `gateway.driver_installed|_rolled_back|_refused` event committed to the outbox, and only then
-the journal offset moves (a kill in between repeats the event with the same `entry_id`).
+the journal offset moves. The event's id is a ULID derived from the entry (its time, and a
+hash of the gateway and the entry), so a kill between the commit and the offset write sends
+the same id again, which the collector stores once (its primary key is the id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +39,7 @@ from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import DeviceState, Driver, DriverSpec, EventSink, OpenAlarm
-from edge_agent.sdk.registry import builtin
+from edge_agent.sdk.registry import available, builtin
 from edge_agent.sdk.supervise import RESTART_MAX_S, RESTART_MIN_S
 
 log = get_logger("edge_agent.bundles.runtime")
@@ -48,6 +51,18 @@ _TYPES = {"installed": "gateway.driver_installed", "rolled_back": "gateway.drive
           "refused": "gateway.driver_refused"}
 _FIELDS = ("driver", "version", "previous", "reason", "hint", "keyids", "metadata_version",
            "entry_id")
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def entry_ulid(gateway: str, entry: dict[str, Any]) -> str:
+    """A ULID for a journal entry, the same on every reading: the entry's time in ms and
+    80 bits of sha256(gateway, entry_id)."""
+    ms = int(float(entry.get("time", 0)) * 1000) & ((1 << 48) - 1)
+    digest = hashlib.sha256(f"{gateway}:{entry.get('entry_id', '')}".encode()).digest()
+    value = (ms << 80) | int.from_bytes(digest[:10], "big")
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
 class _Watch:
@@ -117,8 +132,14 @@ class DriverRuntime:
                 self.slots.setdefault(dev.driver, _Slot(dev.driver, [])).devices.append(dev)
 
     # ------------------------------------------------------------------ building
-    def _spec(self, name: str) -> tuple[str | None, DriverSpec]:
+    def _spec(self, name: str, first: bool = False) -> tuple[str | None, DriverSpec]:
         version_dir = self.store.active_dir(name)
+        if first:  # the modules config validation imported (no second copy in memory)
+            root = self.store.root
+            drivers = available(root) if root.is_dir() else available()
+            seen = drivers.bundles.get(name)
+            if name in drivers and (seen[1] if seen else None) == version_dir:
+                return (None if version_dir is None else version_dir.name), drivers[name]
         point = builtin().get(name)
         if version_dir is None and point is not None and not point.value.startswith(
                 f"drivers.{name}:"):
@@ -129,8 +150,8 @@ class DriverRuntime:
         return (None if version_dir is None else version_dir.name,
                 loader.load(name, self.store.root / name, version_dir))
 
-    def _build(self, slot: _Slot) -> Driver:
-        slot.version, spec = self._spec(slot.name)
+    def _build(self, slot: _Slot, first: bool = False) -> Driver:
+        slot.version, spec = self._spec(slot.name, first)
         devices = [d if isinstance(d, spec.options) else spec.options.model_validate(
             d.model_dump()) for d in slot.devices]
         slot.watch = _Watch(self.sink)
@@ -155,7 +176,7 @@ class DriverRuntime:
             st = self._state(slot.name)
             probation = st is not None and st.state == "probation"
             try:
-                slot.driver = self._build(slot)
+                slot.driver = self._build(slot, first=True)
             except Exception as exc:
                 if not probation:
                     raise
@@ -313,7 +334,10 @@ class DriverRuntime:
             data.setdefault("version", "")
             if type_ != "gateway.driver_installed":
                 data.setdefault("reason", "")
-            events.append(new_event(self.hierarchy, self.hierarchy.gateway, type_, data))
+            event = new_event(self.hierarchy, self.hierarchy.gateway, type_, data,
+                              observed_at=float(entry.get("time") or time.time()))
+            events.append(event.model_copy(
+                update={"id": entry_ulid(self.hierarchy.gateway, entry)}))
         try:
             if events:
                 await self.commit(events)

@@ -207,8 +207,19 @@ def test_the_inventory_is_checked_before_any_connection(box: Box) -> None:
         assert code == 2 and "gateway id 'gw-a' is used twice" in err
         with pytest.raises(BlockingIOError):
             listener.accept()
-    code, _, err = fleet("status", "nowhere", "--inventory", box.inventory([box.gateway("gw-a")]))
+    good = box.inventory([box.gateway("gw-a")])
+    code, _, err = fleet("status", "nowhere", "--inventory", good)
     assert code == 2 and "names no gateway" in err and "371312001001" in err
+    code, _, err = fleet("push", box.root / "nope.edgebundle", "--to", "all", "--inventory", good)
+    assert code == 2 and "no such bundle file" in err
+    code, _, err = fleet("push", good, "--to", "all", "--inventory", good,
+                         "--report", box.root / "no" / "r.json")
+    assert code == 2 and "does not exist" in err
+    box.key.unlink()
+    code, _, err = fleet("status", "all", "--inventory", good)
+    assert code == 2 and "client_key" in err and "ssh-keygen" in err
+    code, _, err = fleet("status", "all", "--inventory", box.root / "missing.yaml")
+    assert code == 2 and "missing.yaml:1:1: file not found" in err
 
 
 def test_groups_select_by_code_name_or_id(box: Box) -> None:

@@ -33,6 +33,8 @@ from edge_fleet.status import status_many
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
 DEFAULT_INVENTORY = "/etc/edge-fleet/inventory.yaml"
 MAX_LOG_BYTES = 4 * 1024 * 1024
+#: time a push to one box needs besides the probation wait (connect, upload, start)
+WAIT_MARGIN_S = 10.0
 
 inventory_option = click.option(
     "--inventory", "inventory_path", type=click.Path(path_type=Path),
@@ -92,6 +94,10 @@ def push_command(bundle: Path, selector: str, canary: int, parallel: int, wait_s
         gateways = inv.select(selector)
     except FleetError as exc:
         _fail(str(exc))
+    if wait_s + WAIT_MARGIN_S > inv.ssh.gateway_timeout_s:
+        _fail(f"--wait {wait_s:g} leaves no time for the upload within ssh.gateway_timeout_s="
+              f"{inv.ssh.gateway_timeout_s:g} of {inv.path} (hint: lower --wait or raise "
+              f"gateway_timeout_s to at least --wait + {WAIT_MARGIN_S:g})")
     if report_path is not None and not report_path.parent.is_dir():
         _fail(f"--report {report_path}: folder {report_path.parent} does not exist")
     settings = PushSettings(bundle=bundle, wait_s=wait_s, parallel=parallel, canary=canary,

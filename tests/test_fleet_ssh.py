@@ -215,6 +215,8 @@ def test_the_inventory_is_checked_before_any_connection(box: Box) -> None:
     code, _, err = fleet("push", good, "--to", "all", "--inventory", good,
                          "--report", box.root / "no" / "r.json")
     assert code == 2 and "does not exist" in err
+    code, _, err = fleet("push", good, "--to", "all", "--inventory", good, "--wait", "299")
+    assert code == 2 and "gateway_timeout_s" in err
     box.key.unlink()
     code, _, err = fleet("status", "all", "--inventory", good)
     assert code == 2 and "client_key" in err and "ssh-keygen" in err

@@ -33,7 +33,7 @@ from edge_fleet.status import status_many
 EXIT_OK, EXIT_NOT_OK, EXIT_USAGE = 0, 1, 2
 DEFAULT_INVENTORY = "/etc/edge-fleet/inventory.yaml"
 MAX_LOG_BYTES = 4 * 1024 * 1024
-#: time a push to one box needs besides the probation wait (connect, upload, start)
+#: what to leave, at least, for connect, upload and start besides the probation wait
 WAIT_MARGIN_S = 10.0
 
 inventory_option = click.option(
@@ -94,7 +94,7 @@ def push_command(bundle: Path, selector: str, canary: int, parallel: int, wait_s
         gateways = inv.select(selector)
     except FleetError as exc:
         _fail(str(exc))
-    if wait_s + WAIT_MARGIN_S > inv.ssh.gateway_timeout_s:
+    if wait_s >= inv.ssh.gateway_timeout_s:
         _fail(f"--wait {wait_s:g} leaves no time for the upload within ssh.gateway_timeout_s="
               f"{inv.ssh.gateway_timeout_s:g} of {inv.path} (hint: lower --wait or raise "
               f"gateway_timeout_s to at least --wait + {WAIT_MARGIN_S:g})")

@@ -102,7 +102,7 @@ def test_a_hostile_box_is_an_error_for_itself_only(box: Box) -> None:
         box.gateway("gw-missing", edge_agent="/nonexistent/bin/edge-agent"),
         box.gateway("gw-hangs", edge_agent=box.script("hangs", "exec sleep 60")),
     ]
-    code, by_id, _ = push(box, box.inventory(gateways, gateway_timeout_s=2))
+    code, by_id, _ = push(box, box.inventory(gateways, gateway_timeout_s=2), "--wait", "0")
     assert code == 1
     assert by_id["gw-good"]["outcome"] == "installed"
     assert by_id["gw-good"]["version"] == "1.2.0"
@@ -215,7 +215,7 @@ def test_the_inventory_is_checked_before_any_connection(box: Box) -> None:
     code, _, err = fleet("push", good, "--to", "all", "--inventory", good,
                          "--report", box.root / "no" / "r.json")
     assert code == 2 and "does not exist" in err
-    code, _, err = fleet("push", good, "--to", "all", "--inventory", good, "--wait", "299")
+    code, _, err = fleet("push", good, "--to", "all", "--inventory", good, "--wait", "300")
     assert code == 2 and "gateway_timeout_s" in err
     box.key.unlink()
     code, _, err = fleet("status", "all", "--inventory", good)

@@ -37,8 +37,14 @@ def simulated_copy(dest: Path, *, extra: str = "") -> Path:
 
 CRASHING = '''
 class _Crashing(SimulatedDriver):
-    async def run(self) -> None:
-        raise RuntimeError("boom on start (test bundle)")
+    async def run(self) -> None:  # as real drivers fail: a device's task in a TaskGroup
+        import asyncio
+
+        async def device() -> None:
+            raise RuntimeError("boom on start (test bundle)")
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(device())
 
 
 DRIVER = DriverSpec(name="simulated", options=SimulatedDevice, build=_Crashing,

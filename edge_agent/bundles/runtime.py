@@ -53,6 +53,14 @@ _FIELDS = ("driver", "version", "previous", "reason", "hint", "keyids", "metadat
            "entry_id")
 
 
+
+def _cause(exc: BaseException) -> str:
+    """`Type: message` of what really failed (the first leaf of an exception group: a
+    driver's TaskGroup wraps its devices' errors)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"[:300]
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -180,7 +188,7 @@ class DriverRuntime:
             except Exception as exc:
                 if not probation:
                     raise
-                self._rollback(slot.name, f"crashed: {type(exc).__name__}: {exc}")
+                self._rollback(slot.name, f"crashed: {_cause(exc)}")
                 slot.driver = self._build(slot)
                 probation = False
             slot.probation_until = (time.monotonic() + self.cfg.probation_s
@@ -228,7 +236,7 @@ class DriverRuntime:
                 log.exception("task_crashed", task=f"driver:{slot.name}", error=str(exc),
                               version=shown(slot.version))
                 if slot.probation_until is not None:
-                    slot.failure = f"crashed: {type(exc).__name__}: {exc}"
+                    slot.failure = f"crashed: {_cause(exc)}"
                     return
             if time.monotonic() - started > 10 * RESTART_MAX_S:
                 backoff.reset()

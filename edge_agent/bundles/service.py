@@ -110,9 +110,10 @@ def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
         return first
     store = store_for(cfg)
     if not agent_running(store.root):
-        return first if first.outcome == "installed" else Outcome(
-            first.gateway, first.driver, first.version, first.previous, "installed",
-            "no agent runs: probation starts with it")
+        why = ("no agent runs: probation starts with it" if first.outcome == "installed"
+               else "already active, no agent runs: probation starts with it")
+        return Outcome(first.gateway, first.driver, first.version, first.previous,
+                       "installed", why)
     deadline = time.monotonic() + wait_s
     while True:
         st = store.state(first.driver)

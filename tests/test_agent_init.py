@@ -143,3 +143,31 @@ async def test_init_adds_the_cameras_discovery_finds(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr.decode()
     cfg = load_gateway_config(out)
     assert [(d.id, d.driver) for d in cfg.devices] == [("lobby", "onvif")]
+
+
+def test_trusted_keys_from_init_are_the_config_s_and_validate_warns_of_a_bad_key_file(
+        tmp_path: Path, password: Path) -> None:
+    key = tmp_path / "ops-1"
+    made = subprocess.run([EDGE_AGENT, "drivers", "keygen", str(key)], capture_output=True,
+                          text=True, check=True)
+    assert "keyid" in made.stdout
+    not_a_key = tmp_path / "ops-2.pub"
+    not_a_key.write_text("hello\n")
+    out = tmp_path / "gw.yaml"
+    code, text = _init("--out", str(out), *PLACE, "--broker", "mqtt://127.0.0.1:1883",
+                       "--password-file", str(password), "--outbox", str(tmp_path / "ob.db"),
+                       "--trusted-key", f"{key}.pub", "--trusted-key", str(not_a_key))
+    assert code == 0, text
+    cfg = load_gateway_config(out)
+    assert [k.file for k in cfg.drivers.trusted_keys] == [Path(f"{key}.pub"), not_a_key]
+    result = subprocess.run([EDGE_AGENT, "validate", str(out)], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0 and "1 warning(s)" in result.stdout, result
+    line = next(n for n, li in enumerate(out.read_text().splitlines(), 1) if "ops-2" in li)
+    assert f"gw.yaml:{line}:" in result.stderr and "drivers.trusted_keys.1.file" in \
+        result.stderr and "not base64" in result.stderr, result.stderr
+    # without keys the section is there, commented out, for the installer to fill in
+    code, text = _init("--out", str(out), "--force", *PLACE, "--broker",
+                       "mqtt://127.0.0.1:1883", "--password-file", str(password))
+    assert code == 0, text
+    assert "# drivers:" in out.read_text() and not load_gateway_config(out).drivers.trusted_keys

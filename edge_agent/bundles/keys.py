@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_agent.bundles.errors import KeyError_
+from edge_agent.config.models import DriversConfig
+from edge_agent.contract.settings import ConfigIssue, read_yaml
 
 MAX_KEY_FILE = 16 * 1024
 
@@ -97,3 +99,22 @@ def generate(out: Path) -> Ed25519PrivateKey:
     pub = out.with_name(out.name + ".pub")
     pub.write_text(public_b64(key.public_key()) + "\n", "ascii")
     return key
+
+
+def trusted_key_issues(path: str | Path, cfg: DriversConfig) -> list[ConfigIssue]:
+    """Problems with the trusted public key files of a gateway config (`drivers.trusted_keys`),
+    each at the file:line of its key: `edge-agent validate` warns of a key file that is
+    missing or holds no Ed25519 public key before any install is refused for it."""
+    files = [(i, k.file) for i, k in enumerate(cfg.trusted_keys) if k.file is not None]
+    if not files:
+        return []
+    doc = read_yaml(path)
+    issues = []
+    for index, file in files:
+        try:
+            read_public(file)
+        except KeyError_ as exc:
+            issues.append(doc.at(("drivers", "trusted_keys", index, "file"), str(exc),
+                                 exc.hint or "name the `.pub` file `edge-agent drivers "
+                                 "keygen` wrote"))
+    return issues

@@ -29,10 +29,18 @@ def _load_or_exit(path: Path) -> GatewayConfig:
         exit_config_error(err, str(path))
 
 
-def _secrets_or_exit(path: Path, cfg: GatewayConfig) -> list[ConfigIssue]:
+def _secrets_or_exit(path: Path, cfg: GatewayConfig, *, check_keys: bool = False
+                     ) -> list[ConfigIssue]:
     """Check the secret and TLS files the config names (reading none); exit 2 on errors.
-    Returns the warnings (a secret others may read, TLS verification off, ...)."""
+    Returns the warnings (a secret others may read, TLS verification off, a trusted key
+    file that holds no key with `check_keys`, ...)."""
     errors, warnings = check_secrets(path, cfg)
+    if check_keys and cfg.drivers.trusted_keys:
+        from edge_agent.bundles.keys import trusted_key_issues  # cryptography: only here
+
+        # A warning, not an error: the devices need no key (the unit's ExecStartPre runs
+        # validate), but every driver install is refused until the file is fixed.
+        warnings += trusted_key_issues(path, cfg.drivers)
     for issue in errors:
         click.echo(str(issue), err=True)
     if errors:
@@ -73,7 +81,7 @@ def validate(path: Path, skip_secrets: bool) -> None:
     readable by this user; a warning if group or others may read them), without
     reading them: run it as the agent's user."""
     cfg = _load_or_exit(path)
-    warnings = [] if skip_secrets else _secrets_or_exit(path, cfg)
+    warnings = [] if skip_secrets else _secrets_or_exit(path, cfg, check_keys=True)
     for issue in warnings:
         click.echo(_warning_text(issue), err=True)
     tail = f", {len(warnings)} warning(s)" if warnings else ""
@@ -124,6 +132,9 @@ def run(config_path: Path) -> None:
 @click.option("--ca-file", default=None, help="CA of the broker certificate (mqtts)")
 @click.option("--outbox", default="/var/lib/edge-agent/outbox.db", show_default=True,
               help="the outbox database")
+@click.option("--trusted-key", "trusted_keys", multiple=True, metavar="FILE",
+              help="a maintainer's public key file (`edge-agent drivers keygen`): driver "
+                   "bundles it signs may be installed (repeatable; docs/drivers-updates.md)")
 @click.option("--device", "devices", multiple=True, metavar="KEY=VALUE,...",
               help="a device: id=...,driver=...,OPTION=... (repeatable; a.b=... nests)")
 @click.option("--discover-cameras", "camera_target", metavar="TARGET",
@@ -134,7 +145,7 @@ def run(config_path: Path) -> None:
 def init(out: Path, force: bool, ask: bool | None, gateway: str | None, district: str | None,
          street: str | None, community: str | None, name: str | None, broker: str | None,
          password_file: str | None, ca_file: str | None, outbox: str,
-         devices: tuple[str, ...], camera_target: str | None,
+         trusted_keys: tuple[str, ...], devices: tuple[str, ...], camera_target: str | None,
          discover_timeout: float) -> None:
     """Write a commented gateway YAML from the options, asking for what is missing.
 
@@ -161,6 +172,7 @@ def init(out: Path, force: bool, ask: bool | None, gateway: str | None, district
         ca_file=Path(ca_file) if ca_file else None,
         name=name,
         outbox=Path(outbox),
+        trusted_keys=[Path(k) for k in trusted_keys],
         devices=ic.ask_devices(devices, interactive),
     )
     if camera_target is not None:

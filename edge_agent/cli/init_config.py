@@ -117,8 +117,24 @@ class Answers:
     ca_file: Path | None = None
     name: str | None = None
     outbox: Path = Path("/var/lib/edge-agent/outbox.db")
+    #: maintainers' public key files trusted for driver bundles
+    trusted_keys: list[Path] = field(default_factory=list)
     #: one-line YAML mappings (`parse_device`) or whole `- id: ...` blocks (discovery)
     devices: list[str] = field(default_factory=list)
+
+
+def _drivers(keys: Sequence[Path]) -> list[str]:
+    """The `drivers:` section: who may sign driver updates (commented out without keys)."""
+    head = _c("drivers:", "signed driver updates (docs/drivers-updates.md)")
+    if not keys:
+        return [f"# {head}", "#   trusted_keys:                 # maintainers' public keys "
+                "(edge-agent drivers keygen)", "#     - file: /etc/edge-agent/maintainers/"
+                "ops-1.pub", "#   probation_s: 60", ""]
+    return [head, "  trusted_keys:                   # maintainers' public keys "
+            "(edge-agent drivers keygen)",
+            *(f"    - file: {_scalar(str(k))}" for k in keys),
+            "  probation_s: 60                # a new driver version must run this long "
+            "to stay", ""]
 
 
 def render(a: Answers) -> str:
@@ -162,6 +178,7 @@ def render(a: Answers) -> str:
         "  enabled: true",
         "  listen: 0.0.0.0:8080            # 127.0.0.1:8080 for this box only",
         "",
+        *_drivers(a.trusted_keys),
         "heartbeat_s: 60                  # gateway.heartbeat event interval",
         "log_level: info                  # debug | info | warning | error",
         "",

@@ -11,6 +11,7 @@ import pytest
 
 from edge_agent.contract.envelope import CATALOG, Hierarchy, Severity, new_event
 from edge_agent.pipeline.open_alarms import OpenAlarm as KeptAlarm
+from edge_agent.rules import engine as rules_engine
 from edge_agent.rules.engine import new_alarm_id
 from edge_agent.status.access import Credential, HostPolicy, split_host
 from edge_agent.status.activity import Activity
@@ -58,8 +59,12 @@ def test_activity_closes_alarms_by_their_clear_whatever_its_severity() -> None:
     assert act.open_alarms() == []
 
 
-def test_activity_lists_again_the_alarms_a_driver_takes_back_after_a_restart() -> None:
-    raised_at = time.time()  # ULIDs are monotonic: an id minted now carries about now
+def test_activity_lists_again_the_alarms_a_driver_takes_back_after_a_restart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The engine's ULIDs from a factory of its own: the shared one is monotonic across tests,
+    # and one that ran before in this process may have minted a later time than now.
+    monkeypatch.setattr(rules_engine, "new_ulid", type(rules_engine.new_ulid)())
+    raised_at = time.time()  # an id minted now carries now
     rules_id = new_alarm_id("smoke-1", "smoke.alarm", raised_at)
     act = Activity()
     act.restore("smoke-1", [KeptAlarm("smoke.alarm", rules_id, {"density_db_m": 0.2}),

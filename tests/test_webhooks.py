@@ -1,7 +1,8 @@
 """Push subscriptions (issue 12 item 3) against a real receiver (aiohttp on 127.0.0.1,
 TLS with a certificate made here by `openssl`) and real stores (both backends).
 
-The long test is the issue's "must hold": the receiver is down 30 s, then slow (3 s per
+The long test is the issue's "must hold": the receiver is down (`WEBHOOK_DOWN_S`: 8 s in
+the suite, many back-off rounds; WEBHOOK_DOWN_S=30 for the issue's figure), then slow (3 s per
 request against a 1 s client timeout), then answers 500 for exactly one batch; every
 event arrives at least once, the only duplicates are those of retried batches (same
 Webhook-Id, same body), every signature verifies with the snippet of docs/webhooks.md
@@ -15,6 +16,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import ssl
 import subprocess
@@ -51,6 +53,8 @@ from tests.peers import free_port
 from tests.stream_support import event_rows, ingest
 
 DOC = Path(__file__).parent.parent / "docs" / "webhooks.md"
+#: How long the receiver is down in the long test; ingest goes on through it and after it.
+DOWN_S = float(os.environ.get("WEBHOOK_DOWN_S", "8"))
 OPERATOR = "op-token-0123456789"
 
 
@@ -238,12 +242,12 @@ async def test_down_slow_then_one_500_every_event_at_least_once_signed_and_lag_s
             rows = event_rows(20, gateway=f"gw-b{i}")
             await asyncio.to_thread(ingest, store, rows)
             more_ids.extend(r.id for r in rows)
-            await asyncio.sleep(4)
+            await asyncio.sleep(DOWN_S / 4)
 
     feeder = asyncio.create_task(ingest_more())
     recv: web.AppRunner | None = None
     try:
-        await asyncio.sleep(30)  # the receiver is down
+        await asyncio.sleep(DOWN_S)  # the receiver is down
         down = await _lag(base)
         assert down["events_behind"] >= 240 and down["seconds_behind"] >= 0, down
         assert down["failures"] > 0 and down["delivered"] == 0 and "secret" not in down

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edge_agent.contract.files import write_atomic
 from edge_fleet.inventory import Gateway
 from edge_fleet.outcome import GatewayResult, Outcome, clean
 from edge_fleet.push import Progress as PushProgress
@@ -104,9 +104,7 @@ def push_report(bundle: Path, selector: str, gateways: Sequence[Gateway],
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", "utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
 
 
 def status_table(results: Sequence[StatusResult], console: Console) -> None:

@@ -11,10 +11,7 @@ and it stays so). Order of writes: the box's password file, `passwd`, the regist
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import secrets
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from collector.provisioning.plan import (
     same_place,
 )
 from collector.registry import GatewaysFile, Place
+from edge_agent.contract import files
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.settings import ConfigError, load_model
 
@@ -51,32 +49,7 @@ def write_atomic(path: Path, text: str, mode: int = SHARED_MODE,
                  check: Callable[[Path], None] | None = None) -> None:
     """Replace `path` by `text` atomically; `check(tmp)` may refuse the new file first.
     An existing file's mode and group are kept."""
-    try:
-        old = path.stat()
-    except FileNotFoundError:
-        old = None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, old.st_mode & 0o7777 if old is not None else mode)
-        if old is not None:
-            with contextlib.suppress(PermissionError):
-                os.chown(tmp, -1, old.st_gid)
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    files.write_atomic(path, text, mode=mode, keep_mode=True, check=check)
 
 
 def _read(path: Path) -> str:
@@ -144,17 +117,14 @@ class Provisioning:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        stack = contextlib.ExitStack()
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            stack.enter_context(files.locked(self.dir))
         except OSError as exc:
             raise FileProblem(f"provisioning.dir: cannot use {self.dir}: {exc.strerror}",
                               "create it, writable by this user") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with stack:
             yield
-        finally:
-            os.close(fd)
 
     def gateways(self) -> dict[str, tuple[Place, bool]]:
         """Every gateway the registry places, and whether it is provisioned (holds a

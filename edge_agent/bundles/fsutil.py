@@ -1,7 +1,8 @@
-"""Durable file system steps: atomic file write, atomic symlink switch, directory fsync.
+"""Durable file system steps of the driver store: atomic symlink switch, a new tree.
 
 Each step is all-or-nothing under SIGKILL or power loss: write to a temporary name in the
-same directory, fsync, `os.replace`, fsync the directory.
+same directory, fsync, `os.replace`, fsync the directory. Atomic file writes are the
+shared `edge_agent.contract.files.write_atomic`.
 """
 
 from __future__ import annotations
@@ -10,28 +11,7 @@ import contextlib
 import os
 from pathlib import Path
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: Path, data: bytes, flag: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_new(tmp, data, os.O_TRUNC)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+from edge_agent.contract.files import fsync_dir
 
 
 def switch_symlink(link: Path, target: str | None) -> None:
@@ -55,6 +35,10 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
         path = root.joinpath(*rel.split("/"))
         path.parent.mkdir(parents=True, exist_ok=True)
         dirs.add(path.parent)
-        _write_new(path, data, os.O_EXCL)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
     for d in dirs:
         fsync_dir(d)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundles.fsutil import write_atomic
+from edge_agent.contract.files import write_atomic
 
 JOURNAL = "journal.jsonl"
 OFFSET = "journal.offset"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_agent.bundles.fsutil import write_atomic
+from edge_agent.contract.files import write_atomic
 
 AGENT_FILE = "agent.json"
 

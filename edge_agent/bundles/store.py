@@ -16,7 +16,6 @@ active, each a complete directory.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -31,8 +30,9 @@ from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles import journal
 from edge_agent.bundles.errors import StoreError
-from edge_agent.bundles.fsutil import switch_symlink, write_atomic, write_tree
+from edge_agent.bundles.fsutil import switch_symlink, write_tree
 from edge_agent.bundles.model import NAME_RE, Installed
+from edge_agent.contract.files import locked, write_atomic
 
 if TYPE_CHECKING:
     from edge_agent.bundles.format import Accepted
@@ -136,17 +136,14 @@ class Store:
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        stack = contextlib.ExitStack()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            stack.enter_context(locked(self.root, dir_mode=0o755))
         except OSError as exc:
             raise StoreError(f"{self.root}: cannot write the driver store ({exc.strerror})",
                              "run as the agent's user; check drivers.state_dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with stack:
             yield
-        finally:
-            os.close(fd)
 
     def _write_state(self, st: DriverState) -> None:
         write_atomic(self._dir(st.name) / "state.json",

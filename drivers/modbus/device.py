@@ -6,6 +6,7 @@
       unit_id: 3
       rtu: {port: /dev/ttyUSB0, baudrate: 9600}    # or  tcp: {host: 127.0.0.1, port: 502}
       period_s: 2
+      forward_every_reading: false     # true: every poll's readings are sent (no deadband)
 
 Validated completely before any I/O, each mistake at its own key: the profile must
 load, the device's `limits` may only lower the profile's (and must still fit every
@@ -74,6 +75,9 @@ class ModbusDevice(DeviceConfig):
                                         description="lower the profile's request limits")
     allow_writes: list[str] = Field(default_factory=list,
                                     description="points the write API may change (audited)")
+    forward_every_reading: bool = Field(
+        default=False, description="every reading rule of the profile sends every poll's "
+        "values (as `report: every_poll`), not only changes beyond the deadband")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusDevice:

@@ -59,7 +59,7 @@ class ModbusDriver:
                           tcp_slots([cfg.period_s for cfg in tcp], time.monotonic()),
                           strict=True))
         for index, cfg in enumerate(mine):
-            profile = load_profile(cfg.profile)
+            profile = load_profile(cfg.profile_path())
             poller = DevicePoller(cfg, profile.plan(cfg.limits, cfg.link_cost()),
                                   DeviceRules(cfg.id, profile.events, sink, salt=salt,
                                               kind=profile.device_kind, units=profile.units(),

@@ -36,7 +36,7 @@ from drivers.modbus.planner import (
     plan,
 )
 from drivers.modbus.points import Point, PointType, Table, raise_issues
-from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model
+from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model, profile_dirs
 from edge_agent.sdk.rules import (
     ALARM_TYPE_PATTERN,
     DECLARED_ALARM,
@@ -396,7 +396,11 @@ ProfileName = Annotated[str, AfterValidator(_check_profile_ref)]
 
 
 def _search(search_path: Sequence[Path | str] | None) -> list[Path]:
-    return [Path(p) for p in (DEFAULT_SEARCH_PATH if search_path is None else search_path)]
+    """The given path, or the gateway YAML's `profiles:` (while its devices are validated)
+    then the shipped and site folders."""
+    if search_path is None:
+        return [*profile_dirs(), *DEFAULT_SEARCH_PATH]
+    return [Path(p) for p in search_path]
 
 
 def _is_path(name_or_path: str | Path) -> bool:

@@ -2,11 +2,19 @@
 
 A profile names every point of a device model, the model's read limits and the rule
 specs that turn point values into catalog events. A device in the gateway config
-names a profile plus its own address and unit id. Profiles live in
+names a profile plus its own address and unit id. Profiles live in the gateway YAML's
+`profiles:` folders (while its devices are validated: `edge_agent.sdk.config.profile_dirs`),
 `drivers/modbus/profiles/NAME.yaml` (shipped: package data, found with
 `importlib.resources`, so the same in a checkout and an installed wheel) and
 `/etc/edge-agent/profiles/NAME.yaml` (site); the first match on the search path wins.
 A profile's `name` must be its file name without `.yaml`.
+
+A device kind with no catalog type of its own needs only a profile: its `kind:` names
+it, `sensor.reading` rules send its quantities (each with a unit from the contract's
+fixed list: the field's `unit` or its point's) and `device.alarm` rules its own alarm
+types `<kind>.<name>`. The profile checks what one rule cannot see: units of the points
+a quantity reads, each quantity once, each declared type in the profile's namespace and
+declared once.
 
 Profiles are loaded with the strict config loader, so every mistake is reported at
 once as `FILE:LINE:COL: key: message`; the cross-point checks (names used twice,

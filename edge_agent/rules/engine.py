@@ -9,6 +9,12 @@ is worth an event. Values become events through rules, never as raw dumps:
   (absolute; a field without a deadband: any change), or when `heartbeat_s` passed
   since the last emission. `tick()` sends a reading whose heartbeat fell due between
   polls (the latest observed values, not yet sent, with the time they were observed).
+  `report: every_poll` (or the device's `every_poll`, e.g. Modbus
+  `forward_every_reading`) sends every poll's complete values.
+  `sensor.reading` (any device kind): each field is a named quantity, a number (a flag
+  is 0/1), sent as `{kind, quantities: {name: {value, unit}}}` with the field's `unit`
+  or its point's (`units`, from the profile; the profile checked both are in the fixed
+  list) and the device `kind`.
 - **alarm** (`when`, `debounce_s`, `data`; ALARM_TYPES): `when: {point: p}` is active
   while p is true (a bool, a non-zero number, `"true"`/`"1"`); `{point: p, above: a,
   clear_below: c}` is active when p > a and, once raised, stays so until p < c
@@ -25,6 +31,11 @@ is worth an event. Values become events through rules, never as raw dumps:
   overrides it): one `<kind>.chattering` raise, its toggles counted instead of sent
   (a raise while reported cleared is still sent), and after `calm_s` without a toggle,
   seen by a poll, its state as it is and the chattering clear.
+- **declared alarm** (`device.alarm` with `alarm_type: <kind>.<name>`): an alarm rule
+  whose events carry `alarm_type` and `kind` before its data, with the rule's
+  `severity`; its ids, restore (an open alarm is matched by type *and* `alarm_type`)
+  and chatter (`device.chattering`, `alarm_type` the declared one) work by the declared
+  type, so one device may declare several.
 - **state** (`state`; gate.state): emitted on the first observation and when any mapped
   value changes. A value the map does not cover becomes `"unknown"` where the schema
   allows it (logged as a warning, once per value).

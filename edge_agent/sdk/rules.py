@@ -7,8 +7,15 @@ from edge_agent.contract.units import (
     UNITS,
     unit_hint,
 )
-from edge_agent.rules import DeviceRules, RuleSpec, new_alarm_id, parse_rules, point_issues
-from edge_agent.rules._catalog import DECLARED_ALARM, SENSOR_READING
+from edge_agent.rules import (
+    DECLARED_ALARM,
+    SENSOR_READING,
+    DeviceRules,
+    RuleSpec,
+    new_alarm_id,
+    parse_rules,
+    point_issues,
+)
 from edge_agent.rules.chatter import (
     ChatterGuard,
     chatter_alarm_id,

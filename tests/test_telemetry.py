@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from collector.validate import full_problem
 from drivers.modbus.device import ModbusDevice
@@ -21,6 +22,7 @@ from edge_agent.contract.envelope import CATALOG, Retention, schema
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.units import ALARM_TYPE_PATTERN, UNITS
 from edge_agent.pipeline.open_alarms import OpenAlarms
+from edge_agent.rules import parse_rules
 from edge_agent.rules.engine import DeviceRules
 from edge_agent.sdk.config import ConfigError, load_gateway_config
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
@@ -393,3 +395,18 @@ devices:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "3 device(s)" in done.stdout
+
+
+def test_rules_of_a_driver_without_point_units_need_a_unit_per_quantity() -> None:
+    ok = parse_rules([{"type": "sensor.reading",
+                       "fields": {"co2": {"point": "co2", "unit": "ppm"}}}], {"co2", "pm25"})
+    assert ok[0].type == "sensor.reading"
+    with pytest.raises(ValidationError) as err:
+        parse_rules([{"type": "sensor.reading", "fields": {"co2": "co2"}},
+                     {"type": "sensor.reading", "fields": {"pm25": {"point": "pm25",
+                                                                    "unit": "ug/m3"}}}],
+                    {"co2", "pm25"})
+    problems = {".".join(map(str, e["loc"])): e["msg"] for e in err.value.errors()}
+    assert "quantity `co2` needs a unit" in problems["events.0.fields.co2"]
+    assert "unknown unit `ug/m3`" in problems["events.1.fields.pm25.unit"]
+    assert "did you mean `µg/m3`" in problems["events.1.fields.pm25.unit"]

@@ -588,6 +588,9 @@ def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str]
                 ) -> list[AnyRule]:
     """Validate a profile's `events:` list and its point references, all mistakes at once.
 
+    For drivers whose points carry no unit: every `sensor.reading` field needs its own
+    `unit:` (a Modbus profile checks its points' units itself).
+
     Raises pydantic ValidationError (a ValueError) with locations such as
     `events.2.when.point`; nothing is read from any device.
     """
@@ -608,6 +611,14 @@ def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str]
         position, rel = issue.loc[0], issue.loc[1:]
         assert isinstance(position, int)
         errors.append(_err(("events", indexes[position], *rel), issue.message, rel[-1]))
+    for position, rule in enumerate(rules):  # points without units here: each field says
+        if rule.type != SENSOR_READING:
+            continue
+        for name, spec in rule.data_fields().items():
+            if spec.unit is None:
+                errors.append(_err(("events", indexes[position], "fields", name),
+                                   f"quantity `{name}` needs a unit: write `{name}: {{point: "
+                                   f"{spec.point}, unit: ...}}`; " + unit_hint("")))
     if errors:
         _raise(_TITLE, errors)
     return rules

@@ -14,11 +14,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from collector.validate import full_problem
+from collector.store import Store
+from collector.stream.filter import Filter
+from collector.stream.params import ParamError, parse_query
+from collector.stream.position import Position
+from collector.stream.reader import Reader
+from collector.validate import check_payload, full_problem
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache, load_profile
 from edge_agent.config.models import ChatterConfig
-from edge_agent.contract.envelope import CATALOG, Retention, schema
+from edge_agent.contract.envelope import CATALOG, Event, Retention, new_event, schema
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.units import ALARM_TYPE_PATTERN, UNITS
 from edge_agent.pipeline.open_alarms import OpenAlarms
@@ -27,6 +32,9 @@ from edge_agent.rules.engine import DeviceRules
 from edge_agent.sdk.config import ConfigError, load_gateway_config
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.sdk.testing import RecordingSink
+from tests.stream_support import ingest
+from tests.test_collector_support import batch, hierarchy, new_epoch, topics
+from tests.test_collector_support import reading as support_reading
 
 EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
 HEADER = """\
@@ -410,3 +418,40 @@ def test_rules_of_a_driver_without_point_units_need_a_unit_per_quantity() -> Non
     assert "quantity `co2` needs a unit" in problems["events.0.fields.co2"]
     assert "unknown unit `ug/m3`" in problems["events.1.fields.pm25.unit"]
     assert "did you mean `µg/m3`" in problems["events.1.fields.pm25.unit"]
+
+
+# --------------------------------------------------------------------------- stream API
+
+
+def _declared(epoch: str, seq: int, device: str, alarm_type: str) -> Event:
+    return new_event(hierarchy(), device, "device.alarm", {
+        "state": "raised", "alarm_id": f"{device}-{seq}", "alarm_type": alarm_type,
+        "kind": alarm_type.split(".")[0]}).stamped(epoch, seq)
+
+
+def test_departments_read_declared_alarms_by_alarm_type(store: Store, reader: Reader) -> None:
+    epoch = new_epoch()
+    events = [_declared(epoch, 1, "pump-1", "pump.failure"),
+              _declared(epoch, 2, "lift-1", "elevator.fault"),
+              _declared(epoch, 3, "pump-2", "pump.drive_fault"),
+              support_reading("gw-a", epoch, 4)]
+    verdict = check_payload(batch(events), topics("gw-a"))
+    assert not verdict.rejected
+    ingest(store, verdict.accepted)
+    start = Position.start(reader.kind)
+
+    def read(**kw: Any) -> list[str]:
+        page = reader.read(start, Filter(**kw), 100)
+        return sorted(json.loads(body)["data"].get("alarm_type", "-") for _, body in page.events)
+
+    assert read(alarm_types=("pump.*",)) == ["pump.drive_fault", "pump.failure"]
+    assert read(alarm_types=("elevator.fault", "pump.failure")) == ["elevator.fault",
+                                                                    "pump.failure"]
+    assert read(alarm_types=("pump_failure",)) == []  # `_` is no wildcard
+    assert read(alarm_types=("*",)) == ["elevator.fault", "pump.drive_fault", "pump.failure"]
+    assert read(type_groups=(("device.alarm",),), alarm_types=("lift.*",)) == []
+    assert read() == ["-", "elevator.fault", "pump.drive_fault", "pump.failure"]
+    query = parse_query([("type", "device.alarm"), ("alarm_type", "pump.*,elevator.fault")])
+    assert query.filter.alarm_types == ("pump.*", "elevator.fault")
+    with pytest.raises(ParamError, match="alarm_type"):
+        parse_query([("alarm_type", "pump failure")])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from collector.fleet.model import Fleet, Thresholds
 from collector.store import Store
 from collector.stream.filter import Filter
 from collector.stream.params import ParamError, parse_query
@@ -32,6 +34,8 @@ from edge_agent.rules.engine import DeviceRules
 from edge_agent.sdk.config import ConfigError, load_gateway_config
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.sdk.testing import RecordingSink
+from tests.fleet_support import Gw
+from tests.openapi_check import check
 from tests.stream_support import ingest
 from tests.test_collector_support import batch, hierarchy, new_epoch, topics
 from tests.test_collector_support import reading as support_reading
@@ -455,3 +459,20 @@ def test_departments_read_declared_alarms_by_alarm_type(store: Store, reader: Re
     assert query.filter.alarm_types == ("pump.*", "elevator.fault")
     with pytest.raises(ParamError, match="alarm_type"):
         parse_query([("alarm_type", "pump failure")])
+
+
+def test_the_fleet_view_names_a_declared_alarm_by_its_type() -> None:
+    gw, fleet, now = Gw("gw-a"), Fleet(), time.time()
+    raised = {"state": "raised", "alarm_id": "pump-1:pump.failure:1", "alarm_type": "pump.failure",
+              "kind": "pump"}
+    for event in gw.cloud_events(("pump-1", "device.alarm", raised),
+                                 ("smoke-1", "smoke.alarm", {"state": "raised", "alarm_id": "s"})):
+        fleet.apply(event, now)
+    alarms = fleet.view(now, Thresholds(heartbeat_s=60), {}, lambda _: True,
+                        lambda _: True)["alarms"]
+    by_id = {a["alarm_id"]: a for a in alarms}
+    assert by_id["pump-1:pump.failure:1"]["type"] == "device.alarm"
+    assert by_id["pump-1:pump.failure:1"]["alarm_type"] == "pump.failure"
+    assert "alarm_type" not in by_id["s"]
+    check("/v1/fleet", 200, fleet.view(now, Thresholds(heartbeat_s=60), {}, lambda _: True,
+                                       lambda _: True))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -59,6 +60,13 @@ _ROOT = Path(__file__).resolve().parents[len(_PACKAGE.split("."))]
 def plan_groups(cameras: Sequence[OnvifCamera], per_worker: int) -> list[list[OnvifCamera]]:
     """Cameras in configuration order, `per_worker` to a group (the last one smaller)."""
     return [list(cameras[i:i + per_worker]) for i in range(0, len(cameras), per_worker)]
+
+
+def worker_env() -> dict[str, str]:
+    """The agent's environment, plus glibc malloc limited to 2 arenas (a value already set
+    is kept): each decoding thread would otherwise get its own arena, and their
+    fragmentation cost ~MiB per camera (docs/benchmarks.md)."""
+    return {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
 
 
 def exit_reason(returncode: int | None) -> str:
@@ -166,7 +174,7 @@ class CameraHost:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", code, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL)
+                stdin=asyncio.subprocess.DEVNULL, env=worker_env())
         except OSError as exc:
             ours.close()
             return f"could not start: {exc.strerror or type(exc).__name__}"

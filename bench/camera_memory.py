@@ -20,8 +20,6 @@ logs), so a round where video did not run is visible.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -40,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench._common import emit, summary  # noqa: E402
-from tests.peers import free_port, wait_port  # noqa: E402
+from tests.peers import free_port  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -92,7 +90,8 @@ def config(tmp: Path, cameras: int, sim_port: int, per_worker: int, video: bool)
     for i in range(cameras):
         lines.append(f"  - {{id: cam-{i:02d}, driver: onvif, host: 127.0.0.1, port: {sim_port},"
                      f" process: {{cameras_per_worker: {per_worker}}}, "
-                     f"snapshots: {{enabled: false}}, video: {{enabled: {str(video).lower()}}}}}")
+                     "snapshots: {enabled: false}, "
+                     f"video: {{enabled: {str(video).lower()}}}}}")
     path = tmp / "gateway.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -141,7 +140,8 @@ def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int
         text = (tmp / "agent.log").read_text(errors="replace")
     opened = text.count('"camera_stream_opened"')
     w_pss = sum(w["pss"] for w in workers)
-    return {"cameras": cameras, "source": source if video else "none", "video": video, "per_worker": per_worker,
+    return {"cameras": cameras, "source": source if video else "none", "video": video,
+            "per_worker": per_worker,
             "streams_opened": opened, "agent_core_mib": core, "workers": len(workers),
             "worker_mib": workers,
             "workers_rss_total_mib": round(sum(w["rss"] for w in workers), 1),
@@ -181,5 +181,4 @@ def main(cameras: tuple[int, ...], source: str, per_worker: int, warmup: float,
 
 
 if __name__ == "__main__":
-    _ = (os, shutil, wait_port)
     main()

@@ -17,8 +17,8 @@ import structlog
 
 from drivers.onvif.client import CameraClient
 from drivers.onvif.driver import NO_EVENTS_REASON
-from drivers.onvif.host import CameraHost
 from drivers.onvif.errors import AuthError
+from drivers.onvif.host import CameraHost
 from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig

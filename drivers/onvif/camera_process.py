@@ -38,11 +38,11 @@ log = get_logger("drivers.onvif.worker")
 
 def rss_kib() -> int:
     """This process's resident set (KiB), from /proc (no psutil in the worker)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+    with contextlib.suppress(OSError, ValueError, IndexError), \
+            open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
 
 
@@ -101,8 +101,8 @@ async def _fault(kind: str, after_s: float) -> None:
     if kind == "abort":
         os.abort()
     if kind == "hang":
-        while True:  # the event loop wedged: no heartbeat any more
-            time.sleep(3600)
+        while True:  # the event loop wedged on purpose: no heartbeat any more
+            time.sleep(3600)  # noqa: ASYNC251
 
 
 async def serve(sock: socket.socket) -> None:

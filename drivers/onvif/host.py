@@ -235,7 +235,7 @@ class CameraHost:
             self._emit(dev, msg)
         elif kind == "state":
             try:
-                state = DeviceState(msg.get("state"))
+                state = DeviceState(str(msg.get("state")))
             except ValueError:
                 raise ProtocolError("unknown device state") from None
             self.sink.device_state(dev, state, _str(msg.get("reason")))

@@ -186,3 +186,32 @@ def test_a_message_for_a_foreign_camera_or_with_bad_fields_is_refused(tmp_path: 
     assert drv.open["cam-1"] == {"a1": OpenAlarm("camera.tamper", "a1", {"reason": "x"})}
     assert [e.type for e in sink.events] == ["camera.tamper"]
     assert ProcessOptions().cameras_per_worker == 8
+
+
+async def test_cameras_connecting_together_load_each_wsdl_once() -> None:
+    """Each camera parsing the same WSDLs at once cost ~10 MiB per camera in a worker."""
+    import asyncio
+
+    import onvif.client as lib
+
+    from drivers.onvif.wsdl_once import share_wsdl_loads
+
+    cache: dict[str, object] = {}
+    loads: list[str] = []
+
+    async def load(url: str) -> object:  # the library's: cached once loaded
+        if url in cache:
+            return cache[url]
+        loads.append(url)
+        await asyncio.sleep(0.05)
+        cache[url] = object()
+        return cache[url]
+
+    original = lib._cached_document
+    lib._cached_document = load
+    try:
+        assert share_wsdl_loads() and share_wsdl_loads()
+        docs = await asyncio.gather(*(lib._cached_document(u) for u in ["a", "b"] * 5))
+    finally:
+        lib._cached_document = original
+    assert sorted(loads) == ["a", "b"] and len({id(d) for d in docs}) == 2

@@ -99,7 +99,8 @@ def config(tmp: Path, cameras: int, sim_port: int, per_worker: int, video: bool)
 
 def memory(proc: psutil.Process) -> dict[str, float]:
     info = proc.memory_full_info()
-    return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB}
+    return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB,
+            "threads": proc.num_threads()}
 
 
 def measure(agent: psutil.Process) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -112,7 +113,7 @@ def measure(agent: psutil.Process) -> tuple[dict[str, float], list[dict[str, flo
     core = {k: round(statistics.median(r[0][k] for r in rounds), 1) for k in rounds[0][0]}
     count = min(len(r[1]) for r in rounds)
     workers = [{k: round(statistics.median(r[1][i][k] for r in rounds), 1)
-                for k in ("rss", "uss", "pss")} for i in range(count)]
+                for k in ("rss", "uss", "pss", "threads")} for i in range(count)]
     return core, workers
 
 
@@ -147,7 +148,8 @@ def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int
             "workers_rss_total_mib": round(sum(w["rss"] for w in workers), 1),
             "workers_uss_total_mib": round(sum(w["uss"] for w in workers), 1),
             "workers_pss_total_mib": round(w_pss, 1),
-            "worker_rss_max_mib": max((w["rss"] for w in workers), default=0.0)}
+            "worker_rss_max_mib": max((w["rss"] for w in workers), default=0.0),
+            "threads_total": int(core["threads"] + sum(w["threads"] for w in workers))}
 
 
 @click.command(help=__doc__.split("\n\n")[0])
@@ -177,7 +179,8 @@ def main(cameras: tuple[int, ...], source: str, per_worker: int, warmup: float,
          "agent_core_pss_mib": r["agent_core_mib"]["pss"], "workers": r["workers"],
          "worker_rss_max_mib": r["worker_rss_max_mib"],
          "workers_pss_total_mib": r["workers_pss_total_mib"],
-         "streams_opened": r["streams_opened"]} for r in rows]})
+         "streams_opened": r["streams_opened"], "threads_total": r["threads_total"]}
+        for r in rows]})
 
 
 if __name__ == "__main__":

@@ -82,11 +82,13 @@ async def test_an_aborting_worker_is_restarted_alone_and_keeps_its_alarm_ids(
     process = {**FAST, "cameras_per_worker": 1}
     cams = [camera(sim, tmp_path / "pw", device=d, snapshots={"enabled": False},
                    process=process) for d in ("cam-1", "cam-2")]
-    drv = host(cams, sink, tmp_path, fault="abort", fault_after_s=3.0)
+    trigger = tmp_path / "abort-now"
+    drv = host(cams, sink, tmp_path, fault="abort", fault_after_s=0, fault_file=trigger)
     async with running(drv):
         await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
         sim.tamper(True)
         await wait_for(lambda: len(sink.of("camera.tamper")) >= 2, what="tamper on both")
+        trigger.touch()
         await wait_for(lambda: restarted(sink, "cam-1"), 30, "the restart")
         tampers = len(sink.of("camera.tamper"))
         sim.tamper(False)

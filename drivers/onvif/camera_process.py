@@ -10,7 +10,8 @@ it. The worker ends when the agent's end closes (the agent stopped or died) and 
 frame it cannot parse. Logs go to the inherited stderr (the agent's journal), as JSON.
 
 `fault` in `start` (tests only): `abort` calls os.abort() and `hang` blocks the event
-loop forever, `fault_after_s` after the start.
+loop forever, `fault_after_s` after the start, and once the file `fault_file` exists
+when one is named.
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ async def _heartbeat(sink: PipeSink, every_s: float, cameras: int) -> None:
         await asyncio.sleep(every_s)
 
 
-async def _fault(kind: str, after_s: float) -> None:
+async def _fault(kind: str, after_s: float, when: str) -> None:
     await asyncio.sleep(after_s)
+    while when and not await asyncio.to_thread(os.path.exists, when):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # tests only: poll the trigger file
     log.warning("camera_worker_fault_injected", fault=kind)
     if kind == "abort":
         os.abort()
@@ -118,7 +121,8 @@ async def serve(sock: socket.socket) -> None:
                                             len(cameras)))]
     if start.get("fault"):
         tasks.append(asyncio.create_task(_fault(str(start["fault"]),
-                                                float(start.get("fault_after_s", 0.0)))))
+                                                float(start.get("fault_after_s", 0.0)),
+                                                str(start.get("fault_file", "")))))
     log.info("camera_worker_started", worker=start.get("worker"), pid=os.getpid(),
              cameras=[c.id for c in cameras])
     try:

@@ -93,6 +93,7 @@ class WorkerGroup:
     last_reason: str = ""
     fault: str = ""
     fault_after_s: float = 0.0
+    fault_file: str = ""
     ids: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -101,11 +102,12 @@ class WorkerGroup:
 
 class CameraHost:
     """All ONVIF cameras of a gateway, in worker processes. `fault` (tests only) is
-    handed to the first start of worker 0 (`abort` or `hang`, `fault_after_s` later)."""
+    handed to the first start of worker 0 (`abort` or `hang`, `fault_after_s` later and
+    once `fault_file` exists, if named)."""
 
     def __init__(self, devices: Sequence[DeviceConfig], sink: EventSink, *,
                  snapshots: SnapshotsConfig | None = None, fault: str = "",
-                 fault_after_s: float = 0.5) -> None:
+                 fault_after_s: float = 0.5, fault_file: Path | None = None) -> None:
         cams: list[OnvifCamera] = []
         for dev in devices:
             assert isinstance(dev, OnvifCamera), "validated by the agent"
@@ -116,7 +118,9 @@ class CameraHost:
         self.groups = [WorkerGroup(i, group, options)
                        for i, group in enumerate(plan_groups(cams, options.cameras_per_worker))]
         if self.groups and fault:
-            self.groups[0].fault, self.groups[0].fault_after_s = fault, fault_after_s
+            first = self.groups[0]
+            first.fault, first.fault_after_s = fault, fault_after_s
+            first.fault_file = str(fault_file or "")
         #: alarms open per camera, handed to a restarted worker: id -> alarm
         self.open: dict[str, dict[str, OpenAlarm]] = {
             c.id: {a.alarm_id: a for a in sink.restored_alarms(c.id)} for c in cams}
@@ -160,6 +164,7 @@ class CameraHost:
             "salt": self.sink.credential_salt.hex(),
             "snapshots": self.snapshots.model_dump_json() if self.snapshots else None,
             "fault": group.fault, "fault_after_s": group.fault_after_s,
+            "fault_file": group.fault_file,
             "cameras": [{"id": c.id, "config": c.model_dump_json(),
                          "restore": [{"type": a.type, "alarm_id": a.alarm_id, "data": a.data}
                                      for a in self.open.get(c.id, {}).values()]}

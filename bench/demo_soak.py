@@ -10,8 +10,9 @@ the least-squares slope of each series over the samples after `--warmup-minutes`
 (MiB/hour), the first and last values and the peak. A leak shows as a slope that stays
 positive when the run is longer; a few MiB/hour over 15 minutes is within noise of the
 allocator and of SQLite's page cache filling. Judge RSS and USS: PSS also moves when
-other processes map the same libraries (OpenCV's pages shared with another worker). The demo's state (var/demo/) is kept.
-Stops the demo (SIGTERM to its process group) at the end or on Ctrl-C.
+other processes map the same libraries (OpenCV's pages shared with another worker).
+The demo's state (var/demo/) is kept. Stops the demo (SIGTERM to its process group) at
+the end or on Ctrl-C.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ decoder that crashes or wedges takes down this process, never the agent, which r
 it. The worker ends when the agent's end closes (the agent stopped or died) and on any
 frame it cannot parse. Logs go to the inherited stderr (the agent's journal), as JSON.
 
-`fault` in `start` (tests only): `abort` calls os.abort() and `hang` blocks the event
-loop forever, `fault_after_s` after the start, and once the file `fault_file` exists
-when one is named.
+`fault` in `start` (tests only): `abort` calls os.abort(), `hang` blocks the event
+loop forever and `garbage` sends a frame that is not JSON, `fault_after_s` after the
+start and once the file `fault_file` exists when one is named.
 """
 
 from __future__ import annotations
@@ -96,13 +96,15 @@ async def _heartbeat(sink: PipeSink, every_s: float, cameras: int) -> None:
         await asyncio.sleep(every_s)
 
 
-async def _fault(kind: str, after_s: float, when: str) -> None:
+async def _fault(kind: str, after_s: float, when: str, sink: PipeSink) -> None:
     await asyncio.sleep(after_s)
     while when and not await asyncio.to_thread(os.path.exists, when):  # noqa: ASYNC110
         await asyncio.sleep(0.05)  # tests only: poll the trigger file
     log.warning("camera_worker_fault_injected", fault=kind)
     if kind == "abort":
         os.abort()
+    if kind == "garbage":  # a frame that is no JSON: the agent must restart us
+        sink._writer.write(HEADER.pack(9) + b"not json!")
     if kind == "hang":
         while True:  # the event loop wedged on purpose: no heartbeat any more
             time.sleep(3600)  # noqa: ASYNC251
@@ -122,7 +124,7 @@ async def serve(sock: socket.socket) -> None:
     if start.get("fault"):
         tasks.append(asyncio.create_task(_fault(str(start["fault"]),
                                                 float(start.get("fault_after_s", 0.0)),
-                                                str(start.get("fault_file", "")))))
+                                                str(start.get("fault_file", "")), sink)))
     log.info("camera_worker_started", worker=start.get("worker"), pid=os.getpid(),
              cameras=[c.id for c in cameras])
     try:

@@ -7,6 +7,8 @@ defensively."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +68,11 @@ async def test_events_and_video_health_flow_from_the_worker(sim: OnvifSimulator,
         await wait_for(lambda: sink.of("camera.tamper"), what="tamper")
         worker = drv.groups[0]
         assert worker.pid is not None and worker.rss_kib > 0
+        pid = worker.pid
+        os.kill(pid, signal.SIGTERM)  # a service stop signals the whole cgroup
+        beats = worker.last_heartbeat
+        await wait_for(lambda: worker.last_heartbeat > beats + 0.5, what="heartbeats go on")
+        assert worker.pid == pid and worker.restarts == 0
     health = data_of(sink, "camera.health")[0]
     assert health["width"] > 0 and health["fps"] >= 0
     assert data_of(sink, "camera.tamper")[0]["state"] == "raised"

@@ -7,7 +7,9 @@ sends back what a driver hands its sink (events, device states, poll errors) plu
 heartbeat every `heartbeat_s`. Only this process imports cv2, numpy, zeep and lxml: a
 decoder that crashes or wedges takes down this process, never the agent, which restarts
 it. The worker ends when the agent's end closes (the agent stopped or died) and on any
-frame it cannot parse. Logs go to the inherited stderr (the agent's journal), as JSON.
+frame it cannot parse; it ignores SIGTERM and SIGINT, which a service stop or Ctrl-C
+sends to the agent's whole cgroup or process group (the agent stops it). Logs go to the
+inherited stderr (the agent's journal), as JSON.
 
 `fault` in `start` (tests only): `abort` calls os.abort(), `hang` blocks the event
 loop forever and `garbage` sends a frame that is not JSON, `fault_after_s` after the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -140,6 +143,11 @@ async def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    # systemd's stop signals the whole cgroup and Ctrl-C the whole process group: the
+    # worker leaves stopping to the agent (its end closing), or it would die first and be
+    # reported as a worker crash during every stop.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure(os.environ.get("EDGE_AGENT_WORKER_LOG_LEVEL", "info"))
     sock = socket.socket(fileno=int(args[0]))
     try:
@@ -148,5 +156,3 @@ def main(argv: list[str] | None = None) -> None:
             ValueError) as exc:
         log.error("camera_worker_bad_start", error=type(exc).__name__, detail=str(exc)[:200])
         raise SystemExit(3) from None
-    except KeyboardInterrupt:
-        pass

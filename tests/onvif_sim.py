@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.onvif.driver import OnvifDriver
+from drivers.onvif.host import CameraHost
 from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig
@@ -41,7 +42,15 @@ def camera(sim: OnvifSimulator, secret: Path, *, device: str = "cam-1", password
 
 
 def driver(cams: list[OnvifCamera], sink: RecordingSink, tmp: Path,
-           max_files: int = 50) -> OnvifDriver:
+           max_files: int = 50) -> CameraHost:
+    """The driver as the agent runs it: the cameras in a worker process."""
+    return CameraHost(cams, sink, snapshots=SnapshotsConfig(dir=tmp / "snapshots",
+                                                            max_files=max_files))
+
+
+def in_process(cams: list[OnvifCamera], sink: RecordingSink, tmp: Path,
+               max_files: int = 50) -> OnvifDriver:
+    """The cameras in this process (what a worker runs), for tests that look inside."""
     return OnvifDriver(cams, sink, snapshots=SnapshotsConfig(dir=tmp / "snapshots",
                                                              max_files=max_files))
 

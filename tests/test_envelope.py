@@ -42,6 +42,8 @@ SAMPLE_DATA = {
                                  "previous": "builtin", "keyids": ["ab" * 32]},
     "gateway.driver_rolled_back": {"driver": "simulated", "version": "1.1.0",
                                    "previous": "1.2.0", "reason": "crashed: boom"},
+    "camera.video_worker_restarted": {"worker": 0, "reason": "killed by SIGABRT",
+                                      "restarts": 1, "cameras": 8, "retry_in_s": 0.8},
     "gateway.driver_refused": {"driver": "simulated", "version": "1.0.0",
                                "reason": "downgrade: older than 1.1.0"},
     "gateway.data_loss": {"reason": "outbox_full", "evicted": 2, "seq_ranges": [[3, 4]],

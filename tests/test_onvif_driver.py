@@ -16,7 +16,7 @@ from drivers.onvif.simulator import OnvifSimulator
 from drivers.onvif.simulator.services import HOSTILE_BODY
 from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import RecordingSink, running
-from tests.onvif_sim import camera, data_of, driver, wait_for
+from tests.onvif_sim import camera, data_of, driver, in_process, wait_for
 from tests.peers import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -120,7 +120,7 @@ async def test_liveness_watch_reports_a_quiet_event_channel(
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", events={"pull_timeout_s": 1, "liveness_s": 2})
     with structlog.testing.capture_logs() as logs:
-        async with running(driver([cam], sink, tmp_path)):
+        async with running(in_process([cam], sink, tmp_path)):
             await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
             sim.switches.hang_pulls = True  # the event service stops answering
             await wait_for(lambda: sink.of("camera.events_lost"), 20, "the quiet report")
@@ -176,7 +176,7 @@ async def test_unreachable_camera_is_retried_with_backoff_and_never_crashes(
     assert f"127.0.0.1:{port}" in str(err.value) and "connection refused" in str(err.value)
     sim = OnvifSimulator(port=port)
     sink = RecordingSink()
-    drv = driver([camera(sim, tmp_path / "pw")], sink, tmp_path)
+    drv = in_process([camera(sim, tmp_path / "pw")], sink, tmp_path)
     async with running(drv) as task:
         await wait_for(lambda: drv.worker("cam-1").failures >= 4, what="retries")
         assert sink.current["cam-1"] is DeviceState.OFFLINE and not task.done()
@@ -226,7 +226,7 @@ async def test_snapshot_ring_is_bounded_referenced_and_holds_no_credentials(
         sim: OnvifSimulator, tmp_path: Path) -> None:
     sink = RecordingSink()
     with structlog.testing.capture_logs() as logs:
-        async with running(driver([camera(sim, tmp_path / "pw")], sink, tmp_path, max_files=3)):
+        async with running(in_process([camera(sim, tmp_path / "pw")], sink, tmp_path, max_files=3)):
             await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
             for i in range(5):
                 sim.motion(True)
@@ -257,7 +257,7 @@ async def test_snapshot_falls_back_to_a_stream_frame(sim: OnvifSimulator,
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", video={"enabled": True, "sample_fps": 5,
                                               "health_interval_s": 1})
-    drv = driver([cam], sink, tmp_path)
+    drv = in_process([cam], sink, tmp_path)
     with structlog.testing.capture_logs() as logs:
         async with running(drv):
             await wait_for(lambda: sink.of("camera.health"), 30, "video health")
@@ -304,7 +304,7 @@ async def test_a_snapshot_larger_than_allowed_is_refused_as_it_streams_in(
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", snapshots={"max_bytes": 1024, "stream_fallback": False})
     with structlog.testing.capture_logs() as logs:
-        async with running(driver([cam], sink, tmp_path)):
+        async with running(in_process([cam], sink, tmp_path)):
             await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
             sim.motion(True)
             await wait_for(lambda: sink.of("camera.motion"), what="motion")

@@ -16,8 +16,9 @@ import pytest
 import structlog
 
 from drivers.onvif.client import CameraClient
-from drivers.onvif.driver import NO_EVENTS_REASON, OnvifDriver
+from drivers.onvif.driver import NO_EVENTS_REASON
 from drivers.onvif.errors import AuthError
+from drivers.onvif.host import CameraHost
 from drivers.onvif.options import OnvifCamera
 from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.config.models import SnapshotsConfig
@@ -29,7 +30,7 @@ from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.sdk.testing import RecordingSink, running
 from edge_agent.status.reasons import reason_code
-from tests.onvif_sim import camera, data_of, driver, wait_for
+from tests.onvif_sim import camera, data_of, driver, in_process, wait_for
 from tests.peers import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -66,7 +67,7 @@ async def test_a_camera_without_events_service_stays_online_with_video_and_snaps
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", events={"pull_timeout_s": 1, "liveness_s": 2},
                  video={"enabled": True, "sample_fps": 5, "health_interval_s": 1})
-    drv = driver([cam], sink, tmp_path)
+    drv = in_process([cam], sink, tmp_path)
     with structlog.testing.capture_logs() as logs:
         async with running(drv):
             await wait_for(lambda: len(sink.of("camera.health")) >= 3, 40, "video health")
@@ -106,7 +107,7 @@ async def test_snapshot_behind_basic_auth_answers_the_challenge(
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", snapshots={"stream_fallback": False})
     with structlog.testing.capture_logs() as logs:
-        async with running(driver([cam], sink, tmp_path)):
+        async with running(in_process([cam], sink, tmp_path)):
             await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
             sim.motion(True)
             await wait_for(lambda: sink.of("camera.motion"), what="motion")
@@ -149,7 +150,7 @@ async def test_a_camera_down_for_changing_reasons_is_reported_offline_once(
     port = free_port()  # nothing listens yet: unreachable
     sim = OnvifSimulator(port=port)
     sink = RecordingSink()
-    drv = driver([camera(sim, tmp_path / "pw")], sink, tmp_path)
+    drv = in_process([camera(sim, tmp_path / "pw")], sink, tmp_path)
     async with running(drv):
         await wait_for(lambda: sink.current.get("cam-1") is DeviceState.OFFLINE, what="offline")
         sim.fault_on("GetDeviceInformation", "Receiver", "ter:HardwareFailure", "encoder gone")
@@ -207,7 +208,7 @@ async def agent_run(tmp_path: Path, cam: OnvifCamera) -> AsyncIterator[Pipeline]
     pipe_task = asyncio.create_task(pipeline.run())
     try:
         snapshots = SnapshotsConfig(dir=tmp_path / "snapshots")
-        async with running(OnvifDriver([cam], pipeline, snapshots=snapshots)):
+        async with running(CameraHost([cam], pipeline, snapshots=snapshots)):
             yield pipeline
     finally:
         pipe_task.cancel()

@@ -18,7 +18,7 @@ from drivers.onvif.options import OnvifCamera
 from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import RecordingSink, running
 from tests.ipycam_peer import ipycam
-from tests.onvif_sim import data_of, driver, wait_for
+from tests.onvif_sim import data_of, in_process, wait_for
 from tests.video_sources import RtspSource, require_rtsp
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,7 +47,7 @@ async def test_open_ipycam_without_events_is_online_with_video_health_and_snapsh
     try:
         with ipycam(rtsp_port=rtsp.port) as cam:
             sink = RecordingSink()
-            drv = driver([entry(cam.port, tmp_path, video=True)], sink, tmp_path)
+            drv = in_process([entry(cam.port, tmp_path, video=True)], sink, tmp_path)
             with structlog.testing.capture_logs() as logs:
                 async with running(drv):
                     await wait_for(lambda: len(sink.of("camera.health")) >= 3, 60,
@@ -70,7 +70,7 @@ async def test_open_ipycam_without_events_is_online_with_video_health_and_snapsh
 async def test_ipycam_with_credentials_serves_its_snapshot_over_basic(tmp_path: Path) -> None:
     with ipycam(username="admin", password="ipy-secret-1") as cam:
         sink = RecordingSink()
-        drv = driver([entry(cam.port, tmp_path, username="admin", password="ipy-secret-1")],
+        drv = in_process([entry(cam.port, tmp_path, username="admin", password="ipy-secret-1")],
                      sink, tmp_path)
         with structlog.testing.capture_logs() as logs:
             async with running(drv):
@@ -92,7 +92,7 @@ async def test_a_wrong_password_on_ipycam_is_an_auth_error(tmp_path: Path) -> No
             await client.connect()
         await client.close()
         sink = RecordingSink()
-        drv = driver([entry(cam.port, tmp_path, username="admin", password="wrong")],
+        drv = in_process([entry(cam.port, tmp_path, username="admin", password="wrong")],
                      sink, tmp_path)
         async with running(drv):
             await wait_for(lambda: sink.current.get("ipycam-1") is DeviceState.ERROR, 30,

@@ -193,9 +193,15 @@ def test_options_accept_names_and_ipv6() -> None:
 
 def test_the_driver_takes_the_ring_from_the_gateway_config(tmp_path: Path) -> None:
     from drivers.onvif import DRIVER
+    from drivers.onvif.camera_process import PipeSink
+    from drivers.onvif.driver import OnvifDriver
+    from drivers.onvif.host import CameraHost
     from edge_agent.config.models import SnapshotsConfig
 
     sink = RecordingSink(snapshots=SnapshotsConfig(dir=tmp_path / "ring", max_files=7))
     cam = OnvifCamera.model_validate({"id": "c", "driver": "onvif", "host": "10.0.0.1"})
     drv = DRIVER.build([cam], sink)
-    assert drv.ring.dir == tmp_path / "ring" and drv.ring.max_files == 7  # type: ignore[attr-defined]
+    assert isinstance(drv, CameraHost) and drv.snapshots == sink.snapshots
+    start = drv._start_message(drv.groups[0])  # what the camera worker is handed
+    worker_ring = OnvifDriver([cam], PipeSink(None, start)).ring  # type: ignore[arg-type]
+    assert worker_ring.dir == tmp_path / "ring" and worker_ring.max_files == 7

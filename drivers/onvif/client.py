@@ -25,6 +25,7 @@ import aiohttp
 from edge_agent.contract.logs import get_logger
 
 from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
+from .wsdl_once import share_wsdl_loads
 from .xmlsafe import harden_zeep
 
 __all__ = ["CameraClient", "DeviceInfo", "MediaProfile", "PullPoint", "redact_url",
@@ -231,6 +232,7 @@ class CameraClient:
     async def connect(self) -> None:
         """Clock offset and service addresses; raises OnvifError."""
         harden_zeep()
+        share_wsdl_loads()
         from onvif import ONVIFCamera
 
         await self.close()

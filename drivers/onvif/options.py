@@ -78,6 +78,23 @@ class SnapshotOptions(_Strict):
                                   "it fails), use the last frame of the video-health sampler")
 
 
+class ProcessOptions(_Strict):
+    """The camera worker processes (drivers/onvif/host.py); the first camera's block
+    applies to all cameras of the gateway."""
+
+    cameras_per_worker: int = Field(default=8, ge=1, le=64,
+                                    description="cameras per worker process")
+    heartbeat_s: float = Field(default=2.0, ge=0.1, le=60, allow_inf_nan=False,
+                               description="a worker says it is alive this often")
+    heartbeat_timeout_s: float = Field(
+        default=20.0, ge=1, le=600, allow_inf_nan=False,
+        description="a worker silent this long is wedged: killed and restarted")
+    restart_initial_s: float = Field(default=1.0, gt=0, le=600, allow_inf_nan=False,
+                                     description="first pause before restarting a worker")
+    restart_max_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False,
+                                 description="longest pause between restarts")
+
+
 class OnvifCamera(DeviceConfig):
     """An ONVIF camera (Profile S/T): events, snapshots and video health."""
 
@@ -107,6 +124,7 @@ class OnvifCamera(DeviceConfig):
     events: EventOptions = Field(default_factory=EventOptions)
     snapshots: SnapshotOptions = Field(default_factory=SnapshotOptions)
     video: VideoHealthOptions = Field(default_factory=VideoHealthOptions)
+    process: ProcessOptions = Field(default_factory=ProcessOptions)
 
     @model_validator(mode="after")
     def _check(self) -> OnvifCamera:
@@ -143,6 +161,14 @@ class OnvifCamera(DeviceConfig):
             issues.append((("events", "liveness_s"),
                            f"liveness_s ({ev.liveness_s:g}) must exceed pull_timeout_s "
                            f"({ev.pull_timeout_s:g}): an empty pull takes that long"))
+        pr = self.process
+        if pr.heartbeat_timeout_s <= 2 * pr.heartbeat_s:
+            issues.append((("process", "heartbeat_timeout_s"),
+                           f"heartbeat_timeout_s ({pr.heartbeat_timeout_s:g}) must exceed twice "
+                           f"heartbeat_s ({pr.heartbeat_s:g})"))
+        if pr.restart_max_s < pr.restart_initial_s:
+            issues.append((("process", "restart_max_s"),
+                           "restart_max_s must not be less than restart_initial_s"))
         if self.backoff.max_s < self.backoff.initial_s:
             issues.append((("backoff", "max_s"), "max_s must not be less than initial_s"))
         for i, type_ in enumerate(self.snapshots.on):

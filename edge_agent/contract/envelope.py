@@ -79,6 +79,8 @@ CATALOG: dict[str, EventKind] = {
         _k("camera.line_crossing", _S.INFO, _R.RECORD, "object crossed a camera's virtual line"),
         _k("camera.events_lost", _S.WARNING, _R.ALARM,
            "camera's event channel lapsed (reboot, network, quiet)"),
+        _k("camera.video_worker_restarted", _S.WARNING, _R.RECORD,
+           "a camera worker process died or wedged and was restarted"),
         _k("device.online", _S.INFO, _R.RECORD, "device answers again"),
         _k("device.offline", _S.WARNING, _R.RECORD, "device stopped answering"),
         _k("gateway.heartbeat", _S.INFO, _R.TELEMETRY, "gateway alive, with outbox figures"),

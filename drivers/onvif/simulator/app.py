@@ -80,11 +80,14 @@ class OnvifSimulator:
                  password: str = "sim-password", clock_skew_s: float = 0.0,
                  max_termination_s: float = 3600.0, scene: SyntheticScene | None = None,
                  stream_auth: bool = True, name: str = "sim-camera",
-                 video_fps: float = 10, advertise: str | None = None) -> None:
+                 video_fps: float = 10, advertise: str | None = None,
+                 stream_uri: str | None = None) -> None:
         self.port = port or _free_port()
         #: host:port put in every URL handed out (a camera behind NAT, or one that points
         #: elsewhere); None: the address it listens on
         self.advertise = advertise
+        #: the stream URI GetStreamUri hands out (e.g. an RTSP server's); None: our MJPEG
+        self.stream_uri = stream_uri
         #: who may log in; empty: an open camera that asks nobody for credentials
         self.users = {username: password} if username is not None else {}
         self.clock_skew_s = clock_skew_s

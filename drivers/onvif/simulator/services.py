@@ -104,7 +104,7 @@ def _check_profile(req: Request) -> str:
 def get_stream_uri(sim: OnvifSimulator, req: Request) -> str:
     _check_profile(req)
     return ("<trt:GetStreamUriResponse><trt:MediaUri>"
-            f"<tt:Uri>{xml_text(sim.url('/video.mjpg'))}</tt:Uri>"
+            f"<tt:Uri>{xml_text(sim.stream_uri or sim.url('/video.mjpg'))}</tt:Uri>"
             "<tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>"
             "false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>"
             "</trt:GetStreamUriResponse>")

@@ -1,0 +1,187 @@
+"""Memory of the agent core and of its camera worker processes, with 1, 16, 32 cameras.
+
+    .venv/bin/python bench/camera_memory.py [--cameras 1 --cameras 16 --cameras 32]
+        [--source rtsp|mjpeg] [--per-worker 8] [--warmup 30]
+
+Each round runs a real `edge-agent run` (python -m edge_agent) on a generated gateway
+config with N ONVIF cameras (video health on, default options: 1 sampled frame/s),
+`process.cameras_per_worker` = --per-worker. The cameras are simulated
+(drivers/onvif/simulator, run in this bench's process, one simulator for all, no
+credentials); their stream URI points at one RTSP H.264 640x360 15 fps server
+(tests/rtsp_server.py under /usr/bin/python3; every camera its own RTSP session and
+decoder) or at the simulator's MJPEG stream. The uplink broker is absent (the agent
+buffers in its outbox, as when the district is unreachable). After --warmup seconds the
+agent and each worker are measured 3 times, 5 s apart, with psutil `memory_full_info`:
+RSS, USS (pages only this process holds) and PSS (shared pages split among their users),
+median of the three. The round also counts the streams the workers opened (from their
+logs), so a round where video did not run is visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench._common import emit, summary  # noqa: E402
+from tests.peers import free_port  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+class Simulator:
+    """One ONVIF simulator on its own event loop in a thread."""
+
+    def __init__(self, stream_uri: str | None) -> None:
+        from drivers.onvif.simulator import OnvifSimulator
+
+        self.sim = OnvifSimulator(username=None, stream_uri=stream_uri)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Simulator:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def rtsp_server() -> tuple[subprocess.Popen[str], str] | None:
+    if not Path("/usr/bin/python3").exists():
+        return None
+    port = free_port()
+    proc = subprocess.Popen(["/usr/bin/python3", str(ROOT / "tests" / "rtsp_server.py"),
+                             "--port", str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        return None
+    return proc, f"rtsp://127.0.0.1:{port}/stream"
+
+
+def config(tmp: Path, cameras: int, sim_port: int, per_worker: int, video: bool) -> Path:
+    lines = [
+        "gateway: {id: gw-bench-01, district: '371312', street: '371312001', "
+        "community: '371312001001'}",
+        f"uplink: {{broker: 'mqtt://127.0.0.1:{free_port()}'}}",
+        f"outbox: {{path: {tmp / 'outbox.db'}, max_bytes: 64MiB}}",
+        f"snapshots: {{dir: {tmp / 'snapshots'}}}",
+        "devices:",
+    ]
+    for i in range(cameras):
+        lines.append(f"  - {{id: cam-{i:02d}, driver: onvif, host: 127.0.0.1, port: {sim_port},"
+                     f" process: {{cameras_per_worker: {per_worker}}}, "
+                     "snapshots: {enabled: false}, "
+                     f"video: {{enabled: {str(video).lower()}}}}}")
+    path = tmp / "gateway.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def memory(proc: psutil.Process) -> dict[str, float]:
+    info = proc.memory_full_info()
+    return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB,
+            "threads": proc.num_threads()}
+
+
+def measure(agent: psutil.Process) -> tuple[dict[str, float], list[dict[str, float]]]:
+    rounds: list[tuple[dict[str, float], list[dict[str, float]]]] = []
+    for i in range(3):
+        if i:
+            time.sleep(5)
+        workers = sorted(agent.children(), key=lambda p: p.pid)
+        rounds.append((memory(agent), [memory(w) for w in workers]))
+    core = {k: round(statistics.median(r[0][k] for r in rounds), 1) for k in rounds[0][0]}
+    count = min(len(r[1]) for r in rounds)
+    workers = [{k: round(statistics.median(r[1][i][k] for r in rounds), 1)
+                for k in ("rss", "uss", "pss", "threads")} for i in range(count)]
+    return core, workers
+
+
+def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int,
+              warmup: float, video: bool) -> dict[str, Any]:
+    with Simulator(stream_uri) as sim, tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        cfg = config(tmp, cameras, sim.sim.port, per_worker, video)
+        log = (tmp / "agent.log").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config",
+                                 str(cfg)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(warmup)
+            if proc.poll() is not None:
+                raise SystemExit(f"the agent exited ({proc.returncode}): "
+                                 f"{(tmp / 'agent.log').read_text()[-2000:]}")
+            core, workers = measure(psutil.Process(proc.pid))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        text = (tmp / "agent.log").read_text(errors="replace")
+    opened = text.count('"camera_stream_opened"')
+    w_pss = sum(w["pss"] for w in workers)
+    return {"cameras": cameras, "source": source if video else "none", "video": video,
+            "per_worker": per_worker,
+            "streams_opened": opened, "agent_core_mib": core, "workers": len(workers),
+            "worker_mib": workers,
+            "workers_rss_total_mib": round(sum(w["rss"] for w in workers), 1),
+            "workers_uss_total_mib": round(sum(w["uss"] for w in workers), 1),
+            "workers_pss_total_mib": round(w_pss, 1),
+            "worker_rss_max_mib": max((w["rss"] for w in workers), default=0.0),
+            "threads_total": int(core["threads"] + sum(w["threads"] for w in workers))}
+
+
+@click.command(help=__doc__.split("\n\n")[0])
+@click.option("--cameras", type=int, multiple=True, default=(1, 16, 32))
+@click.option("--source", type=click.Choice(["rtsp", "mjpeg"]), default="rtsp")
+@click.option("--per-worker", type=int, default=8)
+@click.option("--warmup", type=float, default=30.0)
+@click.option("--video/--no-video", default=True, help="video health on (default) or off")
+def main(cameras: tuple[int, ...], source: str, per_worker: int, warmup: float,
+         video: bool) -> None:
+    server = rtsp_server() if source == "rtsp" else None
+    if source == "rtsp" and server is None:
+        raise SystemExit("no RTSP server (needs /usr/bin/python3 with gi and gst-rtsp-server);"
+                         " try --source mjpeg")
+    stream_uri = server[1] if server else None
+    rows = []
+    try:
+        for n in cameras:
+            row = run_round(n, source, stream_uri, per_worker, warmup, video)
+            emit(row)
+            rows.append(row)
+    finally:
+        if server is not None:
+            server[0].kill()
+    summary({"source": source, "per_worker": per_worker, "rounds": [
+        {"cameras": r["cameras"], "agent_core_rss_mib": r["agent_core_mib"]["rss"],
+         "agent_core_pss_mib": r["agent_core_mib"]["pss"], "workers": r["workers"],
+         "worker_rss_max_mib": r["worker_rss_max_mib"],
+         "workers_pss_total_mib": r["workers_pss_total_mib"],
+         "streams_opened": r["streams_opened"], "threads_total": r["threads_total"]}
+        for r in rows]})
+
+
+if __name__ == "__main__":
+    main()

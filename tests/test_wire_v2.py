@@ -195,3 +195,37 @@ async def test_hostile_v2_payloads_are_quarantined_and_good_ones_still_stored(
     for name, expected in EXPECTED.items():
         assert any(expected in r and TOPICS.events in r for r in reasons), name
     assert b"Traceback" not in (tmp_path / "c.log").read_bytes()
+
+
+# ---------------------------------------------------------------- both stores
+
+
+def test_v1_and_v2_payloads_make_the_same_rows_in_either_store(store_url: str) -> None:
+    """The collector's handler, one group: a v1 batch, the same events as a v2 batch (other
+    epoch, other ids), and a hostile v2 payload between them (quarantined, nothing else
+    lost)."""
+    from collector.ingest import PayloadHandler
+    from collector.store import open_store
+    from tests.test_collector_store import query as store_query
+
+    def events(epoch: str) -> list[str]:
+        return [new_event(H, f"smoke-{i % 3}", "smoke.reading", {**READING, "battery_pct": i})
+                .stamped(epoch, 1 + i).to_json() for i in range(30)]
+
+    v1 = ("[" + ",".join(events("00000000000000a1")) + "]").encode()
+    v2 = batch_v2.encode(events("00000000000000b2"))
+    handler = PayloadHandler(open_store(store_url), Limits())
+    try:
+        outcomes = handler([(TOPICS.events, v1), (TOPICS.events, hostile()["truncated"]),
+                            (TOPICS.events, v2)])
+    finally:
+        handler.store.close()
+    assert [o.result.inserted for o in outcomes] == [30, 0, 30]
+    assert outcomes[1].result.quarantined == 1
+
+    def stored(epoch: str) -> list[tuple[Any, ...]]:
+        return store_query(store_url, f"SELECT {COLUMNS} FROM events WHERE epoch = '{epoch}' "
+                                      "ORDER BY seq")
+
+    assert stored("00000000000000a1") == stored("00000000000000b2") and len(
+        stored("00000000000000a1")) == 30

@@ -33,7 +33,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import click
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere

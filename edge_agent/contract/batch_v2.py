@@ -15,7 +15,9 @@ Event i is `common` merged with `events[i]`, with two derived fields:
 A key in both `common` and an event is a framing error (never "last one wins").
 
 Invariants
-1. `decode(encode(bodies))` gives back each event object equal (==) to its JSON body.
+1. `decode(encode(bodies))` gives back each event object equal, as JSON, to its body,
+   for bodies that are JSON objects with an integer `seq` and a `source` (every outbox
+   row is).
 2. A v1 payload (a JSON array or object, maybe after whitespace) never starts with MAGIC
    (NUL is not JSON), so one byte tells the formats apart on any MQTT version.
 3. `decode` never holds more than `max_bytes` decompressed bytes (a decompression bomb
@@ -67,9 +69,15 @@ def _derived_source(obj: dict[str, Any]) -> str | None:
         return None
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values (Python's `1 == True == 1.0` is not)."""
+    return type(a) is type(b) and (a == b if not isinstance(a, dict | list)
+                                   else _COMPACT.encode(a) == _COMPACT.encode(b))
+
+
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: One compressor per level, used by the agent's event loop thread only (not thread-safe).
 _compressors: dict[int, zstandard.ZstdCompressor] = {}
-_ZSTD_D = zstandard.ZstdDecompressor()
 
 
 def encode(bodies: Sequence[str], *, encoding: Encoding = DEFAULT_ENCODING,
@@ -80,10 +88,10 @@ def encode(bodies: Sequence[str], *, encoding: Encoding = DEFAULT_ENCODING,
     if events:
         first = events[0]
         common = {k: v for k, v in first.items() if k not in _PER_EVENT
-                  and all(k in e and e[k] == v for e in events[1:])}
+                  and all(k in e and _same(e[k], v) for e in events[1:])}
         if "source" in common and common["source"] != _derived_source(first):
             pass  # shared and not derivable: keep it in common
-        elif all(e.get("source") == _derived_source(e) for e in events):
+        elif all("source" in e and e["source"] == _derived_source(e) for e in events):
             common.pop("source", None)
             for e in events:
                 e.pop("source", None)
@@ -139,14 +147,15 @@ def decompress(payload: bytes, max_bytes: int) -> tuple[Encoding, bytes]:
         return encoding, out
     try:
         # Bounded output whatever the frame claims (a bomb stops at max_bytes + 1).
-        reader = _ZSTD_D.stream_reader(data, read_across_frames=False)
+        dctx = zstandard.ZstdDecompressor()  # per call: a context is not thread-safe
+        reader = dctx.stream_reader(data, read_across_frames=False)
         out = reader.read(max_bytes + 1)
         if len(out) > max_bytes:
             raise BatchV2Error(f"v2 batch decompresses to more than {max_bytes} bytes "
                                "(ingest.max_payload_bytes)")
         # The whole output is now known to be at most max_bytes, so a full decode is
         # bounded too; it alone tells a truncated frame or trailing bytes (~1 GB/s: cheap).
-        zd = _ZSTD_D.decompressobj()
+        zd = dctx.decompressobj()
         out = zd.decompress(data)
         if not zd.eof:
             raise BatchV2Error("v2 batch zstd frame is truncated")

@@ -60,8 +60,8 @@ from aiomqtt import ProtocolVersion
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from edge_agent.config.models import UplinkConfig
-from edge_agent.contract.backoff import Backoff, wait_full_jitter
 from edge_agent.contract import batch_v2
+from edge_agent.contract.backoff import Backoff, wait_full_jitter
 from edge_agent.contract.envelope import BATCH_CONTENT_TYPE
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint, ProtocolChooser, make_client

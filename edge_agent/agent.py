@@ -11,11 +11,13 @@ import signal
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from edge_agent import __version__, service
 from edge_agent.bundles.runtime import DriverRuntime
 from edge_agent.bundles.store import Store
 from edge_agent.config.models import GatewayConfig
+from edge_agent.config.profile_dirs import using_profile_dirs
 from edge_agent.contract.envelope import Event, Hierarchy
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.topics import GatewayTopics
@@ -139,7 +141,16 @@ class Agent:
 
 
 async def run_agent(cfg: GatewayConfig) -> None:
-    """Run until SIGINT/SIGTERM; then flush pending events to the outbox and stop."""
+    """Run until SIGINT/SIGTERM; then flush pending events to the outbox and stop.
+
+    The config's `profiles:` folders stay on the profile search path while it runs (its
+    tasks inherit them), so a driver bundle installed live validates its devices'
+    profiles as the loader did."""
+    with using_profile_dirs([Path(p) for p in cfg.profiles]):
+        await _run_agent(cfg)
+
+
+async def _run_agent(cfg: GatewayConfig) -> None:
     agent = await Agent.open(cfg)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()

@@ -52,6 +52,16 @@ GATE = {"door_open": True, "locked": False, "forced_open": False, "held_open": T
         "open_time": 95, "access_counter": 41, "access_result": 1, "access_method": 1,
         "access_direction": 1, "card_number": 12345678}
 
+#: An Eastron SDM120 on a 230 V line, and an Armstrong booster pump running normally.
+METER = {"voltage": 230.5, "current": 4.25, "active_power": 950.0, "apparent_power": 979.6,
+         "reactive_power": 120.0, "power_factor": 0.97, "frequency": 50.01,
+         "import_energy": 1234.5, "export_energy": 0.0, "import_reactive": 56.25,
+         "export_reactive": 0.0, "total_energy": 1234.5}
+PUMP = {"hand_mode": False, "off_mode": False, "auto_mode": True, "running": True,
+        "pump_alarm": False, "run_feedback_alarm": False, "drive_fault": False,
+        "speed": 80.0, "drive_current": 12.5, "drive_voltage": 400.0, "drive_power": 5.5,
+        "speed_feedback": 79.5, "head": 42.0}
+
 #: A test profile with writable points of every kind.
 WRITABLE_PROFILE = """\
 name: door-relay

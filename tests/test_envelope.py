@@ -30,6 +30,10 @@ SAMPLE_DATA = {
     "smoke.reading": {"density_db_m": 0.02, "temperature_c": 24.5, "battery_pct": 88},
     "water.level": {"level_m": 1.2},
     "water.pressure": {"pressure_kpa": 310.5},
+    "sensor.reading": {"kind": "meter", "quantities": {"voltage": {"value": 230.1, "unit": "V"},
+                                                       "energy": {"value": 12, "unit": "kWh"}}},
+    "device.alarm": {"state": "raised", "alarm_id": "a-1", "alarm_type": "elevator.fault",
+                     "kind": "elevator", "fault_code": 3},
     "camera.health": {"fps": 12.5, "width": 640, "height": 360, "last_frame_age_s": 0.4},
     "device.online": {"offline_s": 12.0},
     "device.offline": {"reason": "timeout"},
@@ -48,6 +52,8 @@ SAMPLE_DATA = {
                               "toggles": 11}
        for kind, alarm in (("gate", "gate.forced_open"), ("smoke", "smoke.alarm"),
                            ("water", "water.leak"), ("camera", "camera.tamper"))},
+    "device.chattering": {"state": "raised", "alarm_id": "c-1", "alarm_type": "pump.failure",
+                          "toggles": 11},
 }
 
 
@@ -76,6 +82,19 @@ def test_every_catalog_type_mints_a_valid_event(type_: str) -> None:
     ("smoke.chattering", {"state": "raised", "alarm_id": "c"}, "alarm_type"),
     ("smoke.chattering", {"state": "raised", "alarm_id": "c", "alarm_type": "water.leak"},
      "alarm_type"),
+    ("sensor.reading", {"kind": "meter", "quantities": {"v": {"value": 1, "unit": "volt"}}},
+     "unit"),
+    ("sensor.reading", {"kind": "meter", "quantities": {"v": {"value": "1", "unit": "V"}}},
+     "value"),
+    ("sensor.reading", {"kind": "meter", "quantities": {}}, "quantities"),
+    ("sensor.reading", {"quantities": {"v": {"value": 1, "unit": "V"}}}, "kind"),
+    ("sensor.reading", {"kind": "meter", "quantities": {"Volt age": {"value": 1, "unit": "V"}}},
+     "quantities"),
+    ("device.alarm", {"state": "raised", "alarm_id": "a", "kind": "x"}, "alarm_type"),
+    ("device.alarm", {"state": "raised", "alarm_id": "a", "kind": "x", "alarm_type": "fault"},
+     "alarm_type"),
+    ("device.alarm", {"state": "raised", "alarm_id": "a", "kind": "x",
+                      "alarm_type": "smoke.alarm"}, "alarm_type"),
 ])
 def test_schema_rejects_bad_data(type_: str, data: dict[str, object], needle: str) -> None:
     body = json.loads(new_event(H, "d", type_, data).stamped("0123456789abcdef", 1).to_json())

@@ -32,11 +32,13 @@ from drivers.modbus.profile import (
 )
 from edge_agent.config.loader import ConfigError, load_model
 from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, schema
+from edge_agent.contract.units import UNITS
 from edge_agent.rules.engine import AlarmRule, DeviceRules, ReadingRule, RecordRule, parse_rules
 from edge_agent.sdk.testing import NullSink
 
 DATA = Path(__file__).parent / "data" / "modbus"
-SHIPPED = ["gate-controller", "smoke-detector", "water-sensor"]
+SHIPPED = ["booster-pump-de4300", "energy-meter-sdm120", "gate-controller", "peer-holding-20",
+           "smoke-detector", "water-sensor"]
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +55,18 @@ def test_the_shipped_profiles_are_available() -> None:
     assert list(available_profiles()) == SHIPPED  # sorted, from drivers/modbus/profiles
 
 
+REQUESTS = {"booster-pump-de4300": 4, "energy-meter-sdm120": 3, "peer-holding-20": 2}
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_profile_loads_and_plans(name: str) -> None:
     profile = load_profile(name)
     assert profile.name == name
     assert find_profile(name) == SHIPPED_PROFILES / f"{name}.yaml"
     requests = profile.plan()
-    assert len(requests) == 2  # one FC2 read of the inputs, one FC4 read of the registers
+    # the old three: one FC2 read of the inputs, one FC4 read of the registers; the new ones
+    # at 9,600 baud have register holes that cost more wire time than a request
+    assert len(requests) == REQUESTS.get(name, 2)
     assert sum(len(r.points) for r in requests) == len(profile.points)
     text = (SHIPPED_PROFILES / f"{name}.yaml").read_text("utf-8")
     assert text.startswith("# "), "a data-sheet style comment header"
@@ -94,7 +101,15 @@ def test_shipped_profile_events_use_the_catalog_and_documented_fields(name: str)
         for where, point_name in rule.point_refs():
             assert point_name in names, f"{kind}: {where} reads unknown point `{point_name}`"
             used.add(point_name)
+        if kind == "device.alarm":
+            assert isinstance(rule, AlarmRule) and rule.alarm_type is not None
+            assert rule.alarm_type.startswith(f"{profile.kind}."), rule.alarm_type
         for field, spec in rule.data_fields().items():
+            if kind == "sensor.reading":
+                assert (spec.unit or profile.point(spec.point).unit) in UNITS, field
+                continue
+            if kind == "device.alarm":
+                continue  # free extra data of a declared alarm
             assert field in props, f"{kind}: `{field}` is not a documented data field"
             assert field not in ("credential", "card_number")
             if "enum" in props[field]:
@@ -289,7 +304,9 @@ def test_unknown_profile_lists_the_available_ones() -> None:
     (issue,) = err.value.issues
     assert str(issue).startswith(f"{SHIPPED_PROFILES}/smoke-detectr.yaml:1:1: profile: "
                                  "unknown profile `smoke-detectr`; available profiles: "
-                                 "gate-controller, smoke-detector, water-sensor; "
+                                 "booster-pump-de4300, energy-meter-sdm120, "
+                                 "gate-controller, peer-holding-20, smoke-detector, "
+                                 "water-sensor; "
                                  "did you mean `smoke-detector`?")
     assert "/etc/edge-agent/profiles" in str(issue)
 
@@ -306,7 +323,7 @@ def test_search_path_order_and_shadowing(tmp_path: Path) -> None:
     shutil.copy(DATA / "scattered-20.yaml", site / "scattered-20.yaml")
     (site / "README.txt").write_text("not a profile", "utf-8")
     found = available_profiles([SHIPPED_PROFILES, site])
-    assert list(found) == ["gate-controller", "scattered-20", "smoke-detector", "water-sensor"]
+    assert list(found) == [*SHIPPED[:4], "scattered-20", *SHIPPED[4:]]
     assert found["water-sensor"] == SHIPPED_PROFILES / "water-sensor.yaml"  # first wins
     assert available_profiles([site, SHIPPED_PROFILES])["water-sensor"] == \
         site / "water-sensor.yaml"
@@ -365,7 +382,8 @@ def test_a_device_naming_an_unknown_or_broken_profile_fails_at_its_line(
     assert len(issues) == 3, issues
     assert issues[0].startswith(
         f"{path}:7:14: devices.1.profile: unknown profile `smoke-detectr`; available "
-        "profiles: bad-address, bad-overlap, bad-profile, bad-types, devices, gate-controller,")
+        "profiles: bad-address, bad-overlap, bad-profile, bad-types, booster-pump-de4300, "
+        "devices, energy-meter-sdm120, gate-controller,")
     assert "did you mean `smoke-detector`?" in issues[0]
     assert issues[1].startswith(f"{path}:10:14: devices.2.profile: profile `bad-types` has "
                                 "10 problem(s):\n")

@@ -88,7 +88,8 @@ def test_device_mistakes_are_reported_at_their_lines(tmp_path: Path) -> None:
     assert code == 2
     assert lines == [
         f"{path}:6:14: devices.0.profile: device `smoke-1`: unknown profile `smoke-detectr`; "
-        "available profiles: gate-controller, smoke-detector, water-sensor; did you mean "
+        "available profiles: booster-pump-de4300, energy-meter-sdm120, gate-controller, "
+        "peer-holding-20, smoke-detector, water-sensor; did you mean "
         "`smoke-detector`?",
         f"{path}:12:29: devices.1.limits.max_registers: device `gate-1`: max_registers 100 is "
         "more than the profile's 64; a device may only lower it (profile `gate-controller`)",

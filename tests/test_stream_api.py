@@ -156,8 +156,8 @@ async def test_injection_everywhere(reader: Reader, consumers: MemoryConsumers, 
                                     evil: str) -> None:
     ingest(store, event_rows(3))
     async with running_api(reader, consumers) as api, aiohttp.ClientSession() as s:
-        for name in ("after", "type", "district", "street", "community", "gateway", "since",
-                     "limit"):
+        for name in ("after", "type", "alarm_type", "district", "street", "community",
+                     "gateway", "since", "limit"):
             status, body = await get(s, api.base, "/v1/events", "t-all", **{name: evil})
             # refused naming the parameter, or (a value that could be a code) matches nothing
             assert (status == 400 and body["parameter"] == name) or \

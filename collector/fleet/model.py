@@ -56,6 +56,8 @@ class OpenAlarm:
     device: str
     severity: str
     since: float
+    #: a `device.alarm`'s declared type (`pump.failure`), shown instead of the generic type
+    alarm_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -135,8 +137,10 @@ class Fleet:
         if isinstance(alarm_id, str) and state in ("raised", "cleared"):
             if state == "raised":
                 if alarm_id not in gw.alarms:
-                    gw.alarms[alarm_id] = OpenAlarm(alarm_id, type_, device,
-                                                    str(event.get("severity", "")), at)
+                    declared = data.get("alarm_type") if type_ == "device.alarm" else None
+                    gw.alarms[alarm_id] = OpenAlarm(
+                        alarm_id, type_, device, str(event.get("severity", "")), at,
+                        declared if isinstance(declared, str) else None)
             else:
                 gw.alarms.pop(alarm_id, None)
 
@@ -182,7 +186,8 @@ class Fleet:
                 alarms.append({"alarm_id": a.alarm_id, "type": a.type, "device": a.device,
                                "severity": a.severity, "since": iso(a.since), "gateway": gw.id,
                                "district": gw.district, "street": gw.street,
-                               "community": gw.community})
+                               "community": gw.community,
+                               **({"alarm_type": a.alarm_type} if a.alarm_type else {})})
             devices = [{"id": d.id, "online": d.online, "reason": d.offline_reason,
                         "last_type": d.last_type if type_visible(d.last_type) else None,
                         "last_at": iso(d.last_at) if type_visible(d.last_type) else None}

@@ -41,10 +41,13 @@ class Filter:
     """Every group must hold; inside a group any value may. Empty tuples: no condition.
 
     `type_groups`: patterns; `area_groups`: codes matched against district, street and
-    community; `districts` … `gateways`: exact values of that column.
+    community; `districts` … `gateways`: exact values of that column; `alarm_types`:
+    patterns matched against `data.alarm_type` (the declared type of a `device.alarm`,
+    e.g. `pump.*`; an event without one never matches).
     """
 
     type_groups: tuple[tuple[str, ...], ...] = ()
+    alarm_types: tuple[str, ...] = ()
     area_groups: tuple[tuple[str, ...], ...] = ()
     districts: tuple[str, ...] = ()
     streets: tuple[str, ...] = ()
@@ -79,11 +82,13 @@ class Dialect:
         return format_time(value.timestamp()) if self.time_kind == "text" else value
 
 
-SQLITE = Dialect("?", {c: c for c in ("type", "district", "street", "community", "gateway",
-                                       "time")}, "text")
+SQLITE = Dialect("?", {**{c: c for c in ("type", "district", "street", "community", "gateway",
+                                          "time")},
+                       "alarm_type": "json_extract(data, '$.alarm_type')"}, "text")
 POSTGRES = Dialect("%s", {"type": "e.type", "district": "p.district", "street": "p.street",
                           "community": "p.community", "gateway": "p.gateway",
-                          "time": "e.time"}, "timestamp")
+                          "time": "e.time", "alarm_type": "(e.data::jsonb ->> 'alarm_type')"},
+                   "timestamp")
 
 
 def _in(column: str, values: Sequence[str], d: Dialect, params: list[Any]) -> str:
@@ -91,15 +96,15 @@ def _in(column: str, values: Sequence[str], d: Dialect, params: list[Any]) -> st
     return f"{column} IN ({', '.join([d.placeholder] * len(values))})"
 
 
-def _types(group: Sequence[str], d: Dialect, params: list[Any]) -> str:
-    if "*" in group:
+def _types(group: Sequence[str], d: Dialect, params: list[Any], column: str = "type") -> str:
+    if "*" in group and column == "type":
         return "1 = 1"
     if not group:
         return "1 = 0"
     parts = []
     for pattern in group:
         params.append(like_pattern(pattern))
-        parts.append(f"{d.columns['type']} LIKE {d.placeholder} ESCAPE '\\'")
+        parts.append(f"{d.columns[column]} LIKE {d.placeholder} ESCAPE '\\'")
     return "(" + " OR ".join(parts) + ")"
 
 
@@ -118,6 +123,8 @@ def where(f: Filter, d: Dialect) -> tuple[str, list[Any]]:
     params: list[Any] = []
     parts = [_types(g, d, params) for g in f.type_groups]
     parts += [_areas(g, d, params) for g in f.area_groups]
+    if f.alarm_types:
+        parts.append(_types(f.alarm_types, d, params, "alarm_type"))
     for column, values in (("district", f.districts), ("street", f.streets),
                            ("community", f.communities), ("gateway", f.gateways)):
         if values:

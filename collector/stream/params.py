@@ -19,8 +19,8 @@ from collector.stream.reader import MAX_PAGE
 MAX_VALUES = 20
 #: Longer query strings are refused (414) before they are parsed.
 MAX_QUERY_CHARS = 4096
-KNOWN = frozenset({"after", "type", "district", "street", "community", "gateway", "since",
-                   "limit"})
+KNOWN = frozenset({"after", "type", "alarm_type", "district", "street", "community",
+                   "gateway", "since", "limit"})
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})")
 
 
@@ -70,6 +70,8 @@ def parse_query(pairs: Iterable[tuple[str, str]]) -> Query:
     code = "a code of letters, digits, '.', '_' or '-'"
     flt = Filter(
         type_groups=(types,) if types else (),
+        alarm_types=_values(items, "alarm_type", TYPE_PATTERN,
+                            "an alarm type pattern like pump.* or elevator.fault"),
         districts=_values(items, "district", AREA_CODE, code),
         streets=_values(items, "street", AREA_CODE, code),
         communities=_values(items, "community", AREA_CODE, code),

@@ -6,6 +6,7 @@
       unit_id: 3
       rtu: {port: /dev/ttyUSB0, baudrate: 9600}    # or  tcp: {host: 127.0.0.1, port: 502}
       period_s: 2
+      forward_every_reading: false     # true: every poll's readings are sent (no deadband)
 
 Validated completely before any I/O, each mistake at its own key: the profile must
 load, the device's `limits` may only lower the profile's (and must still fit every
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from drivers.modbus.planner import DEFAULT_LINK, DeviceLimits, LinkCost, oversized
 from drivers.modbus.points import raise_issues
-from drivers.modbus.profile import Profile, ProfileName, load_profile
+from drivers.modbus.profile import Profile, ProfileName, find_profile, load_profile
 from drivers.modbus.transport import SerialSettings
 from edge_agent.sdk.config import DeviceConfig
 
@@ -74,6 +76,16 @@ class ModbusDevice(DeviceConfig):
                                         description="lower the profile's request limits")
     allow_writes: list[str] = Field(default_factory=list,
                                     description="points the write API may change (audited)")
+    forward_every_reading: bool = Field(
+        default=False, description="every reading rule of the profile sends every poll's "
+        "values (as `report: every_poll`), not only changes beyond the deadband")
+
+    #: the profile's file, found when the entry was validated (with the YAML's `profiles:`)
+    _profile_file: Path | None = PrivateAttr(default=None)
+
+    def profile_path(self) -> Path:
+        """The profile's file as found at validation (the search path may differ later)."""
+        return self._profile_file or find_profile(self.profile)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusDevice:
@@ -84,7 +96,8 @@ class ModbusDevice(DeviceConfig):
         if self.rtu is not None and self.unit_id == 0:
             issues.append((("unit_id",), "unit id 0 is the broadcast address on RTU: no "
                                          "device answers it; use the device's id (1..247)"))
-        profile = load_profile(self.profile)  # loads: the field validator checked it
+        self._profile_file = find_profile(self.profile)
+        profile = load_profile(self._profile_file)  # loads: the field validator checked it
         issues += _limit_issues(self.limits, profile)
         issues += _write_issues(self.allow_writes, profile)
         raise_issues("ModbusDevice", issues)

@@ -59,9 +59,11 @@ class ModbusDriver:
                           tcp_slots([cfg.period_s for cfg in tcp], time.monotonic()),
                           strict=True))
         for index, cfg in enumerate(mine):
-            profile = load_profile(cfg.profile)
+            profile = load_profile(cfg.profile_path())
             poller = DevicePoller(cfg, profile.plan(cfg.limits, cfg.link_cost()),
-                                  DeviceRules(cfg.id, profile.events, sink, salt=salt), sink)
+                                  DeviceRules(cfg.id, profile.events, sink, salt=salt,
+                                              kind=profile.device_kind, units=profile.units(),
+                                              every_poll=cfg.forward_every_reading), sink)
             if cfg.tcp is not None and cfg.tcp.gateway:
                 poller.next_due += cfg.period_s * index / max(1, len(mine))
                 gateways[(cfg.tcp.host.lower(), cfg.tcp.port)].append((cfg, profile, poller))

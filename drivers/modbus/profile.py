@@ -2,11 +2,19 @@
 
 A profile names every point of a device model, the model's read limits and the rule
 specs that turn point values into catalog events. A device in the gateway config
-names a profile plus its own address and unit id. Profiles live in
+names a profile plus its own address and unit id. Profiles live in the gateway YAML's
+`profiles:` folders (while its devices are validated: `edge_agent.sdk.config.profile_dirs`),
 `drivers/modbus/profiles/NAME.yaml` (shipped: package data, found with
 `importlib.resources`, so the same in a checkout and an installed wheel) and
 `/etc/edge-agent/profiles/NAME.yaml` (site); the first match on the search path wins.
 A profile's `name` must be its file name without `.yaml`.
+
+A device kind with no catalog type of its own needs only a profile: its `kind:` names
+it, `sensor.reading` rules send its quantities (each with a unit from the contract's
+fixed list: the field's `unit` or its point's) and `device.alarm` rules its own alarm
+types `<kind>.<name>`. The profile checks what one rule cannot see: units of the points
+a quantity reads, each quantity once, each declared type in the profile's namespace and
+declared once.
 
 Profiles are loaded with the strict config loader, so every mistake is reported at
 once as `FILE:LINE:COL: key: message`; the cross-point checks (names used twice,
@@ -36,8 +44,18 @@ from drivers.modbus.planner import (
     plan,
 )
 from drivers.modbus.points import Point, PointType, Table, raise_issues
-from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model
-from edge_agent.sdk.rules import RuleSpec, point_issues
+from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model, profile_dirs
+from edge_agent.sdk.rules import (
+    ALARM_TYPE_PATTERN,
+    DECLARED_ALARM,
+    KIND_PATTERN,
+    RESERVED_KINDS,
+    SENSOR_READING,
+    UNITS,
+    RuleSpec,
+    point_issues,
+    unit_hint,
+)
 
 __all__ = [
     "DEFAULT_SEARCH_PATH",
@@ -87,6 +105,10 @@ class Profile(BaseModel):
     description: str = Field(min_length=1, max_length=500)
     vendor: str | None = Field(default=None, max_length=100)
     model: str | None = Field(default=None, max_length=100)
+    kind: str | None = Field(default=None, pattern=KIND_PATTERN,
+                             description="the device kind (elevator, pump, meter): "
+                             "`sensor.reading`'s data.kind and the namespace of the "
+                             "profile's own alarm types (`<kind>.<name>`); default: none")
     limits: Limits = Field(default=DEFAULT_LIMITS,
                            description="what the device model accepts per request")
     points: tuple[Point, ...]
@@ -99,9 +121,25 @@ class Profile(BaseModel):
                   *_overlap_issues(self.points),
                   *_limit_issues(self.points, self.limits),
                   *((i.loc, i.message) for i in point_issues(self.events,
-                                                              {p.name for p in self.points}))]
+                                                              {p.name for p in self.points})),
+                  *_kind_issues(self.kind), *_declared_issues(self.events, self.kind),
+                  *_quantity_issues(self.events, self.points)]
         raise_issues("Profile", sorted(issues, key=lambda i: _loc_key(i[0])))
         return self
+
+    @property
+    def device_kind(self) -> str:
+        """`sensor.reading`'s data.kind: the profile's `kind`, else its name."""
+        return self.kind or self.name
+
+    def units(self) -> dict[str, str]:
+        """Point name -> unit, for the points that have one."""
+        return {p.name: p.unit for p in self.points if p.unit is not None}
+
+    def declared_alarms(self) -> list[str]:
+        """The alarm types this profile declares (device.alarm rules), in file order."""
+        found = (getattr(r, "alarm_type", None) for r in self.events if r.type == DECLARED_ALARM)
+        return [name for name in found if isinstance(name, str)]
 
     def point(self, name: str) -> Point:
         """The point called `name` (KeyError if none)."""
@@ -183,6 +221,74 @@ def _limit_issues(points: Sequence[Point], limits: Limits) -> list[tuple[Loc, st
     for point, message in oversized(points, limits):
         key = "length" if point.type is PointType.STRING else "type"
         issues.append((("points", index[id(point)], key), message))
+    return issues
+
+
+def _kind_issues(kind: str | None) -> list[tuple[Loc, str]]:
+    if kind is not None and kind in RESERVED_KINDS:
+        return [(("kind",), f"`{kind}` is a family of the event catalog; name the device "
+                            "kind itself (elevator, pump, meter, barrier, air)")]
+    return []
+
+
+def _declared_issues(events: Sequence[RuleSpec], kind: str | None) -> list[tuple[Loc, str]]:
+    """Each declared alarm type is `<kind>.<name>` of this profile's kind, declared once."""
+    issues: list[tuple[Loc, str]] = []
+    first: dict[str, int] = {}
+    for index, rule in enumerate(events):
+        declared = getattr(rule, "alarm_type", None)
+        if rule.type != DECLARED_ALARM or not isinstance(declared, str) \
+                or not re.match(ALARM_TYPE_PATTERN, declared):
+            continue  # the rule's own checks reported it
+        loc: Loc = ("events", index, "alarm_type")
+        namespace = declared.split(".", 1)[0]
+        if kind is None:
+            issues.append((loc, f"`{declared}` needs the profile's `kind: {namespace}` (the "
+                                "namespace of its alarm types); add it at the top"))
+        elif namespace != kind:
+            issues.append((loc, f"`{declared}` is not in this profile's namespace: write "
+                                f"`{kind}.{declared.split('.', 1)[1]}` (alarm types are "
+                                f"`<kind>.<name>`, kind `{kind}`)"))
+        if declared in first:
+            issues.append((loc, f"alarm type `{declared}` is declared twice "
+                                f"(events[{first[declared]}] and events[{index}]); one rule "
+                                "per alarm type"))
+        else:
+            first[declared] = index
+    return issues
+
+
+def _quantity_issues(events: Sequence[RuleSpec], points: Sequence[Point]
+                     ) -> list[tuple[Loc, str]]:
+    """`sensor.reading` quantities: a unit from the fixed list (the field's or its point's)
+    and each quantity named once across the profile's readings."""
+    by_name = {p.name: (i, p) for i, p in enumerate(points)}
+    issues: list[tuple[Loc, str]] = []
+    bad_points: set[int] = set()
+    first: dict[str, int] = {}
+    for index, rule in enumerate(events):
+        if rule.type != SENSOR_READING:
+            continue
+        for name, spec in rule.data_fields().items():
+            loc: Loc = ("events", index, "fields", name)
+            if name in first:
+                issues.append((loc, f"quantity `{name}` is already sent by events[{first[name]}]; "
+                                    "each quantity once per profile (rename one)"))
+            else:
+                first[name] = index
+            if spec.unit is not None or spec.point not in by_name:
+                continue
+            point_index, point = by_name[spec.point]
+            if point.unit is None:
+                issues.append(((*loc, "point"), f"quantity `{name}` has no unit: give point "
+                                                f"`{point.name}` a `unit:` or write `{name}: "
+                                                f"{{point: {point.name}, unit: ...}}`; "
+                                                + unit_hint("")))
+            elif point.unit not in UNITS and point_index not in bad_points:
+                bad_points.add(point_index)
+                issues.append((("points", point_index, "unit"),
+                               f"unknown unit `{point.unit}` (point `{point.name}` is sent as "
+                               f"quantity `{name}`); {unit_hint(point.unit)}"))
     return issues
 
 
@@ -298,7 +404,11 @@ ProfileName = Annotated[str, AfterValidator(_check_profile_ref)]
 
 
 def _search(search_path: Sequence[Path | str] | None) -> list[Path]:
-    return [Path(p) for p in (DEFAULT_SEARCH_PATH if search_path is None else search_path)]
+    """The given path, or the gateway YAML's `profiles:` (while its devices are validated)
+    then the shipped and site folders."""
+    if search_path is None:
+        return [*profile_dirs(), *DEFAULT_SEARCH_PATH]
+    return [Path(p) for p in search_path]
 
 
 def _is_path(name_or_path: str | Path) -> bool:

@@ -35,7 +35,7 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, CHATTER_TYPES, Severity, schema
 from edge_agent.sdk.config import ChatterOverride, DeviceConfig
-from edge_agent.sdk.rules import RuleSpec, parse_rules
+from edge_agent.sdk.rules import DECLARED_ALARM, RuleSpec, parse_rules
 
 from .framing import (
     ChecksumKind,
@@ -247,8 +247,12 @@ class AlarmSpec(_Strict):
         if self.type in CHATTER_TYPES:
             issues.append((("type",), f"`{self.type}` is raised by the agent's chatter control "
                                       "itself; give the alarm that chatters, e.g. smoke.alarm"))
+        elif self.type == DECLARED_ALARM:
+            issues.append((("type",), f"`{DECLARED_ALARM}` (an alarm type a profile declares) "
+                                      "is raised by an `events:` rule with `alarm_type:`, not "
+                                      "by a frame's alarm"))
         elif self.type not in ALARM_TYPES:
-            alarms = ", ".join(sorted(ALARM_TYPES - CHATTER_TYPES))
+            alarms = ", ".join(sorted(ALARM_TYPES - CHATTER_TYPES - {DECLARED_ALARM}))
             what = "not in the event catalog" if self.type not in CATALOG else "not an alarm type"
             issues.append((("type",), f"`{self.type}` is {what}; alarm types: {alarms}"))
         if self.action is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edge_agent.config._devices import assemble, validate_devices
 from edge_agent.config.models import GatewayConfig
+from edge_agent.config.profile_dirs import resolve_profile_dirs, using_profile_dirs
 from edge_agent.contract.settings import (
     MAX_FILE_BYTES,
     ConfigError,
@@ -34,10 +35,18 @@ def load_gateway_config(path: str | Path, *, devices: bool = True) -> GatewayCon
     top = {k: v for k, v in doc.root.items() if k != "devices"}
     cfg, issues = validate_part(doc, GatewayConfig, top, ())
     store = cfg.drivers.store_root(cfg.outbox.path) if cfg is not None else None
-    found, device_issues = validate_devices(doc, store) if devices else ([], [])
+    dirs = resolve_profile_dirs(cfg.profiles, Path(path)) if cfg is not None else []
+    for index, folder in enumerate(dirs):
+        if not folder.is_dir():
+            issues.append(doc.at(("profiles", index), f"`{folder}` is not a directory",
+                                 "list folders holding NAME.yaml profiles; a relative path "
+                                 "is relative to this file"))
+    with using_profile_dirs([d for d in dirs if d.is_dir()]):
+        found, device_issues = validate_devices(doc, store) if devices else ([], [])
     issues += device_issues
     raise_issues(doc, issues)
     assert cfg is not None
+    cfg = cfg.model_copy(update={"profiles": [str(d) for d in dirs]})
     return assemble(doc, cfg, found)
 
 

@@ -243,6 +243,10 @@ class GatewayConfig(Strict):
     alarm_chatter: ChatterConfig = ChatterConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     drivers: DriversConfig = DriversConfig()
+    profiles: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="device profile directories searched before the shipped ones and "
+        "/etc/edge-agent/profiles, in order; a relative path is relative to this file")
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -91,6 +91,11 @@ CATALOG: dict[str, EventKind] = {
         _k("smoke.chattering", _S.WARNING, _R.ALARM, "a smoke alarm or zone toggles too often"),
         _k("water.chattering", _S.WARNING, _R.ALARM, "a water alarm toggles too often"),
         _k("camera.chattering", _S.WARNING, _R.ALARM, "a camera alarm toggles too often"),
+        _k("sensor.reading", _S.INFO, _R.TELEMETRY,
+           "named quantities with units from the fixed list, of any device kind"),
+        _k("device.alarm", _S.WARNING, _R.ALARM,
+           "an alarm a device profile declares (data.alarm_type, e.g. elevator.fault)"),
+        _k("device.chattering", _S.WARNING, _R.ALARM, "a declared device alarm toggles too often"),
     )
 }
 

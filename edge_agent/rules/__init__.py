@@ -8,6 +8,7 @@ from an injected clock: no I/O. Imports `edge_agent.contract` and the config mod
 drivers reach it through `edge_agent.sdk.rules`.
 """
 
+from edge_agent.rules._catalog import DECLARED_ALARM, SENSOR_READING
 from edge_agent.rules.engine import (
     AlarmRule,
     DeviceRules,
@@ -20,5 +21,5 @@ from edge_agent.rules.engine import (
     point_issues,
 )
 
-__all__ = ["AlarmRule", "DeviceRules", "ReadingRule", "RecordRule", "RuleSpec", "StateRule",
-           "new_alarm_id", "parse_rules", "point_issues"]
+__all__ = ["DECLARED_ALARM", "SENSOR_READING", "AlarmRule", "DeviceRules", "ReadingRule",
+           "RecordRule", "RuleSpec", "StateRule", "new_alarm_id", "parse_rules", "point_issues"]

@@ -21,6 +21,11 @@ from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, CHATTER_TYPES, Re
 
 RuleKind = Literal["reading", "alarm", "state", "record"]
 
+#: The generic telemetry type: `{kind, quantities: {name: {value, unit}}}`.
+SENSOR_READING = "sensor.reading"
+#: The type of every profile-declared alarm; `data.alarm_type` names it (`elevator.fault`).
+DECLARED_ALARM = "device.alarm"
+
 #: How each kind is written (the keys that make it that kind), for messages.
 KIND_SHAPE: dict[str, str] = {
     "reading": "`fields` with `deadband`/`heartbeat_s`",
@@ -34,8 +39,10 @@ STATE_TYPES = frozenset({"gate.state"})
 
 
 def agent_owned(type_: str) -> bool:
-    """`device.*`, `gateway.*` and `*.chattering` (chatter control) are emitted by the
-    agent itself, never by device rules."""
+    """`device.*` (but `device.alarm`, a profile-declared alarm), `gateway.*` and
+    `*.chattering` (chatter control) are emitted by the agent itself, never by device rules."""
+    if type_ == DECLARED_ALARM:
+        return False
     return type_.startswith(("device.", "gateway.")) or type_ in CHATTER_TYPES
 
 
@@ -96,7 +103,7 @@ class DataShape:
 
     def missing(self, keys: frozenset[str] | set[str], *, alarm: bool = False) -> list[str]:
         """Human descriptions of the required fields `keys` lacks (alarm keys excluded)."""
-        reserved = {"state", "alarm_id"} if alarm else set()
+        reserved = {"state", "alarm_id", "alarm_type", "kind"} if alarm else set()
         out = [f"`{k}`" for k in sorted(self.required - reserved) if k not in keys]
         alternatives = self.any_of_required
         if alternatives and not any(alt <= keys for alt in alternatives):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, NoReturn
+from typing import Annotated, Any, ClassVar, Literal, NoReturn
 
 from pydantic import (
     AfterValidator,
@@ -31,8 +32,17 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from edge_agent.config.models import ChatterOverride
 from edge_agent.contract.envelope import CATALOG
+from edge_agent.contract.units import (
+    ALARM_TYPE_PATTERN,
+    QUANTITY_PATTERN,
+    RESERVED_KINDS,
+    UNITS,
+    unit_hint,
+)
 from edge_agent.rules._catalog import (
+    DECLARED_ALARM,
     KIND_SHAPE,
+    SENSOR_READING,
     PropertyShape,
     RuleKind,
     agent_owned,
@@ -98,6 +108,16 @@ class FieldSpec(_Strict):
         default=None, description="device value -> data value; YAML keys true/1/'x' all work")
     hash: bool = Field(default=False, description="send sha256 of the salted value, never it")
     round: int | None = Field(default=None, ge=0, le=12, description="decimal places")
+    unit: str | None = Field(default=None, description="sensor.reading: the quantity's unit "
+                             "(default: the point's `unit`), from the fixed list")
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, value: str | None) -> str | None:
+        if value is not None and value not in UNITS:
+            raise PydanticCustomError("value_error", "unknown unit `{unit}`; {hint}",
+                                      {"unit": value, "hint": unit_hint(value)})
+        return value
 
     @field_validator("map", mode="before")
     @classmethod
@@ -230,11 +250,15 @@ class _Rule(_Strict):
         for name, spec in fields.items():
             loc: Loc = (key, name)
             prop = shape.properties.get(name)
+            if spec.unit is not None and self.type != SENSOR_READING:
+                errors.append(_err((*loc, "unit"), f"`unit` is for `{SENSOR_READING}` "
+                                   f"quantities; the fields of `{self.type}` have fixed units "
+                                   "(docs/events.md)"))
             if name in shape.forbidden:
                 errors.append(_err(loc, f"`{name}` would be a raw credential, which "
                                    f"`{self.type}` must never carry; send "
                                    "`credential_hash: {point: ..., hash: true}` instead"))
-            elif self.kind == "alarm" and name in ("state", "alarm_id"):
+            elif self.kind == "alarm" and name in ("state", "alarm_id", "alarm_type", "kind"):
                 errors.append(_err(loc, f"`{name}` is set by the alarm rule itself"))
             elif name == "credential_hash" and not spec.hash:
                 errors.append(_err(loc, "`credential_hash` must be hashed: write "
@@ -282,18 +306,40 @@ class ReadingRule(_Rule):
     heartbeat_s: float | None = Field(
         default=None, gt=0, le=86400, allow_inf_nan=False,
         description="emit at least this often while values are observed")
+    report: Literal["on_change", "every_poll"] = Field(
+        default="on_change", description="every_poll: forward every poll's values (no "
+        "deadband); on_change: on a change beyond the deadband or the heartbeat")
 
     def data_fields(self) -> Mapping[str, FieldSpec]:
         return self.fields
 
     def _shape_errors(self) -> list[InitErrorDetails]:
-        errors = super()._shape_errors()
+        errors = self._quantity_errors() if self.type == SENSOR_READING \
+            else super()._shape_errors()
         for name in self.deadband:
             if name not in self.fields:
                 close = difflib.get_close_matches(name, list(self.fields), n=1, cutoff=0.6)
                 hint = f"; did you mean `{close[0]}`?" if close else ""
                 errors.append(_err(("deadband", name),
                                    f"`{name}` is not one of this rule's `fields`{hint}"))
+        return errors
+
+
+    def _quantity_errors(self) -> list[InitErrorDetails]:
+        """`sensor.reading`: each field is a named number (its unit: `unit`, else the
+        point's, checked by the profile that knows the points)."""
+        errors: list[InitErrorDetails] = []
+        for name, spec in self.fields.items():
+            loc: Loc = ("fields", name)
+            if not re.match(QUANTITY_PATTERN, name):
+                errors.append(_err(loc, f"quantity name `{name}` must be lower case letters, "
+                                   "digits and `_`, starting with a letter (e.g. `voltage_l1`)"))
+            if spec.hash:
+                errors.append(_err((*loc, "hash"), "a quantity is a number: it cannot be hashed"))
+            for key, target in (spec.map or {}).items():
+                if isinstance(target, bool) or not isinstance(target, int | float):
+                    errors.append(_err((*loc, "map", key), f"`{target}` is not a number: a "
+                                       "quantity's value is a number", target))
         return errors
 
 
@@ -312,9 +358,42 @@ class AlarmRule(_Rule):
     chatter: ChatterOverride | None = Field(
         default=None, description="this alarm's chatter control; default: the gateway's "
         "`alarm_chatter`")
+    alarm_type: str | None = Field(
+        default=None, description="device.alarm: the declared alarm type `<kind>.<name>` "
+        "(e.g. elevator.fault), <kind> the profile's `kind`")
+    severity: Literal["info", "warning", "critical"] | None = Field(
+        default=None, description="device.alarm: the raise's severity (default warning)")
 
     def data_fields(self) -> Mapping[str, FieldSpec]:
         return self.data
+
+    @property
+    def declared(self) -> str:
+        """What identifies this alarm among the device's: the declared type or the type."""
+        return self.alarm_type or self.type
+
+    def _shape_errors(self) -> list[InitErrorDetails]:
+        errors = super()._shape_errors()
+        if self.type != DECLARED_ALARM:
+            for key in ("alarm_type", "severity"):
+                if getattr(self, key) is not None:
+                    errors.append(_err((key,), f"`{key}` is for `{DECLARED_ALARM}` rules (a "
+                                       f"profile's own alarm types); `{self.type}` is a catalog "
+                                       "type with its own severity"))
+            return errors
+        value = self.alarm_type
+        if value is None:
+            errors.append(_err((), f"a `{DECLARED_ALARM}` rule needs `alarm_type: <kind>.<name>` "
+                               "(e.g. `elevator.fault`), <kind> the profile's `kind:`"))
+        elif not re.match(ALARM_TYPE_PATTERN, value):
+            errors.append(_err(("alarm_type",), f"`{value}` is not an alarm type name: write "
+                               "`<kind>.<name>`, lower case letters, digits and `_` (e.g. "
+                               "`elevator.fault`, `pump.failure`)", value))
+        elif value.split(".", 1)[0] in RESERVED_KINDS:
+            errors.append(_err(("alarm_type",), f"`{value}` is in the catalog's own "
+                               f"`{value.split('.', 1)[0]}.` family; a declared alarm type "
+                               "names the profile's `kind:` (e.g. `elevator.fault`)", value))
+        return errors
 
     def point_refs(self) -> Iterator[tuple[Loc, str]]:
         yield ("when", "point"), self.when.point
@@ -509,6 +588,9 @@ def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str]
                 ) -> list[AnyRule]:
     """Validate a profile's `events:` list and its point references, all mistakes at once.
 
+    For drivers whose points carry no unit: every `sensor.reading` field needs its own
+    `unit:` (a Modbus profile checks its points' units itself).
+
     Raises pydantic ValidationError (a ValueError) with locations such as
     `events.2.when.point`; nothing is read from any device.
     """
@@ -529,6 +611,14 @@ def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str]
         position, rel = issue.loc[0], issue.loc[1:]
         assert isinstance(position, int)
         errors.append(_err(("events", indexes[position], *rel), issue.message, rel[-1]))
+    for position, rule in enumerate(rules):  # points without units here: each field says
+        if rule.type != SENSOR_READING:
+            continue
+        for name, spec in rule.data_fields().items():
+            if spec.unit is None:
+                errors.append(_err(("events", indexes[position], "fields", name),
+                                   f"quantity `{name}` needs a unit: write `{name}: {{point: "
+                                   f"{spec.point}, unit: ...}}`; " + unit_hint("")))
     if errors:
         _raise(_TITLE, errors)
     return rules

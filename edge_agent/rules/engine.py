@@ -9,6 +9,12 @@ is worth an event. Values become events through rules, never as raw dumps:
   (absolute; a field without a deadband: any change), or when `heartbeat_s` passed
   since the last emission. `tick()` sends a reading whose heartbeat fell due between
   polls (the latest observed values, not yet sent, with the time they were observed).
+  `report: every_poll` (or the device's `every_poll`, e.g. Modbus
+  `forward_every_reading`) sends every poll's complete values.
+  `sensor.reading` (any device kind): each field is a named quantity, a number (a flag
+  is 0/1), sent as `{kind, quantities: {name: {value, unit}}}` with the field's `unit`
+  or its point's (`units`, from the profile; the profile checked both are in the fixed
+  list) and the device `kind`.
 - **alarm** (`when`, `debounce_s`, `data`; ALARM_TYPES): `when: {point: p}` is active
   while p is true (a bool, a non-zero number, `"true"`/`"1"`); `{point: p, above: a,
   clear_below: c}` is active when p > a and, once raised, stays so until p < c
@@ -25,6 +31,11 @@ is worth an event. Values become events through rules, never as raw dumps:
   overrides it): one `<kind>.chattering` raise, its toggles counted instead of sent
   (a raise while reported cleared is still sent), and after `calm_s` without a toggle,
   seen by a poll, its state as it is and the chattering clear.
+- **declared alarm** (`device.alarm` with `alarm_type: <kind>.<name>`): an alarm rule
+  whose events carry `alarm_type` and `kind` before its data, with the rule's
+  `severity`; its ids, restore (an open alarm is matched by type *and* `alarm_type`)
+  and chatter (`device.chattering`, `alarm_type` the declared one) work by the declared
+  type, so one device may declare several.
 - **state** (`state`; gate.state): emitted on the first observation and when any mapped
   value changes. A value the map does not cover becomes `"unknown"` where the schema
   allows it (logged as a warning, once per value).
@@ -63,6 +74,7 @@ from edge_agent.contract.envelope import CATALOG, CHATTER_TYPES, Severity, chatt
 from edge_agent.contract.logs import get_logger
 from edge_agent.pipeline import OpenAlarm
 from edge_agent.rules._catalog import (
+    SENSOR_READING,
     DataShape,
     PropertyShape,
     as_flag,
@@ -156,8 +168,16 @@ class DeviceRules:
         clock: Callable[[], float] = time.monotonic,
         salt: bytes = b"",
         chatter: ChatterConfig | None = None,
+        kind: str | None = None,
+        units: Mapping[str, str] | None = None,
+        every_poll: bool = False,
     ) -> None:
         self.device_id = device_id
+        #: `sensor.reading`: the device kind (data.kind), each point's unit (a field's
+        #: `unit` overrides it), and whether every reading rule forwards every poll
+        self.kind = kind or "device"
+        self.units: Mapping[str, str] = dict(units or {})
+        self.every_poll = every_poll
         self._sink = sink
         self._clock = clock
         self._salt = salt
@@ -174,12 +194,13 @@ class DeviceRules:
         for rule in self._rules:
             if not isinstance(rule, _Alarm):
                 continue
-            found = next((a for a in left if a.type == rule.type), None)
+            found = next((a for a in left if a.type == rule.type and (
+                rule.declared == rule.type or a.data.get("alarm_type") == rule.declared)), None)
             if found is not None:
                 left.remove(found)
                 rule.raised, rule.alarm_id = True, found.alarm_id
             chattering = next((a for a in left if a.type in CHATTER_TYPES
-                               and a.data.get("alarm_type") == rule.type), None)
+                               and a.data.get("alarm_type") == rule.declared), None)
             if chattering is not None:  # cleared once the alarm has been calm for a while
                 left.remove(chattering)
                 rule.chatter.resume(chattering.alarm_id, self._clock())
@@ -210,7 +231,7 @@ class DeviceRules:
         out: dict[str, list[str]] = {}
         for rule in self._rules:
             if isinstance(rule, _Alarm) and rule.alarm_id is not None:
-                out.setdefault(rule.type, []).append(rule.alarm_id)
+                out.setdefault(rule.declared, []).append(rule.alarm_id)
         return out
 
     # ------------------------------------------------------------------ for the rules
@@ -263,6 +284,8 @@ class _Field:
                  spec: FieldSpec) -> None:
         self.owner, self.index, self.type, self.name, self.spec = owner, index, type_, name, spec
         self.prop: PropertyShape | None = data_shape(type_).properties.get(name)
+        #: a `sensor.reading` quantity: a number (a flag counts as 0/1)
+        self.quantity = type_ == SENSOR_READING
 
     def read(self, values: Mapping[str, Any]) -> Any:
         """The data value, _UNKNOWN (not known this poll) or _INVALID (warned, left out)."""
@@ -284,8 +307,9 @@ class _Field:
             found, value = lookup(spec.map, raw)
             if not found:
                 return self._unknown_or_invalid("unmapped", raw)
-        if (prop is not None and prop.numeric) or spec.round is not None:
-            number = as_number(value)
+        if (prop is not None and prop.numeric) or spec.round is not None or self.quantity:
+            number = int(value) if self.quantity and isinstance(value, bool) \
+                else as_number(value)
             if number is None:
                 return self._invalid("not_a_number", raw)
             if spec.round is not None:
@@ -343,6 +367,8 @@ class _Rule:
 
     def complete(self, data: Mapping[str, Any]) -> bool:
         """Whether the type's required fields are all there (a left-out invalid one is not)."""
+        if self.type == SENSOR_READING:
+            return bool(data)  # kind and quantities are added when it is sent
         return not self.shape.missing(set(data), alarm=self.alarm)
 
     def update(self, values: Mapping[str, Any], now: float, observed_at: float) -> None:
@@ -360,6 +386,11 @@ class _Reading(_Rule):
         super().__init__(owner, index, rule)
         self.deadband = dict(rule.deadband)
         self.heartbeat_s = rule.heartbeat_s
+        self.every_poll = owner.every_poll or rule.report == "every_poll"
+        #: sensor.reading: quantity -> unit (the field's, else its point's)
+        self.units = {name: spec.unit or owner.units.get(spec.point, "1")
+                      for name, spec in rule.fields.items()} \
+            if rule.type == SENSOR_READING else None
         self.reset()
 
     def reset(self) -> None:
@@ -371,7 +402,8 @@ class _Reading(_Rule):
         data = self.collect(values, need_all=True)
         if not data or not self.complete(data):
             return
-        if self.sent is None or self._moved(data, self.sent) or self._due(now):
+        if self.every_poll or self.sent is None or self._moved(data, self.sent) \
+                or self._due(now):
             self._send(data, now, observed_at)
         else:
             self.unsent = (data, observed_at)
@@ -382,7 +414,13 @@ class _Reading(_Rule):
             self._send(data, now, observed_at)
 
     def _send(self, data: dict[str, Any], now: float, observed_at: float) -> None:
-        self.owner.emit(self.type, data, observed_at)
+        if self.units is None:
+            self.owner.emit(self.type, data, observed_at)
+        else:
+            quantities = {name: {"value": value, "unit": self.units[name]}
+                          for name, value in data.items()}
+            self.owner.emit(self.type, {"kind": self.owner.kind, "quantities": quantities},
+                            observed_at)
         self.sent, self.sent_at, self.unsent = data, now, None
 
     def _due(self, now: float) -> bool:
@@ -407,7 +445,13 @@ class _Alarm(_Rule):
         super().__init__(owner, index, rule)
         self.when: WhenSpec = rule.when
         self.debounce_s = rule.debounce_s
-        self.severity = CATALOG[rule.type].severity
+        self.severity = Severity(rule.severity) if rule.severity is not None \
+            else CATALOG[rule.type].severity
+        #: the declared alarm type (device.alarm) or the type: what names this alarm
+        self.declared = rule.declared
+        #: device.alarm: what every event of it carries before its own data fields
+        self.head: dict[str, Any] = {"alarm_type": rule.alarm_type, "kind": owner.kind} \
+            if rule.alarm_type is not None else {}
         self.raised = False  # the condition, debounced (what hysteresis works from)
         self.alarm_id: str | None = None  # set while the events sent say "raised"
         self.since: float | None = None  # when the opposite of `raised` was first seen
@@ -439,7 +483,7 @@ class _Alarm(_Rule):
         if verdict.send:
             self._report(values, observed_at)
         if verdict.start or not verdict.send:
-            report_chatter(self.owner.sink, self.owner.device_id, self.type,
+            report_chatter(self.owner.sink, self.owner.device_id, self.declared,
                            suppressed=0 if verdict.send else 1, started=verdict.start)
 
     def _settle(self, values: Mapping[str, Any], now: float, observed_at: float) -> None:
@@ -457,12 +501,12 @@ class _Alarm(_Rule):
         """Send the alarm's raise or clear (by `raised`)."""
         data = self.collect(values, need_all=False) or {}
         if self.raised:
-            self.alarm_id = new_alarm_id(self.owner.device_id, self.type, observed_at)
-            self.owner.emit(self.type, {"state": "raised", "alarm_id": self.alarm_id, **data},
-                            observed_at, self.severity)
+            self.alarm_id = new_alarm_id(self.owner.device_id, self.declared, observed_at)
+            self.owner.emit(self.type, {"state": "raised", "alarm_id": self.alarm_id,
+                                        **self.head, **data}, observed_at, self.severity)
         else:
-            self.owner.emit(self.type, {"state": "cleared", "alarm_id": self.alarm_id, **data},
-                            observed_at, Severity.INFO)
+            self.owner.emit(self.type, {"state": "cleared", "alarm_id": self.alarm_id,
+                                        **self.head, **data}, observed_at, Severity.INFO)
             self.alarm_id = None
 
     def _chattering(self, state: str, extra: dict[str, Any], observed_at: float) -> None:
@@ -470,8 +514,8 @@ class _Alarm(_Rule):
         if state == "raised":
             self.chatter.alarm_id = chatter_alarm_id(self.owner.device_id, self.type,
                                                      observed_at)
-        data = {"state": state, "alarm_id": self.chatter.alarm_id, "alarm_type": self.type,
-                **extra}
+        data = {"state": state, "alarm_id": self.chatter.alarm_id,
+                "alarm_type": self.declared, **extra}
         self.owner.emit(type_, data, observed_at,
                         CATALOG[type_].severity if state == "raised" else Severity.INFO)
         if state == "cleared":

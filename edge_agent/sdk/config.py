@@ -7,6 +7,7 @@ from edge_agent.config.models import (
     DeviceConfig,
     SnapshotsConfig,
 )
+from edge_agent.config.profile_dirs import profile_dirs, using_profile_dirs
 from edge_agent.contract.settings import (
     SEGMENT,
     ConfigError,
@@ -19,4 +20,4 @@ from edge_agent.contract.settings import (
 
 __all__ = ["SEGMENT", "ChatterConfig", "ChatterOverride", "ConfigError", "ConfigIssue",
            "DeviceConfig", "SecretError", "SecretRef", "SnapshotsConfig", "Strict",
-           "load_gateway_config", "load_model"]
+           "load_gateway_config", "load_model", "profile_dirs", "using_profile_dirs"]

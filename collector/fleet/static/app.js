@@ -115,7 +115,7 @@ function renderAlarms() {
   if (!alarms.length) { list.append(el("li", { class: "muted" }, t("alarms.none"))); return; }
   for (const a of alarms) {
     list.append(el("li", { class: a.severity, "data-alarm": a.alarm_id },
-      el("span", { class: "what" }, typeName(a.type)),
+      el("span", { class: "what" }, a.alarm_type || typeName(a.type)),
       el("span", {}, t("alarm.where", { community: a.community, gateway: a.gateway, device: a.device })),
       el("span", { class: "muted" }, t("alarm.since", { when: ago(a.since) }))));
   }

@@ -304,7 +304,7 @@ def from_gateway(path: Path) -> tuple[list[ServerSpec], list[str]]:
             skipped.append(dev.id)
             continue
         grouped.setdefault((dev.tcp.host, dev.tcp.port), []).append(
-            UnitSpec(unit=dev.unit_id, profile=dev.profile, device=dev.id))
+            UnitSpec(unit=dev.unit_id, profile=str(dev.profile_path()), device=dev.id))
     servers = [ServerSpec(tcp=TcpListen(host=host, port=port), units=units)
                for (host, port), units in grouped.items()]
     return servers, skipped

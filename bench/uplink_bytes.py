@@ -1,16 +1,19 @@
 """Uplink bytes per datapoint on the peer workload, wire v1 against v2.
 
     .venv/bin/python bench/uplink_bytes.py [--devices 100 500] [--seconds 60] [--warmup 10]
-                                           [--wire v1 v2]
+                                           [--wire v1 v2] [--event sensor|smoke]
 
 The peer workload (issue 14): N Modbus TCP devices (`edge-agent simulate`, one port per
-device on 127.0.0.1) × the 20 holding-register points of the planner's reference map
-(tests/data/modbus/scattered-20.yaml), polled at 1 Hz, every reading forwarded.
-Until a generic `sensor.reading` and a "forward every reading" option exist, this uses
-the closest existing path: a `smoke.reading` rule whose `fields` name all 20 points (the
-three documented fields plus 17 undocumented ones, which the schema admits) and whose
-heartbeat (0.5 s) is shorter than the poll period, so every poll forwards one event
-carrying its 20 values. Datapoints = stored events × 20.
+device on 127.0.0.1) × 20 holding registers, polled at 1 Hz, every reading forwarded.
+`--event sensor` (default): the shipped `peer-holding-20` profile, one `sensor.reading`
+with 20 quantities per poll (`report: every_poll`). `--event smoke`: the way this
+workload ran before sensor.reading existed, the planner's reference map
+(tests/data/modbus/scattered-20.yaml) with a `smoke.reading` rule whose `fields` name
+all 20 points (17 of them undocumented, which the schema admits) and a heartbeat (0.5 s)
+shorter than the poll period. Either way every poll is one event carrying its 20 values;
+datapoints = stored events × 20. Every point drifts each second (a simulator scenario
+adding a random step to each, from per-device starting values): constant registers would
+flatter any compressor.
 
 The agent reaches Mosquitto through a counting TCP proxy in this process (127.0.0.1):
 `up_bytes` is every byte the agent sent to the broker in the steady window (MQTT PUBLISH
@@ -57,6 +60,7 @@ from tests.harness import (  # noqa: E402
     collector_yaml,
     gateway_yaml,
     outbox_stats,
+    query,
     wait_for,
     write_yaml,
 )
@@ -68,8 +72,9 @@ THINGSBOARD_B_PER_DATAPOINT = 14.1
 TARGET_B_PER_DATAPOINT = 7.0
 
 
+SENSOR_PROFILE = "peer-holding-20"
 #: point -> (initial low, high, step) in scaled units; strings and the bit stay as served.
-DRIFT: dict[str, tuple[float, float, float]] = {
+SMOKE_DRIFT: dict[str, tuple[float, float, float]] = {
     "a0": (100, 60000, 1), "a1": (15, 30, 0.1), "a2": (1e6, 4e9, 7), "a3": (0, 1e4, 0.01),
     "b0": (-1e6, 1e6, 3), "b1": (0, 0.05, 0.001), "b3": (-3000, 3000, 1),
     "c1": (100, 60000, 1), "c2": (0, 500, 0.01), "c3": (100, 4e6, 0.001),
@@ -82,34 +87,39 @@ def _decimals(step: float) -> int:
     return len(f"{step:g}".partition(".")[2])
 
 
-def write_simulator(folder: Path, base_port: int, devices: int, seed: int = 14) -> Path:
+SENSOR_DRIFT: dict[str, tuple[float, float, float]] = {
+    f"{run}{i}": (100, 60000, 1) for run in "abcde" for i in range(4)}
+
+
+def write_simulator(folder: Path, base_port: int, devices: int, profile: str,
+                    drift: dict[str, tuple[float, float, float]], seed: int = 14) -> Path:
     """A simulate.yaml: one server per device, each starting at its own values, and a
-    scenario adding a random step to each of 17 points every second (a 60 s loop), so
+    scenario adding a random step to each drifting point every second (a 60 s loop), so
     that every poll reads new values, and no two devices read the same ones."""
     import random
 
     rng = random.Random(seed)
 
     def start(point: str) -> float:
-        low, high, step = DRIFT[point]
+        low, high, step = drift[point]
         value = rng.uniform(low, high)
         return round(value) if step >= 1 else round(value, _decimals(step))
 
     steps = []
     for second in range(1, 60):
-        for point, (_, _, step) in DRIFT.items():
+        for point, (_, _, step) in drift.items():
             delta = rng.choice((-3, -2, -1, 1, 2, 3)) * step
             steps.append({"at_s": second, "point": point,
                           "add": int(delta) if step >= 1 else round(delta, _decimals(step))})
-    scenario = {"description": "every point drifts each second", "profile": PROFILE,
+    scenario = {"description": "every point drifts each second", "profile": profile,
                 "loop": True, "period_s": 60, "steps": steps}
-    drift = write_yaml(folder / "drift.yaml", scenario)
+    scenario_file = write_yaml(folder / "drift.yaml", scenario)
     servers = [{"tcp": {"host": "127.0.0.1", "port": base_port + i},
-                "units": [{"unit": 1, "profile": PROFILE, "device": f"dev-{i:03d}",
-                           "values": {p: start(p) for p in DRIFT}}]}
+                "units": [{"unit": 1, "profile": profile, "device": f"dev-{i:03d}",
+                           "values": {p: start(p) for p in drift}}]}
                for i in range(devices)]
     return write_yaml(folder / "simulate.yaml", {"servers": servers,
-                                                 "scenarios": [{"scenario": str(drift)}],
+                                                 "scenarios": [{"scenario": str(scenario_file)}],
                                                  "log_level": "warning"})
 
 
@@ -194,6 +204,13 @@ class ProxiedRig(Rig):
 
     agent_url = ""
     uplink: dict[str, Any] = {}  # noqa: RUF012
+    event = "sensor"
+
+    def readings(self) -> list[tuple[str, float, float]]:
+        type_ = "sensor.reading" if self.event == "sensor" else READING
+        rows = query(self.store, "SELECT device, time, received_at FROM events "
+                                 "WHERE gateway=? AND type=?", self.gateway, type_)
+        return [(d, ts(t), ts(r)) for d, t, r in rows]
 
     def start(self) -> None:
         col_cfg = write_yaml(self.tmp / f"{self.name}-collector.yaml",
@@ -201,13 +218,16 @@ class ProxiedRig(Rig):
         self.col = collector(col_cfg, self.tmp / f"{self.name}-collector.log").start()
         (self.tmp / self.name).mkdir(exist_ok=True)
         sim_log = self.tmp / f"{self.name}-simulator.log"
-        sim_cfg = write_simulator(self.tmp / self.name, self.base, self.devices)
+        sensor = self.event == "sensor"
+        profile = SENSOR_PROFILE if sensor else PROFILE
+        sim_cfg = write_simulator(self.tmp / self.name, self.base, self.devices, profile,
+                                  SENSOR_DRIFT if sensor else SMOKE_DRIFT)
         self.sim = Proc([sys.executable, "-c", LAUNCHER, str(self.profile_dir), "simulate",
                          "--config", str(sim_cfg)], sim_log).start()
         wait_for(lambda: b"Ctrl-C stops" in sim_log.read_bytes(), 90, "the simulator")
         wait_for(lambda: b"broker_connected" in (self.tmp / f"{self.name}-collector.log")
                  .read_bytes(), 30, "the collector")
-        devices = [{"id": f"dev-{i:03d}", "driver": "modbus", "profile": PROFILE,
+        devices = [{"id": f"dev-{i:03d}", "driver": "modbus", "profile": profile,
                     "tcp": {"host": "127.0.0.1", "port": self.base + i}, "unit_id": 1,
                     "period_s": PERIOD_S} for i in range(self.devices)]
         cfg = gateway_yaml(self.gateway, self.agent_url, self.tmp / f"{self.name}-outbox.db",
@@ -220,9 +240,10 @@ class ProxiedRig(Rig):
 
 
 def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire: str,
-            seconds: float, warmup: float) -> dict[str, Any]:
+            seconds: float, warmup: float, event: str) -> dict[str, Any]:
     proxy = CountingProxy(broker.port).start()
-    rig = ProxiedRig(tmp, f"{wire}-{devices}", devices, profile_dir, broker)
+    rig = ProxiedRig(tmp, f"{event}-{wire}-{devices}", devices, profile_dir, broker)
+    rig.event = event
     rig.agent_url = f"mqtt://127.0.0.1:{proxy.port}"
     rig.uplink = {"wire": wire}
     try:
@@ -241,7 +262,7 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
                            t1)
         datapoints = in_window * POINTS
         cpu_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
-        row = {"bench": "uplink_bytes", "wire": wire, "devices": devices,
+        row = {"bench": "uplink_bytes", "event": event, "wire": wire, "devices": devices,
                "window_s": round(t1 - t0, 1),
                "events_in_window": in_window, "datapoints": datapoints,
                "up_bytes": up1 - up0, "down_bytes": down1 - down0,
@@ -264,6 +285,8 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
 @click.option("--devices", type=int, multiple=True, default=(100, 500), show_default=True)
 @click.option("--wire", type=click.Choice(["v1", "v2"]), multiple=True, default=("v1", "v2"),
               show_default=True)
+@click.option("--event", type=click.Choice(["sensor", "smoke"]), default="sensor",
+              show_default=True, help="sensor.reading (peer-holding-20) or the smoke trick")
 @click.option("--seconds", type=float, default=60, show_default=True)
 @click.option("--warmup", type=float, default=10, show_default=True)
 def main(**options: Any) -> None:
@@ -280,12 +303,12 @@ def main(**options: Any) -> None:
             for devices in args.devices:
                 for wire in args.wire:
                     rows.append(run_one(tmp, broker, profile_dir, devices, wire,
-                                        args.seconds, args.warmup))
+                                        args.seconds, args.warmup, args.event))
         finally:
             broker.stop()
     summary({"bench": "uplink_bytes", "thingsboard_b_per_datapoint": THINGSBOARD_B_PER_DATAPOINT,
              "target_b_per_datapoint": TARGET_B_PER_DATAPOINT,
-             "rounds": [{k: r[k] for k in ("wire", "devices",
+             "rounds": [{k: r[k] for k in ("event", "wire", "devices",
                                            "up_bytes_per_datapoint", "up_bytes_per_poll",
                                            "agent_cpu_s_per_1000_datapoints", "polls_lost",
                                            "outbox_left")} for r in rows]})

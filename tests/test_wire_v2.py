@@ -84,6 +84,12 @@ def test_any_batch_of_objects_round_trips_exactly(events: list[dict[str, Any]]) 
         json.dumps(e, sort_keys=True) for e in events]
 
 
+def test_a_row_that_is_not_an_object_cannot_be_sent_as_v2() -> None:
+    """The uplink then sends that batch as v1 (`wire_v2_fallback`)."""
+    with pytest.raises(ValueError):
+        batch_v2.encode([bodies(1)[0], "[1]"])
+
+
 def hostile() -> dict[str, bytes]:
     good = batch_v2.encode(bodies())
     raw = zstandard.ZstdDecompressor().decompress(good[5:])

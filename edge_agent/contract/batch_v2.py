@@ -84,6 +84,8 @@ def encode(bodies: Sequence[str], *, encoding: Encoding = DEFAULT_ENCODING,
            level: int = DEFAULT_LEVEL) -> bytes:
     """One v2 payload from serialized envelope-v1 events (the outbox's rows), in order."""
     events: list[dict[str, Any]] = [json.loads(b) for b in bodies]
+    if not all(isinstance(e, dict) for e in events):
+        raise ValueError("a batch v2 event must be a JSON object")
     common: dict[str, Any] = {}
     if events:
         first = events[0]

@@ -346,8 +346,15 @@ class Uplink:
     async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
         """Publish one batch. Raising here ends the session: the outcome is unknown."""
         v2 = self.cfg.wire == "v2"
-        payload = batch_v2.encode([r.body for r in rows]) if v2 \
-            else encode_batch(r.body for r in rows)
+        if v2:
+            try:
+                payload = batch_v2.encode([r.body for r in rows])
+            except ValueError as exc:  # a row that is not a JSON object: never ours, but
+                # the collector reads v1 too, and quarantines that row alone there
+                log.warning("wire_v2_fallback", first_seq=rows[0].seq, error=str(exc)[:200])
+                v2 = False
+        if not v2:
+            payload = encode_batch(r.body for r in rows)
         props = None
         if self._protocol.current == ProtocolVersion.V5:
             from paho.mqtt.packettypes import PacketTypes

@@ -1,13 +1,14 @@
 """Batch wire codecs offline: bytes and encoder CPU per event, v1 against v2 variants.
 
-    .venv/bin/python bench/wire_codecs.py [--devices 100] [--seconds 20]
+    .venv/bin/python bench/wire_codecs.py [--devices 100] [--seconds 20] [--event sensor|smoke]
 
 The events are the peer workload's (bench/uplink_bytes.py): `--devices` devices polled at
-1 Hz, one `smoke.reading` per poll carrying all 20 points of the planner's reference map
-(tests/data/modbus/scattered-20.yaml) with values that drift like a real register does,
-stamped with epoch and seq as the outbox does. They are cut into batches of 2, 10, 50 and
-200 events (what the uplink sends depends on how many rows wait when it picks), and each
-batch is encoded by every codec:
+1 Hz, one event per poll carrying 20 values that drift like real registers do, stamped
+with epoch and seq as the outbox does: `sensor` (default) a `sensor.reading` of the
+`peer-holding-20` profile (20 uint16 quantities, unit `count`); `smoke` the older
+`smoke.reading` carrying the 20 mixed-type points of the planner's reference map.
+They are cut into batches of 2, 10, 50 and 200 events (what the uplink sends depends on
+how many rows wait when it picks), and each batch is encoded by every codec:
 
 - `v1`: the JSON array of full CloudEvents (today's wire);
 - `v1+zstd-3`: the same array zstd-compressed (compression alone, no shared fields);
@@ -59,15 +60,28 @@ def reading(rng: random.Random, state: dict[str, float]) -> dict[str, Any]:
             "e0": int(s["e0"]), "e1": int(s["e1"]), "e2": round(s["e2"], 5), "e3": int(s["e3"])}
 
 
-def workload(devices: int, seconds: int, seed: int = 1) -> list[str]:
+def sensor(rng: random.Random, state: dict[str, float]) -> dict[str, Any]:
+    """peer-holding-20's sensor.reading: 20 uint16 counts drifting a few steps a second."""
+    for k in state:
+        state[k] = (state[k] + rng.choice((-3, -2, -1, 1, 2, 3))) % 65536
+    return {"kind": "bench", "quantities": {
+        k: {"value": int(v), "unit": "count"} for k, v in state.items()}}
+
+
+def workload(devices: int, seconds: int, seed: int = 1, event: str = "sensor") -> list[str]:
     rng = random.Random(seed)
-    states = [{p: rng.uniform(10, 1000) for p in POINTS} for _ in range(devices)]
+    if event == "sensor":
+        states = [{p: float(rng.randrange(100, 60000)) for p in POINTS} for _ in range(devices)]
+    else:
+        states = [{p: rng.uniform(10, 1000) for p in POINTS} for _ in range(devices)]
+    type_, make = ("sensor.reading", sensor) if event == "sensor" else ("smoke.reading",
+                                                                         reading)
     bodies = []
     seq = 0
     for _ in range(seconds):
         for d in range(devices):
             seq += 1
-            ev = new_event(HIER, f"dev-{d:03d}", "smoke.reading", reading(rng, states[d]))
+            ev = new_event(HIER, f"dev-{d:03d}", type_, make(rng, states[d]))
             bodies.append(ev.stamped("0123456789abcdef", seq).to_json())
     return bodies
 
@@ -98,9 +112,11 @@ def codecs(dictionary: zstandard.ZstdCompressionDict) -> dict[str, Callable[[lis
 @click.command()
 @click.option("--devices", type=int, default=100, show_default=True)
 @click.option("--seconds", type=int, default=20, show_default=True)
-def main(devices: int, seconds: int) -> None:
-    bodies = workload(devices, seconds)
-    train = workload(devices, 10, seed=2)
+@click.option("--event", type=click.Choice(["sensor", "smoke"]), default="sensor",
+              show_default=True)
+def main(devices: int, seconds: int, event: str) -> None:
+    bodies = workload(devices, seconds, event=event)
+    train = workload(devices, 10, seed=2, event=event)
     samples = [batch_v2.encode(train[i:i + 10], encoding="none")[5:]
                for i in range(0, len(train), 10)]
     dictionary = zstandard.train_dictionary(4096, samples)
@@ -118,14 +134,14 @@ def main(devices: int, seconds: int) -> None:
                 for p in payloads:
                     batch_v2.decode(p, max_bytes=1 << 24, max_events=5000)
                 decode_us = round((time.process_time() - started) / len(bodies) * 1e6, 1)
-            row = {"bench": "wire_codecs", "codec": name, "batch_events": size,
+            row = {"bench": "wire_codecs", "event": event, "codec": name, "batch_events": size,
                    "bytes_per_event": round(sum(sizes) / len(bodies), 1),
                    "bytes_per_datapoint": round(sum(sizes) / len(bodies) / 20, 2),
                    "encode_us_per_event": round(cpu / len(bodies) * 1e6, 1),
                    "decode_us_per_event": decode_us}
             emit(row)
             table.setdefault(name, {})[size] = row["bytes_per_datapoint"]
-    summary({"bench": "wire_codecs", "devices": devices, "events": len(bodies),
+    summary({"bench": "wire_codecs", "event": event, "devices": devices, "events": len(bodies),
              "bytes_per_datapoint_by_batch_size": table,
              "event_json_bytes": round(sum(len(b) for b in bodies) / len(bodies), 1)})
 

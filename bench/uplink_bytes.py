@@ -20,7 +20,9 @@ The agent reaches Mosquitto through a counting TCP proxy in this process (127.0.
 of the batches, and also the PUBACKs of the collector's acks, pings: the whole uplink,
 TCP/IP headers aside), `down_bytes` what it received. Agent CPU: psutil cpu_times over
 the same window, per 1,000 datapoints. Lost: polls missing from the store (empty 1 s
-slots per device, as bench/modbus_fleet.py counts them); the outbox must drain to empty.
+slots per device, as bench/modbus_fleet.py counts them, up to the window's end).
+`outbox_left`: rows still in the outbox after the agent stopped (the batches in flight at
+SIGTERM: kept, sent at the next start; not lost).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/collector_ingest.py [--batches 100] [--batch 200] [--inflight 8]
         [--gateways 1] [--store sqlite|postgresql|postgresql://…] [--disk-events 200000]
-        [--collectors 1] [--group 16] [--no-local]
+        [--collectors 1] [--group 16] [--no-local] [--wire v1|v2]
 
 `--store postgresql` starts its own PostgreSQL (as Debian ships it: fsync on) in a temp
 dir on 127.0.0.1; a `postgresql://` URL uses that server (a fresh, migrated database).
@@ -62,6 +62,7 @@ from collector.managed_broker import ManagedBroker  # noqa: E402
 from collector.store import Origin, open_store  # noqa: E402
 from collector.validate import Limits, check_payload  # noqa: E402
 from edge_agent.config.models import BackoffConfig, SecretRef  # noqa: E402
+from edge_agent.contract import batch_v2  # noqa: E402
 from edge_agent.contract.envelope import Hierarchy, new_event  # noqa: E402
 from edge_agent.contract.logs import configure  # noqa: E402
 from edge_agent.contract.mqtt import Endpoint  # noqa: E402
@@ -74,15 +75,16 @@ TOPICS = GatewayTopics(HIER.district, HIER.community, HIER.gateway)
 
 
 def payloads(batches: int, size: int, epoch: str, hier: Hierarchy = HIER,
-             first_seq: int = 1) -> list[bytes]:
-    """`batches` batches of `size` smoke readings of one gateway, seqs from `first_seq`."""
+             first_seq: int = 1, wire: str = "v1") -> list[bytes]:
+    """`batches` batches of `size` smoke readings of one gateway, seqs from `first_seq`,
+    in wire format `wire` (v2: `contract.batch_v2`, as the agent sends it by default)."""
     out = []
     for b in range(batches):
         seq = first_seq + b * size
         events = [new_event(hier, f"sd{(seq + i) % 700}", "smoke.reading",
                             {"density_db_m": 0.012, "temperature_c": 21.5, "battery_pct": 88})
                   .stamped(epoch, seq + i).to_json() for i in range(size)]
-        out.append(encode_batch(events))
+        out.append(batch_v2.encode(events) if wire == "v2" else encode_batch(events))
     return out
 
 
@@ -96,7 +98,7 @@ class Batch:
     payload: bytes
 
 
-def fleet(batches: int, size: int, epoch: str, gateways: int) -> list[Batch]:
+def fleet(batches: int, size: int, epoch: str, gateways: int, wire: str = "v1") -> list[Batch]:
     """`batches` batches dealt round-robin over `gateways` gateways (one stream each)."""
     out: list[Batch] = []
     per_gateway = [batches // gateways + (g < batches % gateways) for g in range(gateways)]
@@ -107,7 +109,7 @@ def fleet(batches: int, size: int, epoch: str, gateways: int) -> list[Batch]:
                          community=HIER.community, gateway=name)
         t = GatewayTopics(hier.district, hier.community, name)
         by_gateway.append([Batch(g, t, 1 + b * size, p)
-                           for b, p in enumerate(payloads(n, size, epoch, hier))])
+                           for b, p in enumerate(payloads(n, size, epoch, hier, wire=wire))])
     for b in range(max(per_gateway)):
         out.extend(batches_of[b] for batches_of in by_gateway if b < len(batches_of))
     return out
@@ -289,6 +291,8 @@ async def bench_mqtt(batches: list[Batch], size: int, inflight: int, collectors:
               help="collectors on one shared subscription (Mosquitto round)")
 @click.option("--group", type=int, default=16, show_default=True,
               help="payloads per transaction in the `group` round")
+@click.option("--wire", type=click.Choice(["v1", "v2"]), default="v1", show_default=True,
+              help="batch format: v1 JSON array, v2 shared fields + zstd (docs/wire.md)")
 @click.option("--local/--no-local", default=True, show_default=True,
               help="the in-process rounds (validate, store, handler)")
 @click.option("--store", "store", default="sqlite", show_default=True,
@@ -303,7 +307,7 @@ def main(**options: Any) -> None:
         tmp = Path(d)
         new_store = stack.enter_context(stores(args.store, tmp))
         epoch = "0123456789abcdef"
-        batches = fleet(args.batches, args.batch, epoch, args.gateways)
+        batches = fleet(args.batches, args.batch, epoch, args.gateways, args.wire)
         figures = (bench_local(batches, args.batch, args.group, new_store) if args.local
                    else {})
         figures |= asyncio.run(bench_mqtt(batches, args.batch, args.inflight, args.collectors,
@@ -311,7 +315,8 @@ def main(**options: Any) -> None:
         if args.store != "sqlite" and args.disk_events:
             figures |= bench_disk(new_store("disk"), args.disk_events, args.batch)
     summary({"bench": "collector_ingest", "store": args.store.split("://")[0],
-             "batch": args.batch, "batches": args.batches, "inflight": args.inflight,
+             "wire": args.wire, "batch": args.batch, "batches": args.batches,
+             "inflight": args.inflight,
              "gateways": args.gateways, "collectors": args.collectors,
              **figures})
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiomqtt
 
 from edge_agent.config.models import GatewayConfig
+from edge_agent.contract import batch_v2
 from edge_agent.contract.envelope import new_event
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import Ack, to_ranges
@@ -60,7 +61,9 @@ class StubCollector:
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             assert isinstance(message.payload, bytes | bytearray)
-            batch = json.loads(message.payload)
+            payload = bytes(message.payload)
+            batch = (batch_v2.decode(payload, max_bytes=10**7, max_events=10**4)[1]
+                     if batch_v2.is_v2(payload) else json.loads(payload))
             if batch[0]["seq"] not in self.seen:
                 self.seen.add(batch[0]["seq"])
                 self.pending.append(batch)

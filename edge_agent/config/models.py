@@ -82,6 +82,10 @@ class UplinkConfig(Strict):
         f"default {ACK_TIMEOUT_MAX_S:g} s, or ack_timeout_s if that is longer")
     publish_timeout_s: float = Field(default=5.0, gt=0, le=600)
     reconnect: BackoffConfig = BackoffConfig()
+    wire: Literal["v2", "v1"] = Field(
+        default="v2", description="batch format on the wire: v2 = shared fields once per "
+        "batch, zstd-compressed (docs/wire.md); v1 = a JSON array of full CloudEvents, for "
+        "collectors older than v2")
 
     @model_validator(mode="after")
     def _cap_not_below_timeout(self) -> UplinkConfig:

@@ -60,6 +60,7 @@ from aiomqtt import ProtocolVersion
 from tenacity import AsyncRetrying, retry_if_exception_type
 
 from edge_agent.config.models import UplinkConfig
+from edge_agent.contract import batch_v2
 from edge_agent.contract.backoff import Backoff, wait_full_jitter
 from edge_agent.contract.envelope import BATCH_CONTENT_TYPE
 from edge_agent.contract.logs import get_logger
@@ -104,6 +105,8 @@ class UplinkStatus:
     batches_sent: int = 0
     events_sent: int = 0
     events_acked: int = 0
+    #: payload bytes published (resends included)
+    bytes_sent: int = 0
     resends: int = 0
     #: seqs named by acks that were not in flight (stale, duplicate or forged), ignored
     ack_seqs_ignored: int = 0
@@ -342,14 +345,29 @@ class Uplink:
 
     async def _publish(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
         """Publish one batch. Raising here ends the session: the outcome is unknown."""
+        v2 = self.cfg.wire == "v2"
+        if v2:
+            try:
+                payload = batch_v2.encode([r.body for r in rows])
+            except ValueError as exc:  # a row that is not a JSON object: never ours, but
+                # the collector reads v1 too, and quarantines that row alone there
+                log.warning("wire_v2_fallback", first_seq=rows[0].seq, error=str(exc)[:200])
+                v2 = False
+        if not v2:
+            payload = encode_batch(r.body for r in rows)
         props = None
         if self._protocol.current == ProtocolVersion.V5:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
+            # Announced for v5 readers; the payload says the same by itself (docs/wire.md).
             props = Properties(PacketTypes.PUBLISH)
-            props.ContentType = BATCH_CONTENT_TYPE
-        await client.publish(self.topics.events, encode_batch(r.body for r in rows), qos=1,
+            if v2:
+                props.ContentType = batch_v2.CONTENT_TYPE  # the encoding: the 5th byte
+            else:
+                props.ContentType = BATCH_CONTENT_TYPE
+        self.status.bytes_sent += len(payload)
+        await client.publish(self.topics.events, payload, qos=1,
                              properties=props, timeout=self.cfg.publish_timeout_s)
 
     async def _resend_loop(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:

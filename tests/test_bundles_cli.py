@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from edge_agent.bundles.keys import read_private
+from edge_agent.bundles.pack import pack as pack_bundle
 from tests.bundle_support import CRASHING, cli, gateway_yaml, install, keygen, pack, simulated_copy
 
 
@@ -108,7 +111,14 @@ def test_every_refusal_names_its_reason(env: dict[str, Path]) -> None:
     stranger = pack(env["src"], tmp / "o2", "1.1.0", tmp / "stranger")
     assert _reason(env, stranger).startswith("untrusted_key")
 
-    expired = pack(env["src"], tmp / "o3", "1.1.0", tmp / "k1", expires="0.00001")
+    # signed a day ago, expired an hour ago (`pack`'s clock is injectable; a bundle
+    # expiring a second after packing was a race with the install)
+    name, data = pack_bundle(env["src"], name="simulated", version="1.1.0",
+                             keys=[read_private(tmp / "k1")], expires_days=23 / 24,
+                             metadata_version=1, requires_agent=">=0",
+                             now=datetime.now(UTC) - timedelta(days=1))
+    expired = tmp / name
+    expired.write_bytes(data)
     assert _reason(env, expired).startswith("expired")
 
     incompatible = pack(env["src"], tmp / "o4", "1.1.0", tmp / "k1", requires=">=99")

@@ -409,7 +409,8 @@ def test_shipped_profile_events_pass_the_rules_engine(name: str) -> None:
     """Profile.events are the rules engine's own models, parsed from the YAML as written."""
     profile = load_profile(name)
     raw = yaml.safe_load((SHIPPED_PROFILES / f"{name}.yaml").read_text("utf-8"))
-    parsed = parse_rules(raw["events"], [p.name for p in profile.points])
+    parsed = parse_rules(raw["events"], [p.name for p in profile.points],
+                         point_units=profile.units())
     assert parsed == list(profile.events)
     DeviceRules(f"dev-{name}", profile.events, NullSink())  # builds without complaint
 

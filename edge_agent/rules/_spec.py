@@ -584,12 +584,12 @@ def check_points(rules: Sequence[AnyRule], point_names: Collection[str], *,
         raise issues_error(issues)
 
 
-def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str]
-                ) -> list[AnyRule]:
+def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str], *,
+                point_units: Mapping[str, str] | None = None) -> list[AnyRule]:
     """Validate a profile's `events:` list and its point references, all mistakes at once.
 
-    For drivers whose points carry no unit: every `sensor.reading` field needs its own
-    `unit:` (a Modbus profile checks its points' units itself).
+    Every `sensor.reading` field needs a unit: its own `unit:`, or its point's unit in
+    `point_units` (a Modbus profile's points carry units, checked by the profile).
 
     Raises pydantic ValidationError (a ValueError) with locations such as
     `events.2.when.point`; nothing is read from any device.
@@ -615,7 +615,7 @@ def parse_rules(specs: Sequence[Mapping[str, Any]], point_names: Collection[str]
         if rule.type != SENSOR_READING:
             continue
         for name, spec in rule.data_fields().items():
-            if spec.unit is None:
+            if spec.unit is None and (point_units or {}).get(spec.point) is None:
                 errors.append(_err(("events", indexes[position], "fields", name),
                                    f"quantity `{name}` needs a unit: write `{name}: {{point: "
                                    f"{spec.point}, unit: ...}}`; " + unit_hint("")))

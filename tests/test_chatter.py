@@ -37,6 +37,7 @@ from edge_agent.rules.engine import DeviceRules, parse_rules
 from edge_agent.sdk.api import Driver
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.sdk.testing import RecordingSink, running
+from tests.aio import cancel_and_wait
 from tests.harness import wait_until
 from tests.modbus_servers import GATE, ModbusServer, Unit, pty_pair
 
@@ -129,9 +130,7 @@ async def agent_pieces(tmp_path: Path, driver: type[Any], devices: list[DeviceCo
         async with running(built):
             yield pipeline
     finally:
-        pipe_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pipe_task
+        await cancel_and_wait(pipe_task)
         await outbox.close()
 
 

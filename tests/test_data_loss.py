@@ -5,7 +5,6 @@ and no collector (so nothing sent is acked)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from edge_agent.outbox.thread import OutboxThread
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.uplink.session import Uplink
+from tests.aio import cancel_and_wait
 from tests.harness import gateway_yaml, wait_until
 from tests.peers import Mosquitto
 
@@ -42,11 +42,7 @@ async def test_evicted_events_that_were_sent_are_unconfirmed_not_lost(
             pipeline.emit("smoke-1", "smoke.reading", READING)
         await wait_until(lambda: pipeline.pending == 0, 10, "committed")
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
     await outbox.flush_loss_report()
     rows = await outbox.fetch(lane=1, after_seq=0, limit=1000, max_bytes=10**8)
     evicted_total = outbox.stats().evicted_total

@@ -10,7 +10,6 @@ test-artifacts/fleet/; with UPDATE_DOCS_IMG=1 the red one also to docs/img/fleet
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from collector.consumers import open_consumers, parse_scope
 from collector.fleet.projector import FleetSettings
 from collector.store import Store, open_store
+from tests.aio import cancel_and_wait
 from tests.browser import ROOT, chromium, page, screenshot
 from tests.fleet_support import EAST, WEST, Gw, running_fleet
 
@@ -89,8 +89,6 @@ async def test_fleet_page_in_chromium(tmp_path: Path) -> None:
             await screenshot(p, "fleet", "en")
         assert errors == []
     finally:
-        beats.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beats
+        await cancel_and_wait(beats)
         consumers.close()
         store.close()

@@ -26,6 +26,7 @@ from drivers.modbus.transport import (
 )
 from drivers.modbus.writes import write_point
 from edge_agent.sdk.api import DeviceState
+from tests.aio import cancel_and_wait
 from tests.harness import wait_until
 from tests.modbus_servers import (
     GATE,
@@ -69,9 +70,7 @@ async def running(driver: ModbusDriver) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def test_every_shipped_profile_on_one_bus(ptys: tuple[str, str]) -> None:

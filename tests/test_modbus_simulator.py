@@ -46,6 +46,7 @@ from drivers.modbus.transport import Link, ModbusExceptionResponse, ModbusTimeou
 from edge_agent.config.loader import ConfigError, load_model
 from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import NullSink
+from tests.aio import cancel_and_wait
 from tests.peers import free_port, require_binary, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,9 +349,7 @@ steps:
         polling = asyncio.create_task(driver.run())
         await sim.ScenarioRun("forced", scenario, [gate]).run()
         await asyncio.sleep(0.6)
-        polling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await polling
+        await cancel_and_wait(polling)
     types = [t for _, t, _ in sink.events]
     assert types[0] == "gate.state"
     forced = [d for _, t, d in sink.events if t == "gate.forced_open"]

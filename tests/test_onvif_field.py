@@ -30,6 +30,7 @@ from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.sdk.testing import RecordingSink, running
 from edge_agent.status.reasons import reason_code
+from tests.aio import cancel_and_wait
 from tests.onvif_sim import camera, data_of, driver, in_process, wait_for
 from tests.peers import free_port
 
@@ -211,9 +212,7 @@ async def agent_run(tmp_path: Path, cam: OnvifCamera) -> AsyncIterator[Pipeline]
         async with running(CameraHost([cam], pipeline, snapshots=snapshots)):
             yield pipeline
     finally:
-        pipe_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pipe_task
+        await cancel_and_wait(pipe_task)
         await outbox.close()
 
 

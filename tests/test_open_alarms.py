@@ -21,6 +21,7 @@ from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
 from edge_agent.rules.engine import DeviceRules
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.sdk.testing import RecordingSink, running
+from tests.aio import cancel_and_wait
 from tests.harness import wait_until
 from tests.modbus_servers import SMOKE, ModbusServer, Unit
 
@@ -94,9 +95,7 @@ async def agent_run(tmp_path: Path, port: int) -> AsyncIterator[Pipeline]:
         async with running(ModbusDriver([device], pipeline)):
             yield pipeline
     finally:
-        pipe_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pipe_task
+        await cancel_and_wait(pipe_task)
         await outbox.close()
 
 

@@ -12,6 +12,7 @@ import pytest
 from edge_agent.outbox.thread import OutboxThread
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.sdk.testing import TEST_HIERARCHY
+from tests.aio import cancel_and_wait
 
 READING = {"density_db_m": 0.01, "temperature_c": 21.5, "battery_pct": 90}
 
@@ -26,9 +27,7 @@ async def pipeline(tmp_path: Path, linger_s: float) -> AsyncIterator[tuple[Pipel
     try:
         yield pipe, commits
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await outbox.close()
 
 

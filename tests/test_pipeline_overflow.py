@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from edge_agent.outbox.thread import OutboxThread
 from edge_agent.pipeline import core as pipeline_module
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
+from tests.aio import cancel_and_wait
 from tests.harness import wait_until
 
 READING = {"density_db_m": 0.01, "temperature_c": 21.5, "battery_pct": 90}
@@ -37,9 +37,7 @@ async def test_a_flood_drops_telemetry_not_alarms_and_reports_what_it_dropped(
         await wait_until(lambda: pipe.pending == 0 and outbox.stats().next_seq > 1000, 30,
                          "the queue committed")
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
     rows = await outbox.fetch(lane=1, after_seq=0, limit=1000, max_bytes=10**8)
     readings = await outbox.fetch(lane=0, after_seq=0, limit=5000, max_bytes=10**9)
     await outbox.close()

@@ -24,6 +24,7 @@ from edge_agent.pipeline.core import Pipeline
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.uplink.resend import SLOW_START_BATCHES
 from edge_agent.uplink.session import Uplink
+from tests.aio import cancel_and_wait
 from tests.harness import gateway_yaml, wait_until
 from tests.peers import Mosquitto
 
@@ -54,9 +55,7 @@ class StubCollector:
             try:
                 yield
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                await cancel_and_wait(reader)
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -134,10 +133,6 @@ async def test_a_backlog_leaves_in_slow_start_after_each_connect_and_alarms_pass
                 # before the first ack the reconnect's batches may be resent (fresh session)
                 stub.seen -= stub.acked
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await outbox.close()
     assert len(stub.acked) == BACKLOG + 1

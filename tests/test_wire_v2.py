@@ -32,6 +32,7 @@ from edge_agent.outbox.thread import OutboxThread
 from edge_agent.pipeline.core import Pipeline
 from edge_agent.sdk.testing import TEST_HIERARCHY as H
 from edge_agent.uplink.session import Uplink
+from tests.aio import cancel_and_wait
 from tests.harness import collector, collector_yaml, gateway_yaml, query, wait_until, write_yaml
 from tests.peers import Mosquitto
 
@@ -148,11 +149,7 @@ async def forwarder(tmp: Path, broker: Mosquitto, name: str, uplink: dict[str, A
     try:
         yield pipeline, up, outbox
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await outbox.close()
 
 

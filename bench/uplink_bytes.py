@@ -255,6 +255,7 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
         cpu0, up0, down0, t0 = proc.cpu_times(), proxy.up, proxy.down, time.time()
         time.sleep(seconds)
         cpu1, up1, down1, t1 = proc.cpu_times(), proxy.up, proxy.down, time.time()
+        rss = proc.memory_info().rss
         time.sleep(3)  # the window's last polls reach the store
         rig.stop()
         readings = rig.readings()
@@ -272,6 +273,7 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
                "up_bytes_per_poll": round((up1 - up0) / max(1, in_window), 1),
                "agent_cpu_s_per_1000_datapoints": round(cpu_s / max(1, datapoints) * 1000, 4),
                "agent_cpu_share_of_one_core": round(cpu_s / (t1 - t0), 4),
+               "agent_rss_mb": round(rss / 2**20, 1),
                "polls_lost": polls["polls_lost"],
                "devices_never_polled": polls["devices_never_polled"],
                "outbox_left": outbox_stats(rig.tmp / f"{rig.name}-outbox.db",

@@ -55,6 +55,7 @@ from bench.uplink_bytes import (  # noqa: E402
     SENSOR_PROFILE,
     CountingProxy,
     run_one,
+    tree_cpu_rss,
     write_simulator,
 )
 from tests.harness import Proc, wait_for  # noqa: E402
@@ -68,7 +69,7 @@ TB_PACKAGES = (f"thingsboard-gateway=={TB_VERSION}", f"pymodbus=={TB_PYMODBUS}",
 TARGET_BYTES_RATIO = 0.5
 TARGET_CPU_RATIO = 0.15
 #: the point name -> holding register address of peer-holding-20
-REGISTERS = {f"{run}{i}": base + i for run, base in zip("abcde", (0, 11, 22, 33, 51))
+REGISTERS = {f"{run}{i}": base + i for run, base in zip("abcde", (0, 11, 22, 33, 51), strict=True)
              for i in range(4)}
 TB_LAUNCHER = (
     "import sys\n"
@@ -162,11 +163,12 @@ class TelemetryCounter:
 
     def __init__(self, port: int) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.stamps: list[tuple[float, int]] = []
         self.messages = 0
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tb-counter")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tb-counter")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("v1/gateway/telemetry", qos=0)
@@ -198,18 +200,6 @@ class TelemetryCounter:
     def stop(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def tree_cpu_rss(proc: psutil.Process) -> tuple[float, int]:
-    total, rss = 0.0, 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-            rss += p.memory_info().rss
-        except psutil.Error:
-            continue
-    return total, rss
 
 
 def run_thingsboard(tmp: Path, python: Path, broker: Mosquitto, profile_dir: Path,

@@ -244,7 +244,11 @@ def run_thingsboard(tmp: Path, python: Path, broker: Mosquitto, profile_dir: Pat
                "rss_mb": round(rss / 2**20, 1),
                "lost_pct": round(max(0.0, 1 - datapoints / expected) * 100, 2),
                "simulator_cpu_share_of_one_core": round((sim1 - sim0) / (t1 - t0), 4),
-               "alive": tb.poll() is None}
+               "alive": tb.poll() is None,
+               "simulator_alive": sim.proc is not None and sim.proc.poll() is None}
+        if datapoints == 0:  # never a silent zero: say where to look
+            row["error"] = (f"no telemetry received; see {folder} (--keep keeps it): "
+                            "tb.log, tb.stdout, simulator.log")
         emit(row)
         return row
     finally:
@@ -309,7 +313,7 @@ def main(**options: Any) -> None:
                 for wire in args.wire:
                     row = ours(tmp, broker, profile_dir, devices, wire, args.seconds,
                                args.warmup)
-                    if tb_row is not None:
+                    if tb_row is not None and tb_row["datapoints"] > 0:
                         row["bytes_ratio_vs_tb"] = round(
                             row["up_bytes_per_datapoint"] / tb_row["up_bytes_per_datapoint"], 3)
                         row["cpu_ratio_vs_tb"] = round(

@@ -18,9 +18,10 @@ flatter any compressor.
 The agent reaches Mosquitto through a counting TCP proxy in this process (127.0.0.1):
 `up_bytes` is every byte the agent sent to the broker in the steady window (MQTT PUBLISH
 of the batches, and also the PUBACKs of the collector's acks, pings: the whole uplink,
-TCP/IP headers aside), `down_bytes` what it received. Agent CPU: psutil cpu_times over
-the same window, per 1,000 datapoints. Lost: polls missing from the store (empty 1 s
-slots per device, as bench/modbus_fleet.py counts them, up to the window's end).
+TCP/IP headers aside), `down_bytes` what it received. Agent CPU: psutil cpu_times of its
+process tree over the same window, per 1,000 datapoints; RSS of the tree at its end.
+Lost: polls missing from the store (empty 1 s slots per device, as bench/modbus_fleet.py
+counts them, up to the window's end).
 `outbox_left`: rows still in the outbox after the agent stopped (the batches in flight at
 SIGTERM: kept, sent at the next start; not lost).
 """
@@ -38,6 +39,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import click
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
@@ -142,6 +144,19 @@ events:
     path = folder / f"{PROFILE}.yaml"
     path.write_text(text, "utf-8")
     return path
+
+
+def tree_cpu_rss(proc: psutil.Process) -> tuple[float, int]:
+    """User+system CPU seconds and RSS bytes of `proc` and all its descendants."""
+    total, rss = 0.0, 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+            rss += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total, rss
 
 
 class CountingProxy:
@@ -252,9 +267,9 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
         rig.start()
         proc = rig.agent_process()
         time.sleep(warmup)
-        cpu0, up0, down0, t0 = proc.cpu_times(), proxy.up, proxy.down, time.time()
+        (cpu0, _), up0, down0, t0 = tree_cpu_rss(proc), proxy.up, proxy.down, time.time()
         time.sleep(seconds)
-        cpu1, up1, down1, t1 = proc.cpu_times(), proxy.up, proxy.down, time.time()
+        (cpu1, rss), up1, down1, t1 = tree_cpu_rss(proc), proxy.up, proxy.down, time.time()
         time.sleep(3)  # the window's last polls reach the store
         rig.stop()
         readings = rig.readings()
@@ -263,7 +278,7 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
         polls = poll_slots(readings, devices, started[0] if started else rig.agent_started,
                            t1)
         datapoints = in_window * POINTS
-        cpu_s = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+        cpu_s = cpu1 - cpu0
         row = {"bench": "uplink_bytes", "event": event, "wire": wire, "devices": devices,
                "window_s": round(t1 - t0, 1),
                "events_in_window": in_window, "datapoints": datapoints,
@@ -272,6 +287,7 @@ def run_one(tmp: Path, broker: Mosquitto, profile_dir: Path, devices: int, wire:
                "up_bytes_per_poll": round((up1 - up0) / max(1, in_window), 1),
                "agent_cpu_s_per_1000_datapoints": round(cpu_s / max(1, datapoints) * 1000, 4),
                "agent_cpu_share_of_one_core": round(cpu_s / (t1 - t0), 4),
+               "agent_rss_mb": round(rss / 2**20, 1),
                "polls_lost": polls["polls_lost"],
                "devices_never_polled": polls["devices_never_polled"],
                "outbox_left": outbox_stats(rig.tmp / f"{rig.name}-outbox.db",

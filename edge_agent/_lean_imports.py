@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import sys
 
-#: Optional imports of structlog (rich, better_exceptions).
-OPTIONAL = ("rich", "better_exceptions")
+#: Optional imports of structlog (rich, better_exceptions; greenlet, ~1.2 MiB, for
+#: context variables under greenlets, which the agent does not use; playwright installs it
+#: beside the tests).
+OPTIONAL = ("rich", "better_exceptions", "greenlet")
 
 
 def load() -> None:

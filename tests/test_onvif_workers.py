@@ -177,9 +177,11 @@ async def test_a_stalled_stream_is_video_loss_in_the_worker_not_a_restart(
 
 
 def test_the_agent_side_loads_neither_opencv_nor_the_onvif_client() -> None:
+    # rich and greenlet: structlog's optional extras, installed beside the tests
+    # (edge_agent._lean_imports hides them); cryptography: only `edge-agent drivers` needs it
     code = ("import sys, drivers.onvif, edge_agent.agent\n"
-            "print([m for m in ('cv2', 'numpy', 'zeep', 'lxml', 'aiohttp', 'onvif') "
-            "if m in sys.modules])")
+            "print([m for m in ('cv2', 'numpy', 'zeep', 'lxml', 'aiohttp', 'onvif', 'rich', "
+            "'pygments', 'greenlet', 'cryptography') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
     assert json.loads(out.strip().replace("'", '"')) == []

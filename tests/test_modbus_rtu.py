@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -120,13 +121,14 @@ async def test_eight_devices_two_dead_the_six_live_keep_their_period(
         asked = {u: [t for t in server.polls_of(u, 2) if start <= t < end] for u in live + dead}
     window = end - start
     for unit in live:
-        # polls keep their phase: one may come early (to make room for a probe of a dead
-        # device) or late and then on time again (a busy CPU: gaps 1.09 then 0.06 s were
-        # seen under CI-like load), none is lost: every period of the window has its poll
-        # (one may fall just outside the window's edge), and no device stalls.
+        # polls keep their phase while the dead devices' probes time out on the same bus:
+        # one may come early (to make room for a probe) or late. A poller that let the
+        # dead devices push the live ones would lose a poll every round (8 in this
+        # window); a CPU starved by other processes may cost one (a CI run on a loaded box:
+        # 7 of 8, gaps up to 1.09 s). So: at most one missing, and no stall.
         polls = asked[unit]
-        assert len(polls) >= int(window / period) - 1, ("a poll was lost", unit, polls)
-        gaps = [t2 - t1 for t1, t2 in zip(asked[unit], asked[unit][1:], strict=False)]
+        assert len(polls) >= int(window / period) - 1, ("polls lost", unit, polls)
+        gaps = [t2 - t1 for t1, t2 in itertools.pairwise(polls)]
         assert max(gaps) < 3 * period, ("a device stalled", unit, gaps)
     for unit in dead:
         assert len(asked[unit]) <= 4, "dead devices back off"

@@ -134,6 +134,9 @@ class DriverRuntime:
         self.sink = sink
         self.hierarchy = hierarchy
         self.commit = commit
+        #: where the journal's unsent entries start: read from disk once, then kept here
+        #: (only this process writes it)
+        self._journal_offset: int | None = None
         self.slots: dict[str, _Slot] = {}
         for dev in devices:
             if dev.enabled:
@@ -328,8 +331,9 @@ class DriverRuntime:
 
     async def _journal(self) -> None:
         root = self.store.root
-        offset = journal.read_offset(root)
-        entries = journal.read_from(root, offset)
+        if self._journal_offset is None:
+            self._journal_offset = journal.read_offset(root)
+        entries = journal.read_from(root, self._journal_offset)
         if not entries:
             return
         events = []
@@ -353,3 +357,4 @@ class DriverRuntime:
             log.error("driver_events_not_committed", error=str(exc), events=len(events))
             return
         journal.write_offset(root, entries[-1][0])
+        self._journal_offset = entries[-1][0]

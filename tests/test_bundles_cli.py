@@ -186,3 +186,46 @@ def test_mistakes_are_exit_2_with_a_hint_never_a_traceback(env: dict[str, Path])
     res = cli("drivers", "pack", str(env["tmp"]), "--name", "simulated", "--version", "1",
               "--key", str(env["tmp"] / "k1"))
     assert res.returncode == 2 and "no __init__.py" in res.stderr
+
+
+def test_the_wait_reports_the_rollbacks_reason_not_a_half_written_state(
+        env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's rollback switches the `current` symlink, then writes state.json with
+    the reason, under the store's lock. `install --wait` read the state without the lock
+    and, between the two steps, reported "builtin is active now" instead of the crash (a
+    CI run of the fleet's canary test did). Here the rollback is held between its two
+    steps while the wait reads."""
+    import threading
+
+    from edge_agent.bundles import service
+    from edge_agent.bundles.store import Store
+    from edge_agent.config.loader import load_gateway_config
+
+    b1 = pack(env["src"], env["out"], "1.1.0", env["tmp"] / "k1")
+    cfg = load_gateway_config(env["cfg"], devices=False)
+    first = service.install(b1, cfg)
+    assert first.outcome == "installed"
+    store = service.store_for(cfg)
+    half_done, release = threading.Event(), threading.Event()
+    write_state = Store._write_state
+
+    def slow_write(self: Store, st: service.DriverState) -> None:
+        half_done.set()  # the symlink already points at the built-in driver
+        release.wait(10)
+        write_state(self, st)
+
+    monkeypatch.setattr(Store, "_write_state", slow_write)
+    monkeypatch.setattr(service, "agent_running", lambda root: True)
+
+    def agent_rolls_back() -> None:
+        with store.locked():
+            store.switch_back("simulated", "crashed within probation: RuntimeError: boom")
+
+    agent = threading.Thread(target=agent_rolls_back)
+    agent.start()
+    assert half_done.wait(10)
+    threading.Timer(0.3, release.set).start()
+    out = service.wait_outcome(cfg, first, 10)
+    agent.join(10)
+    assert (out.outcome, out.reason) == \
+        ("rolled_back", "crashed within probation: RuntimeError: boom")

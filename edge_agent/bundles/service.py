@@ -116,7 +116,8 @@ def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
                        "installed", why)
     deadline = time.monotonic() + wait_s
     while True:
-        st = store.state(first.driver)
+        with store.locked():  # a rollback switches the symlink, then writes its reason
+            st = store.state(first.driver)
         if st.active == first.version and st.state == "committed":
             return Outcome(first.gateway, first.driver, first.version, first.previous,
                            "installed")

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +47,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _fresh_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+
+
+def _print_pending_tasks() -> None:
+    """Every unfinished asyncio task's coroutine stack, to stderr: where a hung async test
+    waits. pytest-timeout shows the threads' stacks only, and a hung coroutine's thread
+    sits in the event loop's select()."""
+    for _ in range(3):  # the set may change under us (it belongs to another thread)
+        try:
+            tasks = [t for t in list(asyncio.tasks._all_tasks) if not t.done()]
+            break
+        except RuntimeError:
+            continue
+    else:
+        return
+    print(f"\n==== {len(tasks)} asyncio tasks pending near the test's timeout ====",
+          file=sys.stderr)
+    for task in tasks:
+        try:
+            print(f"-- {task.get_name()}: {_await_chain(task.get_coro())}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001  (diagnostics must not fail the run)
+            print(f"-- {task!r}: {exc!r}", file=sys.stderr)
+
+
+def _await_chain(coro: object) -> str:
+    """`file:line in function` of each coroutine down the chain of awaits, then what
+    the innermost one waits on."""
+    steps: list[str] = []
+    while coro is not None and len(steps) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or \
+            getattr(coro, "gi_frame", None)
+        if frame is None:
+            steps.append(repr(coro)[:200])
+            break
+        steps.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or \
+            getattr(coro, "gi_yieldfrom", None)
+    return "\n     -> ".join(steps)
+
+
+@pytest.fixture(autouse=True)
+def _tasks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Shortly before pytest-timeout fails a test, print where its asyncio tasks wait
+    (a CI run hung in an ONVIF test for 90 s with no clue which await it was)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(
+        request.config.getini("timeout") or 0)
+    if limit < 20:
+        yield
+        return
+    timer = threading.Timer(limit - 5, _print_pending_tasks)
+    timer.daemon = True
+    timer.start()
+    yield
+    timer.cancel()
 
 
 @pytest.fixture

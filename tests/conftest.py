@@ -66,7 +66,7 @@ def _print_pending_tasks() -> None:
     for task in tasks:
         try:
             print(f"-- {task.get_name()}: {_await_chain(task.get_coro())}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001  (diagnostics must not fail the run)
+        except Exception as exc:  # diagnostics must not fail the run
             print(f"-- {task!r}: {exc!r}", file=sys.stderr)
 
 

@@ -194,7 +194,11 @@ async def test_the_camera_simulator_command_serves_and_answers_discovery(
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await asyncio.to_thread(wait_port, port, 30)
-        found = await discover(parse_target(f"127.0.0.1:{udp}"), 1.5)
+        # the UDP responder binds just after the HTTP port opens: probe until it answers
+        for _ in range(10):
+            found = await discover(parse_target(f"127.0.0.1:{udp}"), 1.5)
+            if found:
+                break
         assert [(m.host, m.port) for m in found] == [("127.0.0.1", port)]
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 15)

@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=int(args[0]))
     try:
         asyncio.run(serve(sock))
+    except ConnectionError:  # the agent closed its end while we were writing: stopping
+        log.info("camera_worker_agent_gone")
     except (ProtocolError, asyncio.IncompleteReadError, KeyError, TypeError,
             ValueError) as exc:
         log.error("camera_worker_bad_start", error=type(exc).__name__, detail=str(exc)[:200])

@@ -104,13 +104,18 @@ def config(tmp: Path, cameras: int, sim_port: int, per_worker: int, video: bool)
 
 
 def memory(proc: psutil.Process) -> dict[str, float]:
+    """`file`: the file-backed part of RSS (libraries), which grows with what other
+    processes put in the page cache (the kernel maps cached neighbour pages on a fault):
+    RSS moves with it, PSS and USS much less."""
     info = proc.memory_full_info()
     return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB,
-            "threads": proc.num_threads()}
+            "file": info.shared / MIB, "threads": proc.num_threads()}
 
 
-def is_template(proc: psutil.Process) -> bool:
-    return any("onvif.template" in arg for arg in proc.cmdline())
+def is_template(proc: psutil.Process, agent: psutil.Process) -> bool:
+    """The agent's child started as the template (its forked workers keep its command
+    line but are its children, not the agent's)."""
+    return proc.ppid() == agent.pid and any("onvif.template" in a for a in proc.cmdline())
 
 
 def measure(agent: psutil.Process) -> tuple[dict[str, float], dict[str, float] | None,
@@ -121,7 +126,7 @@ def measure(agent: psutil.Process) -> tuple[dict[str, float], dict[str, float] |
         if i:
             time.sleep(5)
         tree = sorted(agent.children(recursive=True), key=lambda p: p.pid)
-        templates = [p for p in tree if is_template(p)]
+        templates = [p for p in tree if is_template(p, agent)]
         rounds.append((memory(agent), [memory(t) for t in templates],
                        [memory(w) for w in tree if w not in templates]))
 

@@ -190,7 +190,7 @@ async def test_a_killed_template_is_recreated_and_the_cameras_come_back(
     each is reported, and restarted from a new template; the cameras work again."""
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
-    drv = host([cam], sink, tmp_path)
+    drv = host([cam], sink, tmp_path, template=True)
     async with running(drv):
         worker = await wait_for(lambda: drv.groups[0].pid, 30, "the first worker")
         await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
@@ -215,7 +215,7 @@ async def test_a_forked_worker_killed_by_a_signal_is_reported_by_its_name(
         sim: OnvifSimulator, tmp_path: Path, sig: signal.Signals) -> None:
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
-    drv = host([cam], sink, tmp_path)
+    drv = host([cam], sink, tmp_path, template=True)
     async with running(drv):
         worker = await wait_for(lambda: drv.groups[0].pid, 30, "the first worker")
         await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
@@ -293,6 +293,10 @@ def test_groups_and_settings(tmp_path: Path) -> None:
     sim = OnvifSimulator()
     cams = [camera(sim, tmp_path / "pw", device=f"cam-{i}") for i in range(17)]
     assert [len(g) for g in plan_groups(cams, 8)] == [8, 8, 1]
+    # one worker: its own interpreter (a template would cost more than it saves)
+    assert CameraHost(cams[:8], RecordingSink()).template is None
+    assert CameraHost(cams[:9], RecordingSink()).template is not None
+    assert CameraHost(cams[:9], RecordingSink(), template=False).template is None
     assert exit_reason(-6) == "killed by SIGABRT" and exit_reason(3) == "exited with code 3"
     with pytest.raises(ValueError, match="heartbeat_timeout_s"):
         camera(sim, tmp_path / "pw", process={"heartbeat_s": 5, "heartbeat_timeout_s": 6})

@@ -5,10 +5,11 @@ The agent process never imports the ONVIF client (zeep, lxml, aiohttp) nor OpenC
 group runs in its own worker process (`camera_process`), started with one end of a
 socketpair and spoken to in `worker_proto` frames. The worker sends events, device
 states and poll errors (handed on to the agent's sink as if a driver in this process had
-reported them) and a heartbeat every `process.heartbeat_s`. The workers are forked by
-one template process that imported their code once (`template_client`, `template`), so
-they share that base copy-on-write; when the template cannot start, each worker is a
-fresh interpreter as before (logged as `camera_template_unavailable`). A template that
+reported them) and a heartbeat every `process.heartbeat_s`. Two or more workers are
+forked by one template process that imported their code once (`template_client`,
+`template`), so they share that base copy-on-write; a single worker, or all of them
+when the template cannot start (logged as `camera_template_unavailable`), is a fresh
+interpreter as before. A template that
 dies takes its workers with it: they are restarted like any dead worker, from a new one.
 
 A worker that exits or is killed (a decoder segfault, os.abort, the OOM killer), sends a
@@ -63,6 +64,8 @@ log = get_logger("drivers.onvif.host")
 RESTARTED = "camera.video_worker_restarted"
 #: How long a stopping worker gets to unsubscribe and close its streams before SIGKILL.
 STOP_GRACE_S = 8.0
+#: From this many workers on, a template forks them (one worker: its own interpreter).
+MIN_FORKED_WORKERS = 2
 _PACKAGE = __name__.rpartition(".")[0]
 _ROOT = Path(__file__).resolve().parents[len(_PACKAGE.split("."))]
 
@@ -112,16 +115,17 @@ class WorkerGroup:
 
 
 class CameraHost:
-    """All ONVIF cameras of a gateway, in worker processes. `template`: True (a
-    `WorkerTemplate` forks the workers), False (a fresh interpreter per worker) or a
-    template of the caller's. `fault` (tests only) is handed to the first start of
-    worker 0 (`abort` or `hang`, `fault_after_s` later and once `fault_file` exists, if
-    named)."""
+    """All ONVIF cameras of a gateway, in worker processes. `template`: None (a
+    `WorkerTemplate` forks the workers when there are two or more: with one worker the
+    template's own copy costs more than it saves, docs/benchmarks.md), True (always),
+    False (never: a fresh interpreter per worker) or a template of the caller's.
+    `fault` (tests only) is handed to the first start of worker 0 (`abort` or `hang`,
+    `fault_after_s` later and once `fault_file` exists, if named)."""
 
     def __init__(self, devices: Sequence[DeviceConfig], sink: EventSink, *,
                  snapshots: SnapshotsConfig | None = None, fault: str = "",
                  fault_after_s: float = 0.5, fault_file: Path | None = None,
-                 template: bool | WorkerTemplate = True) -> None:
+                 template: bool | WorkerTemplate | None = None) -> None:
         cams: list[OnvifCamera] = []
         for dev in devices:
             assert isinstance(dev, OnvifCamera), "validated by the agent"
@@ -138,6 +142,8 @@ class CameraHost:
         #: alarms open per camera, handed to a restarted worker: id -> alarm
         self.open: dict[str, dict[str, OpenAlarm]] = {
             c.id: {a.alarm_id: a for a in sink.restored_alarms(c.id)} for c in cams}
+        if template is None:
+            template = len(self.groups) >= MIN_FORKED_WORKERS
         self.template: WorkerTemplate | None = (
             WorkerTemplate(worker_env()) if template is True else template or None)
 

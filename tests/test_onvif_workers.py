@@ -264,6 +264,26 @@ def test_a_worker_handed_a_bad_start_exits_without_running_anything(frame: bytes
     assert "camera_worker_bad_start" in err and "camera_worker_started" not in err
 
 
+async def test_a_forked_worker_handed_a_bad_start_exits_3_as_reported_by_the_template(
+) -> None:
+    """The exit code crosses from the template (which reaps) to the agent's side."""
+    import socket
+
+    template = WorkerTemplate(worker_env())
+    ours, theirs = socket.socketpair()
+    try:
+        worker = await template.spawn(theirs)
+        theirs.close()
+        assert template.pid is not None and parent_of(worker.pid) == template.pid
+        ours.sendall(b"\x00\x00\x00\x03{}")  # a short frame: the worker must not wait
+        ours.shutdown(socket.SHUT_WR)
+        assert await worker.wait() == 3 and worker.template_died == ""
+    finally:
+        ours.close()
+        await template.close()
+    assert template.pid is not None and not alive(template.pid)
+
+
 async def test_a_stalled_stream_is_video_loss_in_the_worker_not_a_restart(
         sim: OnvifSimulator, tmp_path: Path) -> None:
     sim.switches.stall_stream = True

@@ -249,7 +249,8 @@ class CameraHost:
         """Close our end (the worker's signal to stop), wait a while, then kill."""
         writer.close()
         try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            async with asyncio.timeout(STOP_GRACE_S):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -260,9 +261,13 @@ class CameraHost:
         timeout = group.options.heartbeat_timeout_s
         while True:
             try:
-                header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
-                body = await asyncio.wait_for(reader.readexactly(header_length(header)),
-                                              timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the
+                # result when the read completes as the task is cancelled, and the
+                # cancellation (the agent stopping) is lost: the host never stopped
+                async with asyncio.timeout(timeout):
+                    header = await reader.readexactly(HEADER.size)
+                async with asyncio.timeout(timeout):
+                    body = await reader.readexactly(header_length(header))
                 self._handle(group, decode_body(body, FROM_WORKER))
             except TimeoutError:
                 return f"no heartbeat for {timeout:g} s (wedged)"

@@ -104,7 +104,8 @@ class WorkerTemplate:
         self._forks[request] = future
         try:
             self._request({"t": "fork", "id": request}, sock.fileno())
-            return await asyncio.wait_for(future, FORK_TIMEOUT_S)
+            async with asyncio.timeout(FORK_TIMEOUT_S):  # not wait_for: see host._serve
+                return await future
         except TimeoutError:
             self._kill_template()
             raise TemplateGone(f"no answer to a fork within {FORK_TIMEOUT_S:g} s") from None
@@ -121,7 +122,8 @@ class WorkerTemplate:
                 await reader
         if proc is not None:
             try:
-                await asyncio.wait_for(proc.wait(), STOP_WAIT_S)
+                async with asyncio.timeout(STOP_WAIT_S):
+                    await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
@@ -145,9 +147,15 @@ class WorkerTemplate:
         ours.setblocking(False)
         self.starts += 1
         try:
-            ready = await asyncio.wait_for(self._receive(ours), self.ready_timeout_s)
+            async with asyncio.timeout(self.ready_timeout_s):
+                ready = await self._receive(ours)
         except TimeoutError:
             ready = {"t": "failed", "error": f"not ready within {self.ready_timeout_s:g} s"}
+        except BaseException:  # cancelled while it warms up: no template left behind
+            ours.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
         if ready.get("t") != "ready":
             ours.close()
             with contextlib.suppress(ProcessLookupError):

@@ -9,8 +9,8 @@ reported them) and a heartbeat every `process.heartbeat_s`. Two or more workers 
 forked by one template process that imported their code once (`template_client`,
 `template`), so they share that base copy-on-write; a single worker, or all of them
 when the template cannot start (logged as `camera_template_unavailable`), is a fresh
-interpreter as before. A template that
-dies takes its workers with it: they are restarted like any dead worker, from a new one.
+interpreter as before. A template that dies takes its workers with it: they are
+restarted like any dead worker, from a new one.
 
 A worker that exits or is killed (a decoder segfault, os.abort, the OOM killer), sends a
 frame that breaks the protocol, or says nothing for `process.heartbeat_timeout_s` (a

@@ -134,11 +134,13 @@ async def test_an_aborting_worker_is_restarted_alone_and_keeps_its_alarm_ids(
     assert one[0]["alarm_id"] == one[1]["alarm_id"]
 
 
+@pytest.mark.parametrize("template", [False, True], ids=["own-interpreter", "forked"])
 async def test_a_wedged_worker_is_killed_after_the_heartbeat_timeout(
-        sim: OnvifSimulator, tmp_path: Path) -> None:
+        sim: OnvifSimulator, tmp_path: Path, template: bool) -> None:
+    """Forked, the kill goes through the template (only it knows the pid is unreaped)."""
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
-    drv = host([cam], sink, tmp_path, fault="hang", fault_after_s=0.5)
+    drv = host([cam], sink, tmp_path, fault="hang", fault_after_s=0.5, template=template)
     async with running(drv):
         # the first worker's pid before it is replaced (read after the restart event, it
         # could already be the new worker's: seen once in CI)

@@ -15,6 +15,12 @@ agent and each worker are measured 3 times, 5 s apart, with psutil `memory_full_
 RSS, USS (pages only this process holds) and PSS (shared pages split among their users),
 median of the three. The round also counts the streams the workers opened (from their
 logs), so a round where video did not run is visible.
+
+The camera processes are every process under the agent: the worker template
+(drivers/onvif/template.py, which forks the workers; reported on its own) and the
+workers. `camera_pss_total_mib` / `camera_uss_total_mib` sum template + workers: PSS
+splits the pages they share, so the total is what they cost together; USS counts only
+private pages. Run from an older checkout (no template), the template row is null.
 """
 
 from __future__ import annotations
@@ -98,23 +104,39 @@ def config(tmp: Path, cameras: int, sim_port: int, per_worker: int, video: bool)
 
 
 def memory(proc: psutil.Process) -> dict[str, float]:
+    """`file`: the file-backed part of RSS (libraries), which grows with what other
+    processes put in the page cache (the kernel maps cached neighbour pages on a fault):
+    RSS moves with it, PSS and USS much less."""
     info = proc.memory_full_info()
     return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB,
-            "threads": proc.num_threads()}
+            "file": info.shared / MIB, "threads": proc.num_threads()}
 
 
-def measure(agent: psutil.Process) -> tuple[dict[str, float], list[dict[str, float]]]:
-    rounds: list[tuple[dict[str, float], list[dict[str, float]]]] = []
+def is_template(proc: psutil.Process, agent: psutil.Process) -> bool:
+    """The agent's child started as the template (its forked workers keep its command
+    line but are its children, not the agent's)."""
+    return proc.ppid() == agent.pid and any("onvif.template" in a for a in proc.cmdline())
+
+
+def measure(agent: psutil.Process) -> tuple[dict[str, float], dict[str, float] | None,
+                                            list[dict[str, float]]]:
+    """Median of 3 samples: the agent core, the template (None without one), each worker."""
+    rounds: list[tuple[dict[str, float], list[dict[str, float]], list[dict[str, float]]]] = []
     for i in range(3):
         if i:
             time.sleep(5)
-        workers = sorted(agent.children(), key=lambda p: p.pid)
-        rounds.append((memory(agent), [memory(w) for w in workers]))
-    core = {k: round(statistics.median(r[0][k] for r in rounds), 1) for k in rounds[0][0]}
-    count = min(len(r[1]) for r in rounds)
-    workers = [{k: round(statistics.median(r[1][i][k] for r in rounds), 1)
-                for k in ("rss", "uss", "pss", "threads")} for i in range(count)]
-    return core, workers
+        tree = sorted(agent.children(recursive=True), key=lambda p: p.pid)
+        templates = [p for p in tree if is_template(p, agent)]
+        rounds.append((memory(agent), [memory(t) for t in templates],
+                       [memory(w) for w in tree if w not in templates]))
+
+    def median(samples: list[dict[str, float]]) -> dict[str, float]:
+        return {k: round(statistics.median(x[k] for x in samples), 1) for k in samples[0]}
+
+    core = median([r[0] for r in rounds])
+    template = median([r[1][0] for r in rounds]) if all(r[1] for r in rounds) else None
+    count = min(len(r[2]) for r in rounds)
+    return core, template, [median([r[2][i] for r in rounds]) for i in range(count)]
 
 
 def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int,
@@ -130,7 +152,7 @@ def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int
             if proc.poll() is not None:
                 raise SystemExit(f"the agent exited ({proc.returncode}): "
                                  f"{(tmp / 'agent.log').read_text()[-2000:]}")
-            core, workers = measure(psutil.Process(proc.pid))
+            core, template, workers = measure(psutil.Process(proc.pid))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -141,15 +163,19 @@ def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int
         text = (tmp / "agent.log").read_text(errors="replace")
     opened = text.count('"camera_stream_opened"')
     w_pss = sum(w["pss"] for w in workers)
+    camera = [*workers, *([template] if template else [])]
     return {"cameras": cameras, "source": source if video else "none", "video": video,
             "per_worker": per_worker,
-            "streams_opened": opened, "agent_core_mib": core, "workers": len(workers),
+            "streams_opened": opened, "agent_core_mib": core, "template_mib": template,
+            "workers": len(workers),
             "worker_mib": workers,
             "workers_rss_total_mib": round(sum(w["rss"] for w in workers), 1),
             "workers_uss_total_mib": round(sum(w["uss"] for w in workers), 1),
             "workers_pss_total_mib": round(w_pss, 1),
             "worker_rss_max_mib": max((w["rss"] for w in workers), default=0.0),
-            "threads_total": int(core["threads"] + sum(w["threads"] for w in workers))}
+            "camera_pss_total_mib": round(sum(c["pss"] for c in camera), 1),
+            "camera_uss_total_mib": round(sum(c["uss"] for c in camera), 1),
+            "threads_total": int(core["threads"] + sum(c["threads"] for c in camera))}
 
 
 @click.command(help=__doc__.split("\n\n")[0])
@@ -177,8 +203,11 @@ def main(cameras: tuple[int, ...], source: str, per_worker: int, warmup: float,
     summary({"source": source, "per_worker": per_worker, "rounds": [
         {"cameras": r["cameras"], "agent_core_rss_mib": r["agent_core_mib"]["rss"],
          "agent_core_pss_mib": r["agent_core_mib"]["pss"], "workers": r["workers"],
+         "template_rss_mib": r["template_mib"]["rss"] if r["template_mib"] else None,
          "worker_rss_max_mib": r["worker_rss_max_mib"],
          "workers_pss_total_mib": r["workers_pss_total_mib"],
+         "camera_pss_total_mib": r["camera_pss_total_mib"],
+         "camera_uss_total_mib": r["camera_uss_total_mib"],
          "streams_opened": r["streams_opened"], "threads_total": r["threads_total"]}
         for r in rows]})
 

@@ -4,8 +4,9 @@
 
 Starts scripts/demo.py (Modbus and camera simulators, collector with its managed
 Mosquitto, one agent) as `./run demo` does, finds the agent (`python -m edge_agent run`)
-and its camera worker processes, and samples every `--every` seconds the agent core's
-RSS/USS/PSS and the workers' (psutil memory_full_info), one JSON line each. At the end:
+and its camera processes (every process under it: the workers, and their template when
+there are two workers or more), and samples every `--every` seconds the agent core's
+RSS/USS/PSS and theirs (psutil memory_full_info), one JSON line each. At the end:
 the least-squares slope of each series over the samples after `--warmup-minutes`
 (MiB/hour), the first and last values and the peak. A leak shows as a slope that stays
 positive when the run is longer; a few MiB/hour over 15 minutes is within noise of the
@@ -63,9 +64,11 @@ def find_agent(demo: psutil.Process) -> psutil.Process | None:
 
 
 def mem(proc: psutil.Process) -> dict[str, float]:
+    """`file`: the file-backed part of RSS (libraries; it grows with what other processes
+    put in the page cache), to tell that from the process's own (anonymous) memory."""
     info = proc.memory_full_info()
     return {"rss": round(info.rss / MIB, 2), "uss": round(info.uss / MIB, 2),
-            "pss": round(info.pss / MIB, 2)}
+            "pss": round(info.pss / MIB, 2), "file": round(info.shared / MIB, 2)}
 
 
 @click.command(help=__doc__.split("\n\n")[0])
@@ -90,7 +93,7 @@ def main(minutes: float, every: float, warmup_minutes: float) -> None:
             if agent is not None:
                 try:
                     core = mem(agent)
-                    workers = [mem(w) for w in agent.children()]
+                    workers = [mem(w) for w in agent.children(recursive=True)]
                 except psutil.Error:
                     agent = None
                     continue

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from drivers.onvif.host import CameraHost, WorkerGroup, exit_reason, plan_groups
+from drivers.onvif.host import CameraHost, WorkerGroup, exit_reason, plan_groups, worker_env
 from drivers.onvif.options import OnvifCamera, ProcessOptions
 from drivers.onvif.simulator import OnvifSimulator
+from drivers.onvif.template_client import WorkerTemplate
 from drivers.onvif.worker_proto import (
     FROM_WORKER,
     MAX_FRAME,
@@ -53,6 +54,25 @@ def host(cams: list[OnvifCamera], sink: RecordingSink, tmp: Path, **kw: Any) -> 
 
 def restarted(sink: RecordingSink, device: str) -> list[dict[str, Any]]:
     return [e.data for e in sink.of("camera.video_worker_restarted") if e.subject == device]
+
+
+def parent_of(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so after ")"
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    return int(stat.rpartition(")")[2].split()[1])
+
+
+def maps_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text(encoding="ascii", errors="replace")
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie left to an init that does not reap, as in a container, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 async def test_events_and_video_health_flow_from_the_worker(sim: OnvifSimulator,
@@ -114,11 +134,13 @@ async def test_an_aborting_worker_is_restarted_alone_and_keeps_its_alarm_ids(
     assert one[0]["alarm_id"] == one[1]["alarm_id"]
 
 
+@pytest.mark.parametrize("template", [False, True], ids=["own-interpreter", "forked"])
 async def test_a_wedged_worker_is_killed_after_the_heartbeat_timeout(
-        sim: OnvifSimulator, tmp_path: Path) -> None:
+        sim: OnvifSimulator, tmp_path: Path, template: bool) -> None:
+    """Forked, the kill goes through the template (only it knows the pid is unreaped)."""
     sink = RecordingSink()
     cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
-    drv = host([cam], sink, tmp_path, fault="hang", fault_after_s=0.5)
+    drv = host([cam], sink, tmp_path, fault="hang", fault_after_s=0.5, template=template)
     async with running(drv):
         # the first worker's pid before it is replaced (read after the restart event, it
         # could already be the new worker's: seen once in CI)
@@ -142,6 +164,86 @@ async def test_a_worker_sending_garbage_is_restarted(sim: OnvifSimulator,
     assert reason == "protocol error: frame is not UTF-8 JSON (JSONDecodeError)", reason
 
 
+async def test_workers_are_forked_from_one_preloaded_template(sim: OnvifSimulator,
+                                                              tmp_path: Path) -> None:
+    """Both workers are children of the one template (not of the agent), which holds
+    OpenCV before any worker asked for it; closing the host ends the template too."""
+    sink = RecordingSink()
+    process = {**FAST, "cameras_per_worker": 1}
+    cams = [camera(sim, tmp_path / "pw", device=d, snapshots={"enabled": False},
+                   process=process) for d in ("cam-1", "cam-2")]
+    drv = host(cams, sink, tmp_path)
+    async with running(drv):
+        await wait_for(lambda: all(g.pid for g in drv.groups), 30, "both workers")
+        assert drv.template is not None and drv.template.pid is not None
+        template = drv.template.pid
+        assert parent_of(template) == os.getpid()
+        assert [parent_of(g.pid) for g in drv.groups if g.pid] == [template, template]
+        assert maps_of(template).count("cv2"), "the template did not preload OpenCV"
+        await wait_for(lambda: all(sink.current.get(d) is DeviceState.ONLINE
+                                   for d in ("cam-1", "cam-2")), 30, "both cameras online")
+    assert not alive(template)
+    assert restarted(sink, "cam-1") == restarted(sink, "cam-2") == []
+
+
+async def test_a_killed_template_is_recreated_and_the_cameras_come_back(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    """Killing the template takes its workers with it (their exit status died with it):
+    each is reported, and restarted from a new template; the cameras work again."""
+    sink = RecordingSink()
+    cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
+    drv = host([cam], sink, tmp_path, template=True)
+    async with running(drv):
+        worker = await wait_for(lambda: drv.groups[0].pid, 30, "the first worker")
+        await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
+        assert drv.template is not None and drv.template.pid is not None
+        first = drv.template.pid
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: restarted(sink, "cam-1"), 30, "the restart")
+        await wait_for(lambda: drv.groups[0].pid not in (None, worker), 30, "a new worker")
+        new_worker = drv.groups[0].pid
+        assert drv.template is not None and drv.template.pid not in (None, first)
+        assert drv.template.starts == 2 and new_worker is not None
+        assert parent_of(new_worker) == drv.template.pid
+        assert not alive(worker), "the old worker outlived its template"
+        pulls = sim.subscriptions.pulls
+        await wait_for(lambda: sim.subscriptions.pulls > pulls, 30, "pulls again")
+    (event,) = restarted(sink, "cam-1")
+    assert event["reason"] == "the worker template killed by SIGKILL", event
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+async def test_a_forked_worker_killed_by_a_signal_is_reported_by_its_name(
+        sim: OnvifSimulator, tmp_path: Path, sig: signal.Signals) -> None:
+    sink = RecordingSink()
+    cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
+    drv = host([cam], sink, tmp_path, template=True)
+    async with running(drv):
+        worker = await wait_for(lambda: drv.groups[0].pid, 30, "the first worker")
+        await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
+        template = drv.template.pid if drv.template else None
+        os.kill(worker, sig)
+        await wait_for(lambda: restarted(sink, "cam-1"), 30, "the restart")
+        await wait_for(lambda: drv.groups[0].pid not in (None, worker), 30, "a new worker")
+        assert drv.template is not None and drv.template.pid == template  # the same one
+    (event,) = restarted(sink, "cam-1")
+    assert event["reason"] == f"killed by {sig.name}", event
+
+
+async def test_a_template_that_cannot_load_falls_back_to_one_interpreter_per_worker(
+        sim: OnvifSimulator, tmp_path: Path) -> None:
+    sink = RecordingSink()
+    cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
+    broken = WorkerTemplate(worker_env(), extra=["drivers.onvif.no_such_module"])
+    drv = host([cam], sink, tmp_path, template=broken)
+    async with running(drv):
+        worker = await wait_for(lambda: drv.groups[0].pid, 30, "a worker")
+        assert drv.template is None and broken.starts == 1
+        assert parent_of(worker) == os.getpid()
+        await wait_for(lambda: sim.subscriptions.pulls, 30, "the first pull")
+    assert restarted(sink, "cam-1") == []
+
+
 @pytest.mark.parametrize("frame", [
     encode({"t": "exec", "cmd": "rm -rf /"}),
     (MAX_FRAME + 1).to_bytes(4, "big") + b"{}",
@@ -162,6 +264,26 @@ def test_a_worker_handed_a_bad_start_exits_without_running_anything(frame: bytes
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     assert "camera_worker_bad_start" in err and "camera_worker_started" not in err
+
+
+async def test_a_forked_worker_handed_a_bad_start_exits_3_as_reported_by_the_template(
+) -> None:
+    """The exit code crosses from the template (which reaps) to the agent's side."""
+    import socket
+
+    template = WorkerTemplate(worker_env())
+    ours, theirs = socket.socketpair()
+    try:
+        worker = await template.spawn(theirs)
+        theirs.close()
+        assert template.pid is not None and parent_of(worker.pid) == template.pid
+        ours.sendall(b"\x00\x00\x00\x03{}")  # a short frame: the worker must not wait
+        ours.shutdown(socket.SHUT_WR)
+        assert await worker.wait() == 3 and worker.template_died == ""
+    finally:
+        ours.close()
+        await template.close()
+    assert template.pid is not None and not alive(template.pid)
 
 
 async def test_a_stalled_stream_is_video_loss_in_the_worker_not_a_restart(
@@ -193,6 +315,10 @@ def test_groups_and_settings(tmp_path: Path) -> None:
     sim = OnvifSimulator()
     cams = [camera(sim, tmp_path / "pw", device=f"cam-{i}") for i in range(17)]
     assert [len(g) for g in plan_groups(cams, 8)] == [8, 8, 1]
+    # one worker: its own interpreter (a template would cost more than it saves)
+    assert CameraHost(cams[:8], RecordingSink()).template is None
+    assert CameraHost(cams[:9], RecordingSink()).template is not None
+    assert CameraHost(cams[:9], RecordingSink(), template=False).template is None
     assert exit_reason(-6) == "killed by SIGABRT" and exit_reason(3) == "exited with code 3"
     with pytest.raises(ValueError, match="heartbeat_timeout_s"):
         camera(sim, tmp_path / "pw", process={"heartbeat_s": 5, "heartbeat_timeout_s": 6})

@@ -1,15 +1,17 @@
 """A camera worker process: runs some cameras' `OnvifDriver` and reports over one socket.
 
-Started by `host.CameraHost` as `python -c ... <fd>`, with one end of a socketpair as
-file descriptor `fd`. The agent sends one `start` frame (worker_proto); the worker then
-runs the ONVIF client (zeep/lxml/aiohttp) and the OpenCV video health of its cameras, and
-sends back what a driver hands its sink (events, device states, poll errors) plus a
-heartbeat every `heartbeat_s`. Only this process imports cv2, numpy, zeep and lxml: a
-decoder that crashes or wedges takes down this process, never the agent, which restarts
-it. The worker ends when the agent's end closes (the agent stopped or died) and on any
-frame it cannot parse; it ignores SIGTERM and SIGINT, which a service stop or Ctrl-C
-sends to the agent's whole cgroup or process group (the agent stops it). Logs go to the
-inherited stderr (the agent's journal), as JSON.
+Forked by the worker template (`template.py`, which calls `main([fd])`) or, for a lone
+worker, started by `host.CameraHost` as `python -c ... <fd>`; either way with one end of
+a socketpair as file descriptor `fd`. The agent sends one `start` frame (worker_proto);
+the worker then runs the ONVIF client (zeep/lxml/aiohttp) and the OpenCV video health of
+its cameras, and sends back what a driver hands its sink (events, device states, poll
+errors) plus a heartbeat every `heartbeat_s`. Only the camera processes (the workers and
+their template) import cv2, numpy, zeep and lxml: a decoder that crashes or wedges takes
+down this process, never the agent, which restarts it. The worker ends when the agent's
+end closes (the agent stopped or died) and on any frame it cannot parse; it ignores
+SIGTERM and SIGINT, which a service stop or Ctrl-C sends to the agent's whole cgroup or
+process group (the agent stops it). Logs go to the inherited stderr (the agent's
+journal), as JSON.
 
 `fault` in `start` (tests only): `abort` calls os.abort(), `hang` blocks the event
 loop forever and `garbage` sends a frame that is not JSON, `fault_after_s` after the
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=int(args[0]))
     try:
         asyncio.run(serve(sock))
+    except ConnectionError:  # the agent closed its end while we were writing: stopping
+        log.info("camera_worker_agent_gone")
     except (ProtocolError, asyncio.IncompleteReadError, KeyError, TypeError,
             ValueError) as exc:
         log.error("camera_worker_bad_start", error=type(exc).__name__, detail=str(exc)[:200])

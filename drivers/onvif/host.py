@@ -5,7 +5,12 @@ The agent process never imports the ONVIF client (zeep, lxml, aiohttp) nor OpenC
 group runs in its own worker process (`camera_process`), started with one end of a
 socketpair and spoken to in `worker_proto` frames. The worker sends events, device
 states and poll errors (handed on to the agent's sink as if a driver in this process had
-reported them) and a heartbeat every `process.heartbeat_s`.
+reported them) and a heartbeat every `process.heartbeat_s`. Two or more workers are
+forked by one template process that imported their code once (`template_client`,
+`template`), so they share that base copy-on-write; a single worker, or all of them
+when the template cannot start (logged as `camera_template_unavailable`), is a fresh
+interpreter as before. A template that dies takes its workers with it: they are
+restarted like any dead worker, from a new one.
 
 A worker that exits or is killed (a decoder segfault, os.abort, the OOM killer), sends a
 frame that breaks the protocol, or says nothing for `process.heartbeat_timeout_s` (a
@@ -21,14 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import Severity
@@ -37,6 +41,13 @@ from edge_agent.sdk.api import DeviceState, EventSink, OpenAlarm
 from edge_agent.sdk.config import DeviceConfig, SnapshotsConfig
 
 from .options import OnvifCamera, ProcessOptions
+from .template_client import (
+    ForkedWorker,
+    TemplateGone,
+    TemplateUnavailable,
+    WorkerTemplate,
+    exit_reason,
+)
 from .worker_proto import (
     FROM_WORKER,
     HEADER,
@@ -46,13 +57,15 @@ from .worker_proto import (
     header_length,
 )
 
-__all__ = ["CameraHost", "WorkerGroup", "plan_groups"]
+__all__ = ["CameraHost", "WorkerGroup", "exit_reason", "plan_groups"]
 
 log = get_logger("drivers.onvif.host")
 
 RESTARTED = "camera.video_worker_restarted"
 #: How long a stopping worker gets to unsubscribe and close its streams before SIGKILL.
 STOP_GRACE_S = 8.0
+#: From this many workers on, a template forks them (one worker: its own interpreter).
+MIN_FORKED_WORKERS = 2
 _PACKAGE = __name__.rpartition(".")[0]
 _ROOT = Path(__file__).resolve().parents[len(_PACKAGE.split("."))]
 
@@ -69,14 +82,15 @@ def worker_env() -> dict[str, str]:
     return {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
 
 
-def exit_reason(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-returncode).name}"
-        return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
+class _Worker(Protocol):
+    """A worker process: a direct child (asyncio's Process) or a `ForkedWorker`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def kill(self) -> None: ...
+    async def wait(self) -> int | None: ...
 
 
 @dataclass
@@ -101,13 +115,17 @@ class WorkerGroup:
 
 
 class CameraHost:
-    """All ONVIF cameras of a gateway, in worker processes. `fault` (tests only) is
-    handed to the first start of worker 0 (`abort` or `hang`, `fault_after_s` later and
-    once `fault_file` exists, if named)."""
+    """All ONVIF cameras of a gateway, in worker processes. `template`: None (a
+    `WorkerTemplate` forks the workers when there are two or more: with one worker the
+    template's own copy costs more than it saves, docs/benchmarks.md), True (always),
+    False (never: a fresh interpreter per worker) or a template of the caller's.
+    `fault` (tests only) is handed to the first start of worker 0 (`abort` or `hang`,
+    `fault_after_s` later and once `fault_file` exists, if named)."""
 
     def __init__(self, devices: Sequence[DeviceConfig], sink: EventSink, *,
                  snapshots: SnapshotsConfig | None = None, fault: str = "",
-                 fault_after_s: float = 0.5, fault_file: Path | None = None) -> None:
+                 fault_after_s: float = 0.5, fault_file: Path | None = None,
+                 template: bool | WorkerTemplate | None = None) -> None:
         cams: list[OnvifCamera] = []
         for dev in devices:
             assert isinstance(dev, OnvifCamera), "validated by the agent"
@@ -124,11 +142,19 @@ class CameraHost:
         #: alarms open per camera, handed to a restarted worker: id -> alarm
         self.open: dict[str, dict[str, OpenAlarm]] = {
             c.id: {a.alarm_id: a for a in sink.restored_alarms(c.id)} for c in cams}
+        if template is None:
+            template = len(self.groups) >= MIN_FORKED_WORKERS
+        self.template: WorkerTemplate | None = (
+            WorkerTemplate(worker_env()) if template is True else template or None)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for group in self.groups:
-                tg.create_task(self._supervise(group))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for group in self.groups:
+                    tg.create_task(self._supervise(group))
+        finally:
+            if self.template is not None:
+                await self.template.close()
 
     def status(self) -> dict[str, Any]:
         return {f"worker-{g.index}": {"pid": g.pid, "restarts": g.restarts,
@@ -174,15 +200,15 @@ class CameraHost:
     async def _run_once(self, group: WorkerGroup) -> str:
         """Start the group's worker and serve it until it dies; why it died."""
         ours, theirs = socket.socketpair()
-        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
-                f"from {_PACKAGE}.camera_process import main; main()")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", code, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, env=worker_env())
-        except OSError as exc:
+            proc = await self._launch(theirs)
+        except (OSError, TemplateGone) as exc:
             ours.close()
-            return f"could not start: {exc.strerror or type(exc).__name__}"
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            return f"could not start: {detail or type(exc).__name__}"
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         group.pid = proc.pid
@@ -199,13 +225,32 @@ class CameraHost:
                 proc.kill()
         writer.close()
         returncode = await proc.wait()
+        if isinstance(proc, ForkedWorker) and proc.template_died:
+            return f"the worker template {proc.template_died}"
         return reason or exit_reason(returncode)
 
-    async def _stop(self, proc: asyncio.subprocess.Process, writer: asyncio.StreamWriter) -> None:
+    async def _launch(self, theirs: socket.socket) -> _Worker:
+        """A worker holding `theirs`: forked by the template, or (no template, or it
+        cannot start: then for good, said once) a fresh interpreter."""
+        if self.template is not None:
+            try:
+                return await self.template.spawn(theirs)
+            except TemplateUnavailable as exc:
+                log.error("camera_template_unavailable", reason=str(exc),
+                          fallback="one fresh interpreter per worker")
+                self.template = None
+        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+                f"from {_PACKAGE}.camera_process import main; main()")
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL, env=worker_env())
+
+    async def _stop(self, proc: _Worker, writer: asyncio.StreamWriter) -> None:
         """Close our end (the worker's signal to stop), wait a while, then kill."""
         writer.close()
         try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            async with asyncio.timeout(STOP_GRACE_S):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
@@ -216,9 +261,13 @@ class CameraHost:
         timeout = group.options.heartbeat_timeout_s
         while True:
             try:
-                header = await asyncio.wait_for(reader.readexactly(HEADER.size), timeout)
-                body = await asyncio.wait_for(reader.readexactly(header_length(header)),
-                                              timeout)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the
+                # result when the read completes as the task is cancelled, and the
+                # cancellation (the agent stopping) is lost: the host never stopped
+                async with asyncio.timeout(timeout):
+                    header = await reader.readexactly(HEADER.size)
+                async with asyncio.timeout(timeout):
+                    body = await reader.readexactly(header_length(header))
                 self._handle(group, decode_body(body, FROM_WORKER))
             except TimeoutError:
                 return f"no heartbeat for {timeout:g} s (wedged)"

@@ -130,7 +130,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def _write(resp: web.StreamResponse, chunk: bytes, within_s: float) -> bool:
     """False when the client did not take the chunk within `within_s` (it is behind)."""
     try:
-        await asyncio.wait_for(resp.write(chunk), within_s)
+        async with asyncio.timeout(within_s):
+            await resp.write(chunk)
     except TimeoutError:
         return False
     return True
@@ -174,7 +175,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             if page.more:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), max(0.0, beat_at - loop.time()))
+                async with asyncio.timeout(max(0.0, beat_at - loop.time())):
+                    await changed.wait()
             if loop.time() >= beat_at:
                 if not await _write(resp, b": heartbeat\n\n", settings.behind_after_s):
                     break

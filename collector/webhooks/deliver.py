@@ -116,7 +116,8 @@ class Deliverer:
                         if task.done():  # crashed: restart it on the next round
                             del self._tasks[name]
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self.settings.refresh_s)
+                        async with asyncio.timeout(self.settings.refresh_s):
+                            await stop.wait()
             finally:
                 for task in self._tasks.values():
                     task.cancel()

@@ -138,8 +138,9 @@ async def serve(sock: socket.socket) -> None:
     finally:
         for task in tasks:
             task.cancel()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5.0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*tasks, return_exceptions=True)
         writer.close()
 
 

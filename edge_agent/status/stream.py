@@ -73,7 +73,8 @@ class Broadcaster:
                         log.exception("status_stream_build_failed", error=str(exc)[:200])
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
 
     def _publish(self, authenticated: bool, targets: list[Listener]) -> None:
         payload = json.dumps(self.build(authenticated), ensure_ascii=False,

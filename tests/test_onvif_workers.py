@@ -66,6 +66,10 @@ def maps_of(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text(encoding="ascii", errors="replace")
 
 
+def environ_of(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie left to an init that does not reap, as in a container, is not)."""
     try:
@@ -284,6 +288,35 @@ async def test_a_forked_worker_handed_a_bad_start_exits_3_as_reported_by_the_tem
         ours.close()
         await template.close()
     assert template.pid is not None and not alive(template.pid)
+
+
+async def test_the_template_has_one_thread_when_it_forks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy and OpenCV each load an OpenBLAS that starts a thread per further core at
+    import; a fork copies only the forking thread, so a lock one of them held would stay
+    held in every worker. The template runs without that pool whatever the agent's
+    environment asks, and so does a worker started on its own."""
+    import socket
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    env = worker_env()
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    template = WorkerTemplate({**os.environ})  # not worker_env(): the template sees to it
+    ours, theirs = socket.socketpair()
+    try:
+        worker = await template.spawn(theirs)
+        theirs.close()
+        assert template.pid is not None
+        assert template.threads == 1  # its `ready`: counted once warm, before any fork
+        assert len(os.listdir(f"/proc/{template.pid}/task")) == 1
+        assert b"OPENBLAS_NUM_THREADS=1" in environ_of(worker.pid)
+        ours.sendall(b"\x00\x00\x00\x03{}")  # a bad start: the worker exits 3
+        ours.shutdown(socket.SHUT_WR)
+        assert await worker.wait() == 3
+    finally:
+        ours.close()
+        await template.close()
 
 
 async def test_a_stalled_stream_is_video_loss_in_the_worker_not_a_restart(

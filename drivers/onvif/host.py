@@ -42,6 +42,7 @@ from edge_agent.sdk.config import DeviceConfig, SnapshotsConfig
 
 from .options import OnvifCamera, ProcessOptions
 from .template_client import (
+    SINGLE_THREADED,
     ForkedWorker,
     TemplateGone,
     TemplateUnavailable,
@@ -78,8 +79,11 @@ def plan_groups(cameras: Sequence[OnvifCamera], per_worker: int) -> list[list[On
 def worker_env() -> dict[str, str]:
     """The agent's environment, plus glibc malloc limited to 2 arenas (a value already set
     is kept): each decoding thread would otherwise get its own arena, and their
-    fragmentation cost ~MiB per camera (docs/benchmarks.md)."""
-    return {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+    fragmentation cost ~MiB per camera (docs/benchmarks.md); and no BLAS thread pool
+    (`SINGLE_THREADED`, always): the template must have one thread when it forks, and a
+    worker started on its own is then the same as a forked one."""
+    return {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
+            **SINGLE_THREADED}
 
 
 class _Worker(Protocol):

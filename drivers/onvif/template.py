@@ -9,13 +9,17 @@ copy-on-write and only adds its cameras' own memory.
 
 Started by `template_client.WorkerTemplate` as `python -c ... <fd> [module...]` with the
 agent's environment plus `MALLOC_ARENA_MAX=2` (read by glibc at start, inherited by the
-workers). `fd` is a SOCK_SEQPACKET socket; each message is one JSON object:
+workers) and `SINGLE_THREADED` (no OpenBLAS thread pool: numpy and OpenCV would each
+start one at import). A fork copies only the calling thread, so the template must have
+no other when it forks: `ready` reports the count, and a fork with more logs
+`camera_template_threads`. `fd` is a SOCK_SEQPACKET socket; each message is one JSON
+object:
 
-- template -> agent: `ready` (`pid`, `modules`, `wsdl`, `load_s`) once warm, or `failed`
-  (`error`) and exit code 4 when an import or the WSDL parse fails (the agent then
-  starts its workers the old way and says so); `forked` (`id`, `pid`) or `fork_failed`
-  (`id`, `error`); `exit` (`pid`, `code`: the exit code, negative for a signal) when a
-  worker ends and was reaped here.
+- template -> agent: `ready` (`pid`, `modules`, `wsdl`, `load_s`, `threads`) once warm,
+  or `failed` (`error`) and exit code 4 when an import or the WSDL parse fails (the
+  agent then starts its workers the old way and says so); `forked` (`id`, `pid`) or
+  `fork_failed` (`id`, `error`); `exit` (`pid`, `code`: the exit code, negative for a
+  signal) when a worker ends and was reaped here.
 - agent -> template: `fork` (`id`) with the worker's socket end attached (SCM_RIGHTS);
   `kill` (`pid`): SIGKILL that worker if it is still our child (the template reaps, so
   only it knows a pid is not yet free for reuse).
@@ -45,7 +49,7 @@ from typing import Any
 
 from edge_agent.contract.logs import configure, get_logger
 
-__all__ = ["PRELOAD", "main", "warm"]
+__all__ = ["PRELOAD", "main", "threads", "warm"]
 
 log = get_logger("drivers.onvif.template")
 
@@ -64,6 +68,14 @@ _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 64 * 1024
 
 
+def threads() -> int:
+    """How many threads this process has now (from /proc; 0 if it cannot be read)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
 def warm(extra: Sequence[str] = ()) -> dict[str, Any]:
     """Import what the workers need and parse the driver's WSDLs; what was loaded."""
     started = time.monotonic()
@@ -74,7 +86,7 @@ def warm(extra: Sequence[str] = ()) -> dict[str, Any]:
     gc.collect()
     gc.freeze()
     return {"modules": len(modules), "wsdl": wsdl,
-            "load_s": round(time.monotonic() - started, 2)}
+            "load_s": round(time.monotonic() - started, 2), "threads": threads()}
 
 
 def _parse_wsdls() -> int:
@@ -183,6 +195,9 @@ class _Server:
         return True
 
     def _fork(self, request: Any, fd: int) -> None:
+        if (count := threads()) > 1:  # a lock another thread holds would stay held there
+            log.warning("camera_template_threads", threads=count,
+                        hint="forking with other threads; see template_client.SINGLE_THREADED")
         sys.stderr.flush()
         try:
             pid = os.fork()

@@ -28,7 +28,8 @@ from typing import Any
 
 from edge_agent.contract.logs import get_logger
 
-__all__ = ["ForkedWorker", "TemplateGone", "TemplateUnavailable", "WorkerTemplate", "exit_reason"]
+__all__ = ["SINGLE_THREADED", "ForkedWorker", "TemplateGone", "TemplateUnavailable",
+           "WorkerTemplate", "exit_reason"]
 
 log = get_logger("drivers.onvif.template")
 
@@ -37,6 +38,14 @@ _ROOT = Path(__file__).resolve().parents[len(_PACKAGE.split("."))]
 _MAX_MESSAGE = 64 * 1024
 #: a fork request unanswered this long means a wedged template (a fork takes ms)
 FORK_TIMEOUT_S = 30.0
+#: Set in the template's and the workers' environment, read by OpenBLAS (numpy's and the
+#: copy bundled with OpenCV) when it loads: no BLAS thread pool. Both would otherwise
+#: start one thread per further core at import, and a fork copies only the forking
+#: thread: a lock another thread holds at that moment stays locked for good in the
+#: child. OpenBLAS happens to stop its pool in a pthread_atfork handler, but the
+#: template must not depend on that; the video analysis (160x90 thumbnails, no matrix
+#: products) makes no BLAS call, so the threads never did any work.
+SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 STOP_WAIT_S = 12.0
 
 
@@ -77,7 +86,9 @@ class ForkedWorker:
 
 
 class WorkerTemplate:
-    """The template process, started on demand; `extra` modules are preloaded too."""
+    """The template process, started on demand; `extra` modules are preloaded too.
+    `threads`: how many threads the template had once warm (its `ready` report), which
+    must be 1 for the forks to be safe."""
 
     def __init__(self, env: Mapping[str, str], *, extra: Sequence[str] = (),
                  ready_timeout_s: float = 120.0) -> None:
@@ -86,6 +97,7 @@ class WorkerTemplate:
         self.ready_timeout_s = ready_timeout_s
         self.pid: int | None = None
         self.starts = 0
+        self.threads: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._ctl: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -138,7 +150,8 @@ class WorkerTemplate:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", code, str(theirs.fileno()), *self.extra,
-                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=self.env)
+                pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                env={**self.env, **SINGLE_THREADED})
         except OSError as exc:
             ours.close()
             raise TemplateUnavailable(f"could not start: {exc.strerror or exc}") from None
@@ -163,9 +176,11 @@ class WorkerTemplate:
             code_ = await proc.wait()
             raise TemplateUnavailable(str(ready.get("error") or f"exited ({code_})"))
         self._proc, self._ctl, self.pid = proc, ours, proc.pid
+        threads = ready.get("threads")
+        self.threads = threads if isinstance(threads, int) else None
         self._reader = asyncio.create_task(self._read(proc, ours))
         log.info("camera_template_started", pid=proc.pid, starts=self.starts,
-                 load_s=ready.get("load_s"), wsdl=ready.get("wsdl"))
+                 load_s=ready.get("load_s"), wsdl=ready.get("wsdl"), threads=self.threads)
 
     async def _receive(self, ctl: socket.socket) -> dict[str, Any]:
         """The next message; {} at EOF or on a broken one."""

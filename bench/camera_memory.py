@@ -1,7 +1,7 @@
 """Memory of the agent core and of its camera worker processes, with 1, 16, 32 cameras.
 
     .venv/bin/python bench/camera_memory.py [--cameras 1 --cameras 16 --cameras 32]
-        [--source rtsp|mjpeg] [--per-worker 8] [--warmup 30]
+        [--source rtsp|mjpeg] [--per-worker 8] [--warmup 30] [--logs DIR] [--repeat 1]
 
 Each round runs a real `edge-agent run` (python -m edge_agent) on a generated gateway
 config with N ONVIF cameras (video health on, default options: 1 sampled frame/s),
@@ -14,7 +14,9 @@ buffers in its outbox, as when the district is unreachable). After --warmup seco
 agent and each worker are measured 3 times, 5 s apart, with psutil `memory_full_info`:
 RSS, USS (pages only this process holds) and PSS (shared pages split among their users),
 median of the three. The round also counts the streams the workers opened (from their
-logs), so a round where video did not run is visible.
+logs), so a round where video did not run is visible; `--logs DIR` keeps each round's
+agent log (the workers' logs are in it) as `DIR/<cameras>-<n>.log`. `--repeat N` runs
+the list of camera counts N times.
 
 The camera processes are every process under the agent: the worker template
 (drivers/onvif/template.py, which forks the workers; reported on its own) and the
@@ -140,7 +142,7 @@ def measure(agent: psutil.Process) -> tuple[dict[str, float], dict[str, float] |
 
 
 def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int,
-              warmup: float, video: bool) -> dict[str, Any]:
+              warmup: float, video: bool, keep: Path | None = None) -> dict[str, Any]:
     with Simulator(stream_uri) as sim, tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         cfg = config(tmp, cameras, sim.sim.port, per_worker, video)
@@ -161,6 +163,8 @@ def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int
                 proc.kill()
             log.close()
         text = (tmp / "agent.log").read_text(errors="replace")
+    if keep is not None:
+        keep.write_text(text, encoding="utf-8")
     opened = text.count('"camera_stream_opened"')
     w_pss = sum(w["pss"] for w in workers)
     camera = [*workers, *([template] if template else [])]
@@ -184,19 +188,27 @@ def run_round(cameras: int, source: str, stream_uri: str | None, per_worker: int
 @click.option("--per-worker", type=int, default=8)
 @click.option("--warmup", type=float, default=30.0)
 @click.option("--video/--no-video", default=True, help="video health on (default) or off")
+@click.option("--logs", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="keep each round's agent log in this directory")
+@click.option("--repeat", type=click.IntRange(1, 1000), default=1,
+              help="run the camera counts this many times")
 def main(cameras: tuple[int, ...], source: str, per_worker: int, warmup: float,
-         video: bool) -> None:
+         video: bool, logs: Path | None, repeat: int) -> None:
     server = rtsp_server() if source == "rtsp" else None
     if source == "rtsp" and server is None:
         raise SystemExit("no RTSP server (needs /usr/bin/python3 with gi and gst-rtsp-server);"
                          " try --source mjpeg")
     stream_uri = server[1] if server else None
     rows = []
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
     try:
-        for n in cameras:
-            row = run_round(n, source, stream_uri, per_worker, warmup, video)
-            emit(row)
-            rows.append(row)
+        for i in range(1, repeat + 1):
+            for n in cameras:
+                keep = logs / f"{n}-{i}.log" if logs is not None else None
+                row = run_round(n, source, stream_uri, per_worker, warmup, video, keep)
+                emit(row)
+                rows.append(row)
     finally:
         if server is not None:
             server[0].kill()

@@ -11,6 +11,16 @@ encoder) from `videotestsrc` (SMPTE bars scrolling, so frames differ) through
 stdout once listening. Reads commands on stdin, one per line, for every mount:
 `pattern black|white|smpte|snow` switches the picture. EOF on stdin stops it.
 Its options are read by hand (`--name value`): Debian's interpreter has no click.
+
+Each mount's media is shared by its clients (one encoder for all), and gst-rtsp-server
+1.22 aborts the whole server (`gst_rtsp_media_get_rates: assertion failed`) when a
+client's PLAY reaches a shared live media whose stream has a client but no segment
+yet: several clients opening a fresh media at once (16 cameras in two workers: 2 runs
+of 12 with 3 clients starting together; a bench run once opened 1 stream of 16, every
+other connection refused). So before saying `ready` the server plays each mount to a
+client of its own (`Keeper`, RTP over the RTSP connection, read and dropped) until RTP
+flows, and keeps it playing: the media is never fresh or torn down when real clients
+come, between rounds of a bench included.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import gi
 gi.require_version("Gst", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from rtsp_keeper import Keeper  # noqa: E402  (beside this file: sys.path[0])
 
 PATTERNS = {"smpte": 0, "snow": 1, "black": 2, "white": 3}
 #: the options and their defaults (None: required); all but --path are integers
@@ -91,9 +102,28 @@ def main() -> None:
         GLib.idle_add(loop.quit)
 
     threading.Thread(target=commands, daemon=True).start()
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+
+    def keep_playing() -> None:
+        """Play every mount to a keeper, then say ready (or fail: exit 2 with why)."""
+        paths = [args.path if i == 0 else f"{args.path}{i}" for i in range(args.mounts)]
+        keepers = [Keeper(args.port, path) for path in paths]
+        for keeper in keepers:
+            keeper.start()
+        for keeper in keepers:
+            if not keeper.flowing.wait(30) or keeper.failed:
+                sys.stderr.write(f"rtsp_server: {keeper.url} does not play: "
+                                 f"{keeper.failed or 'no RTP within 30 s'}\n")
+                failed.set()
+                GLib.idle_add(lambda: loop.quit() and False)
+                return
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+
+    failed = threading.Event()
+    threading.Thread(target=keep_playing, daemon=True).start()
     loop.run()
+    if failed.is_set():
+        sys.exit(2)
 
 
 if __name__ == "__main__":

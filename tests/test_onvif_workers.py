@@ -422,3 +422,26 @@ async def test_cameras_connecting_together_load_each_wsdl_once() -> None:
     finally:
         lib._cached_document = original
     assert sorted(loads) == ["a", "b"] and len({id(d) for d in docs}) == 2
+
+
+@pytest.mark.parametrize("forked", [False, True])
+async def test_workers_log_at_the_agents_level(sim: OnvifSimulator, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               forked: bool) -> None:
+    """`log_level: warning` in the gateway YAML quiets the camera workers (and their
+    template) too: they printed info lines whatever the agent's level was."""
+    from edge_agent.contract import logs
+
+    monkeypatch.delenv("EDGE_AGENT_WORKER_LOG_LEVEL", raising=False)
+    logs.configure("warning")
+    assert worker_env()["EDGE_AGENT_WORKER_LOG_LEVEL"] == "warning"
+    sink = RecordingSink()
+    cam = camera(sim, tmp_path / "pw", snapshots={"enabled": False}, process=FAST)
+    async with running(host([cam], sink, tmp_path, template=forked)):
+        await wait_for(lambda: sim.subscriptions.pulls, what="the first pull")
+        await wait_for(lambda: ("cam-1", DeviceState.ONLINE, "") in sink.states, what="online")
+    err = capfd.readouterr().err
+    assert '"camera_connected"' not in err and '"camera_worker_started"' not in err, err[-2000:]
+    logs.configure("info")
+    assert worker_env()["EDGE_AGENT_WORKER_LOG_LEVEL"] == "info"

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from edge_agent.contract.backoff import Backoff
 from edge_agent.contract.envelope import Severity
-from edge_agent.contract.logs import get_logger
+from edge_agent.contract.logs import configured_level, get_logger
 from edge_agent.sdk.api import DeviceState, EventSink, OpenAlarm
 from edge_agent.sdk.config import DeviceConfig, SnapshotsConfig
 
@@ -63,6 +63,8 @@ __all__ = ["CameraHost", "WorkerGroup", "exit_reason", "plan_groups"]
 log = get_logger("drivers.onvif.host")
 
 RESTARTED = "camera.video_worker_restarted"
+#: The template's and the workers' log level (they read it at start).
+WORKER_LOG_LEVEL = "EDGE_AGENT_WORKER_LOG_LEVEL"
 #: How long a stopping worker gets to unsubscribe and close its streams before SIGKILL.
 STOP_GRACE_S = 8.0
 #: From this many workers on, a template forks them (one worker: its own interpreter).
@@ -79,11 +81,13 @@ def plan_groups(cameras: Sequence[OnvifCamera], per_worker: int) -> list[list[On
 def worker_env() -> dict[str, str]:
     """The agent's environment, plus glibc malloc limited to 2 arenas (a value already set
     is kept): each decoding thread would otherwise get its own arena, and their
-    fragmentation cost ~MiB per camera (docs/benchmarks.md); and no BLAS thread pool
+    fragmentation cost ~MiB per camera (docs/benchmarks.md); the agent's log level
+    (`log_level` of the gateway YAML; a value already set is kept); and no BLAS thread pool
     (`SINGLE_THREADED`, always): the template must have one thread when it forks, and a
     worker started on its own is then the same as a forked one."""
     return {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),
-            **SINGLE_THREADED}
+            **SINGLE_THREADED, WORKER_LOG_LEVEL: os.environ.get(WORKER_LOG_LEVEL,
+                                                                configured_level())}
 
 
 class _Worker(Protocol):

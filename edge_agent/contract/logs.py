@@ -96,9 +96,19 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+_configured_level = "info"
+
+
+def configured_level() -> str:
+    """The level `configure` was last given (a process this one starts logs at it too)."""
+    return _configured_level
+
+
 def configure(level: str = "info", *, stream: Any = None) -> None:
     """One JSON object per line on stderr; stdlib loggers (aiomqtt, paho) routed through."""
+    global _configured_level
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _configured_level = logging.getLevelName(lvl).lower()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

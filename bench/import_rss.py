@@ -8,7 +8,13 @@ and reports VmRSS, the number of modules loaded and whether sqlite-utils and num
 among them. `agent + sqlite-utils` and `agent + sqlite-utils, numpy hidden` add sqlite-utils
 to the agent, as plainly imported (it picks up numpy when numpy is installed: the camera
 driver's dependency) and with numpy hidden for that import (what the agent did before it
-stopped using sqlite-utils). Median of `--runs` runs; docs/dependencies.md has the figures.
+stopped using sqlite-utils). The camera cases are what a camera worker's base is made
+of (issue 14): a bare interpreter, numpy, OpenCV, the ONVIF client, zstandard, and the
+worker's whole base (the template's preload with the WSDLs parsed). `file_mib` is the
+part of RSS that is mapped library files (RssFile, shared with every process mapping
+them; it varies with the page cache: the kernel maps neighbouring cached pages on a
+fault), `anon_mib` the private part (RssAnon). Median of `--runs` runs;
+docs/dependencies.md and docs/benchmarks.md have the figures.
 """
 
 from __future__ import annotations
@@ -39,9 +45,20 @@ CASES = {
     "agent + sqlite-utils": AGENT + "import sqlite_utils\n",
     "agent + sqlite-utils, numpy hidden": AGENT + HIDE_NUMPY,
     "collector": COLLECTOR,
+    "bare interpreter": "",
+    "numpy": "import numpy\n",
+    "cv2 (OpenCV, with numpy)": "import cv2\n",
+    "ONVIF client (onvif-zeep-async: zeep, lxml, aiohttp)": "import onvif.client\n",
+    "zstandard": "import zstandard\n",
+    # what every camera worker holds before its first camera: the template's preload
+    # (drivers/onvif/template.py: the driver, OpenCV, numpy, the ONVIF client) + WSDLs
+    "camera worker base": "import drivers.onvif.template as t\nt.warm()\n",
 }
-REPORT = ("rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
-          "print(json.dumps({'rss_kib': int(rss.split()[1]), 'modules': len(sys.modules),"
+REPORT = ("st = {l.split(':')[0]: l.split()[1] for l in open('/proc/self/status')"
+          " if ':' in l and len(l.split()) > 1}\n"
+          "print(json.dumps({'rss_kib': int(st['VmRSS']), 'file_kib': int(st['RssFile']),"
+          " 'anon_kib': int(st['RssAnon']),"
+          " 'modules': len(sys.modules),"
           " 'sqlite_utils': 'sqlite_utils' in sys.modules, 'numpy': 'numpy' in sys.modules}))\n")
 
 
@@ -60,8 +77,11 @@ def main() -> None:
     for name, code in CASES.items():
         runs = [measure(code) for _ in range(args.runs)]
         rss_mib = round(statistics.median(r["rss_kib"] for r in runs) / 1024, 1)
+        file_mib = round(statistics.median(r["file_kib"] for r in runs) / 1024, 1)
         figures[name] = rss_mib
-        emit({"case": name, "rss_mib": rss_mib, "modules": runs[-1]["modules"],
+        anon_mib = round(statistics.median(r["anon_kib"] for r in runs) / 1024, 1)
+        emit({"case": name, "rss_mib": rss_mib, "file_mib": file_mib, "anon_mib": anon_mib,
+              "modules": runs[-1]["modules"],
               "sqlite_utils": runs[-1]["sqlite_utils"], "numpy": runs[-1]["numpy"]})
     summary({"rss_mib": figures,
              "sqlite_utils_mib": round(figures["agent + sqlite-utils"] - figures["agent"], 1),

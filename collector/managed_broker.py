@@ -41,6 +41,7 @@ from collector.mosquitto_files import (
 from collector.provisioning.files import Provisioning
 from collector.provisioning.plan import ProvisionError
 from edge_agent.contract.backoff import Backoff
+from edge_agent.contract.files import write_atomic
 from edge_agent.contract.logs import get_logger
 from edge_agent.contract.mqtt import Endpoint
 from edge_agent.contract.settings import SecretError
@@ -98,7 +99,8 @@ class ManagedBroker:
     def __init__(self, cfg: ManagedBrokerConfig, collector_id: str,
                  provisioning: Provisioning | None = None) -> None:
         self.cfg = cfg
-        #: gateways provisioned with `edge-collector provision`, read at each start
+        #: gateways provisioned with `edge-collector provision`, read at each start and
+        #: again on the collector's SIGHUP (`reload`)
         self.provisioning = provisioning
         self.collector_id = collector_id
         self.username = f"{INTERNAL_USER_PREFIX}{collector_id}"
@@ -156,11 +158,8 @@ class ManagedBroker:
         passwd = password_file(passwords) + "".join(f"{u}:{h}\n" for u, h in hashes.items())
         for name, text in (("passwd", passwd), ("acl", acl_file(collectors, gateways)),
                            ("mosquitto.conf", conf)):
-            path = state / name
-            path.unlink(missing_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(text)
+            # atomic: also rewritten on SIGHUP while Mosquitto may be (re)reading them
+            write_atomic(state / name, text, mode=0o600)
         return state / "mosquitto.conf"
 
     def _provisioned(self, passwords: dict[str, str],

@@ -34,7 +34,7 @@ def status_line(agent: Agent) -> str:
             f"outbox {agent.outbox.stats().events} events waiting")
 
 
-def started(agent: Agent, tg: asyncio.TaskGroup) -> Beats:
+def started(agent: Agent, tg: asyncio.TaskGroup) -> None:
     """Every task is started: wire the beats, start the watchdog task, say READY=1."""
     beats = Beats(*STAGES)
     agent.pipeline.beat = beats.beater("pipeline")
@@ -45,7 +45,6 @@ def started(agent: Agent, tg: asyncio.TaskGroup) -> Beats:
                        status=partial(status_line, agent))
         tg.create_task(supervise("watchdog", ping))
     sdnotify.notify("READY=1", f"STATUS={status_line(agent)}")
-    return beats
 
 
 def stopping() -> None:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from edge_agent.contract.install_exit import INSTALL_EXIT
+
 
 class Outcome(StrEnum):
     INSTALLED = "installed"
@@ -31,8 +33,7 @@ class Outcome(StrEnum):
 #: outcomes that count as success for the exit code (pending: probation not over, so no)
 OK = frozenset({Outcome.INSTALLED, Outcome.ALREADY_CURRENT})
 #: the outcomes the box itself may report, with the exit code the contract gives each
-REMOTE_EXIT = {Outcome.INSTALLED: 0, Outcome.ALREADY_CURRENT: 0, Outcome.PENDING: 0,
-               Outcome.REFUSED: 3, Outcome.ROLLED_BACK: 4}
+REMOTE_EXIT = {Outcome(name): code for name, code in INSTALL_EXIT.items()}
 MAX_OUTPUT_BYTES = 64 * 1024
 MAX_REASON_CHARS = 300
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")

@@ -5,7 +5,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from collector.store import Store, open_store
 from collector.stream.reader import Reader, open_reader
 from drivers.modbus import profile as profile_module
 from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
+from drivers.onvif.simulator import OnvifSimulator
 from edge_agent.contract import logs
 from tests.peers import Mosquitto, Postgres
 
@@ -101,6 +102,15 @@ def _tasks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
     timer.start()
     yield
     timer.cancel()
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[OnvifSimulator]:
+    """An ONVIF camera simulator on 127.0.0.1 (a free port), no credentials."""
+    simulator = OnvifSimulator()
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
 
 
 @pytest.fixture

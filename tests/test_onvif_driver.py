@@ -22,14 +22,6 @@ from tests.peers import free_port
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-async def sim() -> OnvifSimulator:  # type: ignore[misc]
-    simulator = OnvifSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
 async def test_motion_and_tamper_arrive_as_catalog_events_within_one_pull(
         sim: OnvifSimulator, tmp_path: Path) -> None:
     sink = RecordingSink()

@@ -37,14 +37,6 @@ from tests.peers import free_port
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[OnvifSimulator]:
-    simulator = OnvifSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
 async def test_a_camera_without_username_connects_and_delivers_events(tmp_path: Path) -> None:
     async with OnvifSimulator(username=None) as sim:  # an open camera, as many ship
         cam = camera(sim, tmp_path / "pw")

@@ -40,14 +40,6 @@ FAST = {"heartbeat_s": 0.2, "heartbeat_timeout_s": 2, "restart_initial_s": 0.1,
         "restart_max_s": 0.5}
 
 
-@pytest.fixture
-async def sim() -> OnvifSimulator:  # type: ignore[misc]
-    simulator = OnvifSimulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
 def host(cams: list[OnvifCamera], sink: RecordingSink, tmp: Path, **kw: Any) -> CameraHost:
     return CameraHost(cams, sink, snapshots=SnapshotsConfig(dir=tmp / "snapshots"), **kw)
 

@@ -8,6 +8,7 @@ media, and that media outlives the clients (rounds of a bench reuse one server).
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from tests.rtsp_keeper import Keeper
@@ -40,6 +41,23 @@ def test_clients_starting_together_all_play_and_the_media_outlives_them() -> Non
             for keeper in keepers:
                 keeper.join(10)
             assert source.proc.poll() is None, "the RTSP server died"
+    finally:
+        source.stop()
+
+
+def test_every_mount_already_plays_to_the_servers_own_client_when_it_is_ready() -> None:
+    """What makes the race impossible, checked directly (the race itself is rare): by
+    `ready` the server holds one playing RTSP session of its own per mount, so the first
+    outside client never meets a fresh media."""
+    require_rtsp()
+    source = RtspSource(mounts=3)
+    source.start()
+    try:
+        assert source.proc is not None
+        own = [c for c in psutil.Process(source.proc.pid).net_connections("tcp")
+               if c.status == psutil.CONN_ESTABLISHED and c.raddr and
+               c.raddr.port == source.port]
+        assert len(own) == 3, own
     finally:
         source.stop()
 

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from tests.harness import (
     gateway_yaml,
     sim_devices,
     wait_for,
+    wait_until,
     write_yaml,
 )
 from tests.notify_socket import NotifySocket, notify_socket
@@ -107,13 +108,13 @@ async def test_pings_only_while_every_stage_beats(fake_systemd: NotifySocket,
     beating = asyncio.create_task(sleep_beating(3600, beats.beater("a")))
     pings = asyncio.create_task(keep_alive(beats, 0.2, service="test"))
     try:
-        await _until(lambda: fake_systemd.count("WATCHDOG=1") >= 3, "pings while a beats")
+        await wait_until(lambda: fake_systemd.count("WATCHDOG=1") >= 3, 15, "pings while a beats")
         beating.cancel()  # a wedges
-        await _until(lambda: _quiet_for(fake_systemd, 0.5), "pings stop once a is stale")
+        await wait_until(lambda: _quiet_for(fake_systemd, 0.5), 15, "pings stop once a is stale")
         assert beats.stale(0.2).keys() == {"a"}
         beats.beat("a")
         n = fake_systemd.count("WATCHDOG=1")
-        await _until(lambda: fake_systemd.count("WATCHDOG=1") > n, "pings again")
+        await wait_until(lambda: fake_systemd.count("WATCHDOG=1") > n, 15, "pings again")
     finally:
         beating.cancel()
         pings.cancel()
@@ -219,11 +220,11 @@ async def test_a_wedged_stage_stops_the_pings(tmp_path: Path, mosquitto: Mosquit
     probe = asyncio.create_task(loop_probe())
     running = asyncio.create_task(gateway.run())
     try:
-        await _until(lambda: fake_systemd.count("READY=1") == 1, "READY=1")
-        await _until(wedged.is_set, f"the {wedge} is wedged")
+        await wait_until(lambda: fake_systemd.count("READY=1") == 1, 15, "READY=1")
+        await wait_until(wedged.is_set, 15, f"the {wedge} is wedged")
         # the last beat was at most the interval ago; a ping at most half an interval later
-        await _until(lambda: _quiet_for(fake_systemd, 2 * WATCHDOG_S),
-                     "the pings stop", within=4 * WATCHDOG_S + 5)
+        await wait_until(lambda: _quiet_for(fake_systemd, 2 * WATCHDOG_S),
+                         4 * WATCHDOG_S + 5, "the pings stop")
         before, pings = ticks, fake_systemd.count("WATCHDOG=1")
         await asyncio.sleep(WATCHDOG_S)
         assert fake_systemd.count("WATCHDOG=1") == pings  # still no ping
@@ -246,14 +247,6 @@ def _quiet_for(sock: NotifySocket, seconds: float) -> bool:
     return since is not None and time.monotonic() - since > seconds
 
 
-async def _until(cond: Callable[[], Any], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_store_transaction_that_hangs_stops_the_collectors_pings(
         tmp_path: Path, mosquitto: Mosquitto, fake_systemd: NotifySocket,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,13 +266,13 @@ async def test_a_store_transaction_that_hangs_stops_the_collectors_pings(
     running = asyncio.create_task(ingest.run(stop))
     announcing = asyncio.create_task(announce(ingest, stop))
     try:
-        await _until(lambda: fake_systemd.count("READY=1") == 1, "READY=1")
-        await _until(lambda: fake_systemd.count("WATCHDOG=1") >= 2, "pings while idle")
+        await wait_until(lambda: fake_systemd.count("READY=1") == 1, 15, "READY=1")
+        await wait_until(lambda: fake_systemd.count("WATCHDOG=1") >= 2, 15, "pings while idle")
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="gw-wd") as gw:
             await gw.publish(GatewayTopics(DISTRICT, COMMUNITY, "gw-wd").events, b"{}", qos=1)
-        await _until(entered.is_set, "the commit hangs")
-        await _until(lambda: _quiet_for(fake_systemd, 2 * WATCHDOG_S),
-                     "the pings stop", within=4 * WATCHDOG_S + 5)
+        await wait_until(entered.is_set, 15, "the commit hangs")
+        await wait_until(lambda: _quiet_for(fake_systemd, 2 * WATCHDOG_S),
+                         4 * WATCHDOG_S + 5, "the pings stop")
         assert ingest.beats.stale(WATCHDOG_S).keys() == {"commit"}  # the others run on
     finally:
         release.set()

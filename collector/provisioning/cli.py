@@ -57,8 +57,8 @@ def _report(done: Provisioned) -> None:
         click.echo(f"    {line}")
     click.echo("\nOn the broker: reload the password file and ACL (connected clients are "
                "checked again):\n  systemctl reload mosquitto    # or: kill -HUP "
-               "$(pidof mosquitto)\nA managed broker (`broker: managed`) takes them at the "
-               "collector's next start.")
+               "$(pidof mosquitto)\nA managed broker (`broker: managed`) takes them when the "
+               "collector reloads:\n  systemctl reload edge-collector    # SIGHUP")
 
 
 @click.command()

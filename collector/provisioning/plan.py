@@ -7,7 +7,6 @@ its comments, order and other entries stay as they were.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -16,9 +15,8 @@ import yaml
 
 from collector.mosquitto_files import CollectorAccount, GatewayAccount, acl_file
 from collector.registry import Place
+from edge_agent.contract.topics import DISTRICT_RE, SEGMENT_RE
 
-DISTRICT_RE = re.compile(r"^[0-9]{6}$")
-SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: How a new registry file starts.
 REGISTRY_HEADER = ("# Gateway registry: where each gateway is installed (`gateways.file` in the\n"
                    "# collector config). Written by `edge-collector provision`; hand edits\n"

@@ -44,9 +44,9 @@ from drivers.modbus.planner import (
     plan,
 )
 from drivers.modbus.points import Point, PointType, Table, raise_issues
+from edge_agent.contract.units import is_alarm_type
 from edge_agent.sdk.config import ConfigError, ConfigIssue, load_model, profile_dirs
 from edge_agent.sdk.rules import (
-    ALARM_TYPE_PATTERN,
     DECLARED_ALARM,
     KIND_PATTERN,
     RESERVED_KINDS,
@@ -136,10 +136,6 @@ class Profile(BaseModel):
         """Point name -> unit, for the points that have one."""
         return {p.name: p.unit for p in self.points if p.unit is not None}
 
-    def declared_alarms(self) -> list[str]:
-        """The alarm types this profile declares (device.alarm rules), in file order."""
-        found = (getattr(r, "alarm_type", None) for r in self.events if r.type == DECLARED_ALARM)
-        return [name for name in found if isinstance(name, str)]
 
     def point(self, name: str) -> Point:
         """The point called `name` (KeyError if none)."""
@@ -238,7 +234,7 @@ def _declared_issues(events: Sequence[RuleSpec], kind: str | None) -> list[tuple
     for index, rule in enumerate(events):
         declared = getattr(rule, "alarm_type", None)
         if rule.type != DECLARED_ALARM or not isinstance(declared, str) \
-                or not re.match(ALARM_TYPE_PATTERN, declared):
+                or not is_alarm_type(declared):
             continue  # the rule's own checks reported it
         loc: Loc = ("events", index, "alarm_type")
         namespace = declared.split(".", 1)[0]

@@ -35,7 +35,15 @@ from edge_agent.sdk.api import DeviceState, OpenAlarm
 from edge_agent.sdk.config import ChatterConfig, SnapshotsConfig
 
 from .options import OnvifCamera
-from .worker_proto import HEADER, TO_WORKER, ProtocolError, decode_body, encode, header_length
+from .worker_proto import (
+    HEADER,
+    TO_WORKER,
+    WORKER_LOG_LEVEL,
+    ProtocolError,
+    decode_body,
+    encode,
+    header_length,
+)
 
 __all__ = ["PipeSink", "main"]
 
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     # reported as a worker crash during every stop.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure(os.environ.get("EDGE_AGENT_WORKER_LOG_LEVEL", "info"))
+    configure(os.environ.get(WORKER_LOG_LEVEL, "info"))
     sock = socket.socket(fileno=int(args[0]))
     try:
         asyncio.run(serve(sock))

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,10 +47,12 @@ from .template_client import (
     TemplateUnavailable,
     WorkerTemplate,
     exit_reason,
+    python_c,
 )
 from .worker_proto import (
     FROM_WORKER,
     HEADER,
+    WORKER_LOG_LEVEL,
     ProtocolError,
     decode_body,
     encode,
@@ -63,14 +64,10 @@ __all__ = ["CameraHost", "WorkerGroup", "exit_reason", "plan_groups"]
 log = get_logger("drivers.onvif.host")
 
 RESTARTED = "camera.video_worker_restarted"
-#: The template's and the workers' log level (they read it at start).
-WORKER_LOG_LEVEL = "EDGE_AGENT_WORKER_LOG_LEVEL"
 #: How long a stopping worker gets to unsubscribe and close its streams before SIGKILL.
 STOP_GRACE_S = 8.0
 #: From this many workers on, a template forks them (one worker: its own interpreter).
 MIN_FORKED_WORKERS = 2
-_PACKAGE = __name__.rpartition(".")[0]
-_ROOT = Path(__file__).resolve().parents[len(_PACKAGE.split("."))]
 
 
 def plan_groups(cameras: Sequence[OnvifCamera], per_worker: int) -> list[list[OnvifCamera]]:
@@ -103,7 +100,7 @@ class _Worker(Protocol):
 
 @dataclass
 class WorkerGroup:
-    """One worker process and its cameras; what the status and the benches read."""
+    """One worker process and its cameras (pid, restarts, rss_kib: what tests read)."""
 
     index: int
     cameras: list[OnvifCamera]
@@ -112,7 +109,6 @@ class WorkerGroup:
     restarts: int = 0
     rss_kib: int = 0
     last_heartbeat: float = 0.0
-    last_reason: str = ""
     fault: str = ""
     fault_after_s: float = 0.0
     fault_file: str = ""
@@ -164,11 +160,6 @@ class CameraHost:
             if self.template is not None:
                 await self.template.close()
 
-    def status(self) -> dict[str, Any]:
-        return {f"worker-{g.index}": {"pid": g.pid, "restarts": g.restarts,
-                                      "rss_kib": g.rss_kib, "cameras": sorted(g.ids)}
-                for g in self.groups}
-
     # ------------------------------------------------------------------ supervision
 
     async def _supervise(self, group: WorkerGroup) -> None:
@@ -182,7 +173,6 @@ class CameraHost:
                 backoff.reset()
             wait = backoff.next_s()
             group.restarts += 1
-            group.last_reason = reason
             log.error("camera_worker_died", worker=group.index, reason=reason,
                       restarts=group.restarts, retry_in_s=round(wait, 2),
                       cameras=sorted(group.ids))
@@ -247,10 +237,8 @@ class CameraHost:
                 log.error("camera_template_unavailable", reason=str(exc),
                           fallback="one fresh interpreter per worker")
                 self.template = None
-        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
-                f"from {_PACKAGE}.camera_process import main; main()")
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
+            *python_c("camera_process"), str(theirs.fileno()), pass_fds=(theirs.fileno(),),
             stdin=asyncio.subprocess.DEVNULL, env=worker_env())
 
     async def _stop(self, proc: _Worker, writer: asyncio.StreamWriter) -> None:

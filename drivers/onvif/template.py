@@ -49,6 +49,8 @@ from typing import Any
 
 from edge_agent.contract.logs import configure, get_logger
 
+from .worker_proto import WORKER_LOG_LEVEL
+
 __all__ = ["PRELOAD", "main", "threads", "warm"]
 
 log = get_logger("drivers.onvif.template")
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure(os.environ.get("EDGE_AGENT_WORKER_LOG_LEVEL", "info"))
+    configure(os.environ.get(WORKER_LOG_LEVEL, "info"))
     ctl = socket.socket(fileno=int(args[0]))
     try:
         loaded = warm(args[1:])

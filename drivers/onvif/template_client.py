@@ -28,8 +28,15 @@ from typing import Any
 
 from edge_agent.contract.logs import get_logger
 
-__all__ = ["SINGLE_THREADED", "ForkedWorker", "TemplateGone", "TemplateUnavailable",
-           "WorkerTemplate", "exit_reason"]
+__all__ = [
+    "SINGLE_THREADED",
+    "ForkedWorker",
+    "TemplateGone",
+    "TemplateUnavailable",
+    "WorkerTemplate",
+    "exit_reason",
+    "python_c",
+]
 
 log = get_logger("drivers.onvif.template")
 
@@ -47,6 +54,13 @@ FORK_TIMEOUT_S = 30.0
 #: products) makes no BLAS call, so the threads never did any work.
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 STOP_WAIT_S = 12.0
+
+
+def python_c(module: str) -> list[str]:
+    """The command running `main()` of this package's `module` in a fresh interpreter
+    that finds the package wherever it was imported from."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+            f"from {_PACKAGE}.{module} import main; main()"]
 
 
 class TemplateUnavailable(RuntimeError):
@@ -145,11 +159,9 @@ class WorkerTemplate:
 
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = (f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
-                f"from {_PACKAGE}.template import main; main()")
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", code, str(theirs.fileno()), *self.extra,
+                *python_c("template"), str(theirs.fileno()), *self.extra,
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL,
                 env={**self.env, **SINGLE_THREADED})
         except OSError as exc:

@@ -21,6 +21,9 @@ import json
 import struct
 from typing import Any
 
+#: The environment variable the template and the workers take their log level from.
+WORKER_LOG_LEVEL = "EDGE_AGENT_WORKER_LOG_LEVEL"
+
 __all__ = ["FROM_WORKER", "MAX_FRAME", "ProtocolError", "decode_body", "encode", "header_length"]
 
 #: The largest frame either side accepts (an event's data is at most a few KiB).

@@ -26,7 +26,7 @@ import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edge_agent.bundles import journal, loader
@@ -36,7 +36,7 @@ from edge_agent.bundles.presence import mark_agent
 from edge_agent.bundles.store import DriverState, Store
 from edge_agent.config.models import ChatterConfig, DeviceConfig, DriversConfig, SnapshotsConfig
 from edge_agent.contract.backoff import Backoff
-from edge_agent.contract.envelope import Event, Hierarchy, Severity, new_event
+from edge_agent.contract.envelope import Event, Hierarchy, Severity, encode_ulid, new_event
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import DeviceState, Driver, DriverSpec, EventSink, OpenAlarm
 from edge_agent.sdk.registry import available, builtin
@@ -61,16 +61,12 @@ def _cause(exc: BaseException) -> str:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"[:300]
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
 def entry_ulid(gateway: str, entry: dict[str, Any]) -> str:
     """A ULID for a journal entry, the same on every reading: the entry's time in ms and
     80 bits of sha256(gateway, entry_id)."""
     ms = int(float(entry.get("time", 0)) * 1000) & ((1 << 48) - 1)
     digest = hashlib.sha256(f"{gateway}:{entry.get('entry_id', '')}".encode()).digest()
-    value = (ms << 80) | int.from_bytes(digest[:10], "big")
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return encode_ulid(ms, int.from_bytes(digest[:10], "big"))
 
 
 class _Watch:
@@ -122,7 +118,6 @@ class _Slot:
     failure: str = ""
     probation_until: float | None = None
     driver: Driver | None = None  # built before the task starts (first start only)
-    reloads: list[float] = field(default_factory=list)
 
 
 class DriverRuntime:
@@ -297,7 +292,6 @@ class DriverRuntime:
                          deadline=time.time() + self.cfg.probation_s)
         slot.probation_until = time.monotonic() + self.cfg.probation_s if probation else None
         slot.version = st.active
-        slot.reloads.append(time.monotonic())
         slot.task = asyncio.create_task(self._drive(slot), name=f"driver:{slot.name}")
 
     # ------------------------------------------------------------------ store steps

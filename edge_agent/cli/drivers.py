@@ -19,11 +19,8 @@ import click
 from edge_agent.bundles.errors import BundleError
 from edge_agent.config.loader import ConfigError, load_gateway_config
 from edge_agent.config.models import GatewayConfig
+from edge_agent.contract.install_exit import INSTALL_EXIT as _EXIT
 from edge_agent.sdk.commands import EXIT_CONFIG
-
-EXIT_REFUSED, EXIT_ROLLED_BACK = 3, 4
-_EXIT = {"installed": 0, "already_current": 0, "pending": 0, "refused": EXIT_REFUSED,
-         "rolled_back": EXIT_ROLLED_BACK}
 
 config_option = click.option("--config", "config_path", required=True,
                              type=click.Path(path_type=Path), help="gateway YAML file")

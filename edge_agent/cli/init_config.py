@@ -10,11 +10,9 @@ files aside). An existing file is never replaced without --force.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +21,10 @@ from urllib.parse import urlsplit
 import click
 
 from edge_agent.config.loader import ConfigError, load_gateway_config
+from edge_agent.contract.files import write_atomic
+from edge_agent.contract.topics import DISTRICT_RE, SEGMENT_RE
 from edge_agent.sdk.commands import EXIT_CONFIG
 
-SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DISTRICT_RE = re.compile(r"^[0-9]{6}$")
 NUMBER_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
 
@@ -215,13 +213,8 @@ def write_checked(out: Path, text: str, force: bool) -> None:
     """Write `text` to `out` only if it loads as a gateway config; exit 2 otherwise."""
     if out.exists() and not force:
         raise click.UsageError(f"--out: {out} exists; pass --force to replace it")
-    directory = out.parent if str(out.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".yaml", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
+
+    def loads(tmp: Path) -> None:
         try:
             load_gateway_config(tmp)
         except ConfigError as err:
@@ -229,9 +222,8 @@ def write_checked(out: Path, text: str, force: bool) -> None:
                 click.echo(str(issue).replace(str(tmp), str(out)), err=True)
             click.echo(f"{out}: not written", err=True)
             sys.exit(EXIT_CONFIG)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(out, text, check=loads)
 
 
 def ask(value: str | None, question: str, check: Callable[[str], str], interactive: bool,

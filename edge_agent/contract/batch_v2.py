@@ -40,7 +40,6 @@ import zstandard
 MAGIC = b"\x00CE2"
 #: MQTT v5 announcement (the payload is self-describing; these only tell a reader early).
 CONTENT_TYPE = "application/vnd.community.batch.v2+json"
-ENCODING_PROPERTY = "content-encoding"
 Encoding = Literal["zstd", "zlib", "none"]
 _CODE: dict[str, bytes] = {"zstd": b"z", "zlib": b"d", "none": b"n"}
 _NAME = {code: name for name, code in _CODE.items()}

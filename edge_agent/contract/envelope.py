@@ -120,6 +120,12 @@ def chatter_type(alarm_type: str) -> str:
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+def encode_ulid(ms: int, rand: int) -> str:
+    """The 26-character Crockford base32 ULID of a 48-bit time (ms) and 80 random bits."""
+    value = (ms << 80) | rand
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
 class _UlidFactory:
     """Monotonic ULIDs: within one millisecond the random part is incremented."""
 
@@ -139,8 +145,7 @@ class _UlidFactory:
             else:
                 rand = int.from_bytes(os.urandom(10), "big")
             self._last_ms, self._last_rand = now, rand
-        value = (now << 80) | rand
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        return encode_ulid(now, rand)
 
 
 new_ulid = _UlidFactory()

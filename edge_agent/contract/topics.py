@@ -13,6 +13,8 @@ PREFIX = "cd/v1"
 Channel = Literal["events", "ack", "status", "cmd"]
 CHANNELS: tuple[Channel, ...] = ("events", "ack", "status", "cmd")
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A district: the 6-digit administrative division code.
+DISTRICT_RE = re.compile(r"^[0-9]{6}$")
 
 #: What a collector subscribes to (prefix with `$share/<group>/` on MQTT v5).
 EVENTS_FILTER = f"{PREFIX}/+/+/+/events"

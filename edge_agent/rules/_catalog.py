@@ -36,6 +36,8 @@ KIND_SHAPE: dict[str, str] = {
 
 #: Types whose data is a set of enumerated states, emitted when one changes.
 STATE_TYPES = frozenset({"gate.state"})
+#: The fields an alarm rule sets itself: a rule may not map points to them.
+ALARM_KEYS = frozenset({"state", "alarm_id", "alarm_type", "kind"})
 
 
 def agent_owned(type_: str) -> bool:
@@ -103,7 +105,7 @@ class DataShape:
 
     def missing(self, keys: frozenset[str] | set[str], *, alarm: bool = False) -> list[str]:
         """Human descriptions of the required fields `keys` lacks (alarm keys excluded)."""
-        reserved = {"state", "alarm_id", "alarm_type", "kind"} if alarm else set()
+        reserved = ALARM_KEYS if alarm else frozenset()
         out = [f"`{k}`" for k in sorted(self.required - reserved) if k not in keys]
         alternatives = self.any_of_required
         if alternatives and not any(alt <= keys for alt in alternatives):

@@ -33,13 +33,14 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 from edge_agent.config.models import ChatterOverride
 from edge_agent.contract.envelope import CATALOG
 from edge_agent.contract.units import (
-    ALARM_TYPE_PATTERN,
     QUANTITY_PATTERN,
     RESERVED_KINDS,
     UNITS,
+    is_alarm_type,
     unit_hint,
 )
 from edge_agent.rules._catalog import (
+    ALARM_KEYS,
     DECLARED_ALARM,
     KIND_SHAPE,
     SENSOR_READING,
@@ -258,7 +259,7 @@ class _Rule(_Strict):
                 errors.append(_err(loc, f"`{name}` would be a raw credential, which "
                                    f"`{self.type}` must never carry; send "
                                    "`credential_hash: {point: ..., hash: true}` instead"))
-            elif self.kind == "alarm" and name in ("state", "alarm_id", "alarm_type", "kind"):
+            elif self.kind == "alarm" and name in ALARM_KEYS:
                 errors.append(_err(loc, f"`{name}` is set by the alarm rule itself"))
             elif name == "credential_hash" and not spec.hash:
                 errors.append(_err(loc, "`credential_hash` must be hashed: write "
@@ -385,7 +386,7 @@ class AlarmRule(_Rule):
         if value is None:
             errors.append(_err((), f"a `{DECLARED_ALARM}` rule needs `alarm_type: <kind>.<name>` "
                                "(e.g. `elevator.fault`), <kind> the profile's `kind:`"))
-        elif not re.match(ALARM_TYPE_PATTERN, value):
+        elif not is_alarm_type(value):
             errors.append(_err(("alarm_type",), f"`{value}` is not an alarm type name: write "
                                "`<kind>.<name>`, lower case letters, digits and `_` (e.g. "
                                "`elevator.fault`, `pump.failure`)", value))

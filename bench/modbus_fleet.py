@@ -35,9 +35,7 @@ that dir to `drivers.modbus.profile.DEFAULT_SEARCH_PATH` and then runs the real 
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -67,7 +65,7 @@ from tests.harness import (  # noqa: E402
     wait_for,
     write_yaml,
 )
-from tests.peers import Mosquitto  # noqa: E402
+from tests.peers import Mosquitto, free_ports  # noqa: E402
 
 PROFILE = "bench-scattered-20"
 SCATTERED = ROOT / "tests" / "data" / "modbus" / "scattered-20.yaml"
@@ -94,21 +92,6 @@ events:
     path = folder / f"{PROFILE}.yaml"
     path.write_text(text, "utf-8")
     return path
-
-
-def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports on 127.0.0.1 (below the ephemeral range)."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 32000 - count)
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise SystemExit(f"no {count} consecutive free ports")
 
 
 def ts(text: str) -> float:

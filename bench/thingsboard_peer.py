@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench._common import emit, summary  # noqa: E402
-from bench.modbus_fleet import free_ports, write_profile  # noqa: E402
+from bench.modbus_fleet import write_profile  # noqa: E402
 from bench.uplink_bytes import (  # noqa: E402
     POINTS,
     SENSOR_DRIFT,
@@ -59,7 +59,7 @@ from bench.uplink_bytes import (  # noqa: E402
     write_simulator,
 )
 from tests.harness import Proc, wait_for  # noqa: E402
-from tests.peers import Mosquitto  # noqa: E402
+from tests.peers import Mosquitto, free_ports  # noqa: E402
 
 TB_VERSION = "3.8.5"
 #: what thingsboard_gateway.connectors.modbus pins (it pip-installs it otherwise)

@@ -54,7 +54,6 @@ from bench.modbus_fleet import (  # noqa: E402
     READING,
     SCATTERED,
     Rig,
-    free_ports,
     poll_slots,
     ts,
 )
@@ -68,7 +67,7 @@ from tests.harness import (  # noqa: E402
     wait_for,
     write_yaml,
 )
-from tests.peers import Mosquitto  # noqa: E402
+from tests.peers import Mosquitto, free_ports  # noqa: E402
 
 POINTS = 20
 #: Reference figures (measured by the reviewer): ThingsBoard IoT Gateway, today's agent.

@@ -89,6 +89,10 @@ def connect_packet(username: str, password: str) -> bytes:
             return b"\x10" + length + body
 
 
+#: starts of Mosquitto, each on a new loopback port, when the one we picked was taken
+LOOPBACK_PORT_ATTEMPTS = 3
+
+
 def _free_loopback_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,11 +205,20 @@ class ManagedBroker:
         Raises ManagedBrokerError (binary missing, port taken, bad TLS files) or SecretError.
         """
         binary = self.binary()
-        conf = self.write_files()
-        await self._spawn(binary, conf)
-        if not await self._wait_listening(START_TIMEOUT_S):
+        for attempt in range(1, LOOPBACK_PORT_ATTEMPTS + 1):
+            conf = self.write_files()
+            await self._spawn(binary, conf)
+            if await self._wait_listening(START_TIMEOUT_S):
+                break
             await self._terminate()
             said = "; ".join(self._last_lines) or "no output"
+            if self._own_port_taken() and attempt < LOOPBACK_PORT_ATTEMPTS:
+                # The loopback port we picked was free when we looked; something took it
+                # before Mosquitto bound it. Ours to change: nobody else is told it.
+                log.warning("managed_broker_loopback_port_taken", port=self._local_port,
+                            attempt=attempt)
+                self._local_port = _free_loopback_port()
+                continue
             raise ManagedBrokerError(
                 f"managed broker (mosquitto) did not start on {self.cfg.listen}: {said} "
                 "(hint: is the port taken? see managed_broker.listen)")
@@ -244,6 +257,19 @@ class ManagedBroker:
             else self.cfg.host.strip("[]")
         return Endpoint(host=host, port=self._local_port, username=self.username,
                         password=SecretStr(self._password), protocol="auto")
+
+    def _own_port_taken(self) -> bool:
+        """Mosquitto said a port was in use, and it was the loopback port we picked (TLS
+        mode): something holds it now. The public listener's port is the operator's."""
+        if self.cfg.tls is None or not any(
+                "address already in use" in line.lower() for line in self._last_lines):
+            return False
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", self._local_port))
+            except OSError:
+                return True
+        return False
 
     def _pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None

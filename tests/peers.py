@@ -16,11 +16,74 @@ from pathlib import Path
 
 import pytest
 
+#: Test servers listen on ports below Linux's ephemeral range (32768-60999 by default).
+#: A port the kernel hands out for bind(0) comes from that range, and so does the local port
+#: of every outgoing connection: a port found free with bind(0) and closed could be taken by
+#: a client's connection (another test, PostgreSQL's clients, ...) before our server bound
+#: it ("address already in use", seen in CI). Below the range only explicit binds compete.
+PORTS_LOW = 20000
+PORTS_HIGH = 32000
+#: each pytest-xdist worker has a slice of its own, so two workers never hand out one port
+WORKER_SLICE = 1500
+
+
+def _ephemeral_low() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+def _slice() -> range:
+    """This process's ports: its xdist worker's slice, else one picked by the pid."""
+    high = min(PORTS_HIGH, _ephemeral_low())
+    slices = max(1, (high - PORTS_LOW) // WORKER_SLICE)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
+    low = PORTS_LOW + (index % slices) * WORKER_SLICE
+    return range(low, min(low + WORKER_SLICE, high))
+
+
+class _Ports:
+    """Hands out ports of this process's slice in turn (never the same one twice until the
+    slice wraps), skipping any that something holds now, TCP or UDP."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ports = _slice()
+        self.cursor = os.getpid() % len(self.ports)  # two runs outside xdist rarely meet
+
+    def take(self, count: int) -> int:
+        with self.lock:
+            for _ in range(len(self.ports)):
+                base = self.ports[self.cursor % len(self.ports)]
+                self.cursor = (self.cursor + count) % len(self.ports)
+                if base + count <= self.ports.stop and all(
+                        _bindable(p) for p in range(base, base + count)):
+                    return base
+        raise RuntimeError(f"no {count} consecutive free ports in {self.ports}")
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+_PORTS = _Ports()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 free now that no other test of this run will be handed."""
+    return _PORTS.take(1)
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive such ports."""
+    return _PORTS.take(count)
 
 
 def require_binary(name: str) -> str:

@@ -24,10 +24,12 @@ from typing import Any
 
 import aiomqtt
 import pytest
+import structlog
 import yaml
 from aiomqtt import ProtocolVersion
 from paho.mqtt.client import topic_matches_sub
 
+from collector import managed_broker
 from collector.config import BrokerUser, ManagedBrokerConfig
 from collector.ingest import Collector
 from collector.managed_broker import ManagedBroker, ManagedBrokerError
@@ -348,6 +350,49 @@ async def test_tls_listener_for_gateways_loopback_for_the_collector(tmp_path: Pa
     finally:
         await broker.stop()
         store.close()
+
+
+async def test_a_loopback_port_taken_before_mosquitto_binds_it_is_picked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS mode: the collector's loopback port is ours to pick; one found free and then
+    taken by someone else (the race CI met in tests) costs a restart, not the start."""
+    require_binary("mosquitto")
+    ca, cert, key = make_certs(tmp_path / "certs")
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", free_port())
+    taken_port = taken.sockets[0].getsockname()[1]
+    picks = iter([taken_port, free_port()])
+    monkeypatch.setattr(managed_broker, "_free_loopback_port", lambda: next(picks))
+    broker = ManagedBroker(managed_config(tmp_path, tls={"cert_file": cert, "key_file": key}),
+                           "t1")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await broker.start()
+        assert broker.endpoint().port not in (taken_port, broker.cfg.port)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        async with aiomqtt.Client("127.0.0.1", broker.cfg.port, username="gw-a",
+                                  password=PASSWORDS["gw-a"], tls_context=ctx):
+            pass
+    finally:
+        await broker.stop()
+        taken.close()
+    said = [e for e in logs if e["event"] == "managed_broker_loopback_port_taken"]
+    assert [(e["port"], e["attempt"]) for e in said] == [(taken_port, 1)]
+
+
+async def test_a_taken_public_port_in_tls_mode_is_a_clear_error_not_a_port_hunt(
+        tmp_path: Path) -> None:
+    require_binary("mosquitto")
+    _, cert, key = make_certs(tmp_path / "certs")
+    cfg = managed_config(tmp_path, tls={"cert_file": cert, "key_file": key})
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", cfg.port)
+    broker = ManagedBroker(cfg, "t1")
+    loopback = broker.endpoint().port
+    try:
+        with pytest.raises(ManagedBrokerError, match="Address already in use"):
+            await broker.start()
+    finally:
+        server.close()
+    assert broker.endpoint().port == loopback  # the operator's port is theirs to free
 
 
 async def test_bad_tls_files_name_the_key(tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def test_topics_roundtrip() -> None:
 
 @pytest.mark.parametrize("topic", [
     "cd/v1/371312/c/gw/events/extra", "cd/v2/371312/c/gw/events", "cd/v1/37131/c/gw/events",
-    "cd/v1/371312/c/gw/telemetry", "cd/v1/371312/c/../events", "cd/v1/371312/c/+/events"])
+    "cd/v1/371312/c/gw/telemetry", "cd/v1/371312/c/../events", "cd/v1/371312/c/+/events",
+    "cd/v1/371312/c/gw\n/events", "cd/v1/371312/c\n/gw/events"])
 def test_bad_topics_are_refused(topic: str) -> None:
     with pytest.raises(TopicError):
         parse_topic(topic)

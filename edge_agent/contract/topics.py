@@ -12,9 +12,11 @@ from typing import Literal
 PREFIX = "cd/v1"
 Channel = Literal["events", "ack", "status", "cmd"]
 CHANNELS: tuple[Channel, ...] = ("events", "ack", "status", "cmd")
-SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: One topic segment (community, gateway, collector id). `\Z`, not `$`: `$` also matches
+#: before a trailing newline, and "gw-a\n" is not gw-a.
+SEGMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 #: A district: the 6-digit administrative division code.
-DISTRICT_RE = re.compile(r"^[0-9]{6}$")
+DISTRICT_RE = re.compile(r"^[0-9]{6}\Z")
 
 #: What a collector subscribes to (prefix with `$share/<group>/` on MQTT v5).
 EVENTS_FILTER = f"{PREFIX}/+/+/+/events"

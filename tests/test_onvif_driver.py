@@ -43,6 +43,7 @@ async def test_motion_and_tamper_arrive_as_catalog_events_within_one_pull(
     motion = data_of(sink, "camera.motion")
     assert [m["state"] for m in motion] == ["raised", "cleared"]
     assert motion[0]["alarm_id"] == motion[1]["alarm_id"]
+    assert motion[0]["alarm_id"].startswith("cam-1:camera.motion:")  # as every other alarm
     assert motion[0]["rule"] == "MyMotionDetectorRule" and motion[0]["video_source"] == "vsc0"
     tamper = data_of(sink, "camera.tamper")[0]
     assert tamper["state"] == "raised" and tamper["reason"] == "tamper"
@@ -64,6 +65,7 @@ async def test_reboot_events_flow_again_and_the_gap_is_reported(
     lost = data_of(sink, "camera.events_lost")
     assert [x["state"] for x in lost] == ["raised", "cleared"]
     assert lost[0]["alarm_id"] == lost[1]["alarm_id"] and lost[1]["gap_s"] >= 0.9
+    assert lost[0]["alarm_id"].startswith("cam-1:camera.events_lost:")
     assert "unreachable" in lost[0]["reason"] or "fault" in lost[0]["reason"].lower()
     assert sink.types().count("device.offline") == 1
     online = data_of(sink, "device.online")[-1]

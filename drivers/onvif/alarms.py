@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.contract.envelope import new_ulid
 from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import EventSink, OpenAlarm
+from edge_agent.sdk.rules import new_alarm_id
 
 from .options import SnapshotOptions
 from .snapshots import SnapshotRef, SnapshotRing, is_jpeg
@@ -149,8 +149,9 @@ class CameraAlarms:
     def channel_lost(self, reason: str) -> None:
         if self._lost is not None:
             return
-        alarm_id = new_ulid()
-        self._lost = (alarm_id, time.time())
+        now = time.time()
+        alarm_id = new_alarm_id(self.device, "camera.events_lost", now)
+        self._lost = (alarm_id, now)
         self.sink.emit(self.device, "camera.events_lost",
                        {"state": "raised", "alarm_id": alarm_id, "reason": reason[:200]})
 
@@ -216,7 +217,7 @@ class CameraAlarms:
                 log.warning("alarm_not_raised", device=self.device, type=m.type,
                             reason=f"{ACTIVE_MAX} alarms already raised on this camera")
                 return None
-            alarm_id = self.active[m.key] = new_ulid()
+            alarm_id = self.active[m.key] = new_alarm_id(self.device, m.type, time.time())
             return {"state": "raised", "alarm_id": alarm_id, **data}
         if not m.active and alarm_id is not None:
             del self.active[m.key]

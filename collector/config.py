@@ -19,12 +19,12 @@ from edge_agent.contract.settings import (
     BackoffConfig,
     BrokerUrl,
     ByteSize,
+    ListenAddress,
     SecretRef,
     Strict,
     TlsConfig,
 )
 
-LISTEN = r"^[^:\s]+:\d{1,5}$"
 #: The collector's own account on its managed broker: `_collector-<id>`. The leading `_`
 #: keeps it out of the names a configured user may take (SEGMENT starts alphanumeric).
 INTERNAL_USER_PREFIX = "_collector-"
@@ -88,7 +88,7 @@ class Listens:
 class ManagedBrokerConfig(Strict, Listens):
     """A Mosquitto the collector configures (files in `state_dir`) and supervises."""
 
-    listen: str = Field(default="127.0.0.1:1883", pattern=LISTEN)
+    listen: ListenAddress = "127.0.0.1:1883"
     state_dir: Path = Field(description="mosquitto.conf, password file, ACL, persistence")
     users: list[BrokerUser] = Field(default_factory=list)
     tls: ListenerTls | None = None
@@ -161,7 +161,7 @@ class ApiConfig(Strict, Listens):
     `edge-collector run` with `enabled: true` (or `run --serve`)."""
 
     enabled: bool = Field(default=False, description="serve the API inside `edge-collector run`")
-    listen: str = Field(default="127.0.0.1:8470", pattern=LISTEN,
+    listen: ListenAddress = Field(default="127.0.0.1:8470",
                         description="host:port; keep it on the loopback behind a reverse "
                                     "proxy, or give `tls`")
     cursor_key: SecretRef = Field(description="HMAC key of the cursors (at least 16 "

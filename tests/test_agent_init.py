@@ -89,6 +89,18 @@ def test_bad_options_are_exit_2_naming_the_option(tmp_path: Path, change: list[s
     assert not (tmp_path / "gw.yaml").exists()
 
 
+def test_an_out_folder_that_does_not_exist_is_named_before_any_question(
+        tmp_path: Path) -> None:
+    args = [*PLACE, "--broker", "mqtt://h:1883", "--password-file", str(tmp_path / "pw")]
+    code, text = _init("--out", str(tmp_path / "no" / "such" / "gw.yaml"), *args)
+    assert code == 2 and "--out: the folder" in text and "mkdir -p" in text, text
+    assert "Traceback" not in text
+    (tmp_path / "ro").mkdir(mode=0o555)
+    if os.geteuid() != 0:  # root writes anywhere
+        code, text = _init("--out", str(tmp_path / "ro" / "gw.yaml"), *args)
+        assert code == 2 and "--out: cannot write in" in text, text
+
+
 def test_a_missing_option_without_a_terminal_is_named(tmp_path: Path) -> None:
     code, text = _init("--out", str(tmp_path / "gw.yaml"), *PLACE)
     assert code == 2 and "--broker is missing" in text

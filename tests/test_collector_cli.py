@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 import yaml
 from aiomqtt import ProtocolVersion
 from click.testing import CliRunner
@@ -126,6 +127,27 @@ def test_config_mistakes_are_listed_with_exit_2(tmp_path: Path) -> None:
     assert any(line.startswith(f"{path}:2:") and "store" in line for line in lines), lines
     assert any(line.startswith(f"{path}:3:") and "share_grup" in line for line in lines), lines
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ("broker: {url: 'mqtt://h:99999'}\n", "broker.url: expected mqtt://host:port"),
+    ("broker: {url: 'mqtt://[::1'}\n", "broker.url: expected mqtt://host:port"),
+    ("broker: managed\nmanaged_broker: {listen: '127.0.0.1:70000', state_dir: b}\n",
+     "managed_broker.listen: the port must be 1-65535"),
+    ("broker: {url: 'mqtt://h:1883'}\napi: {listen: '127.0.0.1:99999', "
+     "cursor_key: {env: K}}\n", "api.listen: the port must be 1-65535"),
+])
+def test_a_port_no_socket_can_have_is_a_config_mistake(
+        tmp_path: Path, text: str, named: str) -> None:
+    """Caught by validate, not by a traceback from the socket layer at `run`."""
+    path = tmp_path / "c.yaml"
+    path.write_text("collector: {id: c1}\nstore: sqlite:///x.db\n" + text)
+    for command in ("validate", "run"):
+        args = [command, str(path)] if command == "validate" else [command, "--config", str(path)]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert named in result.stderr and f"{path}:" in result.stderr
+        assert "Traceback" not in result.output
 
 
 def test_operator_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:

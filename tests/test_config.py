@@ -330,6 +330,33 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["6:1: uplink: ack_timeout_max_s (5) is below ack_timeout_s (10)"],
     ),
     (
+        "broker port out of range",
+        HEAD.replace("broker.local:1883", "broker.local:99999"),
+        ["7:11: uplink.broker: expected mqtt://host:port or mqtts://host:port "
+         "(Port out of range 0-65535)"],
+    ),
+    (
+        "broker url with a path",
+        HEAD.replace("broker.local:1883", "broker.local:1883/x?y=1"),
+        ["7:11: uplink.broker: expected mqtt://host:port or mqtts://host:port, nothing after"],
+    ),
+    (
+        "status page port out of range",
+        HEAD + "status_page:\n  listen: 127.0.0.1:99999\n",
+        ["9:11: status_page.listen: the port must be 1-65535"],
+    ),
+    (
+        "status page port 0",
+        HEAD + "status_page:\n  listen: 127.0.0.1:0\n",
+        ["9:11: status_page.listen: the port must be 1-65535"],
+    ),
+    (
+        "a number out of range hides no other mistake",
+        HEAD + "outbox: {max_bytes: 1e400}\nhearbeat_s: 3\n",
+        ["8:21: outbox.max_bytes: a number out of range (inf or nan)",
+         "9:1: hearbeat_s: unknown key `hearbeat_s`; did you mean `heartbeat_s`?"],
+    ),
+    (
         "empty file",
         "",
         ["1:1: the file holds no settings (it is empty)"],
@@ -573,7 +600,7 @@ class Limits(BaseModel):
     [
         ("name: a\nsizes: {x: 1, y: two}\n", ["2:18: sizes.y: expected a whole number; got `two`"]),
         ("name: a\nratio: .inf\n", ["2:8: ratio: expected a number; got `.inf`"]),
-        ("name: a\nratio: 1e999\n", ["1:1: a number is out of range"]),
+        ("name: a\nratio: 1e999\n", ["2:8: ratio: a number out of range (inf or nan)"]),
         ("nmae: a\n", ["1:1: nmae: unknown key `nmae`; did you mean `name`?",
                        "1:1: name: required key missing"]),
     ],

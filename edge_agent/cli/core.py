@@ -152,8 +152,7 @@ def init(out: Path, force: bool, ask: bool | None, gateway: str | None, district
     What it writes passes `edge-agent validate`; an existing file is kept unless --force."""
     from edge_agent.cli import init_config as ic
 
-    if out.exists() and not force:
-        raise click.UsageError(f"--out: {out} exists; pass --force to replace it")
+    ic.check_out(out, force)
     interactive = sys.stdin.isatty() if ask is None else ask
     gw = ic.ask(gateway, "Gateway id", ic.check_segment("--id", "gateway id"), interactive,
                 "--id")

@@ -10,6 +10,7 @@ files aside). An existing file is never replaced without --force.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -209,10 +210,22 @@ def discovered_cameras(target: str, timeout_s: float) -> list[str]:
     return blocks
 
 
-def write_checked(out: Path, text: str, force: bool) -> None:
-    """Write `text` to `out` only if it loads as a gateway config; exit 2 otherwise."""
+def check_out(out: Path, force: bool) -> None:
+    """Before asking anything: can `out` be written at all?"""
     if out.exists() and not force:
         raise click.UsageError(f"--out: {out} exists; pass --force to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise click.UsageError(f"--out: the folder {folder} does not exist (hint: mkdir -p "
+                               f"{folder}, or write somewhere else)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.UsageError(f"--out: cannot write in {folder} (hint: run as a user who may, "
+                               "or write somewhere else)")
+
+
+def write_checked(out: Path, text: str, force: bool) -> None:
+    """Write `text` to `out` only if it loads as a gateway config; exit 2 otherwise."""
+    check_out(out, force)
 
     def loads(tmp: Path) -> None:
         try:
@@ -223,7 +236,10 @@ def write_checked(out: Path, text: str, force: bool) -> None:
             click.echo(f"{out}: not written", err=True)
             sys.exit(EXIT_CONFIG)
 
-    write_atomic(out, text, check=loads)
+    try:
+        write_atomic(out, text, check=loads)
+    except OSError as exc:
+        raise click.UsageError(f"--out: cannot write {out}: {exc.strerror or exc}") from None
 
 
 def ask(value: str | None, question: str, check: Callable[[str], str], interactive: bool,

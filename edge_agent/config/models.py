@@ -18,6 +18,7 @@ from edge_agent.contract.settings.types import (
     BackoffConfig,
     BrokerUrl,
     ByteSize,
+    ListenAddress,
     SecretError,
     SecretRef,
     Strict,
@@ -127,7 +128,7 @@ class StatusPageConfig(Strict):
     (camera snapshots) behind `credential`; without one they are not served at all."""
 
     enabled: bool = True
-    listen: str = Field(default="0.0.0.0:8080", pattern=r"^[^:\s]+:\d{1,5}$",
+    listen: ListenAddress = Field(default="0.0.0.0:8080",
                         description="host:port; 0.0.0.0:8080 serves the whole LAN")
     allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253,
                                              pattern=r"^[A-Za-z0-9.:\[\]_*-]+$")]] = Field(

@@ -28,6 +28,7 @@ from edge_agent.contract.settings.types import (
     BackoffConfig,
     BrokerUrl,
     ByteSize,
+    ListenAddress,
     SecretError,
     SecretRef,
     Strict,
@@ -36,7 +37,8 @@ from edge_agent.contract.settings.types import (
 
 __all__ = [
     "MAX_FILE_BYTES", "SEGMENT", "AdminCode", "BackoffConfig", "BrokerUrl", "ByteSize",
-    "ConfigError", "ConfigIssue", "Document", "KeyPath", "SecretError", "SecretRef", "Strict",
+    "ConfigError", "ConfigIssue", "Document", "KeyPath", "ListenAddress", "SecretError",
+    "SecretRef", "Strict",
     "TlsConfig", "check_model_secrets", "error_issue", "field_names", "for_device",
     "load_model", "raise_issues", "read_yaml", "unknown_key", "validate_part",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -38,14 +39,30 @@ def validate(doc: Document, model: type[M], data: Any, prefix: KeyPath,
              label: str | None = None) -> tuple[M | None, list[ConfigIssue]]:
     """Validate `data` (found at `prefix` in `doc`) in pydantic's strict JSON mode; map
     every error to a ConfigIssue. `label`: the device id the messages name."""
+    bad: list[KeyPath] = []
+    data = _without_non_finite(data, (), bad)
+    issues = [doc.at((*prefix, *rel), for_device(label, "a number out of range (inf or nan)"),
+                     "write a finite number (YAML reads 1e400 as infinity)") for rel in bad]
     try:
-        payload = json.dumps(data, allow_nan=False)
-    except (ValueError, TypeError):
-        return None, [doc.at(prefix, "a number is out of range (inf or nan)")]
-    try:
-        return model.model_validate_json(payload, strict=True), []
+        validated = model.model_validate_json(json.dumps(data), strict=True)
     except ValidationError as exc:
-        return None, [error_issue(doc, model, prefix, err, label) for err in exc.errors()]
+        issues += [error_issue(doc, model, prefix, err, label) for err in exc.errors()
+                   if tuple(err["loc"]) not in bad]  # its own issue above
+        return None, sorted(issues, key=lambda i: (i.line, i.col))
+    return (None, issues) if issues else (validated, [])
+
+
+def _without_non_finite(data: Any, at: KeyPath, bad: list[KeyPath]) -> Any:
+    """`data` with each inf/nan (a YAML `1e400`) replaced by None, its path put in `bad`:
+    one number out of range is one issue, and every other mistake is still reported."""
+    if isinstance(data, float) and not math.isfinite(data):
+        bad.append(at)
+        return None
+    if isinstance(data, dict):
+        return {k: _without_non_finite(v, (*at, k), bad) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_without_non_finite(v, (*at, i), bad) for i, v in enumerate(data)]
+    return data
 
 
 def error_issue(doc: Document, model: type[BaseModel], prefix: KeyPath, err: ErrorDetails,

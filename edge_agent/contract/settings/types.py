@@ -56,16 +56,32 @@ def _code_as_text(value: Any) -> Any:
 
 
 def _broker_url(value: str) -> str:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Invalid IPv6 URL"
+        raise ValueError(f"expected mqtt://host:port or mqtts://host:port ({exc})") from None
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ValueError("expected mqtt://host:port or mqtts://host:port")
     if parts.username or parts.password:
         raise ValueError("put no credentials in the URL; use username and password: {file: ...}")
+    if port == 0:
+        raise ValueError("port 0 is not a port to connect to (1-65535)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("expected mqtt://host:port or mqtts://host:port, nothing after the port")
+    return value
+
+
+def _listen_port(value: str) -> str:
+    if not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError("the port must be 1-65535")
     return value
 
 
 ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(gt=0)]
 BrokerUrl = Annotated[str, AfterValidator(_broker_url)]
+#: `host:port` a server listens on
+ListenAddress = Annotated[str, Field(pattern=r"^[^:\s]+:\d{1,5}$"), AfterValidator(_listen_port)]
 AdminCode = Annotated[str, BeforeValidator(_code_as_text)]
 
 

@@ -19,7 +19,12 @@ import click
 from collector.store import Store, StoreError, migrate_store, open_store
 from collector.text import visible
 from edge_agent.contract.logs import configure
-from edge_agent.contract.settings import ConfigError, SecretError, load_model
+from edge_agent.contract.settings import (
+    ConfigError,
+    SecretError,
+    check_model_secrets,
+    load_model,
+)
 
 if TYPE_CHECKING:
     from collector.config import ApiConfig, CollectorConfig
@@ -55,18 +60,49 @@ def _load(config_path: Path) -> CollectorConfig:
 
 @main.command()
 @click.argument("config_path", metavar="PATH", type=click.Path(dir_okay=False, path_type=Path))
-def validate(config_path: Path) -> None:
-    """Check a collector YAML (and that a managed broker's mosquitto is installed); exit 2
-    on mistakes."""
+@click.option("--skip-secrets", is_flag=True,
+              help="check the YAML only, not the files it names (secrets, TLS files, the "
+                   "gateways registry, the cursor key): for a config checked away from its "
+                   "collector")
+def validate(config_path: Path, skip_secrets: bool) -> None:
+    """Check a collector YAML completely, starting nothing; exit 2 on mistakes.
+
+    Also checks what `run` would refuse: the secret and TLS files it names (exist, regular
+    file, size, readable by this user; a warning if group or others may read them), the
+    gateways registry file, the stream API's cursor key (read: at least 16 characters) and
+    that a managed broker's mosquitto is installed. Run it as the collector's user."""
     from collector.managed_broker import ManagedBroker, ManagedBrokerError
+    from collector.registry import RegistryFile
+    from collector.stream.server import ApiSetupError, codec_for
 
     cfg = _load(config_path)
+    configure("warning")  # the registry's "loaded" line is not news here
+    errors, warnings = ([], []) if skip_secrets else check_model_secrets(config_path, cfg)
+    problems = [str(issue) for issue in errors]
+    if cfg.gateways is not None and not skip_secrets:
+        try:
+            RegistryFile(cfg.gateways.file, cfg.gateways.unregistered)
+        except ConfigError as exc:
+            problems += [f"gateways.file: {issue}" for issue in exc.issues]
+    if cfg.api is not None and not skip_secrets and not any(
+            i.key.startswith("api.cursor_key") for i in errors):
+        try:
+            codec_for(cfg.api)
+        except (ApiSetupError, SecretError) as exc:
+            problems.append(f"{config_path}: {exc}")
     if cfg.managed_broker is not None:
         try:
             ManagedBroker(cfg.managed_broker, cfg.collector.id).binary()
         except ManagedBrokerError as exc:
-            _fail(f"{config_path}: {exc}")
-    click.echo(f"{config_path}: ok")
+            problems.append(f"{config_path}: {exc}")
+    for issue in warnings:
+        click.echo(f"warning: {issue}", err=True)
+    if problems:
+        for line in problems:
+            click.echo(line, err=True)
+        _fail(f"{len(problems)} problem(s) in {config_path}; nothing was started")
+    tail = f", {len(warnings)} warning(s)" if warnings else ""
+    click.echo(f"{config_path}: ok{tail}")
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable, Sequence
 from importlib.metadata import EntryPoint
@@ -461,8 +462,10 @@ def test_small_aliases_still_work(write: Callable[[str], Path]) -> None:
          "1:1: the file is larger than 1048576 bytes"),
         (lambda p: (p.write_bytes(b"gateway:\n  name: \xff\xfe\n"), p)[1],
          "2:9: the file is not valid UTF-8 text"),
+        # a FIFO nobody writes to: an answer, not a hang
+        (lambda p: (os.mkfifo(p), p)[1], "1:1: this is not a regular file (a pipe, socket"),
     ],
-    ids=["missing", "directory", "too big", "not utf-8"],
+    ids=["missing", "directory", "too big", "not utf-8", "fifo"],
 )
 def test_unreadable_file(tmp_path: Path, make: Callable[[Path], Path], fragment: str) -> None:
     path = make(tmp_path / "gw.yaml")

@@ -69,12 +69,13 @@ def _too_big(path: Path, size: int, cap: int) -> SecretFileError:
                            "secret file may hold", "is this the right file?")
 
 
-def _os_error(path: Path, exc: OSError) -> SecretFileError:
+def _os_error(path: Path, exc: OSError, private: bool = True) -> SecretFileError:
     if isinstance(exc, FileNotFoundError):
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        what = ("a secret: one line, chmod 600, owned by the service's user" if private
+                else "a PEM file the service's user can read")
         return SecretFileError(f"{path} does not exist{where}",
-                               "create it or correct the path (a secret: one line, chmod 600, "
-                               "owned by the service's user)")
+                               f"create it or correct the path ({what})")
     if isinstance(exc, PermissionError):
         return SecretFileError(f"{path} cannot be read by this user (uid {os.getuid()})",
                                "chown it to the service's user and chmod 600; check it as that "
@@ -99,7 +100,7 @@ def inspect_file(path: Path, *, cap: int = MAX_SECRET_BYTES, private: bool = Tru
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         os.close(fd)
     except OSError as exc:
-        check.error = _os_error(path, exc)
+        check.error = _os_error(path, exc, private)
         return check
     if private and info.st_mode & _GROUP_OR_WORLD:
         who = "group and others" if info.st_mode & (stat.S_IROTH | stat.S_IWOTH) and \

@@ -12,6 +12,8 @@ position map (`KeyPath` -> `Pos`) and the issues found while reading.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +113,15 @@ def read_document(path: str | Path, event_parser: Any) -> Document:
 
 def _read_text(doc: Document, path: Path) -> str:
     try:
-        with path.open("rb") as fh:
+        # O_NONBLOCK: a FIFO given as the config must not block until someone writes to it
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise _Fatal(doc.issue(0, 0, (), "this is not a regular file (a pipe, socket "
+                                       "or device)", "give the path of the YAML file"))
             data = fh.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise _Fatal(doc.issue(0, 0, (), "file not found", "check the path")) from None

@@ -78,6 +78,8 @@ def test_tls_broker_gets_a_ca_file_and_an_existing_file_needs_force(tmp_path: Pa
     (["--broker", "mqtt://user:pw@x:1883"], "--broker"),
     (["--device", "driver=simulated"], "--device"),
     (["--device", "id=x,kind"], "--device"),
+    (["--outbox", ""], "--outbox"),
+    (["--outbox", "/tmp"], "--outbox"),
 ])
 def test_bad_options_are_exit_2_naming_the_option(tmp_path: Path, change: list[str],
                                                   named: str) -> None:
@@ -155,6 +157,22 @@ async def test_init_adds_the_cameras_discovery_finds(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr.decode()
     cfg = load_gateway_config(out)
     assert [(d.id, d.driver) for d in cfg.devices] == [("lobby", "onvif")]
+
+
+async def test_a_device_id_discovery_also_gives_is_named_not_a_line_of_an_unwritten_file(
+        tmp_path: Path) -> None:
+    out = tmp_path / "gw.yaml"
+    async with DiscoveryResponder([OnvifSimulator(name="Lobby")]) as responder:
+        proc = await asyncio.create_subprocess_exec(
+            EDGE_AGENT, "init", "--no-ask", "--out", str(out), *PLACE,
+            "--broker", "mqtt://127.0.0.1:1883", "--device", "id=lobby,driver=simulated,kind=smoke",
+            "--discover-cameras", f"127.0.0.1:{responder.port}", "--discover-timeout", "1.5",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    text = stderr.decode()
+    assert proc.returncode == 2, text
+    assert "--device" in text and "`lobby` is also what discovery calls a camera" in text
+    assert not out.exists() and "Traceback" not in text
 
 
 def test_trusted_keys_from_init_are_the_config_s_and_validate_warns_of_a_bad_key_file(

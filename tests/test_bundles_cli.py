@@ -33,6 +33,10 @@ def test_keygen_writes_a_private_key_0600_and_never_overwrites(tmp_path: Path) -
         info["public_key"]
     again = cli("drivers", "keygen", str(tmp_path / "key"))
     assert again.returncode == 2 and "never overwritten" in again.stderr
+    # as docs/drivers-updates.md types it: `keygen ~/keys/ops-1` on a fresh machine
+    keygen(tmp_path / "keys" / "ops-1")
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "keys" / "ops-1").stat().st_mode & 0o777 == 0o600
 
 
 def test_install_list_already_current_and_rollback(env: dict[str, Path]) -> None:

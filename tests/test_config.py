@@ -358,6 +358,16 @@ CASES: list[tuple[str, str, list[str]]] = [
          "9:1: hearbeat_s: unknown key `hearbeat_s`; did you mean `heartbeat_s`?"],
     ),
     (
+        "outbox path is a folder",
+        HEAD + "outbox:\n  path: /tmp\n",
+        ["9:9: outbox.path: /tmp is a folder; give the database file inside it"],
+    ),
+    (
+        "outbox path is empty",
+        HEAD + "outbox:\n  path: ''\n",
+        ["9:9: outbox.path: the outbox is a database file"],
+    ),
+    (
         "empty file",
         "",
         ["1:1: the file holds no settings (it is empty)"],

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from drivers.onvif.simulator.services import HOSTILE_BODY
 from drivers.onvif.wsdiscovery import build_probe, build_probe_matches, parse_probe_matches
 from edge_agent.cli import main as cli
 from edge_agent.config.loader import ConfigError, load_gateway_config
+from tests.peers import require_binary
 
 EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
 SAMPLE = Path(__file__).resolve().parents[1] / "drivers" / "onvif" / "sample.yaml"
@@ -46,7 +49,38 @@ async def test_discovery_finds_the_loopback_cameras_and_its_yaml_validates(
     ids = [d.id for d in cfg.devices]
     assert ids.count("gate-north") == 1 and "gate-north-2" in ids
     assert any(i.startswith("cam-127-0-0-1-") for i in ids)
-    assert "password: {file: /etc/edge-agent/secrets/" in text
+    assert 'password: {file: "/etc/edge-agent/secrets/' in text
+
+
+def test_the_secrets_folder_is_quoted_in_the_yaml(tmp_path: Path) -> None:
+    """`--secrets-dir` is the operator's text: a `#` or `}` in it must not turn into a
+    comment or a key of its own."""
+    mid, _ = build_probe()
+    (match,) = parse_probe_matches(build_probe_matches(
+        mid, "urn:uuid:1", "http://127.0.0.1:8080/onvif/device_service",
+        ["onvif://www.onvif.org/name/Lobby"]), mid)
+    folder = "/srv/cams #1/a, env: X}"
+    path = tmp_path / "gw.yaml"
+    path.write_text(HEADER + to_yaml([match], "viewer", folder))
+    (device,) = load_gateway_config(path).devices
+    assert str(device.password.file) == f"{folder}/lobby.password"  # type: ignore[attr-defined]
+
+
+def test_a_probe_that_cannot_be_sent_is_an_error_not_zero_cameras() -> None:
+    """In a network namespace of its own (loopback down) nothing can be sent: the command
+    says why and exits 1 instead of reporting that no camera answered."""
+    unshare = require_binary("unshare")
+    if subprocess.run([unshare, "-n", "true"], capture_output=True).returncode != 0:
+        reason = "unshare -n needs root (or user namespaces) to make a network namespace"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    done = subprocess.run([unshare, "-n", EDGE_AGENT, "discover", "cameras", "--target",
+                           "127.0.0.1-3:3702", "--timeout", "0.5"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot send the probe to 127.0.0.1-3:3702: Network is unreachable" in done.stderr
+    assert "answered" not in done.stderr and "Traceback" not in done.stderr
 
 
 async def test_discover_cameras_cli_prints_yaml(tmp_path: Path) -> None:

@@ -85,6 +85,15 @@ class _Collector(asyncio.DatagramProtocol):
         self.message_id = message_id
         self.found: dict[str, ProbeMatch] = {}
         self.refused = 0
+        #: errors of sendto() itself (asyncio hands them to error_received, not the caller)
+        self.sending = False
+        self.send_errors: list[OSError] = []
+
+    def error_received(self, exc: Exception) -> None:
+        if self.sending and isinstance(exc, OSError):
+            self.send_errors.append(exc)
+        # later ones (an ICMP "port unreachable" from an address without a camera) are
+        # what a scan expects
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if len(data) > MAX_DATAGRAM:
@@ -109,8 +118,16 @@ async def discover(target: Target, timeout_s: float = 2.0, *,
     transport, proto = await loop.create_datagram_endpoint(
         lambda: _Collector(message_id), local_addr=(local, 0))
     try:
+        proto.sending = True
         for host in target.hosts:
             transport.sendto(probe, (host, target.port))
+        proto.sending = False
+        if proto.send_errors and len(proto.send_errors) == len(target.hosts):
+            raise proto.send_errors[0]  # not one probe left: say why, not "0 answered"
+        if proto.send_errors:
+            log.warning("discovery_probes_not_sent", probes=len(target.hosts),
+                        not_sent=len(proto.send_errors),
+                        reason=proto.send_errors[0].strerror or str(proto.send_errors[0]))
         await asyncio.sleep(timeout_s)
     finally:
         transport.close()
@@ -158,6 +175,6 @@ def to_yaml(matches: list[ProbeMatch], username: str = "admin",
                   f"    host: {_quoted(m.host)}",
                   f"    port: {m.port}",
                   f"    username: {_quoted(username)}",
-                  f"    password: {{file: {secrets_dir}/{device}.password}}",
+                  f"    password: {{file: {_quoted(f'{secrets_dir}/{device}.password')}}}",
                   *([f"    # hardware: {hardware}"] if hardware else [])]
     return "\n".join(lines) + "\n"

@@ -80,18 +80,21 @@ def read_private(path: Path) -> Ed25519PrivateKey:
 
 
 def generate(out: Path) -> Ed25519PrivateKey:
-    """Write a new private key to `out` (0600, never over an existing file) and its public
-    key (base64 raw) to `out.pub`."""
+    """Write a new private key to `out` (0600, never over an existing file; a missing
+    folder is made, 0700) and its public key (base64 raw) to `out.pub`."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     try:
+        if not out.parent.is_dir():  # a folder of signing keys: private to its owner
+            out.parent.mkdir(mode=0o700, parents=True)
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise KeyError_(f"{out}: exists already; a key is never overwritten",
                         "choose another file name") from None
     except OSError as exc:
-        raise KeyError_(f"{out}: cannot create ({exc.strerror})") from None
+        raise KeyError_(f"{out}: cannot create ({exc.strerror})",
+                        "write it where this user may create files") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
         fh.flush()

@@ -170,12 +170,14 @@ def init(out: Path, force: bool, ask: bool | None, gateway: str | None, district
                                   "--password-file", "/etc/edge-agent/mqtt-password")),
         ca_file=Path(ca_file) if ca_file else None,
         name=name,
-        outbox=Path(outbox),
+        outbox=Path(ic.check_outbox(outbox)),
         trusted_keys=[Path(k) for k in trusted_keys],
         devices=ic.ask_devices(devices, interactive),
     )
     if camera_target is not None:
-        answers.devices += ic.discovered_cameras(camera_target, discover_timeout)
+        answers.devices += ic.check_new_ids(answers.devices,
+                                            ic.discovered_cameras(camera_target,
+                                                                  discover_timeout))
     ic.write_checked(out, ic.render(answers), force)
     click.echo(f"{out}: written (gateway {answers.gateway}, {len(answers.devices)} "
                f"device(s)); check it with: edge-agent validate {out}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
+import yaml
 
 from edge_agent.config.loader import ConfigError, load_gateway_config
 from edge_agent.contract.files import write_atomic
@@ -45,6 +46,14 @@ def check_district(value: str) -> str:
     if not DISTRICT_RE.match(value):
         raise click.BadParameter(f"{value!r} is not a 6-digit admin code (e.g. 371312)",
                                  param_hint="--district")
+    return value
+
+
+def check_outbox(value: str) -> str:
+    value = value.strip()
+    if not value or value.endswith("/") or Path(value).is_dir():
+        raise click.BadParameter(f"{value!r} is not a database file (e.g. "
+                                 "/var/lib/edge-agent/outbox.db)", param_hint="--outbox")
     return value
 
 
@@ -254,6 +263,19 @@ def ask(value: str | None, question: str, check: Callable[[str], str], interacti
                                "asked)")
     answer: str = click.prompt(question, default=default, value_proc=check)
     return answer
+
+
+def check_new_ids(devices: Sequence[str], cameras: list[str]) -> list[str]:
+    """`cameras` (discovered) if none takes the id of a --device; else exit 2 naming it."""
+    given = {entry.get("id") for d in devices
+             if isinstance(entry := yaml.safe_load(d), dict)}
+    for block in cameras:
+        entry = yaml.safe_load(block)
+        found = entry[0].get("id") if isinstance(entry, list) and entry else None
+        if found in given:
+            raise click.BadParameter(f"id `{found}` is also what discovery calls a camera; "
+                                     "give the --device another id", param_hint="--device")
+    return cameras
 
 
 def ask_devices(devices: Sequence[str], interactive: bool) -> list[str]:

@@ -7,9 +7,9 @@ Every key is documented in docs/config.md. The value types shared with the colle
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.contract.mqtt import Endpoint
 from edge_agent.contract.settings.types import (
@@ -121,6 +121,22 @@ class OutboxConfig(Strict):
     loss_report_interval_s: float = Field(
         default=60.0, ge=0, le=86400,
         description="evictions are reported as one gateway.data_loss event per interval")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _a_file(cls, value: Any) -> Any:
+        if isinstance(value, str) and (not value.strip() or value.endswith("/")):
+            raise ValueError("the outbox is a database file, e.g. "
+                             "/var/lib/edge-agent/outbox.db")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _not_a_folder(cls, value: Path) -> Path:
+        if value.is_dir():
+            raise ValueError(f"{value} is a folder; give the database file inside it, e.g. "
+                             f"{value / 'outbox.db'}")
+        return value
 
 
 class StatusPageConfig(Strict):

@@ -365,7 +365,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "outbox path is empty",
         HEAD + "outbox:\n  path: ''\n",
-        ["9:9: outbox.path: the outbox is a database file"],
+        ["9:3: outbox.path: the outbox is a database file"],
     ),
     (
         "empty file",

@@ -110,6 +110,26 @@ def test_device_mistakes_are_reported_at_their_lines(tmp_path: Path) -> None:
     ]
 
 
+def test_a_tcp_host_that_is_no_address_is_named_as_cameras_are(tmp_path: Path) -> None:
+    path = gateway(tmp_path, """\
+  - id: smoke-1
+    driver: modbus
+    profile: smoke-detector
+    tcp: {host: "bad host!"}
+  - id: smoke-2
+    driver: modbus
+    profile: smoke-detector
+    tcp: {host: "192.168.1.20:502"}
+""")
+    code, lines = validate(path)
+    assert code == 2
+    assert lines[:2] == [
+        f"{path}:7:17: devices.0.tcp.host: device `smoke-1`: `bad host!` is not an IP "
+        "address or a DNS name",
+        f"{path}:11:17: devices.1.tcp.host: device `smoke-2`: `192.168.1.20:502` holds a "
+        "port; write the port as `port:`"]
+
+
 BROKEN_PROFILES = {
     "overlap": """\
 name: overlap

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from drivers.modbus.planner import DEFAULT_LINK, DeviceLimits, LinkCost, oversized
 from drivers.modbus.points import raise_issues
 from drivers.modbus.profile import Profile, ProfileName, find_profile, load_profile
 from drivers.modbus.transport import SerialSettings
-from edge_agent.sdk.config import DeviceConfig
+from edge_agent.sdk.config import DeviceConfig, host_problem
 
 __all__ = ["ModbusDevice", "RtuTarget", "TcpTarget", "check_buses"]
 
@@ -41,6 +41,15 @@ class _Strict(BaseModel):
 
 class TcpTarget(_Strict):
     host: str = Field(min_length=1, description="IP address or host name of the device")
+
+    @field_validator("host")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        problem = host_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     port: int = Field(default=502, ge=1, le=65535)
     gateway: bool = Field(default=False, description="the address is a TCP-to-RTU gateway "
                           "(an RS-485 bus behind one address): its devices share one "

@@ -9,22 +9,19 @@ settings (`video:`). Every cross-field mistake carries the location of its key, 
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
 from edge_agent.contract.envelope import CATALOG
-from edge_agent.sdk.config import DeviceConfig, SecretRef
+from edge_agent.sdk.config import DeviceConfig, SecretRef, host_problem
 
 from .topics import CAMERA_EVENT_TYPES
 from .video_options import VideoHealthOptions
 
 __all__ = ["BackoffOptions", "EventOptions", "OnvifCamera", "SnapshotOptions"]
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 Loc = tuple[str | int, ...]
@@ -137,9 +134,9 @@ class OnvifCamera(DeviceConfig):
 
     def _issues(self) -> list[tuple[Loc, str]]:
         issues: list[tuple[Loc, str]] = []
-        host_problem = _host_problem(self.host)
-        if host_problem:
-            issues.append((("host",), host_problem))
+        problem = host_problem(self.host)
+        if problem:
+            issues.append((("host",), problem))
         if self.username is not None and self.password is None:
             issues.append((("password",), "`username` is set but `password` is missing; add "
                                           "password: {file: /etc/edge-agent/secrets/NAME}"))
@@ -177,21 +174,3 @@ class OnvifCamera(DeviceConfig):
                 what = "not a catalog type" if type_ not in CATALOG else "not a camera alarm"
                 issues.append((("snapshots", "on", i), f"`{type_}` is {what}; one of {known}"))
         return issues
-
-
-def _host_problem(host: str) -> str:
-    if "://" in host or "/" in host:
-        return f"`{host}` looks like a URL; give only the address, e.g. 192.168.10.31"
-    if "@" in host:
-        return "put no credentials in `host`; use username and password: {file: ...}"
-    candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ipaddress.ip_address(candidate)
-        return ""
-    except ValueError:
-        pass
-    if ":" in host:
-        return f"`{host}` holds a port; write the port as `port:`"
-    if not _HOSTNAME.match(host) or host.replace(".", "").isdigit():
-        return f"`{host}` is not an IP address or a DNS name"
-    return ""

@@ -15,9 +15,11 @@ from edge_agent.contract.settings import (
     SecretError,
     SecretRef,
     Strict,
+    host_problem,
     load_model,
 )
 
 __all__ = ["SEGMENT", "ChatterConfig", "ChatterOverride", "ConfigError", "ConfigIssue",
            "DeviceConfig", "SecretError", "SecretRef", "SnapshotsConfig", "Strict",
-           "load_gateway_config", "load_model", "profile_dirs", "using_profile_dirs"]
+           "host_problem", "load_gateway_config", "load_model", "profile_dirs",
+           "using_profile_dirs"]

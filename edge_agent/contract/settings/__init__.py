@@ -33,12 +33,13 @@ from edge_agent.contract.settings.types import (
     SecretRef,
     Strict,
     TlsConfig,
+    host_problem,
 )
 
 __all__ = [
     "MAX_FILE_BYTES", "SEGMENT", "AdminCode", "BackoffConfig", "BrokerUrl", "ByteSize",
     "ConfigError", "ConfigIssue", "Document", "KeyPath", "ListenAddress", "SecretError",
-    "SecretRef", "Strict",
-    "TlsConfig", "check_model_secrets", "error_issue", "field_names", "for_device",
-    "load_model", "raise_issues", "read_yaml", "unknown_key", "validate_part",
+    "SecretRef", "Strict", "TlsConfig", "check_model_secrets", "error_issue", "field_names",
+    "for_device", "host_problem", "load_model", "raise_issues", "read_yaml", "unknown_key",
+    "validate_part",
 ]

@@ -8,6 +8,7 @@ without credentials, TLS files checked before OpenSSL reads them, and back-off s
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -70,6 +71,30 @@ def _broker_url(value: str) -> str:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError("expected mqtt://host:port or mqtts://host:port, nothing after the port")
     return value
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def host_problem(host: str) -> str:
+    """What is wrong with `host` as a device's address (an IP address or a DNS name, no
+    scheme, path, credentials or port), or "" when nothing is."""
+    if "://" in host or "/" in host:
+        return f"`{host}` looks like a URL; give only the address, e.g. 192.168.10.31"
+    if "@" in host:
+        return "put no credentials in `host`; use username and password: {file: ...}"
+    candidate = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(candidate)
+        return ""
+    except ValueError:
+        pass
+    if ":" in host:
+        return f"`{host}` holds a port; write the port as `port:`"
+    if not _HOSTNAME.match(host) or host.replace(".", "").isdigit():
+        return f"`{host}` is not an IP address or a DNS name"
+    return ""
 
 
 def _listen_port(value: str) -> str:

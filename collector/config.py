@@ -162,8 +162,8 @@ class ApiConfig(Strict, Listens):
 
     enabled: bool = Field(default=False, description="serve the API inside `edge-collector run`")
     listen: ListenAddress = Field(default="127.0.0.1:8470",
-                        description="host:port; keep it on the loopback behind a reverse "
-                                    "proxy, or give `tls`")
+                                  description="host:port; keep it on the loopback behind a "
+                                              "reverse proxy, or give `tls`")
     cursor_key: SecretRef = Field(description="HMAC key of the cursors (at least 16 "
                                               "characters; a random 64-hex-digit file)")
     operator_token: SecretRef | None = Field(
@@ -176,6 +176,17 @@ class ApiConfig(Strict, Listens):
     behind_after_s: float = Field(default=30.0, gt=0, le=3600,
                                   description="an SSE client that takes nothing for this long "
                                               "is told `behind` and disconnected")
+    max_connections: int = Field(default=4096, ge=1, le=1_000_000,
+                                 description="connections open at once, all clients; more are "
+                                             "closed at once (the unit's LimitNOFILE is 65536)")
+    max_connections_per_address: int = Field(
+        default=1024, ge=1, le=1_000_000,
+        description="connections from one address; behind a reverse proxy every consumer "
+                    "comes from the proxy's address")
+    request_head_timeout_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="a connection that has not sent a whole request head this long after "
+                    "connecting is closed (slow or hostile clients)")
 
 
 class FleetConfig(Strict):

@@ -86,6 +86,17 @@ def free_ports(count: int) -> int:
     return _PORTS.take(count)
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """(certificate, key) of a one-day EC certificate for 127.0.0.1 made by openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "self.crt", folder / "self.key"
+    subprocess.run([require_binary("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
 def require_binary(name: str) -> str:
     """Path of a binary the test needs; skip without it, but fail under CI=true."""
     path = shutil.which(name) or next(

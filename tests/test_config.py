@@ -347,11 +347,6 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["9:11: status_page.listen: the port must be 1-65535"],
     ),
     (
-        "status page port 0",
-        HEAD + "status_page:\n  listen: 127.0.0.1:0\n",
-        ["9:11: status_page.listen: the port must be 1-65535"],
-    ),
-    (
         "a number out of range hides no other mistake",
         HEAD + "outbox: {max_bytes: 1e400}\nhearbeat_s: 3\n",
         ["8:21: outbox.max_bytes: a number out of range (inf or nan)",

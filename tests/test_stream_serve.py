@@ -17,7 +17,7 @@ from collector.config import ApiConfig
 from collector.store import open_store
 from collector.stream.server import ApiSetupError, serve_api
 from edge_agent.contract.settings import SecretRef
-from tests.peers import free_port
+from tests.peers import free_port, self_signed
 from tests.stream_support import ALL, Consumer, MemoryConsumers, event_rows, ingest
 
 
@@ -76,15 +76,8 @@ async def test_cursor_survives_restart(tmp_path: Path) -> None:
     assert len(ids) == 4 and len(set(ids)) == 4
 
 
-def _self_signed(cert: Path, key: Path) -> None:
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-
-
 async def test_tls(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    await asyncio.to_thread(_self_signed, cert, key)
+    cert, key = await asyncio.to_thread(self_signed, tmp_path / "tls")
     url = f"sqlite:///{tmp_path / 'district.db'}"
     open_store(url).close()
     port = free_port()

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import ssl
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from collector.webhooks.signing import new_secret, signature
 from collector.webhooks.web import attach
 from edge_agent.contract.logs import configure
 from tests.openapi_check import check
-from tests.peers import free_port
+from tests.peers import free_port, self_signed
 from tests.stream_support import event_rows, ingest
 
 DOC = Path(__file__).parent.parent / "docs" / "webhooks.md"
@@ -155,11 +154,7 @@ class Receiver:
 
 
 def _tls(tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    cert, key = tmp / "recv.crt", tmp / "recv.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = self_signed(tmp / "recv")
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(cafile=str(cert))

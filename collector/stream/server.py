@@ -14,6 +14,7 @@ from collector.stream.access import ConsumersLike, open_consumers
 from collector.stream.api import StreamSettings, build_app
 from collector.stream.cursor import CursorCodec
 from collector.stream.reader import Reader, ReaderError, open_reader
+from edge_agent.contract.http_guard import ConnectionLimits, GuardedSite
 from edge_agent.contract.logs import get_logger
 
 log = get_logger("collector.stream")
@@ -72,7 +73,11 @@ async def serve_api(api: ApiConfig, store_url: str, stop: asyncio.Event,
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, api.host, api.port, ssl_context=context)
+            site = GuardedSite(runner, api.host, api.port, ssl_context=context,
+                               name="stream_api", limits=ConnectionLimits(
+                                   per_address=api.max_connections_per_address,
+                                   total=api.max_connections,
+                                   head_timeout_s=api.request_head_timeout_s))
             try:
                 await site.start()
             except OSError as exc:

@@ -88,6 +88,26 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class ClientErrorFilter(logging.Filter):
+    """aiohttp logs a malformed request (a request line too long, a bad header) as an error
+    with a traceback that quotes what the client sent, a token in its query string
+    included. It is the client's mistake, not ours: one warning naming the kind of error
+    and its HTTP status, nothing of what was sent. Runs before `RepeatFilter`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiohttp") or not record.exc_info:
+            return True
+        exceptions = sys.modules.get("aiohttp.http_exceptions")
+        exc = record.exc_info[1]
+        if exceptions is None or not isinstance(exc, exceptions.HttpProcessingError):
+            return True
+        record.msg = f"http_bad_request: {type(exc).__name__} (HTTP {exc.code})"
+        record.args = ()
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _hashable(value: Any) -> Any:
     try:
         hash(value)
@@ -127,6 +147,7 @@ def configure(level: str = "info", *, stream: Any = None) -> None:
                     structlog.processors.JSONRenderer(ensure_ascii=False)],
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
     ))
+    handler.addFilter(ClientErrorFilter())
     handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

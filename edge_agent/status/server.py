@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from edge_agent.contract.backoff import Backoff
+from edge_agent.contract.http_guard import ConnectionLimits, GuardedSite
 from edge_agent.contract.logs import get_logger
 from edge_agent.status.app import StatusApp
 from edge_agent.status.snapshot import AgentView
@@ -15,6 +16,9 @@ log = get_logger("edge_agent.status")
 
 #: Bound of the wait between attempts to listen (edge_agent.contract.backoff).
 RETRY_LISTEN_S = 30.0
+#: A page for the few people of one site: a browser opens ~6 connections; the agent's
+#: 1,024 file descriptors are for its devices, outbox and uplink first.
+LIMITS = ConnectionLimits(per_address=16, total=128, head_timeout_s=10.0)
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -34,7 +38,8 @@ async def serve_status(view: AgentView) -> None:
     try:
         while True:
             try:
-                await web.TCPSite(runner, host, port, reuse_address=True).start()
+                await GuardedSite(runner, host, port, reuse_address=True, limits=LIMITS,
+                                  name="status_page").start()
                 break
             except OSError as exc:
                 wait = backoff.next_s()

@@ -49,7 +49,7 @@ MAX_QUIET_WAIT_S = 2.0
 ClientFactory = Callable[[float, Callable[[bool, bytes], bytes]], ModbusBaseClient]
 
 
-def serial_open_error(port: str) -> str:
+def _serial_open_error(port: str) -> str:
     """Why `port` cannot be opened as pymodbus opens it, from the OS error of the same
     steps (open, exclusive lock, read the line settings): pymodbus only logs it."""
     fd = -1
@@ -233,7 +233,7 @@ class RtuLink(Link):
         if port is None:
             return (f"no Modbus TCP server answers at {self.name} within "
                     f"{self.timeout_s + 1.0:g}s (refused, unreachable or filtered)")
-        return serial_open_error(port)
+        return _serial_open_error(port)
 
     async def _wait_turn(self) -> None:
         """RTU: keep the inter-frame pause, and after an error wait for a quiet line."""

@@ -19,11 +19,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -270,3 +271,76 @@ class JunkServer:
         writer.close()
 
 
+
+
+#: The quirks `QuirkyServer` can play, one at a time.
+Quirk = Literal["wrong_transaction", "close_after_reply", "gone_after_reply", "other_unit",
+                "other_function", "bad_byte_count"]
+
+
+class QuirkyServer:
+    """A Modbus TCP peer speaking MBAP by hand, with one quirk of real devices switched on.
+
+    Reads (FC1-FC4) are answered with zeros of the count asked, unless `quirk` says:
+    - `wrong_transaction`: the reply carries another transaction id than the request;
+    - `close_after_reply`: the connection is closed after every reply (cheap gateways).
+      The close is made when the next request arrives, so that request is lost on the
+      closing connection, as it is with a real gateway whenever the client is quicker;
+    - `gone_after_reply`: as `close_after_reply`, and after the first reply the device
+      is down: every later connection is closed at its first request, unanswered;
+    - `other_unit`: the reply comes from unit id + 7;
+    - `other_function`: the reply is for FC3 (FC4 when FC3 was asked);
+    - `bad_byte_count`: the byte count says 200, one data byte follows.
+    `connections`, `requests` and `replies` count what it saw and did.
+    """
+
+    def __init__(self, quirk: Quirk | None = None) -> None:
+        self.quirk = quirk
+        self.port = free_port()
+        self.connections = 0
+        self.requests = 0
+        self.replies = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> QuirkyServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        closing = self.quirk in ("close_after_reply", "gone_after_reply")
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                tid, _, length, unit = struct.unpack(">HHHB", await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                self.requests += 1
+                if self.quirk == "gone_after_reply" and self.replies:
+                    break
+                writer.write(self._reply(tid, unit, pdu))
+                await writer.drain()
+                self.replies += 1
+                if closing:
+                    if await reader.read(260):  # the next request: lost with the connection
+                        self.requests += 1
+                    break
+        writer.close()
+
+    def _reply(self, tid: int, unit: int, pdu: bytes) -> bytes:
+        fc = pdu[0]
+        count = struct.unpack(">H", pdu[3:5])[0]
+        data = bytes((count + 7) // 8 if fc in (1, 2) else 2 * count)
+        body = bytes([fc, len(data)]) + data
+        if self.quirk == "wrong_transaction":
+            tid ^= 0x5555
+        elif self.quirk == "other_unit":
+            unit = (unit + 7) & 0xFF
+        elif self.quirk == "other_function":
+            body = bytes([4 if fc == 3 else 3]) + body[1:]
+        elif self.quirk == "bad_byte_count":
+            body = bytes([fc, 200]) + data[:1]
+        return struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body

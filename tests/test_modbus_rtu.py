@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import serial
 
 from drivers.modbus import profile as profile_module
 from drivers.modbus.device import ModbusDevice
@@ -201,6 +202,27 @@ def test_serial_permission_problem_is_named(tmp_path: Path) -> None:
             await link.read(Table.COIL, 0, 1, 1)
 
     as_unprivileged(lambda: asyncio.run(check()))  # root may open any port
+
+
+async def test_a_regular_file_is_not_a_serial_port(tmp_path: Path) -> None:
+    port = tmp_path / "not-a-tty"
+    port.write_text("")
+    link = RtuLink.for_port(SerialSettings(str(port)), 0.2)
+    with pytest.raises(ModbusConnectionError) as caught:
+        await link.read(Table.COIL, 0, 1, 1)
+    assert str(caught.value).endswith(
+        f"cannot connect: {port} is not a serial port (Inappropriate ioctl for device)")
+    assert "in use" not in str(caught.value)
+
+
+async def test_a_serial_port_held_by_another_program_is_named(ptys: tuple[str, str]) -> None:
+    _, b = ptys
+    with serial.Serial(b, exclusive=True):  # another Modbus master, say
+        link = RtuLink.for_port(SerialSettings(b), 0.2)
+        with pytest.raises(ModbusConnectionError,
+                           match=rf"serial port {b} is in use by another program "
+                                 rf"\(Resource temporarily unavailable; see `fuser -v {b}`\)"):
+            await link.read(Table.COIL, 0, 1, 1)
 
 
 async def test_a_write_never_interleaves_with_polls_on_the_bus(

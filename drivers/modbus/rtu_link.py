@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
 import os
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -44,6 +47,42 @@ __all__ = ["RtuLink"]
 MAX_QUIET_WAIT_S = 2.0
 
 ClientFactory = Callable[[float, Callable[[bool, bytes], bytes]], ModbusBaseClient]
+
+
+def _serial_open_error(port: str) -> str:
+    """Why `port` cannot be opened as pymodbus opens it, from the OS error of the same
+    steps (open, exclusive lock, read the line settings): pymodbus only logs it."""
+    fd = -1
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        termios.tcgetattr(fd)
+    except OSError as exc:
+        return _describe(port, exc)
+    except termios.error as exc:  # (errno, text), no OSError
+        code, text = (*exc.args, None, str(exc))[:2]
+        return _describe(port, OSError(code, text))
+    finally:
+        if fd >= 0:
+            os.close(fd)  # also releases the lock
+    return (f"cannot open serial port {port} (a second attempt to open it worked: "
+            "a passing problem?)")
+
+
+def _describe(port: str, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOENT:
+        return (f"serial port {port} does not exist (is the adapter plugged in? "
+                "/dev/serial/by-id/ names stay stable across reboots)")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"permission denied on {port}: add the agent's user to the port's "
+                "group (usually `dialout`) and restart the agent")
+    if exc.errno in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK):
+        return (f"serial port {port} is in use by another program ({reason}; "
+                f"see `fuser -v {port}`)")
+    if exc.errno == errno.ENOTTY:
+        return f"{port} is not a serial port ({reason})"
+    return f"cannot open serial port {port}: {reason}"
 
 
 class RtuLink(Link):
@@ -105,12 +144,12 @@ class RtuLink(Link):
         if table.is_bits:
             bits = list(reply.bits)
             if len(bits) != 8 * ((count + 7) // 8):
-                raise self._garbled(f"{what}: {len(bits)} bits in the reply, {count} asked")
+                raise self._garbled(what, f"{len(bits)} bits in the reply, {count} asked")
             return [bool(b) for b in bits[:count]]
         registers = list(reply.registers)
         if len(registers) != count:
-            raise self._garbled(f"{what}: {len(registers)} registers in the reply, "
-                                f"{count} asked")
+            raise self._garbled(what, f"{len(registers)} registers in the reply, "
+                                      f"{count} asked")
         return registers
 
     async def write_locked(self, table: Table, start: int,
@@ -137,8 +176,8 @@ class RtuLink(Link):
         echo = list(reply.bits if table is Table.COIL else reply.registers)[:1]
         if reply.address != start or (single and echo != [values[0]]) \
                 or (not single and reply.count != len(values)):
-            raise self._garbled(f"{what}: the device's echo (address {reply.address}) does "
-                                "not match the request")
+            raise self._garbled(what, f"the device's echo (address {reply.address}) does "
+                                      "not match the request")
         return fc
 
     # ------------------------------------------------------------------ internals
@@ -158,14 +197,14 @@ class RtuLink(Link):
         except ModbusIOException as exc:
             if "no response" in exc.string.lower():
                 raise self._silence(what, timeout) from None
-            raise self._garbled(f"{what}: {exc.string}") from None
+            raise self._garbled(what, exc.string) from None
         except (ConnectionException, OSError) as exc:
             self.close()
             raise ModbusConnectionError(f"{what}: connection lost: {exc}") from None
         except ModbusException as exc:
-            raise self._garbled(f"{what}: {exc}") from None
+            raise self._garbled(what, str(exc)) from None
         except Exception as exc:  # a device's bytes must never crash the driver
-            raise self._garbled(f"{what}: unreadable reply ({type(exc).__name__}: {exc})"
+            raise self._garbled(what, f"unreadable reply ({type(exc).__name__}: {exc})"
                                 ) from None
         finally:
             self._idle_since = time.monotonic()
@@ -194,13 +233,7 @@ class RtuLink(Link):
         if port is None:
             return (f"no Modbus TCP server answers at {self.name} within "
                     f"{self.timeout_s + 1.0:g}s (refused, unreachable or filtered)")
-        if not os.path.exists(port):
-            return (f"serial port {port} does not exist (is the adapter plugged in? "
-                    "/dev/serial/by-id/ names stay stable across reboots)")
-        if not os.access(port, os.R_OK | os.W_OK):
-            return (f"permission denied on {port}: add the agent's user to the port's "
-                    "group (usually `dialout`) and restart the agent")
-        return f"cannot open serial port {port} (in use by another program?)"
+        return _serial_open_error(port)
 
     async def _wait_turn(self) -> None:
         """RTU: keep the inter-frame pause, and after an error wait for a quiet line."""
@@ -226,9 +259,9 @@ class RtuLink(Link):
     def _check_reply(self, reply: ModbusPDU, what: str, fc: int, unit: int) -> None:
         got = int(reply.function_code)
         if got & 0x7F != fc:
-            raise self._garbled(f"{what}: the reply is for function {got & 0x7F}, not {fc}")
+            raise self._garbled(what, f"the reply is for function {got & 0x7F}, not {fc}")
         if unit and reply.dev_id != unit:
-            raise self._garbled(f"{what}: the reply comes from unit {reply.dev_id}")
+            raise self._garbled(what, f"the reply comes from unit {reply.dev_id}")
         if got & 0x80 or reply.isError():
             code = int(getattr(reply, "exception_code", 0) or 0)
             name = EXCEPTION_NAMES.get(code, "unknown exception code")
@@ -236,16 +269,18 @@ class RtuLink(Link):
 
     def _silence(self, what: str, timeout: float) -> ModbusError:
         if self._rx:
-            return self._garbled(
+            self._after_error()
+            return ModbusProtocolError(
                 f"{what}: no valid reply within {timeout:g}s, only "
                 f"{self._rx[:16].hex(' ')}{' ...' if len(self._rx) > 16 else ''} "
                 "(CRC error, framing garbage or a reply from another unit)")
         self._after_error()
         return ModbusTimeout(f"{what}: no reply within {timeout:g}s")
 
-    def _garbled(self, message: str) -> ModbusProtocolError:
+    def _garbled(self, what: str, detail: str) -> ModbusProtocolError:
+        """A reply that does not answer the request: `garbled reply` on the status page."""
         self._after_error()
-        return ModbusProtocolError(message)
+        return ModbusProtocolError(f"{what}: garbled reply: {detail}")
 
     def _after_error(self) -> None:
         """TCP: drop the connection. RTU: the next request waits for a quiet line."""

@@ -8,7 +8,16 @@ still drives RTU buses (`rtu_link.py`) and plays the devices in tests and the si
 
 Late replies: a request that times out or gets a garbled reply drops the connection,
 so nothing that arrives late can be read as the answer to a later request; within a
-connection a reply must carry the transaction id of the request in flight.
+connection a reply must carry the transaction id of the request in flight. Frames with
+another transaction id are dropped (a stray late reply is harmless), but when the
+timeout expires and only such frames came, the error names both ids (a device or gateway
+that does not echo the transaction id answers, it is not silent).
+
+Peers that close the connection after every reply (cheap gateways): a request that
+fails because the peer closed a connection on which an exchange already completed,
+before any byte of its reply, is sent once more on a fresh connection. Only once: the
+fresh connection has no completed exchange, so a device that is really down fails the
+request and the poller backs off as usual.
 """
 
 from __future__ import annotations
@@ -46,6 +55,9 @@ class _Connection(asyncio.Protocol):
         self.waiting: tuple[int, asyncio.Future[mbap.Frame]] | None = None
         self.lost: Exception | None = None
         self.garbage = b""  # bytes that could not be framed, for the error message
+        self.completed = 0  # exchanges answered on this connection
+        self.heard = False  # a byte arrived while the current request was in flight
+        self.stray: int | None = None  # the transaction id of a frame nobody waited for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's is not an asyncio.Transport subclass)
@@ -56,6 +68,8 @@ class _Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self.waiting is not None:
+            self.heard = True
         try:
             frames = self.reader.feed(data)
         except mbap.FrameError as exc:
@@ -64,10 +78,13 @@ class _Connection(asyncio.Protocol):
             return
         for frame in frames:
             waiting = self.waiting
-            if waiting is not None and frame.transaction == waiting[0] \
-                    and not waiting[1].done():
+            if waiting is None or waiting[1].done():
+                continue  # answers a request nobody waits for any more: dropped
+            if frame.transaction == waiting[0]:
+                self.completed += 1
                 waiting[1].set_result(frame)
-            # anything else answers a request nobody waits for any more: dropped
+            else:  # a stray late reply, or a peer that does not echo the id: dropped
+                self.stray = frame.transaction
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -111,7 +128,7 @@ class TcpLink(Link):
         except mbap.ExceptionReply as exc:
             raise _refused(what, exc.code) from None
         except mbap.ReplyError as exc:
-            raise self._garbled(f"{what}: {exc}") from None
+            raise self._garbled(what, str(exc)) from None
 
     async def write_locked(self, table: Table, start: int,
                            values: Sequence[int] | Sequence[bool], unit: int, *,
@@ -125,12 +142,12 @@ class TcpLink(Link):
         except mbap.ExceptionReply as exc:
             raise _refused(what, exc.code) from None
         except mbap.ReplyError as exc:
-            raise self._garbled(f"{what}: {exc}") from None
+            raise self._garbled(what, str(exc)) from None
         expected = ((0xFF00 if values[0] else 0) if fc == 5 else int(values[0])) if single \
             else len(values)
         if address != start or echo != expected:
-            raise self._garbled(f"{what}: the device's echo (address {address}) does not "
-                                "match the request")
+            raise self._garbled(what, f"the device's echo (address {address}) does not "
+                                      "match the request")
         return fc
 
     # ------------------------------------------------------------------ internals
@@ -139,31 +156,52 @@ class TcpLink(Link):
                         timeout_s: float | None) -> mbap.Frame:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         conn = await self._connected(what)
+        try:
+            return await self._send(conn, what, build, unit, timeout)
+        except _PeerClosed as closed:
+            if not closed.retry:
+                raise ModbusConnectionError(str(closed)) from None
+        # the peer closed a connection that had served a reply (gateways that close after
+        # every reply): once more on a fresh one, which cannot qualify for another retry
+        try:
+            return await self._send(await self._connected(what), what, build, unit, timeout)
+        except _PeerClosed as closed:
+            raise ModbusConnectionError(str(closed)) from None
+
+    async def _send(self, conn: _Connection, what: str, build: _Build, unit: int,
+                    wait_s: float) -> mbap.Frame:
         assert conn.transport is not None
         self._transaction = tid = (self._transaction + 1) & 0xFFFF
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[mbap.Frame] = loop.create_future()
         conn.waiting = (tid, reply)
-        timer = loop.call_later(timeout, _expire, reply)
+        conn.heard, conn.stray = False, None
+        timer = loop.call_later(wait_s, _expire, reply)
         try:
             conn.transport.write(build(tid))
             frame = await reply
         except TimeoutError:
             self.close()
-            raise ModbusTimeout(f"{what}: no reply within {timeout:g}s") from None
+            if conn.stray is not None:
+                raise ModbusProtocolError(
+                    f"{what}: garbled reply: no reply with transaction id {tid} within "
+                    f"{wait_s:g}s, only one with transaction id {conn.stray} (the device "
+                    "or gateway does not echo the transaction id)") from None
+            raise ModbusTimeout(f"{what}: no reply within {wait_s:g}s") from None
         except mbap.FrameError:
             self.close()
-            raise self._garbled(
-                f"{what}: no valid reply within {timeout:g}s, only {_preview(conn.garbage)} "
+            raise ModbusProtocolError(
+                f"{what}: no valid reply within {wait_s:g}s, only {_preview(conn.garbage)} "
                 "(CRC error, framing garbage or a reply from another unit)") from None
         except OSError as exc:
             self.close()
-            raise ModbusConnectionError(f"{what}: connection lost: {exc}") from None
+            raise _PeerClosed(f"{what}: connection lost: {exc}",
+                              retry=conn.completed > 0 and not conn.heard) from None
         finally:
             timer.cancel()
             conn.waiting = None
         if unit and frame.unit != unit:
-            raise self._garbled(f"{what}: the reply comes from unit {frame.unit}")
+            raise self._garbled(what, f"the reply comes from unit {frame.unit}")
         return frame
 
     async def _connected(self, what: str) -> _Connection:
@@ -181,9 +219,18 @@ class TcpLink(Link):
         self._conn = conn
         return conn
 
-    def _garbled(self, message: str) -> ModbusProtocolError:
+    def _garbled(self, what: str, detail: str) -> ModbusProtocolError:
+        """A reply that does not answer the request: `garbled reply` on the status page."""
         self.close()  # whatever else is on this connection can no longer be trusted
-        return ModbusProtocolError(message)
+        return ModbusProtocolError(f"{what}: garbled reply: {detail}")
+
+
+class _PeerClosed(Exception):
+    """The connection failed during a request; `retry`: on a fresh one (see the module)."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 def _expire(reply: asyncio.Future[mbap.Frame]) -> None:

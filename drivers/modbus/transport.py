@@ -11,7 +11,9 @@ unit asked, for the function asked, with the count asked.
     ├── ModbusConnectionError    cannot connect / connection lost / serial port missing
     ├── ModbusExceptionResponse  the device answered with an exception code (.code)
     └── ModbusProtocolError      bytes arrived but no valid reply (CRC or framing garbage,
-                                 another unit), wrong function, wrong count, bad echo
+                                 another unit), wrong function, wrong count, bad echo, only
+                                 another transaction id (TCP); the message says `garbled
+                                 reply` or `no valid reply` (the status page's reason)
 
 A late reply is never taken for the answer to a later request:
 - TCP: after a timeout or a garbled reply the connection is dropped; whatever arrives

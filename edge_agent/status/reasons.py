@@ -13,6 +13,7 @@ RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (code, re.compile(pattern, re.IGNORECASE)) for code, pattern in (
         ("no_events", r"no onvif events service"),  # a note on an online camera
         ("auth", r"\b401\b|unauthori[sz]ed|not authori[sz]ed|authentication|login failed"),
+        # Modbus: every ModbusProtocolError says `garbled reply` or `no valid reply`
         ("corrupt", r"no valid reply|crc|checksum|bad frame|garbage|garbled|malformed|decode"),
         ("device_exception", r"exception \d|exception code|illegal (function|data)|"
                              r"device busy|gateway path"),

@@ -363,6 +363,11 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["9:3: outbox.path: the outbox is a database file"],
     ),
     (
+        "an environment variable name no service can set",
+        HEAD + "  username: gw-01\n  password: {env: 'bad name=1'}\n",
+        ["9:3: uplink.password: `env` is not an environment variable name"],
+    ),
+    (
         "empty file",
         "",
         ["1:1: the file holds no settings (it is empty)"],

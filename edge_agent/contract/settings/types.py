@@ -97,6 +97,10 @@ def host_problem(host: str) -> str:
     return ""
 
 
+#: a name a service's environment can hold (systemd's Environment= takes no other)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
 def _listen_port(value: str) -> str:
     if not 0 <= int(value.rsplit(":", 1)[1]) <= 65535:  # 0: the system picks one (tests)
         raise ValueError("the port must be 1-65535")
@@ -124,6 +128,9 @@ class SecretRef(Strict):
     def _one_source(self) -> SecretRef:
         if (self.file is None) == (self.env is None):
             raise ValueError("give exactly one of `file` or `env`")
+        if self.env is not None and not _ENV_NAME.match(self.env):
+            raise ValueError("`env` is not an environment variable name (letters, digits and "
+                             "_, not starting with a digit), e.g. EDGE_MQTT_PASSWORD")
         return self
 
     def reveal(self) -> SecretStr:

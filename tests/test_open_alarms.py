@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def test_open_alarms_are_kept_in_a_file_until_cleared(tmp_path: Path) -> None:
     ledger.record(alarm("gate-1", "gate.forced_open", "f1", "raised"))
     ledger.record(alarm("gate-1", "gate.forced_open", "f1", "cleared"))
     ledger.record(new_event(H, "smoke-1", "smoke.reading", {"battery_pct": 80}))
+    ledger.save()  # the pipeline's loop or its clean stop
     again = OpenAlarms(path)
     assert len(again) == 1
     assert again.claim("smoke-1") == [OpenAlarm("smoke.alarm", "a1", {"density_db_m": 0.2})]
@@ -51,7 +53,75 @@ def test_an_unreadable_file_is_logged_and_starts_afresh(tmp_path: Path) -> None:
         ledger = OpenAlarms(path)
     assert len(ledger) == 0 and logs[0]["event"] == "open_alarms_unreadable"
     ledger.record(alarm("smoke-1", "smoke.alarm", "a2", "raised"))
+    ledger.save()
     assert json.loads(path.read_text("utf-8")) == {"open": [["smoke-1", "smoke.alarm", "a2", {}]]}
+
+
+def test_a_storm_of_raises_is_written_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Changes mark the set dirty; `save_if_due` writes it when the last write is
+    SAVE_INTERVAL_S old (not once per alarm: N raises were O(N^2) bytes on flash)."""
+    path = tmp_path / "open-alarms.json"
+    ledger = OpenAlarms(path, save_interval_s=1.0)
+    ledger.record(alarm("panel", "smoke.alarm", "z0", "raised"))
+    assert not path.exists(), "a change alone writes nothing"
+    assert ledger.save_in(100.0) == 0.0
+    ledger.save_if_due(100.0)
+    assert len(json.loads(path.read_text("utf-8"))["open"]) == 1
+    mtime = path.stat().st_mtime_ns
+    for zone in range(1, 500):
+        ledger.record(alarm("panel", "smoke.alarm", f"z{zone}", "raised"))
+    now = time.monotonic()
+    wait = ledger.save_in(now)
+    assert wait is not None and 0 < wait <= 1.0, "the last write is too recent"
+    ledger.save_if_due(now)
+    assert path.stat().st_mtime_ns == mtime
+    assert len(json.loads(path.read_text("utf-8"))["open"]) == 1, "not written yet"
+    ledger.save_if_due(now + 1.0)
+    assert len(json.loads(path.read_text("utf-8"))["open"]) == 500
+    assert ledger.save_in(now + 5.0) is None, "nothing left to write"
+    ledger.record(alarm("panel", "smoke.alarm", "z999", "cleared"))  # not open: no change
+    assert not ledger.dirty
+
+
+def test_the_cap_holds_two_full_fire_panels_and_pushing_out_is_logged(tmp_path: Path) -> None:
+    from drivers.serial_line.alarms import MAX_ACTIVE
+    from edge_agent.pipeline.open_alarms import MAX_OPEN
+
+    assert MAX_OPEN >= 2 * MAX_ACTIVE
+    path = tmp_path / "open-alarms.json"
+    ledger = OpenAlarms(path, max_open=3)
+    with structlog.testing.capture_logs() as logs:
+        for n in range(5):
+            ledger.record(alarm("panel", "smoke.alarm", f"z{n}", "raised"))
+    pushed = [entry for entry in logs if entry["event"] == "open_alarms_pushed_out"]
+    assert [(e["alarm_id"], e["pushed_out_total"], e["log_level"]) for e in pushed] == [
+        ("z0", 1, "warning"), ("z1", 2, "warning")]
+    assert ledger.pushed_out == 2
+    assert [a.alarm_id for a in ledger.claim("panel")] == ["z2", "z3", "z4"]
+
+
+async def test_the_pipeline_writes_changes_from_its_loop_and_at_a_clean_stop(
+        tmp_path: Path) -> None:
+    path = tmp_path / "open-alarms.json"
+    outbox = await OutboxThread.open(tmp_path / "outbox.db", max_bytes=10**8, hierarchy=H)
+    pipeline = Pipeline(H, outbox, commit_linger_s=0.01)
+    pipeline.open_alarms = OpenAlarms(path, save_interval_s=0.2)
+    task = asyncio.create_task(pipeline.run())
+    try:
+        pipeline.emit("panel", "smoke.alarm", {"state": "raised", "alarm_id": "z1"})
+        await wait_until(path.exists, 5, "written by the pipeline's loop")
+        for n in range(2, 50):
+            pipeline.emit("panel", "smoke.alarm", {"state": "raised", "alarm_id": f"z{n}"})
+        # idle, the loop comes back for the pending write
+        await wait_until(lambda: len(json.loads(path.read_text("utf-8"))["open"]) == 49, 5)
+        pipeline.open_alarms.save_interval_s = 3600.0  # from now on only the stop writes
+        pipeline.emit("panel", "smoke.alarm", {"state": "cleared", "alarm_id": "z1"})
+        await asyncio.sleep(0.3)
+        assert len(json.loads(path.read_text("utf-8"))["open"]) == 49
+    finally:
+        await cancel_and_wait(task)
+        await outbox.close()
+    assert len(json.loads(path.read_text("utf-8"))["open"]) == 48
 
 
 class RestoringSink(RecordingSink):

@@ -19,6 +19,7 @@ from edge_agent.agent import Agent
 from edge_agent.config.models import GatewayConfig
 from edge_agent.sdk.api import DeviceState
 from edge_agent.status.app import StatusApp
+from tests.peers import free_port
 
 SNAP = "01KB2ZQ5E8Y3V0N7W1T6G4H9C2"
 PASSWORD = "status-pw-7f3a"
@@ -33,7 +34,9 @@ def status_schema() -> dict[str, Any]:
 
 def config(tmp_path: Path, *, credential: bool = True) -> GatewayConfig:
     (tmp_path / "cred").write_text(PASSWORD + "\n")
-    page: dict[str, Any] = {"listen": "127.0.0.1:0", "allowed_hosts": ["status.example"]}
+    # the app is served by aiohttp's TestServer; `listen` only has to be valid (port 0 is not)
+    page: dict[str, Any] = {"listen": f"127.0.0.1:{free_port()}",
+                            "allowed_hosts": ["status.example"]}
     if credential:
         page["credential"] = {"file": str(tmp_path / "cred")}
     return GatewayConfig.model_validate({
@@ -93,6 +96,7 @@ async def test_api_status_validates_and_puts_alarms_and_broken_devices_first(
     assert doc["devices"][1]["name"] == "1号楼烟感"
     assert doc["summary"] == {"devices": 2, "error": 0, "offline": 1, "unknown": 0, "online": 1,
                               "open_alarms": 2}
+    assert doc["alarms_not_listed"] == 0
     assert "credential_hash" not in json.dumps(doc)
     # a driver text quoting a URL with credentials is scrubbed on the page
     agent.pipeline.emit("cam-1", "camera.video_loss", {

@@ -193,3 +193,28 @@ def test_catalogs_have_the_same_keys_and_cover_states_reasons_and_event_types() 
 ])
 def test_guess_lines_are_per_ipv4_address_and_per_ipv6_64(remote: str | None, key: str) -> None:
     assert client_key(remote) == key
+
+
+def test_activity_keeps_as_many_alarms_as_the_pipeline_and_lists_the_first_ones() -> None:
+    from edge_agent.pipeline.open_alarms import MAX_OPEN
+
+    act = Activity()
+    assert act.open_max == MAX_OPEN
+    for n in range(300):
+        act.record(new_event(H, "panel", "smoke.fault", {"state": "raised", "alarm_id": f"f{n}"}))
+        if n % 100 == 0:
+            act.record(new_event(H, "panel", "smoke.alarm",
+                                 {"state": "raised", "alarm_id": f"a{n}"}))
+    listed = act.open_alarms(50)
+    assert listed == act.open_alarms()[:50]
+    assert [a.alarm_id for a in listed[:4]] == ["a200", "a100", "a0", "f299"]
+    assert len(act.open) == 303
+
+
+def test_the_schema_bounds_the_alarm_list_as_the_document_does() -> None:
+    from edge_agent.status.snapshot import ALARMS_LISTED
+
+    schemas = resources.files("edge_agent.contract.schemas")
+    doc = json.loads(schemas.joinpath("status-v1.schema.json").read_text("utf-8"))
+    assert doc["properties"]["alarms"]["maxItems"] == ALARMS_LISTED
+    assert "alarms_not_listed" in doc["required"]

@@ -208,6 +208,7 @@ def test_open_declared_alarms_are_restored_by_alarm_type_after_a_restart(
         clock.now += 1.5
     for event in sink.events:
         ledger.record(event)
+    ledger.save()  # the agent's clean stop (Pipeline.flush)
     ids = {e.data["alarm_type"]: e.data["alarm_id"] for e in sink.of("device.alarm")}
     assert set(ids) == {"pump.failure", "pump.drive_fault"}
     # the agent restarts: the drive fault is over, the pump alarm holds

@@ -9,7 +9,7 @@ uplink or the status page (they subscribe through callbacks).
 """
 
 from edge_agent.pipeline.core import MAX_PENDING, DeviceStatus, Pipeline, transition_event
-from edge_agent.pipeline.open_alarms import OpenAlarm, OpenAlarms
+from edge_agent.pipeline.open_alarms import MAX_OPEN, OpenAlarm, OpenAlarms
 
-__all__ = ["MAX_PENDING", "DeviceStatus", "OpenAlarm", "OpenAlarms", "Pipeline",
+__all__ = ["MAX_OPEN", "MAX_PENDING", "DeviceStatus", "OpenAlarm", "OpenAlarms", "Pipeline",
            "transition_event"]

@@ -5,6 +5,8 @@ pipeline mints envelope-v1 events, turns device state transitions into
 `device.online` / `device.offline`, and its `run()` task commits what is queued to
 the outbox in batches (one transaction per batch) and wakes the uplink.
 Durability starts at that commit: an event is "created" once it has a seq.
+`run()` also writes the open alarms' changes (`open_alarms`, at most once per
+`SAVE_INTERVAL_S`; `flush()` at a stop writes the last ones).
 `run()` calls `beat` at least every `contract.watchdog.BEAT_S` while it is alive, idle
 or not, and on every commit attempt (systemd's watchdog: `contract.watchdog`).
 """
@@ -259,9 +261,15 @@ class Pipeline:
         try:
             while True:
                 self.beat()
+                idle_s = BEAT_S
+                if self.open_alarms is not None:
+                    # Alarm changes are written at most once per SAVE_INTERVAL_S, here.
+                    self.open_alarms.save_if_due()
+                    due = self.open_alarms.save_in()
+                    idle_s = BEAT_S if due is None else min(BEAT_S, due)
                 if not self._queue.ready.is_set():
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(BEAT_S):  # idle: still beat
+                        async with asyncio.timeout(idle_s):  # idle: still beat
                             await self._queue.ready.wait()
                     continue
                 if (self.commit_linger_s and not self._queue.urgent.is_set()
@@ -286,15 +294,21 @@ class Pipeline:
             await asyncio.shield(self.flush())
 
     async def flush(self) -> None:
-        if self._committing is not None:
-            with contextlib.suppress(Exception):
-                await self._committing
-            self._committing = None
-        while batch := self._queue.take(self.commit_batch_max):
-            await self._commit(batch)
-        self._report_dropped(force=True)
-        while batch := self._queue.take(self.commit_batch_max):
-            await self._commit(batch)
+        """Commit what is queued, and write the open alarms' last changes (even if a
+        commit fails: they were recorded when the events were minted)."""
+        try:
+            if self._committing is not None:
+                with contextlib.suppress(Exception):
+                    await self._committing
+                self._committing = None
+            while batch := self._queue.take(self.commit_batch_max):
+                await self._commit(batch)
+            self._report_dropped(force=True)
+            while batch := self._queue.take(self.commit_batch_max):
+                await self._commit(batch)
+        finally:
+            if self.open_alarms is not None:
+                self.open_alarms.save()  # a clean stop writes the last changes
 
     async def _commit(self, batch: list[Event]) -> None:
         """Commit `batch`, retrying at most a second apart (`_retry_wait`) while the outbox

@@ -22,6 +22,7 @@ every engine ends an alarm_id with (the raise's time), their severity is the cat
 
 from __future__ import annotations
 
+import heapq
 import re
 import time
 from collections import OrderedDict, deque
@@ -30,10 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.contract.envelope import ALARM_TYPES, CATALOG, Event, Retention, parse_time
+from edge_agent.pipeline import MAX_OPEN
 from edge_agent.pipeline import OpenAlarm as KeptAlarm
 
 RECENT_MAX = 100
-OPEN_ALARMS_MAX = 1000
+#: Open alarms kept for the page: as many as the pipeline keeps across restarts, so the
+#: page's count is the true one (the status document lists only the first ones).
+OPEN_ALARMS_MAX = MAX_OPEN
 SNAPSHOTS_MAX = 24
 #: A snapshot id: a ULID (Crockford base32, 26 characters).
 SNAPSHOT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -154,9 +158,15 @@ class Activity:
                 self.open.popitem(last=False)
             self.changes += 1
 
-    def open_alarms(self) -> list[OpenAlarm]:
-        """Open alarms, critical first, then newest first."""
+    def open_alarms(self, limit: int | None = None) -> list[OpenAlarm]:
+        """Open alarms, critical first, then newest first; the first `limit` of them
+        (all with None)."""
         rank = {"critical": 0, "warning": 1, "info": 2}
         ordered = enumerate(self.open.values())  # raised order breaks ties of one millisecond
-        return [a for _, a in sorted(ordered, key=lambda ia: (rank.get(ia[1].severity, 3),
-                                                             -ia[1].raised_at, -ia[0]))]
+
+        def order(ia: tuple[int, OpenAlarm]) -> tuple[int, float, int]:
+            return rank.get(ia[1].severity, 3), -ia[1].raised_at, -ia[0]
+
+        chosen = (sorted(ordered, key=order) if limit is None
+                  else heapq.nsmallest(limit, ordered, key=order))
+        return [a for _, a in chosen]

@@ -25,6 +25,11 @@ from edge_agent.uplink import Uplink
 
 SCHEMA_VERSION = 1
 RECENT_SHOWN = 30
+#: Open alarms listed in the document (critical first, newest first); `summary.open_alarms`
+#: counts them all and `alarms_not_listed` says how many are left out. A fire panel with
+#: 10,000 zones in alarm would otherwise make every refresh (each second on a stream)
+#: megabytes.
+ALARMS_LISTED = 200
 STATE_RANK = {"error": 0, "offline": 1, "unknown": 2, "online": 3}
 
 
@@ -74,8 +79,9 @@ def build_status(view: AgentView, disk: DiskGauge, *, authenticated: bool,
     names = {d.id: d.name for d in view.cfg.devices}
     devices = sorted((_device(s, names.get(s.id)) for s in view.pipeline.devices.values()),
                      key=lambda d: (STATE_RANK.get(d["state"], 9), d["id"]))
+    open_total = len(view.activity.open)
     alarms = [_alarm(a, names.get(a.device), authenticated)
-              for a in view.activity.open_alarms()]
+              for a in view.activity.open_alarms(ALARMS_LISTED)]
     recent = [_entry(e, names.get(e.device), authenticated)
               for e in list(view.activity.recent)[::-1][:RECENT_SHOWN]]
     counts = {state: 0 for state in STATE_RANK}
@@ -92,8 +98,9 @@ def build_status(view: AgentView, disk: DiskGauge, *, authenticated: bool,
                      "dropped": view.pipeline.counters.dropped,
                      "rejected": view.pipeline.counters.rejected,
                      "pending": view.pipeline.pending},
-        "summary": {"devices": len(devices), **counts, "open_alarms": len(alarms)},
+        "summary": {"devices": len(devices), **counts, "open_alarms": open_total},
         "alarms": alarms,
+        "alarms_not_listed": open_total - len(alarms),
         "devices": devices,
         "recent": recent,
         "viewer": {"authenticated": authenticated, "login_available": login_available},

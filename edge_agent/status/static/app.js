@@ -116,24 +116,30 @@ function renderBanner() {
   const lines = [];
   const down = doc.summary.offline + doc.summary.error;
   if (streamLost) lines.push(tt("banner.stream_lost"));
-  if (doc.alarms.length) lines.push(tt("banner.alarms", { n: doc.alarms.length }));
+  const open = doc.summary.open_alarms;  // all of them, listed or not
+  if (open) lines.push(tt("banner.alarms", { n: open }));
   if (down) lines.push(tt("banner.devices_down", { n: down }));
   if (!doc.uplink.connected) lines.push(tt("banner.uplink_down"));
-  banner.className = doc.alarms.length || streamLost ? "bad" : lines.length ? "warn" : "";
+  banner.className = open || streamLost ? "bad" : lines.length ? "warn" : "";
   banner.replaceChildren(...(lines.length ? lines : [tt("banner.ok")]).map((l) => el("div", null, l)));
 }
 
 function renderAlarms() {
   const list = document.getElementById("alarm-list");
-  document.getElementById("alarms").classList.toggle("active", doc.alarms.length > 0);
-  if (!doc.alarms.length) { list.replaceChildren(el("li", { class: "muted none" }, tt("alarms.none"))); return; }
+  const notListed = doc.alarms_not_listed || 0;  // the document lists the first ones only
+  document.getElementById("alarms").classList.toggle("active", doc.alarms.length + notListed > 0);
+  if (!doc.alarms.length && !notListed) { list.replaceChildren(el("li", { class: "muted none" }, tt("alarms.none"))); return; }
+  const more = notListed
+    ? el("li", { class: "muted more", "data-testid": "alarms-not-listed" }, tt("alarms.not_listed", { n: notListed }))
+    : null;
   list.replaceChildren(...doc.alarms.map((a) => el("li",
     { class: a.severity, "data-testid": "alarm", "data-device": a.device, "data-type": a.type },
     el("span", { class: "what" }, eventName(a.type)),
     el("span", { class: "device" }, deviceLabel(a.device_name, a.device)),
     el("span", { class: "muted" }, tt("alarm.since") + " " + clock(a.raised_at) + " (" + ago(a.raised_at) + ")"),
     dataText(withoutState(a.data)) ? el("span", { class: "muted" }, dataText(withoutState(a.data))) : null,
-    a.snapshot ? el("img", { src: "/snapshots/" + a.snapshot + ".jpg", alt: eventName(a.type) }) : null)));
+    a.snapshot ? el("img", { src: "/snapshots/" + a.snapshot + ".jpg", alt: eventName(a.type) }) : null)),
+  ...(more ? [more] : []));
 }
 
 function dl(id, rows) {

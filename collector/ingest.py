@@ -111,6 +111,8 @@ class Outcome:
     acks: list[Ack] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     oldest: float | None = None
+    #: the MQTT topic the payload came on (named by the `payload_quarantined` line)
+    topic: str | None = None
 
 
 def _no_registry() -> Registry | None:
@@ -175,11 +177,14 @@ class PayloadHandler:
 
 
 def _outcome(checked: Checked, result: IngestResult) -> Outcome:
+    topic = checked.item.origin.topic
     if checked.verdict is None:
-        return Outcome(result, None, reasons=[r.reason for r in checked.item.rejected])
+        return Outcome(result, None, reasons=[r.reason for r in checked.item.rejected],
+                       topic=topic)
     stored = as_stored(checked.verdict, result.diverted)
     return Outcome(result, checked.gateway, checked.ack_topic, build_acks(stored),
-                   [r.reason for r in stored.rejected], _oldest(checked.verdict.accepted))
+                   [r.reason for r in stored.rejected], _oldest(checked.verdict.accepted),
+                   topic)
 
 
 def _oldest(rows: Sequence[EventRow]) -> float | None:
@@ -494,7 +499,9 @@ class Collector:
             conflicts=r.conflicts)
         if outcome.reasons:
             # One line a minute per gateway (RepeatLimiter): the reason is not an identity key.
-            log.warning("payload_quarantined", gateway=outcome.gateway, count=r.quarantined,
+            log.warning("payload_quarantined", gateway=outcome.gateway,
+                        topic=None if outcome.topic is None else storable(outcome.topic, 300),
+                        count=r.quarantined,
                         dropped=r.dropped, first_reason=storable(outcome.reasons[0], 500),
                         more=len(outcome.reasons) - 1)
 

@@ -215,27 +215,35 @@ def check_payload(payload: bytes, topic: GatewayTopics, limits: Limits = Limits(
                   registry: Registry | None = None) -> Verdict:
     """Split one MQTT payload into accepted rows and quarantine entries."""
     if len(payload) > limits.max_payload_bytes:
-        return _whole(payload, f"payload of {len(payload)} bytes exceeds ingest.max_payload_bytes "
-                               f"({limits.max_payload_bytes})")
+        return _whole(payload, f"batch on {_on(topic)}: payload of {len(payload)} bytes exceeds "
+                               f"ingest.max_payload_bytes ({limits.max_payload_bytes})")
     if batch_v2.is_v2(payload):
         return _check_v2(payload, topic, limits, registry)
+    where = f"v1 batch on {_on(topic)}"
     try:
         decoded = json.loads(payload, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
-        return _whole(payload, f"payload is not UTF-8 JSON: {exc.reason} at byte {exc.start}")
+        return _whole(payload, f"{where}: payload is not UTF-8 JSON: {exc.reason} at byte "
+                               f"{exc.start}")
     except ValueError as exc:
-        return _whole(payload, f"payload is not JSON: {exc}")
+        return _whole(payload, f"{where}: payload is not JSON: {exc}")
     except RecursionError:
-        return _whole(payload, "payload is not JSON we accept: nested too deeply")
+        return _whole(payload, f"{where}: payload is not JSON we accept: nested too deeply")
     if isinstance(decoded, dict):
         decoded = [decoded]
     elif not isinstance(decoded, list):
-        return _whole(payload, f"payload is a JSON {_json_kind(decoded)}; expected an array of "
-                               "events or one event object")
+        return _whole(payload, f"{where}: payload is a JSON {_json_kind(decoded)}; expected an "
+                               "array of events or one event object")
     if len(decoded) > limits.max_events_per_batch:
-        return _whole(payload, f"batch of {len(decoded)} events exceeds "
+        return _whole(payload, f"{where}: batch of {len(decoded)} events exceeds "
                                f"ingest.max_events_per_batch ({limits.max_events_per_batch})")
     return _check_events(decoded, topic, registry)
+
+
+def _on(topic: GatewayTopics) -> str:
+    """Where a whole payload was refused, for its reason: `cd/v1/…/gw-b/events (gateway
+    gw-b)`, as v1 and v2 reasons name it."""
+    return f"{topic.events} (gateway {topic.gateway})"
 
 
 def _check_v2(payload: bytes, topic: GatewayTopics, limits: Limits,
@@ -243,12 +251,12 @@ def _check_v2(payload: bytes, topic: GatewayTopics, limits: Limits,
     """A v2 batch (`contract.batch_v2`): expanded within `max_payload_bytes` after
     decompression; its framing and its batch-level place checked once, then every event
     as in v1 (the fast path included)."""
-    where = f"v2 batch on {topic.events} (gateway {topic.gateway})"
+    where = f"v2 batch on {_on(topic)}"
     try:
         common, decoded = batch_v2.decode(payload, max_bytes=limits.max_payload_bytes,
                                           max_events=limits.max_events_per_batch)
     except batch_v2.BatchV2Error as exc:
-        return _whole(payload, storable(f"{where}: {exc}", REASON_MAX))
+        return _whole(payload, f"{where}: {exc}")
     for key in _TOPIC_KEYS:
         if common[key] != getattr(topic, key):
             # the gateway speaks for itself only: every event is refused, each named by
@@ -282,4 +290,4 @@ def _check_events(decoded: list[Any], topic: GatewayTopics,
 
 
 def _whole(payload: bytes, reason: str) -> Verdict:
-    return Verdict(rejected=[Rejected(reason, payload)])
+    return Verdict(rejected=[Rejected(storable(reason, REASON_MAX), payload)])

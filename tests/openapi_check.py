@@ -3,6 +3,7 @@ every route's tests validate what they got with `check`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +25,10 @@ def check(path: str, status: int, body: Any) -> None:
         resp = SPEC["components"]["responses"][resp["$ref"].rsplit("/", 1)[1]]
     schema = resp["content"]["application/json"]["schema"]
     jsonschema.validate(body, {**schema, "components": SPEC["components"]})
+
+
+def check_sse(kind: str, data: str) -> None:
+    """`data` of an SSE message of type `kind` is what openapi.yaml promises for it."""
+    media = SPEC["paths"]["/v1/events/stream"]["get"]["responses"]["200"]["content"]
+    schema = media["text/event-stream"]["x-event-data"][kind]
+    jsonschema.validate(json.loads(data), {**schema, "components": SPEC["components"]})

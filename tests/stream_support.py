@@ -32,10 +32,18 @@ class MemoryConsumers:
 
     tokens: dict[str, Consumer] = field(default_factory=dict)
     audits: list[tuple[str, str, Scope, int]] = field(default_factory=list)
+    #: tokens refused since, and why ("revoked", "expired")
+    refused: dict[str, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def authenticate(self, token: str) -> Consumer | None:
-        return self.tokens.get(token)
+        found = self.check(token)
+        return found if isinstance(found, Consumer) else None
+
+    def check(self, token: str) -> Consumer | str:
+        if token in self.refused:
+            return self.refused[token]
+        return self.tokens.get(token) or "unknown"
 
     def audit(self, consumer: str, route: str, scope: Scope, events: int) -> None:
         with self._lock:

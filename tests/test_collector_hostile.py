@@ -17,6 +17,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+import structlog
 from aiomqtt import ProtocolVersion
 from click.testing import CliRunner
 from pydantic import SecretStr
@@ -27,6 +28,7 @@ from collector.ingest import Collector
 from collector.store import Store, open_store
 from edge_agent.contract.mqtt import Endpoint
 from edge_agent.contract.wire import Ack
+from tests.harness import wait_until
 from tests.peers import Mosquitto
 from tests.test_collector_mqtt import FAST, acks_until, db_rows, district_mosquitto, running
 from tests.test_collector_support import (
@@ -231,3 +233,26 @@ async def test_an_id_sent_again_with_other_content_is_kept_as_a_conflict(
                                   for part in reason.split("sha256:")[1:])
     assert stored_hash != received_hash and len(stored_hash) == 64
     assert (collector.counters.conflicts, collector.counters.duplicates) == (1, 1)
+
+
+async def test_a_payload_refused_whole_names_its_topic_in_its_reason_and_log_line(
+        district: District) -> None:
+    """A v1 payload that is no UTF-8 JSON (audit: its reason and its `payload_quarantined`
+    line named no topic, where a v2 batch's did): both name the topic it came on."""
+    topic = topics("gw-b").events
+    store = open_store(district.store_url)
+    collector = collector_for(district, store)
+    with structlog.testing.capture_logs() as logs:
+        async with running(collector), district.gateway("gw-b") as gw:
+            await gw.publish(topic, b'[{"a":\xff}]', qos=1)
+            await wait_until(lambda: collector.counters.quarantined, 20, "the quarantine")
+    store.close()
+    [(reason, stored_topic)] = db_rows(district.store_url,
+                                       "SELECT reason, topic FROM quarantine")
+    assert stored_topic == topic
+    assert reason == (f"v1 batch on {topic} (gateway gw-b): payload is not UTF-8 JSON: "
+                      "invalid start byte at byte 6"), reason
+    assert len(reason) <= validate.REASON_MAX
+    [line] = [e for e in logs if e["event"] == "payload_quarantined"]
+    assert (line["topic"], line["gateway"]) == (topic, "gw-b"), line
+    assert line["first_reason"] == reason

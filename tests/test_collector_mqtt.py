@@ -242,7 +242,7 @@ async def test_garbage_is_quarantined_and_good_events_still_flow(
                                "FROM quarantine ORDER BY id")
     reasons = [q[0] for q in quarantined]
     assert len(reasons) == 4, reasons
-    assert reasons[0].startswith("payload is not")
+    assert reasons[0].startswith(f"v1 batch on {t} (gateway gw-a): payload is not")
     assert "data.state must be one of ['raised', 'cleared']" in reasons[1]
     assert "exceeds ingest.max_payload_bytes" in reasons[2] and quarantined[2][1] == 70_002
     assert "gateway 'gw-b' differs from the topic's 'gw-a'" in reasons[3]

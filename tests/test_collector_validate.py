@@ -116,6 +116,9 @@ def test_bad_payload_is_one_quarantine_entry_with_the_raw_bytes(
     assert verdict.accepted == []
     [rej] = verdict.rejected
     assert reason in rej.reason, rej.reason
+    # named like a v2 batch's reason: the topic and its gateway come first
+    assert rej.reason.startswith(("v1 batch on ", "batch on ")), rej.reason
+    assert f"on {topics('gw-a').events} (gateway gw-a): " in rej.reason, rej.reason
     assert rej.raw == payload
     assert (rej.event_id, rej.epoch, rej.seq) == (None, None, None)
 

@@ -10,7 +10,6 @@ import threading
 from typing import Any
 
 import aiohttp
-import jsonschema
 import pytest
 
 from collector.store import Store
@@ -18,16 +17,10 @@ from collector.stream.api import StreamSettings
 from collector.stream.filter import Filter
 from collector.stream.position import Position
 from collector.stream.reader import Reader
-from tests.openapi_check import SPEC, check
+from tests.openapi_check import check, check_sse
 from tests.stream_http import SseMessage, running_api, sse_messages
 from tests.stream_support import ALL, Consumer, MemoryConsumers, Scope, event_rows, ingest
 from tests.test_collector_support import COMMUNITY
-
-
-def check_sse(kind: str, data: str) -> None:
-    media = SPEC["paths"]["/v1/events/stream"]["get"]["responses"]["200"]["content"]
-    schema = media["text/event-stream"]["x-event-data"][kind]
-    jsonschema.validate(json.loads(data), {**schema, "components": SPEC["components"]})
 
 
 @pytest.fixture
@@ -136,6 +129,45 @@ async def test_cursor_tampered_or_foreign(reader: Reader, consumers: MemoryConsu
             assert resp.status == 400 and (await resp.json())["parameter"] == "Last-Event-ID"
         status, body = await get(s, api.base, "/v1/events", "t-all", after=cursor)
         assert status == 200 and len(body["events"]) == 1
+
+
+async def test_a_signed_cursor_beyond_the_store_is_refused(
+        reader: Reader, consumers: MemoryConsumers, store: Store) -> None:
+    """A cursor with the server's key but a position the store never reached (10^12,
+    2^63-1: the store was replaced or restored) is a 400 naming the parameter, on both
+    routes; a cursor just issued for the newest row is valid, even before the head task
+    has seen that row (its poll is one minute here: the store's end is read instead)."""
+    ingest(store, event_rows(3))
+    settings = StreamSettings(heartbeat_s=0.2, poll_s=60)
+    async with running_api(reader, consumers, settings) as api, aiohttp.ClientSession() as s:
+        far = [api.codec.encode(Position(reader.kind, a, b))
+               for a in (10**12, 2**63 - 1) for b in (0, 2**128 - 1)]
+        for cursor in far:
+            status, body = await get(s, api.base, "/v1/events", "t-all", after=cursor)
+            assert status == 400 and body["parameter"] == "after", body
+            assert body["error"].startswith("cursor is beyond the end of this store"), body
+            for headers, name in (({"Last-Event-ID": cursor}, "Last-Event-ID"), ({}, "after")):
+                async with s.get(api.base + "/v1/events/stream", headers={
+                        **auth("t-all"), **headers},
+                        params={} if headers else {"after": cursor}) as resp:
+                    err = await resp.json()
+                    check("/v1/events/stream", resp.status, err)
+                    assert resp.status == 400 and err["parameter"] == name, err
+        # issued a moment ago for the newest rows, which the head has not seen
+        await asyncio.to_thread(ingest, store, event_rows(2))
+        _, body = await get(s, api.base, "/v1/events", "t-all")
+        assert len(body["events"]) == 5 and body["more"] is False
+        status, again = await get(s, api.base, "/v1/events", "t-all", after=body["next"])
+        assert status == 200 and again["events"] == [] and again["next"] == body["next"]
+        async with s.get(api.base + "/v1/events/stream",
+                         headers={**auth("t-all"), "Last-Event-ID": body["next"]}) as resp:
+            assert resp.status == 200
+            async with asyncio.timeout(10):
+                async for msg in sse_messages(resp):
+                    assert msg == ": heartbeat", msg  # nothing after the newest row
+                    break
+    audited = [a for a in consumers.audits if a[3] == 0 and a[1] == "/v1/events"]
+    assert len(audited) >= len(far)  # the refusals are audited, as every bad parameter
 
 
 async def test_oversized_query(reader: Reader, consumers: MemoryConsumers) -> None:
@@ -297,3 +329,36 @@ async def test_sse_behind(reader: Reader, consumers: MemoryConsumers, store: Sto
             events = [m for m in messages if m.event == "message"]
             assert 0 < len(events) < 10_000
             assert json.loads(behind.data)["cursor"] == events[-1].id
+
+
+@pytest.mark.parametrize("change", ["revoked", "expired", "scope_changed"])
+async def test_an_open_stream_ends_when_its_token_no_longer_reads_as_it_did(
+        reader: Reader, consumers: MemoryConsumers, store: Store, change: str) -> None:
+    """The token is checked again while the stream is open (every `recheck_s`, and
+    before each delivery): a revoked or expired token, or a scope that changed, ends the
+    stream with that event and the cursor to resume from; no later event is delivered,
+    and the stream's audit row says why it ended."""
+    ingest(store, event_rows(2))
+    settings = StreamSettings(heartbeat_s=0.2, poll_s=0.05, recheck_s=0.1)
+    async with running_api(reader, consumers, settings) as api, aiohttp.ClientSession() as s:
+        messages: list[SseMessage] = []
+        async with s.get(api.base + "/v1/events/stream", headers=auth("t-fire")) as resp, \
+                asyncio.timeout(10):
+            async for msg in sse_messages(resp):
+                if msg == ": heartbeat" and len(messages) == 2:
+                    if change == "scope_changed":
+                        consumers.tokens["t-fire"] = Consumer("消防-河东", ALL)
+                    else:
+                        consumers.refused["t-fire"] = change
+                    await asyncio.to_thread(ingest, store, event_rows(3, start=3))
+                if isinstance(msg, SseMessage):
+                    messages.append(msg)
+        assert [m.event for m in messages] == ["message", "message", change], messages
+        check_sse(change, messages[-1].data)
+        note = json.loads(messages[-1].data)
+        assert note["reason"] == change
+        # the cursor resumes after what was delivered: the 3 later events, none lost
+        _, body = await get(s, api.base, "/v1/events", "t-all", after=note["cursor"])
+        assert [e["seq"] for e in body["events"]] == [3, 4, 5]
+    assert ("消防-河东", f"/v1/events/stream (ended: {change})", Scope((COMMUNITY,), ("smoke.*",)),
+            2) in consumers.audits

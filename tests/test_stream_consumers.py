@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from collector.validate import check_payload
 from edge_agent.contract.envelope import Hierarchy, new_event
 from edge_agent.contract.topics import GatewayTopics
 from edge_agent.contract.wire import encode_batch
-from tests.stream_http import serve_process
+from tests.openapi_check import check_sse
+from tests.stream_http import SseMessage, serve_process, sse_messages
 from tests.test_collector_support import new_epoch
 
 DISTRICT, STREET = "371312", "371312001"
@@ -167,3 +169,104 @@ def test_every_route_the_deployed_api_serves_is_in_the_openapi_file(tmp_path: Pa
     finally:
         reader.close()
     assert served == set(SPEC["paths"])
+
+
+async def _ended_stream(base: str, token: str, after_open: Any) -> tuple[list[SseMessage], float]:
+    """Reads an SSE stream until the server ends it: its messages and when the first
+    message that is no event came. `after_open()` runs after the stream's first heartbeat
+    (everything stored then has been sent); it returns when it has done what it does."""
+    messages: list[SseMessage] = []
+    ended_at = 0.0
+    async with aiohttp.ClientSession() as s, s.get(
+            f"{base}/v1/events/stream", headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        assert resp.status == 200
+        task: asyncio.Task[None] | None = None
+        try:
+            async with asyncio.timeout(20):
+                async for msg in sse_messages(resp):
+                    if msg == ": heartbeat" and task is None:
+                        task = asyncio.create_task(after_open())
+                    elif isinstance(msg, SseMessage):
+                        messages.append(msg)
+                        if msg.event != "message" and not ended_at:
+                            ended_at = time.monotonic()
+        except TimeoutError:
+            pytest.fail(f"the stream did not end; it sent {messages}")
+        assert task is not None
+        await task
+    return messages, ended_at
+
+
+async def test_an_open_stream_ends_when_its_token_is_revoked(
+        store_url: str, served: Any) -> None:
+    """docs/consumers.md: a revocation is refused everywhere within 2 s. An open stream
+    (checked once, when it opened) went on delivering: an event stored 3 s after the
+    revocation still arrived. Now it ends with `event: revoked` and its cursor, the event
+    is not delivered, and the audit row of the stream says why it ended."""
+    base, _ = served
+    _ingest(store_url, HERE, "gw-here")
+    made = _cli("consumers", "add", "消防-河东", "--store", store_url, "--area", HERE,
+                "--type", "smoke.*")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    revoked_at = 0.0
+
+    async def revoke_then_ingest() -> None:
+        nonlocal revoked_at
+        got = await asyncio.to_thread(_cli, "consumers", "revoke", "消防-河东", "--store",
+                                      store_url)
+        assert got.returncode == 0, got.stderr
+        revoked_at = time.monotonic()
+        await asyncio.sleep(3)  # past the 2 s every cached answer may still be used
+        await asyncio.to_thread(_ingest, store_url, HERE, "gw-late")
+
+    messages, ended_at = await _ended_stream(base, token, revoke_then_ingest)
+    events = [m for m in messages if m.event == "message"]
+    assert sorted(json.loads(m.data)["type"] for m in events) == ["smoke.alarm",
+                                                                  "smoke.reading"]
+    assert all(json.loads(m.data)["gateway"] == "gw-here" for m in events)
+    last = messages[-1]
+    assert last.event == "revoked", messages
+    check_sse("revoked", last.data)
+    note = json.loads(last.data)
+    assert note["reason"] == "revoked" and "another token" in note["error"]
+    assert ended_at - revoked_at < 10  # (ended while it was idle: no event needed)
+    # resuming from the cursor with another token reads the late event, nothing before it
+    other = _cli("consumers", "token", "消防-河东", "--store", store_url)
+    assert other.returncode == 0, other.stderr
+    status, body = await _get(base, other.stdout.strip(), after=note["cursor"])
+    assert status == 200, body
+    assert {e["gateway"] for e in body["events"]} == {"gw-late"}
+    deadline = time.monotonic() + 10  # audit rows are written within a second
+    while True:
+        audit = _cli("consumers", "audit", "--store", store_url, "--consumer", "消防-河东")
+        assert audit.returncode == 0, audit.stderr
+        if "/v1/events/stream (ended: revoked)" in audit.stdout:
+            break
+        assert time.monotonic() < deadline, audit.stdout
+        await asyncio.sleep(0.3)
+
+
+async def test_an_open_stream_ends_when_its_token_expires(
+        store_url: str, served: Any) -> None:
+    """A token that expires while its stream is open: the stream ends with
+    `event: expired`; an event stored after the expiry is not delivered."""
+    base, _ = served
+    made = _cli("consumers", "add", "消防-河东", "--store", store_url, "--area", HERE,
+                "--type", "smoke.*")
+    assert made.returncode == 0, made.stderr
+    expires = datetime.now(UTC) + timedelta(seconds=6)
+    short = _cli("consumers", "token", "消防-河东", "--store", store_url, "--expires",
+                 expires.isoformat())
+    assert short.returncode == 0, short.stderr
+    expiry_in = (expires - datetime.now(UTC)).total_seconds()
+
+    async def ingest_after_expiry() -> None:
+        await asyncio.sleep(max(0.0, expiry_in) + 0.5)
+        await asyncio.to_thread(_ingest, store_url, HERE, "gw-late")
+
+    messages, _ = await _ended_stream(base, short.stdout.strip(), ingest_after_expiry)
+    assert [m.event for m in messages] == ["expired"], messages
+    check_sse("expired", messages[-1].data)
+    assert json.loads(messages[-1].data)["reason"] == "expired"

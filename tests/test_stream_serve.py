@@ -104,3 +104,44 @@ def test_serve_needs_api_section(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "collector", "serve", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no `api:` section" in out.stderr
+
+
+async def test_a_cursor_of_a_replaced_store_is_refused_not_silently_past_its_events(
+        tmp_path: Path) -> None:
+    """The store is replaced (restored from an older copy) and served again with the same
+    cursor key: a consumer's cursor from the old store is past the new store's end. It is
+    refused (400 naming `after`, with a hint), not answered with no events and the same
+    cursor forever while the new store's events go by."""
+    consumers = MemoryConsumers({"tok": Consumer("platform", ALL)})
+    port = free_port()
+    api = _api(tmp_path, port)
+    old_url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = open_store(old_url)
+    ingest(store, event_rows(6))
+    store.close()
+    stop, task = await _serving(api, old_url, consumers)
+    base = f"http://127.0.0.1:{port}"
+    cursor = str((await _page(base, (await _page(base))["next"]))["next"])  # after event 4
+    stop.set()
+    await task
+    new_url = f"sqlite:///{tmp_path / 'restored.db'}"
+    store = open_store(new_url)
+    ingest(store, event_rows(2))
+    stop, task = await _serving(api, new_url, consumers)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/v1/events", params={"after": cursor},
+                             headers={"Authorization": "Bearer tok"}) as resp:
+                body = await resp.json()
+                assert resp.status == 400, body
+            assert body["parameter"] == "after"
+            assert "beyond the end of this store" in body["error"]
+            assert "without it" in body["error"]  # the hint: start again from the beginning
+            ingest(store, event_rows(3))  # rowids 3-5: still behind the old cursor (4)
+            async with s.get(f"{base}/v1/events", params={"after": cursor},
+                             headers={"Authorization": "Bearer tok"}) as resp:
+                assert resp.status == 200  # the store reached it again: a cursor like any
+    finally:
+        stop.set()
+        await task
+        store.close()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from collector.consumers.audit import AuditLog
 from collector.consumers.db import Db
@@ -32,6 +33,10 @@ CACHE_S = 2.0
 _CACHE_MAX = 4096
 _LOOKUP = ("SELECT t.id, t.hash, t.expires_at, t.revoked_at, c.name, c.areas, c.types "
            "FROM consumer_tokens t JOIN consumers c ON c.name = t.consumer WHERE t.hash = ?")
+
+
+#: Why a token reads nothing (`Consumers.check`).
+Refusal = Literal["unknown", "revoked", "expired"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class _Cached:
     consumer: Consumer | None
     token_id: str | None
     expires_at: datetime | None
+    #: the token exists but was revoked (consumer None then)
+    revoked: bool = False
 
 
 class Consumers:
@@ -115,8 +122,17 @@ class Consumers:
         """The consumer of a valid token; None when unknown, revoked or expired.
 
         Raises StoreUnavailable when the store cannot be read (answer 503, not 401)."""
+        found = self.check(token)
+        return found if isinstance(found, Consumer) else None
+
+    def check(self, token: str) -> Consumer | Refusal:
+        """`authenticate` saying why not: the consumer of a valid token, else "unknown",
+        "revoked" or "expired". Cached as `authenticate` is: an open event stream calls it
+        before each delivery and every second (a revocation ends it within `cache_s`).
+
+        Raises StoreUnavailable when the store cannot be read."""
         if not isinstance(token, str) or not well_formed(token):
-            return None
+            return "unknown"
         key = digest(token)
         mono = time.monotonic()
         with self._cache_lock:
@@ -124,10 +140,10 @@ class Consumers:
         if hit is None or mono - hit.at >= self.cache_s:
             hit = self._lookup(key, mono)
         if hit.consumer is None:
-            return None
+            return "revoked" if hit.revoked else "unknown"
         if hit.expires_at is not None and hit.expires_at <= self._now():
             log.info("consumer_token_expired", consumer=hit.consumer.name, token_id=hit.token_id)
-            return None
+            return "expired"
         assert hit.token_id is not None
         self.audit_log.used(hit.token_id)
         return hit.consumer
@@ -137,9 +153,10 @@ class Consumers:
         found = _Cached(mono, None, None, None)
         if rows:
             tid, stored, expires, revoked, name, areas, types = rows[0]
-            if hmac.compare_digest(str(stored), key) and revoked is None:
-                found = _Cached(mono, Consumer(name, scope_from_db(areas, types)), tid,
-                                self.db.dt(expires))
+            if hmac.compare_digest(str(stored), key):
+                found = (_Cached(mono, None, tid, None, revoked=True) if revoked is not None
+                         else _Cached(mono, Consumer(name, scope_from_db(areas, types)), tid,
+                                      self.db.dt(expires)))
         with self._cache_lock:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()  # bounded; a flood of unknown tokens only costs lookups

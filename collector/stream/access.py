@@ -24,6 +24,10 @@ class ConsumersLike(Protocol):
     def authenticate(self, token: str) -> ConsumerLike | None:
         """None: unknown, revoked or expired."""
 
+    def check(self, token: str) -> ConsumerLike | str:
+        """`authenticate` saying why not: the consumer, or "unknown", "revoked" or
+        "expired". An open stream calls it before each delivery and every second."""
+
     def audit(self, consumer: str, route: str, scope: ScopeLike, events: int) -> None: ...
 
 

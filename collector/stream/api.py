@@ -7,6 +7,11 @@ Every route needs `Authorization: Bearer <token>`; the consumer's scope is ANDed
 request's filters (`Filter.narrowed`), and every response is audited with the number of
 events it carried. Errors are JSON `{"error": …, "parameter": …}`. The token is never
 logged (aiohttp's access log is off; the API logs the consumer's name only).
+
+An open stream checks its token again (`ConsumersLike.check`, cached) before each
+delivery and every `recheck_s` while idle, and ends with `event: revoked`/`expired`/
+`scope_changed`/`unavailable` once it no longer reads as it did when it opened. A cursor
+beyond the store's end (a store replaced since it was issued) is a 400, as a forged one.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class StreamSettings:
     poll_s: float = 0.1
     #: a stream whose client has not taken what was written within this is told it is behind
     behind_after_s: float = 30.0
+    #: how often an idle stream re-checks its token (it is checked before each delivery too)
+    recheck_s: float = 1.0
 
 
 READER: web.AppKey[Reader] = web.AppKey("reader", Reader)
@@ -68,15 +75,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(400, exc.message, exc.param)
 
 
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
 def _consumer(request: web.Request) -> ConsumerLike | web.Response:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    token = _bearer(request)
     challenge = {"WWW-Authenticate": 'Bearer realm="events"'}
-    if scheme.lower() != "bearer" or not token.strip():
+    if token is None:
         return error(401, "a bearer token is required (Authorization: Bearer <token>)",
                      headers=challenge)
     try:
-        consumer = request.app[CONSUMERS].authenticate(token.strip())
+        consumer = request.app[CONSUMERS].authenticate(token)
     except StoreUnavailable:
         log.warning("consumers_unavailable", route=request.path,
                     hint="the store holding the consumers cannot be read; see its log")
@@ -89,15 +100,28 @@ def _consumer(request: web.Request) -> ConsumerLike | web.Response:
     return consumer
 
 
-def _start(request: web.Request, query: Query, resume: str | None = None) -> Position:
+#: A signed cursor past the store's end: the store was replaced or restored since.
+BEYOND_END = ("cursor is beyond the end of this store (was the store replaced or restored?): "
+              "read again without it, from the beginning (with `since` to skip older events)")
+
+
+async def _start(request: web.Request, query: Query, resume: str | None = None) -> Position:
+    """Where a read starts: the beginning, or a cursor this server issued for a position
+    this store has reached. The end is read after decoding (a cursor issued a moment ago
+    for the newest row is valid); the head task's position, which lags by `poll_s`, spares
+    that read for every cursor it has passed already."""
     reader = request.app[READER]
     text = resume if resume is not None else query.after
     if text is None:
         return Position.start(reader.kind)
+    param = "Last-Event-ID" if resume is not None else "after"
     try:
-        return request.app[CODEC].decode(text, reader.kind)
+        pos = request.app[CODEC].decode(text, reader.kind)
     except CursorError as exc:
-        raise ParamError("Last-Event-ID" if resume is not None else "after", str(exc)) from None
+        raise ParamError(param, str(exc)) from None
+    if pos > request.app[HEAD].position and pos > await asyncio.to_thread(reader.end):
+        raise ParamError(param, BEYOND_END)
+    return pos
 
 
 @contextlib.contextmanager
@@ -116,7 +140,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         return consumer
     with _audited_refusal(request, consumer, "/v1/events"):
         query = parse_query(request.query.items())
-        after = _start(request, query)
+        after = await _start(request, query)
     reader, codec = request.app[READER], request.app[CODEC]
     page = await asyncio.to_thread(reader.read, after, query.filter.narrowed(consumer.scope),
                                    query.limit)
@@ -144,22 +168,30 @@ async def stream(request: web.Request) -> web.StreamResponse:
     with _audited_refusal(request, consumer, "/v1/events/stream"):
         query = parse_query(request.query.items())
         resume = request.headers.get("Last-Event-ID")
-        pos = _start(request, query, resume if resume else None)
+        pos = await _start(request, query, resume if resume else None)
     flt = query.filter.narrowed(consumer.scope)
     app = request.app
     reader, codec, settings, head = app[READER], app[CODEC], app[SETTINGS], app[HEAD]
+    token = _bearer(request)
+    assert token is not None  # `_consumer` answered 401 otherwise
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
     sent = 0
+    ended: str | None = None
     loop = asyncio.get_running_loop()
     beat_at = loop.time() + settings.heartbeat_s
+    check_at = loop.time() + settings.recheck_s
     try:
         await resp.write(b"retry: 1000\n\n")
         while not app[STOPPING].is_set():
             changed = head.waiter()
             page = await asyncio.to_thread(reader.read, pos, flt, query.limit)
             if page.events:
+                ended = _refusal(app[CONSUMERS], token, consumer)  # before each delivery
+                if ended is not None:
+                    break
+                check_at = loop.time() + settings.recheck_s
                 chunk = b"".join(b"id: " + codec.encode(p).encode() + b"\ndata: " + body
                                  + b"\n\n" for p, body in page.events)
                 last = codec.encode(page.events[-1][0])
@@ -174,18 +206,67 @@ async def stream(request: web.Request) -> web.StreamResponse:
             pos = page.next
             if page.more:
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, beat_at - loop.time())):
-                    await changed.wait()
-            if loop.time() >= beat_at:
-                if not await _write(resp, b": heartbeat\n\n", settings.behind_after_s):
-                    break
-                beat_at = loop.time() + settings.heartbeat_s
+            # Idle: wait for new events; re-check the token every `recheck_s` meanwhile.
+            while not changed.is_set() and not app[STOPPING].is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, min(beat_at, check_at) - loop.time())):
+                        await changed.wait()
+                if loop.time() >= check_at:
+                    ended = _refusal(app[CONSUMERS], token, consumer)
+                    check_at = loop.time() + settings.recheck_s
+                    if ended is not None:
+                        break
+                if loop.time() >= beat_at:
+                    if not await _write(resp, b": heartbeat\n\n", settings.behind_after_s):
+                        return resp
+                    beat_at = loop.time() + settings.heartbeat_s
+                    break  # read again after a heartbeat, as before a wake-up
+            if ended is not None:
+                break
+        if ended is not None:
+            note = json.dumps({"cursor": codec.encode(pos), "reason": ended,
+                               "error": _ENDED[ended]})
+            event = "revoked" if ended == "unknown" else ended
+            await _write(resp, f"event: {event}\ndata: {note}\n\n".encode(), 1.0)
+            log.info("stream_ended", consumer=consumer.name, reason=ended, events=sent)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
-        app[CONSUMERS].audit(consumer.name, "/v1/events/stream", consumer.scope, sent)
+        route = "/v1/events/stream" + (f" (ended: {ended})" if ended else "")
+        app[CONSUMERS].audit(consumer.name, route, consumer.scope, sent)
     return resp
+
+
+#: Why an open stream ended for its token (the `error` of its last event).
+_ENDED = {
+    "revoked": "the token was revoked: resume from the cursor with another token "
+               "(edge-collector consumers token)",
+    "unknown": "the token is no longer known (was the store replaced?): resume with a valid "
+               "token",
+    "expired": "the token expired: resume from the cursor with another token "
+               "(edge-collector consumers token)",
+    "scope_changed": "the consumer's scope changed: open a new stream, which reads with the "
+                     "new scope",
+    "unavailable": "the consumers' store cannot be read just now, so the token cannot be "
+                   "checked: resume from the cursor in a few seconds",
+}
+
+
+def _refusal(consumers: ConsumersLike, token: str, consumer: ConsumerLike) -> str | None:
+    """None while `token` still reads as `consumer` did when its stream opened; else why
+    not (a key of `_ENDED`). Cached by `collector.consumers` (a lookup at most every 2 s
+    a token), so cheap before every delivery."""
+    try:
+        found = consumers.check(token)
+    except StoreUnavailable:
+        log.warning("consumers_unavailable", route="/v1/events/stream",
+                    hint="the store holding the consumers cannot be read; see its log")
+        return "unavailable"
+    if isinstance(found, str):
+        return found if found in _ENDED else "unknown"
+    if found.name != consumer.name or found.scope != consumer.scope:
+        return "scope_changed"
+    return None
 
 
 def build_app(reader: Reader, codec: CursorCodec, consumers: ConsumersLike,

@@ -56,6 +56,10 @@ class Reader(Protocol):
 
     def read(self, after: Position, flt: Filter, limit: int = MAX_PAGE) -> Page: ...
 
+    def end(self) -> Position:
+        """The furthest position a read could return now: no cursor this server issued
+        for this store is beyond it (a later one belongs to a store since replaced)."""
+
     def close(self) -> None: ...
 
 
@@ -111,6 +115,15 @@ class SqliteReader:
             return Page(events, events[-1][0], True)
         end = max(after.a, head or 0)
         return Page(events, Position("sqlite", end), False)
+
+    def end(self) -> Position:
+        """The largest rowid (0 for an empty store): rows are never deleted, so it only
+        grows while this is the same store."""
+        with self._lock:
+            if self._closed:
+                raise ReaderError("the reader is closed")
+            head = self._conn.execute("SELECT max(rowid) FROM events").fetchone()[0]
+        return Position("sqlite", head or 0)
 
     def close(self) -> None:
         # Under the read lock: closing a sqlite3 connection while another thread reads on it
@@ -214,6 +227,14 @@ class PostgresReader:
         # Every transaction below `upper` (<= the horizon) has ended and was read.
         end = Position("postgresql", upper - 1, _U128_MAX)
         return Page(events, max(end, after), upper < horizon)
+
+    def end(self) -> Position:
+        """Just below the horizon: a read's `next` is at most `(horizon - 1, max uuid)`, and
+        the horizon (the oldest transaction still open) never goes back."""
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(_HORIZON)
+            horizon = int(cur.fetchone()[0])
+        return Position("postgresql", horizon - 1, _U128_MAX)
 
     def close(self) -> None:
         self._pool.close()

@@ -158,6 +158,16 @@ class Activity:
                 self.open.popitem(last=False)
             self.changes += 1
 
+    def alarm_severity_by_device(self) -> dict[str, str]:
+        """The most severe open alarm of each device with one, listed or not."""
+        rank = {"critical": 0, "warning": 1, "info": 2}
+        worst: dict[str, str] = {}
+        for a in self.open.values():
+            now = worst.get(a.device)
+            if now is None or rank.get(a.severity, 3) < rank.get(now, 3):
+                worst[a.device] = a.severity
+        return worst
+
     def open_alarms(self, limit: int | None = None) -> list[OpenAlarm]:
         """Open alarms, critical first, then newest first; the first `limit` of them
         (all with None)."""

@@ -77,7 +77,9 @@ def build_status(view: AgentView, disk: DiskGauge, *, authenticated: bool,
                  login_available: bool = False, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     names = {d.id: d.name for d in view.cfg.devices}
-    devices = sorted((_device(s, names.get(s.id)) for s in view.pipeline.devices.values()),
+    alarmed = view.activity.alarm_severity_by_device()
+    devices = sorted((_device(s, names.get(s.id), alarmed.get(s.id))
+                      for s in view.pipeline.devices.values()),
                      key=lambda d: (STATE_RANK.get(d["state"], 9), d["id"]))
     open_total = len(view.activity.open)
     alarms = [_alarm(a, names.get(a.device), authenticated)
@@ -144,9 +146,11 @@ def _outbox(view: AgentView, now: float, authenticated: bool) -> dict[str, Any]:
     return out
 
 
-def _device(s: DeviceStatus, name: str | None) -> dict[str, Any]:
+def _device(s: DeviceStatus, name: str | None, alarm_severity: str | None
+            ) -> dict[str, Any]:
     reason = scrub(s.reason)
     return {"id": s.id, "name": name, "driver": s.driver, "state": str(s.state),
+            "alarm_severity": alarm_severity,
             "since": format_time(s.since), "reason": reason or None,
             "reason_code": reason_code(reason) if reason else None,
             "last_event_type": s.last_event_type, "last_event_at": ts(s.last_event_at),

@@ -171,10 +171,10 @@ function renderCards() {
 
 function renderDevices() {
   // devices with an open alarm first (critical before warning), then fault, offline, ...
+  // (each device says its most severe open alarm: the alarm list shows only the first ones)
   const alarmRank = new Map();
-  for (const a of doc.alarms) {
-    const r = SEVERITY_RANK[a.severity] ?? 2;
-    alarmRank.set(a.device, Math.min(r, alarmRank.get(a.device) ?? 9));
+  for (const d of doc.devices) {
+    if (d.alarm_severity) alarmRank.set(d.id, SEVERITY_RANK[d.alarm_severity] ?? 2);
   }
   const alarmed = { has: (id) => alarmRank.has(id) };
   const devices = [...doc.devices].sort((a, b) => ((alarmRank.get(a.id) ?? 9) - (alarmRank.get(b.id) ?? 9))

@@ -104,6 +104,9 @@ def test_verdicts_retry_after_and_urls() -> None:
                 "http://localhost/h"):
         with pytest.raises(ValueError):
             check_url(bad)
+    for bad in ("https://[::1/h", "https://fire.example:99999/h"):  # urlsplit's own errors
+        with pytest.raises(ValueError, match="not a URL"):
+            check_url(bad)
 
 
 def test_the_documented_snippet_verifies_our_signature() -> None:

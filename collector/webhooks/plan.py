@@ -99,7 +99,11 @@ def wait_s(backoff_s: float, retry_after: float | None, retry_after_max_s: float
 
 def check_url(url: str) -> str:
     """`url` when it may be a target; ValueError saying why not."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+        raise ValueError(f"{url!r}: not a URL ({exc}); e.g. https://host/path") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError(f"{url!r}: the target must be an https:// URL")
     if parts.username or parts.password:

@@ -368,6 +368,11 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["9:3: uplink.password: `env` is not an environment variable name"],
     ),
     (
+        "a tab after a list dash",
+        HEAD + "devices:\n-\t{id: a, driver: simulated}\n",
+        ["9:2: YAML syntax error", "(hint: indent with spaces, not tabs)"],
+    ),
+    (
         "empty file",
         "",
         ["1:1: the file holds no settings (it is empty)"],

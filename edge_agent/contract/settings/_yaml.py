@@ -446,7 +446,7 @@ def _short_tag(tag: str | None) -> str:
 def _syntax_hint(text: str, line: int, problem: str) -> str | None:
     lines = text.splitlines()
     here = lines[line] if 0 <= line < len(lines) else ""
-    indent = here[: len(here) - len(here.lstrip(" \t"))]
+    indent = here[: len(here) - len(here.lstrip(" \t-"))]  # `-\t` is a tab indent too
     if "\t" in indent or "'\\t'" in problem or "tab" in problem:
         return "indent with spaces, not tabs"
     if "mapping values are not allowed" in problem:

@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -246,15 +246,15 @@ async def pty_pair(folder: Path) -> AsyncIterator[tuple[str, str]]:
                 await proc.wait()
 
 
-class JunkServer:
-    """A TCP peer that answers every request with bytes that are no Modbus reply."""
+class _LoopbackPeer:
+    """A TCP server on 127.0.0.1 and a port of its own while `async with` lasts; each
+    connection is `_handle`d."""
 
-    def __init__(self, junk: bytes = bytes(range(0xF0, 0x100)) * 2) -> None:
-        self.junk = junk
+    def __init__(self) -> None:
         self.port = free_port()
         self._server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> JunkServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
         return self
 
@@ -262,6 +262,17 @@ class JunkServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class JunkServer(_LoopbackPeer):
+    """A TCP peer that answers every request with bytes that are no Modbus reply."""
+
+    def __init__(self, junk: bytes = bytes(range(0xF0, 0x100)) * 2) -> None:
+        super().__init__()
+        self.junk = junk
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -278,7 +289,7 @@ Quirk = Literal["wrong_transaction", "close_after_reply", "gone_after_reply", "o
                 "other_function", "bad_byte_count"]
 
 
-class QuirkyServer:
+class QuirkyServer(_LoopbackPeer):
     """A Modbus TCP peer speaking MBAP by hand, with one quirk of real devices switched on.
 
     Reads (FC1-FC4) are answered with zeros of the count asked, unless `quirk` says:
@@ -295,21 +306,11 @@ class QuirkyServer:
     """
 
     def __init__(self, quirk: Quirk | None = None) -> None:
+        super().__init__()
         self.quirk = quirk
-        self.port = free_port()
         self.connections = 0
         self.requests = 0
         self.replies = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> QuirkyServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

@@ -9,7 +9,9 @@ Probation (Mender's install → health check → commit): for `probation_s` afte
 driver that raises (import, options, build or run) is rolled back at once; one that reported
 nothing (no event, no device online from any of its devices) by the deadline is rolled back;
 otherwise the version is committed. An agent stopped during probation continues it on start,
-counting attempts; the third start in probation rolls back.
+counting attempts; the third start in probation rolls back. A driver with nothing to go back
+to (no earlier version, no built-in driver) is never switched to nothing: its version stays,
+marked failed, and its devices are not run but reported in error until a new version comes.
 
 Journal → events: each journal entry (written by whoever acted) becomes one
 `gateway.driver_installed|_rolled_back|_refused` event committed to the outbox, and only then

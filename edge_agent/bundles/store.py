@@ -2,7 +2,8 @@
 
 Layout: `NAME/VERSION/` (an unpacked wheel: `drivers/NAME/**` + dist-info), `NAME/current`
 (symlink to the active VERSION; absent: the built-in driver), `NAME/state.json` (active,
-previous, committed|probation, probation deadline, attempts, highest metadata_version),
+previous, committed|probation|failed, probation deadline, attempts, highest
+metadata_version, each version's wheel sha256, the wheels rolled back and why),
 `journal.jsonl`, `.lock` (flock: one writer at a time, CLI or agent).
 
 Install order (each step atomic, `crash(point)` between them for tests): unpack into

@@ -63,8 +63,8 @@ DRIVER = DriverSpec(name="simulated", options=SimulatedDevice, build=_Silent,
 
 
 def pack(src: Path, out: Path, version: str, *keys: Path, metadata_version: int = 1,
-         expires: str = "30", requires: str = ">=0") -> Path:
-    args = ["drivers", "pack", str(src), "--name", "simulated", "--version", version,
+         expires: str = "30", requires: str = ">=0", name: str = "simulated") -> Path:
+    args = ["drivers", "pack", str(src), "--name", name, "--version", version,
             "--expires", expires, "--metadata-version", str(metadata_version),
             "--requires-agent", requires, "--out", str(out)]
     for k in keys:

@@ -122,6 +122,11 @@ def test_a_silent_bundle_is_rolled_back_for_no_output(
     assert (rc, out["outcome"]) == (4, "rolled_back"), out
     assert out["reason"].startswith("no output")
     assert not (tmp / "drivers/simulated/current").exists()  # the built-in driver again
+    # a repeated push of the same bundle answers the verdict at once, never reruns it
+    rc, out = install(tmp / "o/simulated-1.5.0.edgebundle", setup["cfg"])
+    assert (rc, out["outcome"]) == (4, "rolled_back"), out
+    assert "no output" in out["reason"] and "--force" in out["reason"]
+    assert not (tmp / "drivers/simulated/current").exists()
     _stopped(agent)
     rolled = _events(setup["tmp"] / "outbox.db", "gateway.driver_rolled_back")
     assert [e["data"]["version"] for e in rolled] == ["builtin"]  # type: ignore[index]
@@ -172,3 +177,58 @@ def test_sigkill_of_install_leaves_the_old_or_the_new_version(
         finally:
             _stopped(proc)
         assert _count(tmp / "outbox.db", "water.level") > 0
+
+
+def test_a_crashing_bundle_with_nothing_to_go_back_to_stops_its_devices_not_the_agent(
+        setup: dict[str, Path]) -> None:
+    """A driver that exists only as a bundle (no built-in): its first version crashes in
+    probation. It is not switched to a missing built-in: the version stays (the config
+    still loads), marked failed, its devices in error, the other drivers keep running."""
+    tmp, db = setup["tmp"], setup["tmp"] / "outbox.db"
+    cfg = gateway_yaml(tmp, [tmp / "k1.pub"], probation_s=1.5,
+                       broker=f"mqtt://127.0.0.1:{free_port()}",
+                       devices="\n  - {id: s1, driver: mysim, kind: smoke, period_s: 0.05}"
+                               "\n  - {id: water-1, driver: simulated, kind: water, "
+                               "period_s: 0.05}")
+    crash = pack(simulated_copy(tmp / "crash", extra=CRASHING), tmp / "o", "1.0.0",
+                 tmp / "k1", name="mysim")
+    assert install(crash, cfg)[0] == 0
+    log_path = tmp / "agent.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen([EDGE_AGENT, "run", "--config", str(cfg)], stdout=log,
+                                    stderr=subprocess.STDOUT)
+        wait_for(lambda: b"agent_started" in log_path.read_bytes() or proc.poll() is not None,
+                 30, "the agent's start")
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        return proc
+
+    proc = start()
+    wait_for(lambda: b'"driver_halted"' in log_path.read_bytes(), 30, "mysim halted")
+    t_failed = time.time()
+    state = json.loads((tmp / "drivers/mysim/state.json").read_text())
+    assert (state["active"], state["state"]) == ("1.0.0", "failed")
+    assert "boom on start" in state["reason"]
+    assert (tmp / "drivers/mysim/current").resolve().name == "1.0.0"
+    lines = [json.loads(x) for x in log_path.read_text().splitlines() if x.startswith("{")]
+    assert any(x.get("event") == "device_state" and x.get("device") == "s1"
+               and x.get("state") == "error" and "failed" in str(x.get("reason"))
+               for x in lines)
+    time.sleep(1.5)
+    assert proc.poll() is None
+    _stopped(proc)
+    assert _readings_between(db, "water-1", t_failed, time.time()) > 0
+    rolled = _events(db, "gateway.driver_rolled_back")
+    assert [(e["data"]["version"], e["data"]["previous"])  # type: ignore[index]
+            for e in rolled] == [("none", "1.0.0")]
+    assert "nothing to go back to" in str(rolled[0]["data"]["reason"])  # type: ignore[index]
+    # the next start loads the config; the failed version stays halted; a re-push of it
+    # answers the verdict; a fixed version is installed live
+    proc = start()
+    rc, out = install(crash, cfg)
+    assert (rc, out["outcome"]) == (4, "rolled_back"), out
+    fixed = pack(setup["src"], tmp / "o", "1.1.0", tmp / "k1", name="mysim")
+    rc, out = install(fixed, cfg, "--wait", "30")
+    assert (rc, out["outcome"], out["previous"]) == (0, "installed", "1.0.0"), out
+    _stopped(proc)

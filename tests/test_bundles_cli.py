@@ -223,7 +223,8 @@ def test_the_wait_reports_the_rollbacks_reason_not_a_half_written_state(
 
     def agent_rolls_back() -> None:
         with store.locked():
-            store.switch_back("simulated", "crashed within probation: RuntimeError: boom")
+            store.switch_back("simulated", "crashed within probation: RuntimeError: boom",
+                              builtin=True)
 
     agent = threading.Thread(target=agent_rolls_back)
     agent.start()

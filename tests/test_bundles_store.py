@@ -77,7 +77,7 @@ def test_a_crash_at_any_step_leaves_a_complete_active_version(
                 if action == "install" and store.state("simulated").active != version:
                     store.install(VERSIONS[version], probation_s=1)
                 elif action == "rollback" and store.state("simulated").active is not None:
-                    store.switch_back("simulated", "test")
+                    store.switch_back("simulated", "test", builtin=True)
         except Crash:
             pass
         _check(Store(root))

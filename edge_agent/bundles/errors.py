@@ -15,6 +15,11 @@ class StoreError(BundleError):
     """The driver store under the state directory cannot be read or changed."""
 
 
+class NoPreviousVersion(StoreError):
+    """A rollback has nothing to go back to: no earlier version on disk and no built-in
+    driver of that name."""
+
+
 class KeyError_(BundleError):
     """A signing or trusted key cannot be read."""
 

@@ -332,6 +332,13 @@ def _check_dist_info(signed: Signed, files: dict[str, bytes], dist_info: str) ->
                       f"signed {signed.version}")
 
 
+def _older(version: str, than: str) -> bool:
+    try:
+        return Version(version) < Version(than)
+    except InvalidVersion:  # a built-in's odd version string: nothing to compare
+        return False
+
+
 def verify(data: bytes, *, trust: Trust, installed: Installed, agent_version: str,
            now: datetime, label: str = "bundle") -> Accepted | Refused:
     """The verdict on bundle `data`. `label` names the bundle in messages (its file name)."""
@@ -383,6 +390,10 @@ def verify(data: bytes, *, trust: Trust, installed: Installed, agent_version: st
                 installed.version):
             raise _Refuse("downgrade", f"version {signed.version} is older than the installed "
                           f"{installed.version}")
+        if installed.version is None and installed.builtin is not None and _older(
+                signed.version, installed.builtin):
+            raise _Refuse("downgrade", f"version {signed.version} is older than the built-in "
+                          f"driver's {installed.builtin}")
         if signed.metadata_version < installed.metadata_version:
             raise _Refuse("downgrade", f"metadata_version {signed.metadata_version} is older "
                           f"than the installed {installed.metadata_version}")

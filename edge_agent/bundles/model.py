@@ -20,7 +20,9 @@ def shown(version: str | None) -> str:
 @dataclass(frozen=True)
 class Installed:
     """What is installed of the driver: its active bundle version (None: the built-in
-    driver) and the highest metadata_version ever installed."""
+    driver), the highest metadata_version ever installed, and the built-in driver's version
+    (None: the agent ships no such driver): no bundle may be older than it."""
 
     version: str | None = None
     metadata_version: int = 0
+    builtin: str | None = None

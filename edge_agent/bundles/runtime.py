@@ -9,7 +9,9 @@ Probation (Mender's install → health check → commit): for `probation_s` afte
 driver that raises (import, options, build or run) is rolled back at once; one that reported
 nothing (no event, no device online from any of its devices) by the deadline is rolled back;
 otherwise the version is committed. An agent stopped during probation continues it on start,
-counting attempts; the third start in probation rolls back.
+counting attempts; the third start in probation rolls back. A driver with nothing to go back
+to (no earlier version, no built-in driver) is never switched to nothing: its version stays,
+marked failed, and its devices are not run but reported in error until a new version comes.
 
 Journal → events: each journal entry (written by whoever acted) becomes one
 `gateway.driver_installed|_rolled_back|_refused` event committed to the outbox, and only then
@@ -30,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edge_agent.bundles import journal, loader
-from edge_agent.bundles.errors import BundleError
+from edge_agent.bundles.errors import BundleError, NoPreviousVersion
 from edge_agent.bundles.model import shown
 from edge_agent.bundles.presence import mark_agent
 from edge_agent.bundles.store import DriverState, Store
@@ -45,6 +47,8 @@ from edge_agent.sdk.supervise import RESTART_MAX_S, RESTART_MIN_S
 log = get_logger("edge_agent.bundles.runtime")
 
 POLL_S = 1.0
+#: a rolled_back event's `version` when nothing could be made active
+NONE = "none"
 #: starts in probation before the version is rolled back without a verdict
 MAX_ATTEMPTS = 2
 _TYPES = {"installed": "gateway.driver_installed", "rolled_back": "gateway.driver_rolled_back",
@@ -118,6 +122,7 @@ class _Slot:
     failure: str = ""
     probation_until: float | None = None
     driver: Driver | None = None  # built before the task starts (first start only)
+    halted: bool = False  # its version failed with nothing to go back to: not run
 
 
 class DriverRuntime:
@@ -180,6 +185,9 @@ class DriverRuntime:
                              deadline=time.time() + self.cfg.probation_s)
         for slot in self.slots.values():
             st = self._state(slot.name)
+            if st is not None and st.state == "failed":
+                self._halt(slot, st)
+                continue
             probation = st is not None and st.state == "probation"
             try:
                 slot.driver = self._build(slot, first=True)
@@ -187,6 +195,10 @@ class DriverRuntime:
                 if not probation:
                     raise
                 self._rollback(slot.name, f"crashed: {_cause(exc)}")
+                st = self._state(slot.name)
+                if st is not None and st.state == "failed":
+                    self._halt(slot, st)
+                    continue
                 slot.driver = self._build(slot)
                 probation = False
             slot.probation_until = (time.monotonic() + self.cfg.probation_s
@@ -201,7 +213,7 @@ class DriverRuntime:
                         error=str(exc), hint="check drivers.state_dir")
         try:
             for slot in self.slots.values():
-                if slot.task is None or slot.task.done():
+                if not slot.halted and (slot.task is None or slot.task.done()):
                     slot.task = asyncio.create_task(self._drive(slot), name=f"driver:{slot.name}")
             while True:
                 await self.tick()
@@ -258,7 +270,12 @@ class DriverRuntime:
             if st.state == "probation":
                 self._commit(st)
             return
-        if st.active != slot.version:
+        if st.state == "failed":
+            if not slot.halted:
+                await self._stop(slot)
+                self._halt(slot, st)
+            return
+        if st.active != slot.version or slot.halted:
             await self._reload(slot, st)
             st = self._state(name) or st
         if st.state != "probation" or slot.probation_until is None:
@@ -275,17 +292,37 @@ class DriverRuntime:
         else:
             return
         st = self._state(name) or st
-        if st.active != slot.version:
+        if st.state == "failed":
+            await self._stop(slot)
+            self._halt(slot, st)
+        elif st.active != slot.version:
             await self._reload(slot, st)
 
-    async def _reload(self, slot: _Slot, st: DriverState) -> None:
-        log.info("driver_reloading", driver=slot.name, version=shown(st.active),
-                 previous=shown(slot.version), devices=len(slot.devices))
+    async def _stop(self, slot: _Slot) -> None:
         if slot.task is not None:
             slot.task.cancel()
             with contextlib.suppress(BaseException):
                 await slot.task
-        slot.failure, slot.driver = "", None
+            slot.task = None
+
+    def _halt(self, slot: _Slot, st: DriverState) -> None:
+        """The driver's version failed and nothing can replace it: run none of its devices,
+        report each in error with the reason (the rest of the agent runs on)."""
+        slot.halted, slot.failure, slot.driver = True, "", None
+        slot.probation_until, slot.version = None, st.active
+        why = (f"driver {slot.name} {shown(st.active)} failed ({st.reason}); no earlier "
+               "version and no built-in driver: install a fixed bundle")
+        for dev in slot.devices:
+            self.sink.device_state(dev.id, DeviceState.ERROR, why[:500])
+        log.error("driver_halted", driver=slot.name, version=shown(st.active),
+                  reason=st.reason, devices=len(slot.devices),
+                  hint="install a fixed bundle with a new version")
+
+    async def _reload(self, slot: _Slot, st: DriverState) -> None:
+        log.info("driver_reloading", driver=slot.name, version=shown(st.active),
+                 previous=shown(slot.version), devices=len(slot.devices))
+        await self._stop(slot)
+        slot.failure, slot.driver, slot.halted = "", None, False
         probation = st.state == "probation"
         if probation:
             self._update(slot.name, attempts=max(1, st.attempts),
@@ -315,8 +352,22 @@ class DriverRuntime:
         log.info("driver_committed", driver=st.name, version=shown(st.active))
 
     def _rollback(self, name: str, reason: str) -> None:
+        """Back to the previous version; with none (no earlier version, no built-in
+        driver) the version is marked failed and its devices stop (see `_halt`)."""
         with self.store.locked():
-            after = self.store.switch_back(name, reason)
+            try:
+                after = self.store.switch_back(name, reason, builtin=name in builtin())
+            except NoPreviousVersion:
+                failed = self.store.mark_failed(name, reason)
+                self.store.record({"event": "rolled_back", "driver": name, "version": NONE,
+                                   "previous": shown(failed.active),
+                                   "reason": f"{reason}; nothing to go back to (no earlier "
+                                             "version, no built-in driver): its devices "
+                                             "are stopped",
+                                   "hint": "install a fixed bundle with a new version"})
+                log.error("driver_failed", driver=name, version=shown(failed.active),
+                          reason=reason, hint="install a fixed bundle with a new version")
+                return
             self.store.record({"event": "rolled_back", "driver": name,
                                "version": shown(after.active),
                                "previous": shown(after.rolled_back), "reason": reason})

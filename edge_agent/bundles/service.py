@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 from edge_agent import __version__
 from edge_agent.bundles.errors import BundleError
 from edge_agent.bundles.format import LIMITS, Accepted, Refused, Trust, verify
@@ -51,8 +53,33 @@ def trust_from(cfg: DriversConfig) -> Trust:
     return Trust(keys, cfg.threshold)
 
 
+def builtin_version(name: str) -> str | None:
+    """The version of the driver `name` shipped with the agent (None: there is none)."""
+    from edge_agent.sdk.registry import builtin
+
+    point = builtin().get(name)
+    if point is None:
+        return None
+    return point.dist.version if point.dist is not None else __version__
+
+
+def has_builtin(name: str) -> bool:
+    from edge_agent.sdk.registry import builtin
+
+    return name in builtin()
+
+
+def _same_version(a: str, b: str) -> bool:
+    """PEP 440 equality: 1.1 and 1.1.0 are the same version."""
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
 # ---------------------------------------------------------------------- install
-def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None) -> Outcome:
+def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None,
+            force: bool = False) -> Outcome:
     gw = cfg.gateway.id
     store = store_for(cfg)
     label = path.name
@@ -71,14 +98,19 @@ def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None)
             verdict: Accepted | Refused = Refused("malformed", f"{label}: {size} bytes, over "
                                       f"{LIMITS.bundle_bytes}", "", guess)
         else:
-            verdict = verify(data, trust=trust, installed=before.installed(),
+            verdict = verify(data, trust=trust,
+                             installed=before.installed(builtin_version(guess)),
                              agent_version=__version__, now=datetime.now(UTC), label=label)
             if not isinstance(verdict, Refused) and verdict.signed.name != guess:
                 # the file name lied about the driver: judge against the right one
                 before = store.state(verdict.signed.name)
-                verdict = verify(data, trust=trust, installed=before.installed(),
+                verdict = verify(data, trust=trust,
+                                 installed=before.installed(
+                                     builtin_version(verdict.signed.name)),
                                  agent_version=__version__, now=datetime.now(UTC),
                                  label=label)
+        if not isinstance(verdict, Refused):
+            verdict = _same_version_other_content(verdict, before, label)
         if isinstance(verdict, Refused):
             name = verdict.name or guess
             store.record({"event": "refused", "driver": name, "version": verdict.version,
@@ -89,7 +121,12 @@ def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None)
                            f"{verdict.text()} (hint: {verdict.hint})" if verdict.hint
                            else verdict.text())
         s = verdict.signed
-        if before.active == s.version:
+        why = before.failed.get(s.wheel_sha256)
+        if why is not None and not force:  # the verdict this gateway gave it already
+            return Outcome(gw, s.name, s.version, shown(before.active), "rolled_back",
+                           f"{s.name} {s.version} was rolled back on this gateway: {why} "
+                           "(hint: pack the fix as a new version, or install with --force)")
+        if before.active == s.version and before.state != "failed":
             if before.state == "committed":
                 return Outcome(gw, s.name, s.version, shown(before.previous),
                                "already_current")
@@ -102,6 +139,22 @@ def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None)
                       "metadata_version": s.metadata_version})
         store.crash("journaled")
     return Outcome(gw, s.name, s.version, shown(after.previous), "installed")
+
+
+def _same_version_other_content(verdict: Accepted, before: DriverState,
+                                label: str) -> Accepted | Refused:
+    """A version names one content (as in TUF): the installed version signed again with
+    other bytes (or spelled otherwise, 1.1 for 1.1.0) is refused, never ignored."""
+    s = verdict.signed
+    if before.active is None or not _same_version(before.active, s.version):
+        return verdict
+    known = before.hashes.get(before.active)
+    if before.active == s.version and known in (None, s.wheel_sha256):
+        return verdict
+    spelled = "" if before.active == s.version else f" (as {before.active})"
+    return Refused("same_version", f"{label}: version {s.version} is installed{spelled} with "
+                   "other content", f"give the fix a new version (newer than {before.active})",
+                   s.name, s.version, verdict.keyids)
 
 
 def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
@@ -121,6 +174,9 @@ def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
         if st.active == first.version and st.state == "committed":
             return Outcome(first.gateway, first.driver, first.version, first.previous,
                            "installed")
+        if st.active == first.version and st.state == "failed":
+            return Outcome(first.gateway, first.driver, first.version, first.previous,
+                           "rolled_back", st.reason)
         if st.active != first.version:
             return Outcome(first.gateway, first.driver, first.version, first.previous,
                            "rolled_back", st.reason or f"{shown(st.active)} is active now")
@@ -133,7 +189,8 @@ def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
 def rollback(cfg: GatewayConfig, name: str) -> Outcome:
     store = store_for(cfg)
     with store.locked():
-        after = store.switch_back(name, "rolled back by hand (edge-agent drivers rollback)")
+        after = store.switch_back(name, "rolled back by hand (edge-agent drivers rollback)",
+                                  builtin=has_builtin(name))
         store.record({"event": "rolled_back", "driver": name, "version": shown(after.active),
                       "previous": shown(after.rolled_back), "reason": after.reason})
     return Outcome(cfg.gateway.id, name, shown(after.active), shown(after.rolled_back),

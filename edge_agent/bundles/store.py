@@ -2,7 +2,8 @@
 
 Layout: `NAME/VERSION/` (an unpacked wheel: `drivers/NAME/**` + dist-info), `NAME/current`
 (symlink to the active VERSION; absent: the built-in driver), `NAME/state.json` (active,
-previous, committed|probation, probation deadline, attempts, highest metadata_version),
+previous, committed|probation|failed, probation deadline, attempts, highest
+metadata_version, each version's wheel sha256, the wheels rolled back and why),
 `journal.jsonl`, `.lock` (flock: one writer at a time, CLI or agent).
 
 Install order (each step atomic, `crash(point)` between them for tests): unpack into
@@ -22,14 +23,14 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles import journal
-from edge_agent.bundles.errors import StoreError
+from edge_agent.bundles.errors import NoPreviousVersion, StoreError
 from edge_agent.bundles.fsutil import switch_symlink, write_tree
 from edge_agent.bundles.model import NAME_RE, Installed
 from edge_agent.contract.files import locked, write_atomic
@@ -41,7 +42,10 @@ if TYPE_CHECKING:
 CRASH_ENV = "EDGE_AGENT_TEST_CRASH_AT"
 CRASH_POINTS = ("unpacked", "renamed", "switched", "state_written", "journaled")
 
-Phase = Literal["committed", "probation"]
+#: failed: the active version failed probation and there was nothing to go back to (no
+#: earlier version, no built-in driver): `current` stays (the config still loads), the agent
+#: runs none of its devices and reports them in error until a new version is installed
+Phase = Literal["committed", "probation", "failed"]
 
 
 def _crash_from_env(point: str) -> None:
@@ -60,9 +64,13 @@ class DriverState:
     metadata_version: int = 0
     reason: str = ""  # why the last rollback happened
     rolled_back: str | None = None  # the version the last rollback left
+    #: version -> sha256 of its signed wheel (what the version's content is)
+    hashes: dict[str, str] = field(default_factory=dict)
+    #: sha256 of a wheel this gateway rolled back -> why (refused on a re-install)
+    failed: dict[str, str] = field(default_factory=dict)
 
-    def installed(self) -> Installed:
-        return Installed(self.active, self.metadata_version)
+    def installed(self, builtin: str | None = None) -> Installed:
+        return Installed(self.active, self.metadata_version, builtin)
 
 
 def _version_key(v: str) -> Version:
@@ -163,7 +171,7 @@ class Store:
         self.crash("unpacked")
         final = d / s.version
         if final.exists():
-            if before.active == s.version:
+            if before.active == s.version and before.state != "failed":
                 shutil.rmtree(tmp)
                 raise StoreError(f"{s.name} {s.version} is active already")
             old = d / f".tmp-old-{s.version}-{os.getpid()}"
@@ -173,28 +181,67 @@ class Store:
         self.crash("renamed")
         switch_symlink(d / "current", s.version)
         self.crash("switched")
-        after = DriverState(s.name, s.version, before.active, "probation",
+        # the version replaced (a rollback skips one this gateway rolled back, see
+        # switch_back); a forced re-install of the active version keeps its previous
+        previous = before.previous if before.active == s.version else before.active
+        self._prune(s.name, keep={s.version, before.active})
+        on_disk = set(self.versions(s.name))
+        hashes = {v: h for v, h in before.hashes.items() if v in on_disk}
+        hashes[s.version] = s.wheel_sha256
+        failed = {h: r for h, r in before.failed.items() if h != s.wheel_sha256}
+        after = DriverState(s.name, s.version, previous, "probation",
                             time.time() + probation_s, 0,
-                            max(before.metadata_version, s.metadata_version))
+                            max(before.metadata_version, s.metadata_version),
+                            hashes=hashes, failed=failed)
         self._write_state(after)
         self.crash("state_written")
-        self._prune(s.name, keep={s.version, before.active})
         return before, after
 
-    def switch_back(self, name: str, reason: str) -> DriverState:
-        """Make the previous version active again (None: the built-in driver). Call under
+    def _usable(self, st: DriverState, below: str) -> list[str]:
+        """Versions on disk older than `below` that this gateway never rolled back, newest
+        first."""
+        failed = {v for v, h in st.hashes.items() if h in st.failed}
+        return sorted((v for v in self.versions(st.name)
+                       if v not in failed and _version_key(v) < _version_key(below)),
+                      key=_version_key, reverse=True)
+
+    def switch_back(self, name: str, reason: str, *, builtin: bool) -> DriverState:
+        """Make the previous version active again: the one installed before it if still on
+        disk, else the newest older version on disk, else the built-in driver (`builtin`:
+        the agent ships one). Nothing to go back to raises NoPreviousVersion. Call under
         `locked()`."""
         st = self.state(name)
         if st.active is None:
             raise StoreError(f"{name}: the built-in driver is active; nothing to roll back",
                              "`edge-agent drivers list` shows what is installed")
-        target = st.previous
-        if target is not None and not (self._dir(name) / target).is_dir():
-            raise StoreError(f"{name}: the previous version {target} is gone",
-                             "install a bundle instead")
+        older = self._usable(st, st.active)
+        target = st.previous if st.previous in older else (older[0] if older else None)
+        if target is None and not builtin:
+            raise NoPreviousVersion(
+                f"{name}: nothing to roll back to: {st.active} is the only usable version "
+                f"and the agent has no built-in {name} driver",
+                f"install a fixed {name} bundle with a new version "
+                "(`edge-agent drivers install`)")
         switch_symlink(self._dir(name) / "current", target)
-        after = DriverState(name, target, None, "committed", None, 0, st.metadata_version,
-                            reason, st.active)
+        rest = [] if target is None else self._usable(st, target)
+        failed = dict(st.failed)
+        if st.active in st.hashes:
+            failed[st.hashes[st.active]] = reason
+        after = DriverState(name, target, rest[0] if rest else None, "committed", None, 0,
+                            st.metadata_version, reason, st.active, hashes=st.hashes,
+                            failed=failed)
+        self._write_state(after)
+        return after
+
+    def mark_failed(self, name: str, reason: str) -> DriverState:
+        """The active version failed and nothing can replace it: keep `current` (the config
+        still names a driver that exists) and mark it failed. Call under `locked()`."""
+        st = self.state(name)
+        failed = dict(st.failed)
+        if st.active in st.hashes:
+            failed[st.hashes[st.active]] = reason
+        after = replace(st, state="failed", deadline=None, attempts=0, reason=reason,
+                        failed=failed)
         self._write_state(after)
         return after
 

@@ -131,14 +131,17 @@ def list_(config_path: Path, as_json: bool) -> None:
 @config_option
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=0.0,
               help="seconds to wait for a running agent's probation verdict")
+@click.option("--force", is_flag=True,
+              help="install even a bundle this gateway rolled back before")
 @json_option
-def install(bundle: Path, config_path: Path, wait_s: float, as_json: bool) -> None:
+def install(bundle: Path, config_path: Path, wait_s: float, force: bool,
+            as_json: bool) -> None:
     """Verify and install BUNDLE; the running agent reloads the driver live."""
     from edge_agent.bundles import service
 
     cfg = _config(config_path, as_json)
     try:
-        outcome = service.wait_outcome(cfg, service.install(bundle, cfg), wait_s)
+        outcome = service.wait_outcome(cfg, service.install(bundle, cfg, force=force), wait_s)
     except BundleError as exc:
         _fail(str(exc), exc.hint, as_json)
     if as_json:

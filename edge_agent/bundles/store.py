@@ -31,7 +31,7 @@ from packaging.version import InvalidVersion, Version
 from edge_agent.bundles import journal
 from edge_agent.bundles.errors import StoreError
 from edge_agent.bundles.fsutil import switch_symlink, write_tree
-from edge_agent.bundles.model import NAME_RE, Installed
+from edge_agent.bundles.model import NAME_RE, Installed, shown
 from edge_agent.contract.files import locked, write_atomic
 
 if TYPE_CHECKING:
@@ -60,9 +60,43 @@ class DriverState:
     metadata_version: int = 0
     reason: str = ""  # why the last rollback happened
     rolled_back: str | None = None  # the version the last rollback left
+    #: the key ids that signed the active version (`drivers list` shows them)
+    keyids: tuple[str, ...] = ()
+    #: False from the switch until the install's journal entry is written: an entry lost
+    #: to a full disk or a kill is written late by `journal_missing`
+    journaled: bool = True
 
     def installed(self) -> Installed:
         return Installed(self.active, self.metadata_version)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "active": (str, type(None)), "previous": (str, type(None)), "state": (str,),
+    "deadline": (int, float, type(None)), "attempts": (int,), "metadata_version": (int,),
+    "reason": (str,), "rolled_back": (str, type(None)), "keyids": (list,),
+    "journaled": (bool,)}
+
+
+def _parse_state(name: str, raw: object) -> DriverState:
+    """A state.json document as a DriverState; ValueError names the first bad key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON object is expected, not {type(raw).__name__}")
+    fields: dict[str, object] = {}
+    for key, types in _FIELD_TYPES.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{key!r} is {value!r}, which is not "
+                             + " or ".join(t.__name__ for t in types))
+        fields[key] = value
+    if fields.get("state", "committed") not in ("committed", "probation"):
+        raise ValueError(f"'state' is {fields['state']!r}, not committed or probation")
+    keyids = fields.pop("keyids", [])
+    assert isinstance(keyids, list)
+    if not all(isinstance(k, str) for k in keyids):
+        raise ValueError("'keyids' must be a list of strings")
+    return DriverState(name, keyids=tuple(keyids), **fields)  # type: ignore[arg-type]
 
 
 def _version_key(v: str) -> Version:
@@ -104,22 +138,20 @@ class Store:
         """The driver's state, reconciled with the `current` symlink."""
         path = self._dir(name) / "state.json"
         try:
-            raw = json.loads(path.read_text("utf-8"))
-            st = DriverState(**{k: v for k, v in raw.items()
-                                if k in DriverState.__dataclass_fields__})
+            st = _parse_state(name, json.loads(path.read_text("utf-8")))
         except FileNotFoundError:
             st = DriverState(name)
-        except (OSError, ValueError, TypeError) as exc:
-            raise StoreError(f"{path}: unreadable ({exc})",
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable ({str(exc)[:200]})",
                              "restore it or remove it (the `current` link stays the "
                              "truth)") from None
         linked = self.linked(name)
         if linked != st.active:  # killed between the switch and the state write
             if linked is None:
-                st = replace(st, active=None, previous=None, state="committed")
+                st = replace(st, active=None, previous=None, state="committed", keyids=())
             else:
                 st = replace(st, active=linked, previous=st.active, state="probation",
-                             attempts=0, deadline=None)
+                             attempts=0, deadline=None, keyids=(), journaled=False)
         return st
 
     def active_dir(self, name: str) -> Path | None:
@@ -159,24 +191,40 @@ class Store:
         for stale in d.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = d / f".tmp-{s.version}-{os.getpid()}"
-        write_tree(tmp, accepted.files)
-        self.crash("unpacked")
-        final = d / s.version
-        if final.exists():
-            if before.active == s.version:
-                shutil.rmtree(tmp)
-                raise StoreError(f"{s.name} {s.version} is active already")
-            old = d / f".tmp-old-{s.version}-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, final)
+        try:
+            write_tree(tmp, accepted.files)
+            self.crash("unpacked")
+            final = d / s.version
+            if final.exists():
+                if before.active == s.version:
+                    raise StoreError(f"{s.name} {s.version} is active already")
+                old = d / f".tmp-old-{s.version}-{os.getpid()}"
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, final)
+        except OSError as exc:  # a full disk, a quota: nothing switched, nothing left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"{d}: cannot unpack {s.name} {s.version} ({exc.strerror}); "
+                             "nothing changed",
+                             "free disk space in the driver store (drivers.state_dir) and "
+                             "install again") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.crash("renamed")
-        switch_symlink(d / "current", s.version)
+        try:
+            switch_symlink(d / "current", s.version)
+        except OSError as exc:
+            raise StoreError(f"{d}/current: cannot switch to {s.version} ({exc.strerror}); "
+                             f"{shown(before.active)} stays active",
+                             "free disk space in the driver store and install again") from None
         self.crash("switched")
         after = DriverState(s.name, s.version, before.active, "probation",
                             time.time() + probation_s, 0,
-                            max(before.metadata_version, s.metadata_version))
-        self._write_state(after)
+                            max(before.metadata_version, s.metadata_version),
+                            keyids=tuple(accepted.keyids), journaled=False)
+        with contextlib.suppress(OSError):  # unwritten: reconciled on read, as after a kill
+            self._write_state(after)
         self.crash("state_written")
         self._prune(s.name, keep={s.version, before.active})
         return before, after
@@ -212,3 +260,29 @@ class Store:
 
     def record(self, entry: dict[str, object]) -> None:
         journal.append(self.root, entry)
+
+    def installed_entry(self, st: DriverState) -> dict[str, object]:
+        """The journal entry of the install that made `st` active."""
+        return {"event": "installed", "driver": st.name, "version": st.active,
+                "previous": shown(st.previous), "keyids": list(st.keyids),
+                "metadata_version": st.metadata_version}
+
+    def mark_journaled(self, name: str) -> None:
+        """Mark the active version's install as journaled. Call under `locked()`."""
+        st = self.state(name)
+        if not st.journaled:
+            self._write_state(replace(st, journaled=True))
+
+    def journal_missing(self) -> list[str]:
+        """Write the `installed` entries an install could not write (a full disk, a kill
+        between the switch and the journal) and mark them written; the drivers concerned.
+        Called by each install and by the agent every second. Call under `locked()`."""
+        done = []
+        for name in self.names():
+            st = self.state(name)
+            if st.journaled or st.active is None:
+                continue
+            self.record({**self.installed_entry(st), "late": True})
+            self._write_state(replace(st, journaled=True))
+            done.append(name)
+        return done

@@ -279,7 +279,10 @@ class Store:
         Called by each install and by the agent every second. Call under `locked()`."""
         done = []
         for name in self.names():
-            st = self.state(name)
+            try:
+                st = self.state(name)
+            except StoreError:  # a bad state.json: reported by what reads that driver
+                continue
             if st.journaled or st.active is None:
                 continue
             self.record({**self.installed_entry(st), "late": True})

@@ -1,12 +1,15 @@
 """Canonical JSON (what signatures cover) and a defensive JSON reader.
 
 Canonical form: sorted keys, no whitespace, UTF-8 (not ASCII-escaped). The reader refuses
-duplicate keys, NaN/Infinity, documents over a size cap and nesting deeper than a cap.
+duplicate keys, NaN/Infinity, numbers too large for a float (`1e400`), strings holding a
+lone surrogate (`"\\ud800"`: not UTF-8, so no canonical form), documents over a size cap and
+nesting deeper than a cap.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 MAX_DEPTH = 16
@@ -34,10 +37,29 @@ def _constant(name: str) -> Any:
     raise JsonRefused(f"{name} is not JSON")
 
 
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise JsonRefused(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _utf8(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JsonRefused(f"a string holds a lone surrogate: {text[:40]!a}") from None
+
+
 def _depth(obj: Any, level: int = 0) -> int:
+    """The nesting depth of `obj`; refuses too deep and strings that are not UTF-8."""
     if level > MAX_DEPTH:
         raise JsonRefused(f"nested deeper than {MAX_DEPTH}")
+    if isinstance(obj, str):
+        _utf8(obj)
     if isinstance(obj, dict):
+        for key in obj:
+            _utf8(key)
         return max((_depth(v, level + 1) for v in obj.values()), default=level)
     if isinstance(obj, list):
         return max((_depth(v, level + 1) for v in obj), default=level)
@@ -52,7 +74,8 @@ def strict_loads(data: bytes, max_bytes: int) -> Any:
         raise JsonRefused("too many containers")
     try:
         text = data.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_constant)
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_constant,
+                         parse_float=_float)
     except JsonRefused:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

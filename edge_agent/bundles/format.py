@@ -142,8 +142,12 @@ def _open_zip(data: bytes, what: str) -> zipfile.ZipFile:
         raise _Refuse("malformed", f"{what} is not a zip file ({exc})") from None
 
 
-def _safe_name(name: str) -> bool:
+def safe_name(name: str) -> bool:
+    """A zip entry name install accepts (`drivers pack` packs only these): relative, no
+    `..`, `.`, `:`, backslash, NUL or line break (RECORD is one line per file)."""
     if not name or len(name) > 255 or "\\" in name or "\x00" in name or name.startswith("/"):
+        return False
+    if "".join(name.splitlines()) != name:
         return False
     parts = name.rstrip("/").split("/")
     return all(p not in ("", ".", "..") and ":" not in p for p in parts)
@@ -168,7 +172,10 @@ def _signatures(doc: dict[str, Any], trust: Trust) -> tuple[str, ...]:
     if not isinstance(sigs, list) or len(sigs) > LIMITS.signatures:
         raise _Refuse("malformed", "signatures must be a list of {keyid, sig} "
                       f"(at most {LIMITS.signatures})")
-    message = canonical(doc["signed"])
+    try:
+        message = canonical(doc["signed"])
+    except (ValueError, UnicodeError) as exc:  # strict_loads refuses these already
+        raise _Refuse("malformed", f"signed has no canonical form ({exc})") from None
     good: set[str] = set()
     known_bad: list[str] = []
     for sig in sigs:
@@ -244,7 +251,7 @@ def _signed(doc: dict[str, Any], now: datetime) -> Signed:
             or type(info["length"]) is not int or not isinstance(info["sha256"], str)
             or not SHA256_RE.match(info["sha256"])):
         raise _Refuse("malformed", "signed.files entries must be {length, sha256}")
-    if not wheel.endswith(".whl") or "/" in wheel or not _safe_name(wheel):
+    if not wheel.endswith(".whl") or "/" in wheel or not safe_name(wheel):
         raise _Refuse("malformed", f"signed.files names {wheel!r}, not a wheel")
     if expires <= now:
         raise _Refuse("expired", f"expired on {expires_text}")
@@ -263,7 +270,7 @@ def _wheel_files(signed: Signed, wheel: bytes) -> dict[str, bytes]:
     dist_info = ""
     for info in infos:
         name = info.filename
-        if not _safe_name(name) or _is_symlink(info):
+        if not safe_name(name) or _is_symlink(info):
             raise _Refuse("malformed", f"the wheel holds an unsafe entry {name[:80]!r}")
         if info.is_dir():
             continue
@@ -283,9 +290,22 @@ def _wheel_files(signed: Signed, wheel: bytes) -> dict[str, bytes]:
         files[name] = _read_member(zf, info, LIMITS.entry_bytes)
     if f"{package}__init__.py" not in files:
         raise _Refuse("malformed", f"the wheel has no {package}__init__.py")
+    _no_file_dir_clash(files)
     _check_record(files, dist_info)
     _check_dist_info(signed, files, dist_info)
     return files
+
+
+def _no_file_dir_clash(files: dict[str, bytes]) -> None:
+    """No file is also a folder of another file (`drivers/x/a` and `drivers/x/a/b.py`):
+    such a wheel cannot be unpacked."""
+    for name in files:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in files:
+                raise _Refuse("malformed", f"the wheel holds {folder[:80]!r} both as a file "
+                              f"and as the folder of {name[:80]!r}")
 
 
 def _check_record(files: dict[str, bytes], dist_info: str) -> None:

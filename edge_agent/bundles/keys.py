@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -113,11 +114,21 @@ def trusted_key_issues(path: str | Path, cfg: DriversConfig) -> list[ConfigIssue
         return []
     doc = read_yaml(path)
     issues = []
+    ids = set()
+    for k in cfg.trusted_keys:
+        with contextlib.suppress(KeyError_):
+            ids.add(keyid(parse_public(k.key, "key")) if k.key is not None else "")
+    ids.discard("")
     for index, file in files:
         try:
-            read_public(file)
+            ids.add(keyid(read_public(file)))
         except KeyError_ as exc:
             issues.append(doc.at(("drivers", "trusted_keys", index, "file"), str(exc),
                                  exc.hint or "name the `.pub` file `edge-agent drivers "
                                  "keygen` wrote"))
+    if not issues and cfg.threshold > len(ids):
+        issues.append(doc.at(("drivers", "threshold"), f"threshold {cfg.threshold} is more "
+                             f"than the {len(ids)} distinct trusted key(s) (key ids): every "
+                             "bundle would be refused below_threshold",
+                             "list each maintainer's key once, or lower drivers.threshold"))
     return issues

@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles.canonical import canonical
 from edge_agent.bundles.errors import PackError
-from edge_agent.bundles.format import BUNDLE_TYPE, SPEC_VERSION, SUFFIX
+from edge_agent.bundles.format import BUNDLE_TYPE, SPEC_VERSION, SUFFIX, safe_name
 from edge_agent.bundles.keys import keyid
 from edge_agent.bundles.model import NAME_RE
 
@@ -36,7 +36,21 @@ def _entry(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     zf.writestr(info, data)
 
 
-def _sources(src: Path) -> list[tuple[str, bytes]]:
+def _check_name(path: Path, entry: str) -> None:
+    """Refuse a file whose wheel entry name `install` would refuse (format.safe_name)."""
+    try:
+        entry.encode("utf-8")
+    except UnicodeEncodeError:
+        ok = False
+    else:
+        ok = safe_name(entry)
+    if not ok:
+        raise PackError(f"{str(path)!r}: install refuses this file name (':', a backslash, a line "
+                        "break, not UTF-8, or over 255 characters in the bundle)",
+                        "rename the file (letters, digits, '.', '-', '_')")
+
+
+def _sources(src: Path, name: str) -> list[tuple[str, bytes]]:
     if not (src / "__init__.py").is_file():
         raise PackError(f"{src}: not a driver package (no __init__.py)",
                         "give the driver's folder, e.g. drivers/simulated")
@@ -48,6 +62,7 @@ def _sources(src: Path) -> list[tuple[str, bytes]]:
         if path.is_symlink():
             raise PackError(f"{path}: symlinks are not packed", "copy the file instead")
         if path.is_file() and path.suffix not in (".pyc", ".pyo"):
+            _check_name(path, f"drivers/{name}/{rel.as_posix()}")
             found.append((rel.as_posix(), path.read_bytes()))
     return found
 
@@ -56,7 +71,7 @@ def build_wheel(src: Path, name: str, version: str) -> tuple[str, bytes]:
     """(file name, bytes) of the wheel of driver folder `src` as `drivers.NAME`."""
     dist = f"edge_driver_{name}"
     info_dir = f"{dist}-{version}.dist-info"
-    files = [(f"drivers/{name}/{rel}", data) for rel, data in _sources(src)]
+    files = [(f"drivers/{name}/{rel}", data) for rel, data in _sources(src, name)]
     files += [
         (f"{info_dir}/METADATA", (f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
                                   f"Summary: edge-agent driver bundle {name}\n").encode()),

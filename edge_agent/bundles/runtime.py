@@ -137,6 +137,7 @@ class DriverRuntime:
         #: where the journal's unsent entries start: read from disk once, then kept here
         #: (only this process writes it)
         self._journal_offset: int | None = None
+        self._journal_failing = False  # logged once until the journal is writable again
         self.slots: dict[str, _Slot] = {}
         for dev in devices:
             if dev.enabled:
@@ -259,7 +260,31 @@ class DriverRuntime:
                 await self._check(name)
             except BundleError as exc:
                 log.error("driver_store_error", driver=name, error=str(exc), hint=exc.hint)
+        self._journal_missing()
         await self._journal()
+
+    def _unjournaled(self, name: str) -> bool:
+        try:
+            return not self.store.state(name).journaled
+        except BundleError:  # logged by _check
+            return False
+
+    def _journal_missing(self) -> None:
+        """Write the `installed` entry an install lost (a full disk, a kill after the
+        switch), so the district gets its event."""
+        if not any(map(self._unjournaled, self.store.names())):
+            return
+        try:
+            with self.store.locked():
+                done = self.store.journal_missing()
+        except (BundleError, OSError) as exc:
+            if not self._journal_failing:
+                log.error("driver_journal_unwritable", error=str(exc))
+            self._journal_failing = True
+            return
+        self._journal_failing = False
+        for name in done:
+            log.warning("driver_install_journaled_late", driver=name)
 
     async def _check(self, name: str) -> None:
         st = self._state(name)

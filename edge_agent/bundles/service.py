@@ -9,16 +9,19 @@ probation verdict in state.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
 from edge_agent import __version__
-from edge_agent.bundles.errors import BundleError
+from edge_agent.bundles.errors import BundleError, StoreError
 from edge_agent.bundles.format import LIMITS, Accepted, Refused, Trust, verify
 from edge_agent.bundles.keys import keyid, parse_public, read_public
 from edge_agent.bundles.model import shown
@@ -84,19 +87,18 @@ def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None,
     store = store_for(cfg)
     label = path.name
     guess = label.split("-", 1)[0] if "-" in label else label
-    try:
-        size = path.stat().st_size
-        data = b"" if size > LIMITS.bundle_bytes else path.read_bytes()
-    except OSError as exc:
-        raise BundleError(f"{path}: cannot read the bundle ({exc.strerror})",
-                          "give the path of a .edgebundle file") from None
+    data = read_bundle(path)
     trust = trust_from(cfg.drivers)
     with store.locked():
+        with contextlib.suppress(OSError):  # still unwritable: the agent or a later try
+            store.journal_missing()
         name_ok = guess in store.names()
         before = store.state(guess) if name_ok else DriverState(guess)
-        if size > LIMITS.bundle_bytes:
-            verdict: Accepted | Refused = Refused("malformed", f"{label}: {size} bytes, over "
-                                      f"{LIMITS.bundle_bytes}", "", guess)
+        if data is None:
+            verdict: Accepted | Refused = Refused(
+                "malformed", f"{label}: over {LIMITS.bundle_bytes} bytes",
+                f"a bundle is at most {LIMITS.bundle_bytes // 2**20} MiB: keep only the "
+                "driver's code in its folder and pack it again", guess)
         else:
             verdict = verify(data, trust=trust,
                              installed=before.installed(builtin_version(guess)),
@@ -134,11 +136,47 @@ def install(path: Path, cfg: GatewayConfig, *, probation_s: float | None = None,
                            "in probation")
         _, after = store.install(verdict, probation_s if probation_s is not None
                                  else cfg.drivers.probation_s)
-        store.record({"event": "installed", "driver": s.name, "version": s.version,
-                      "previous": shown(before.active), "keyids": list(verdict.keyids),
-                      "metadata_version": s.metadata_version})
+        warning = ""
+        try:
+            store.record(store.installed_entry(after))
+        except OSError as exc:  # installed all the same: `current` is the truth
+            warning = (f"installed, but {store.root}/journal.jsonl could not be written "
+                       f"({exc.strerror}): the agent writes the entry (and sends its event) "
+                       "once the store is writable again")
+        else:
+            with contextlib.suppress(OSError):  # unmarked: journaled again, at least once
+                store.mark_journaled(s.name)
         store.crash("journaled")
-    return Outcome(gw, s.name, s.version, shown(after.previous), "installed")
+    return Outcome(gw, s.name, s.version, shown(after.previous), "installed", warning)
+
+
+def read_bundle(path: Path) -> bytes | None:
+    """The bytes of bundle file `path`, None when over the size limit. Only a regular file
+    is read (not a FIFO, a device or a folder), opened without blocking, at most the
+    limit + 1 bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the bundle ({exc.strerror})",
+                          "give the path of a .edgebundle file") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(f"{path}: not a regular file",
+                              "give the path of a .edgebundle file")
+        chunks, left = [], LIMITS.bundle_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the bundle ({exc.strerror})",
+                          "give the path of a .edgebundle file") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    return None if len(data) > LIMITS.bundle_bytes else data
 
 
 def _same_version_other_content(verdict: Accepted, before: DriverState,
@@ -158,7 +196,16 @@ def _same_version_other_content(verdict: Accepted, before: DriverState,
 
 
 def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
-    """After an install: the agent's probation verdict within `wait_s` (no agent: as is)."""
+    """After an install: the agent's probation verdict within `wait_s` (no agent: as is).
+    A warning of the install (its journal entry not written) stays in `reason`."""
+    final = _wait_outcome(cfg, first, wait_s)
+    if first.outcome == "installed" and first.reason and first.reason not in final.reason:
+        reason = f"{first.reason}; {final.reason}" if final.reason else first.reason
+        final = replace(final, reason=reason)
+    return final
+
+
+def _wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
     if first.outcome not in ("installed", "pending"):
         return first
     store = store_for(cfg)
@@ -187,7 +234,13 @@ def wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
 
 
 def rollback(cfg: GatewayConfig, name: str) -> Outcome:
+    from edge_agent.sdk.registry import builtin
+
     store = store_for(cfg)
+    if name not in store.names() and name not in builtin():
+        raise StoreError(f"no driver named {name!r} on this gateway (neither installed from "
+                         "a bundle nor built in)",
+                         "`edge-agent drivers list` shows the drivers and their versions")
     with store.locked():
         after = store.switch_back(name, "rolled back by hand (edge-agent drivers rollback)",
                                   builtin=has_builtin(name))
@@ -210,11 +263,12 @@ def listing(cfg: GatewayConfig) -> dict[str, object]:
         bundled.add(name)
         out.append({"name": name, "version": st.active, "state": st.state,
                     "source": "bundle", "previous": shown(st.previous),
-                    "versions": store.versions(name)})
+                    "versions": store.versions(name), "keyids": list(st.keyids)})
     for name, point in sorted(builtin().items()):
         if name not in bundled:
             dist = point.dist
             out.append({"name": name, "version": dist.version if dist else __version__,
-                        "state": "committed", "source": "builtin", "previous": None})
+                        "state": "committed", "source": "builtin", "previous": None,
+                        "keyids": []})
     out.sort(key=lambda d: str(d["name"]))
     return {"gateway": cfg.gateway.id, "drivers": out}

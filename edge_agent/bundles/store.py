@@ -25,14 +25,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles import journal
 from edge_agent.bundles.errors import NoPreviousVersion, StoreError
 from edge_agent.bundles.fsutil import switch_symlink, write_tree
-from edge_agent.bundles.model import NAME_RE, Installed
+from edge_agent.bundles.model import NAME_RE, Installed, shown
 from edge_agent.contract.files import locked, write_atomic
 
 if TYPE_CHECKING:
@@ -68,9 +68,48 @@ class DriverState:
     hashes: dict[str, str] = field(default_factory=dict)
     #: sha256 of a wheel this gateway rolled back -> why (refused on a re-install)
     failed: dict[str, str] = field(default_factory=dict)
+    #: the key ids that signed the active version (`drivers list` shows them)
+    keyids: tuple[str, ...] = ()
+    #: False from the switch until the install's journal entry is written: an entry lost
+    #: to a full disk or a kill is written late by `journal_missing`
+    journaled: bool = True
 
     def installed(self, builtin: str | None = None) -> Installed:
         return Installed(self.active, self.metadata_version, builtin)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "active": (str, type(None)), "previous": (str, type(None)), "state": (str,),
+    "deadline": (int, float, type(None)), "attempts": (int,), "metadata_version": (int,),
+    "reason": (str,), "rolled_back": (str, type(None)), "keyids": (list,),
+    "journaled": (bool,), "hashes": (dict,), "failed": (dict,)}
+
+
+def _parse_state(name: str, raw: object) -> DriverState:
+    """A state.json document as a DriverState; ValueError names the first bad key."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON object is expected, not {type(raw).__name__}")
+    fields: dict[str, object] = {}
+    for key, types in _FIELD_TYPES.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{key!r} is {value!r}, which is not "
+                             + " or ".join(t.__name__ for t in types))
+        fields[key] = value
+    if fields.get("state", "committed") not in get_args(Phase):
+        raise ValueError(f"'state' is {fields['state']!r}, not one of {get_args(Phase)}")
+    keyids = fields.pop("keyids", [])
+    assert isinstance(keyids, list)
+    if not all(isinstance(k, str) for k in keyids):
+        raise ValueError("'keyids' must be a list of strings")
+    for key in ("hashes", "failed"):
+        table = fields.get(key, {})
+        assert isinstance(table, dict)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+            raise ValueError(f"{key!r} must map strings to strings")
+    return DriverState(name, keyids=tuple(keyids), **fields)  # type: ignore[arg-type]
 
 
 def _version_key(v: str) -> Version:
@@ -112,22 +151,20 @@ class Store:
         """The driver's state, reconciled with the `current` symlink."""
         path = self._dir(name) / "state.json"
         try:
-            raw = json.loads(path.read_text("utf-8"))
-            st = DriverState(**{k: v for k, v in raw.items()
-                                if k in DriverState.__dataclass_fields__})
+            st = _parse_state(name, json.loads(path.read_text("utf-8")))
         except FileNotFoundError:
             st = DriverState(name)
-        except (OSError, ValueError, TypeError) as exc:
-            raise StoreError(f"{path}: unreadable ({exc})",
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable ({str(exc)[:200]})",
                              "restore it or remove it (the `current` link stays the "
                              "truth)") from None
         linked = self.linked(name)
         if linked != st.active:  # killed between the switch and the state write
             if linked is None:
-                st = replace(st, active=None, previous=None, state="committed")
+                st = replace(st, active=None, previous=None, state="committed", keyids=())
             else:
                 st = replace(st, active=linked, previous=st.active, state="probation",
-                             attempts=0, deadline=None)
+                             attempts=0, deadline=None, keyids=(), journaled=False)
         return st
 
     def active_dir(self, name: str) -> Path | None:
@@ -167,19 +204,33 @@ class Store:
         for stale in d.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = d / f".tmp-{s.version}-{os.getpid()}"
-        write_tree(tmp, accepted.files)
-        self.crash("unpacked")
-        final = d / s.version
-        if final.exists():
-            if before.active == s.version and before.state != "failed":
-                shutil.rmtree(tmp)
-                raise StoreError(f"{s.name} {s.version} is active already")
-            old = d / f".tmp-old-{s.version}-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(tmp, final)
+        try:
+            write_tree(tmp, accepted.files)
+            self.crash("unpacked")
+            final = d / s.version
+            if final.exists():
+                if before.active == s.version and before.state != "failed":
+                    raise StoreError(f"{s.name} {s.version} is active already")
+                old = d / f".tmp-old-{s.version}-{os.getpid()}"
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(tmp, final)
+        except OSError as exc:  # a full disk, a quota: nothing switched, nothing left
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StoreError(f"{d}: cannot unpack {s.name} {s.version} ({exc.strerror}); "
+                             "nothing changed",
+                             "free disk space in the driver store (drivers.state_dir) and "
+                             "install again") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         self.crash("renamed")
-        switch_symlink(d / "current", s.version)
+        try:
+            switch_symlink(d / "current", s.version)
+        except OSError as exc:
+            raise StoreError(f"{d}/current: cannot switch to {s.version} ({exc.strerror}); "
+                             f"{shown(before.active)} stays active",
+                             "free disk space in the driver store and install again") from None
         self.crash("switched")
         # the version replaced (a rollback skips one this gateway rolled back, see
         # switch_back); a forced re-install of the active version keeps its previous
@@ -192,8 +243,10 @@ class Store:
         after = DriverState(s.name, s.version, previous, "probation",
                             time.time() + probation_s, 0,
                             max(before.metadata_version, s.metadata_version),
-                            hashes=hashes, failed=failed)
-        self._write_state(after)
+                            hashes=hashes, failed=failed, keyids=tuple(accepted.keyids),
+                            journaled=False)
+        with contextlib.suppress(OSError):  # unwritten: reconciled on read, as after a kill
+            self._write_state(after)
         self.crash("state_written")
         return before, after
 
@@ -259,3 +312,32 @@ class Store:
 
     def record(self, entry: dict[str, object]) -> None:
         journal.append(self.root, entry)
+
+    def installed_entry(self, st: DriverState) -> dict[str, object]:
+        """The journal entry of the install that made `st` active."""
+        return {"event": "installed", "driver": st.name, "version": st.active,
+                "previous": shown(st.previous), "keyids": list(st.keyids),
+                "metadata_version": st.metadata_version}
+
+    def mark_journaled(self, name: str) -> None:
+        """Mark the active version's install as journaled. Call under `locked()`."""
+        st = self.state(name)
+        if not st.journaled:
+            self._write_state(replace(st, journaled=True))
+
+    def journal_missing(self) -> list[str]:
+        """Write the `installed` entries an install could not write (a full disk, a kill
+        between the switch and the journal) and mark them written; the drivers concerned.
+        Called by each install and by the agent every second. Call under `locked()`."""
+        done = []
+        for name in self.names():
+            try:
+                st = self.state(name)
+            except StoreError:  # a bad state.json: reported by what reads that driver
+                continue
+            if st.journaled or st.active is None:
+                continue
+            self.record({**self.installed_entry(st), "late": True})
+            self._write_state(replace(st, journaled=True))
+            done.append(name)
+        return done

@@ -123,7 +123,9 @@ def list_(config_path: Path, as_json: bool) -> None:
     assert isinstance(rows, list)
     for d in rows:
         prev = f" (previous {d['previous']})" if d.get("previous") else ""
-        click.echo(f"{d['name']:<14} {d['version']:<12} {d['source']:<8} {d['state']}{prev}")
+        keys = f" signed by {', '.join(d['keyids'])}" if d.get("keyids") else ""
+        click.echo(f"{d['name']:<14} {d['version']:<12} {d['source']:<8} {d['state']}{prev}"
+                   f"{keys}")
 
 
 @drivers.command()

@@ -6,6 +6,7 @@ Every key is documented in docs/config.md. The value types shared with the colle
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -230,9 +231,13 @@ class DriversConfig(Strict):
 
     @model_validator(mode="after")
     def _threshold_reachable(self) -> DriversConfig:
-        if self.trusted_keys and self.threshold > len(self.trusted_keys):
+        # distinct keys: the same file or inline key listed twice is one key
+        distinct = {("key", k.key) if k.key is not None
+                    else ("file", os.path.normpath(str(k.file)))
+                    for k in self.trusted_keys}
+        if self.trusted_keys and self.threshold > len(distinct):
             raise ValueError(f"threshold {self.threshold} is more than the "
-                             f"{len(self.trusted_keys)} trusted key(s): no bundle could pass")
+                             f"{len(distinct)} distinct trusted key(s): no bundle could pass")
         return self
 
     def store_root(self, outbox_path: Path) -> Path:

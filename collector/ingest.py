@@ -75,7 +75,7 @@ from collector.inbox import Bounds, Inbox, Message
 from collector.model import EventRow, Rejected, Verdict
 from collector.received import bounded_queue
 from collector.registry import Registry
-from collector.store import IngestResult, Origin, Payload, Store
+from collector.store import IngestResult, Origin, Payload, Store, StoreLost
 from collector.summary import Counters, Summary
 from collector.text import storable
 from collector.validate import Limits, check_payload
@@ -461,6 +461,10 @@ class Collector:
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self.handler.commit,
                                                           group)
+                except StoreLost as exc:  # the file deleted: stop, systemd restarts us
+                    self.counters.store_failures += len(group)
+                    log.error("store_lost", payloads=len(group), error=str(exc))
+                    raise
                 except Exception as exc:  # disk full, server gone: no ack, the edge resends
                     self.counters.store_failures += len(group)
                     log.error("store_failed", payloads=len(group), topic=group[0].item.origin.topic,

@@ -13,6 +13,12 @@ class StoreError(RuntimeError):
     """A store cannot be opened or used; the message is meant for the operator."""
 
 
+class StoreLost(StoreError):
+    """The store is no longer the one opened (its file deleted or replaced): a commit may
+    have gone where nobody will read it. Nothing of it may be acked; the collector stops
+    (systemd restarts it, and it opens the store anew)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a payload came from: its MQTT topic and the gateway that topic names."""

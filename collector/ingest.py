@@ -76,6 +76,7 @@ from collector.model import EventRow, Rejected, Verdict
 from collector.received import bounded_queue
 from collector.registry import Registry
 from collector.store import IngestResult, Origin, Payload, Store, StoreLost
+from collector.store.hints import failure_hint
 from collector.summary import Counters, Summary
 from collector.text import storable
 from collector.validate import Limits, check_payload
@@ -463,12 +464,14 @@ class Collector:
                                                           group)
                 except StoreLost as exc:  # the file deleted: stop, systemd restarts us
                     self.counters.store_failures += len(group)
-                    log.error("store_lost", payloads=len(group), error=str(exc))
+                    log.error("store_lost", store=self.handler.store.describe(),
+                              payloads=len(group), error=str(exc))
                     raise
                 except Exception as exc:  # disk full, server gone: no ack, the edge resends
                     self.counters.store_failures += len(group)
-                    log.error("store_failed", payloads=len(group), topic=group[0].item.origin.topic,
-                              error=repr(exc))
+                    log.error("store_failed", store=self.handler.store.describe(),
+                              payloads=len(group), topic=group[0].item.origin.topic,
+                              error=repr(exc), hint=failure_hint(exc))
                     continue
                 self.counters.transactions += 1
                 for outcome in outcomes:

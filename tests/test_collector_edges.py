@@ -1,25 +1,33 @@
 """The collector at the edges of its resources, run as a real process (managed Mosquitto):
 a flood from one gateway holds memory at the configured bound, nothing acked is lost; a
-store file deleted under it acks nothing more and stops it."""
+store file deleted under it acks nothing more and stops it; a failed transaction names
+its store and a hint by kind."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
+import structlog
 from aiomqtt import ProtocolVersion
 
 from collector.store import open_store
-from tests.peers import free_port, require_binary, wait_port
-from tests.test_collector_cli import publish_and_wait, start, write_config
+from collector.store.pg_migrate import migrate_url
+from collector.store.postgres import PostgresStore
 from edge_agent.contract.wire import Ack
+from tests.harness import wait_until
+from tests.peers import Mosquitto, Postgres, free_port, require_binary, wait_port
+from tests.test_collector_cli import publish_and_wait, start, write_config
+from tests.test_collector_flow import FailingStore
+from tests.test_collector_mqtt import Broker, gateway, make_collector, running
 from tests.test_collector_support import batch, new_epoch, reading, topics
 
 MIB = 1024 * 1024
@@ -151,3 +159,50 @@ def test_a_deleted_store_file_acks_nothing_more_and_stops_the_collector(
         assert store.stats().events == 1
     finally:
         store.close()
+
+
+async def one_failure(mosquitto: Mosquitto, store: FailingStore | PostgresStore) -> dict[str, str]:
+    """A collector on `store`, a payload from gw-01 whose transaction fails: the first
+    `store_failed` record."""
+    broker = Broker("mosquitto", mosquitto.port, ProtocolVersion.V5, {})
+    collector = make_collector(broker, store)
+    with structlog.testing.capture_logs() as logs:
+        async with running(collector), gateway(broker, "gw-01") as gw:
+            await gw.publish(topics("gw-01").events, batch([reading("gw-01", new_epoch(), 1)]),
+                             qos=1)
+            await wait_until(lambda: any(r["event"] == "store_failed" for r in logs), 30,
+                             "store_failed")
+    assert collector.counters.acks_sent == 0
+    return next(r for r in logs if r["event"] == "store_failed")
+
+
+async def test_a_full_disk_names_the_store_and_says_what_to_do(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    db = tmp_path / "district.db"
+    store = FailingStore(open_store(f"sqlite:///{db}"), until_failed=1)
+    try:
+        record = await one_failure(mosquitto, store)
+    finally:
+        store.inner.close()
+    assert record["store"] == f"sqlite:{db}"
+    assert "disk" in record["hint"] and "free space" in record["hint"]
+
+
+async def test_an_unreachable_postgresql_names_the_store_and_says_what_to_do(
+        mosquitto: Mosquitto, postgres: Postgres) -> None:
+    url = postgres.new_database()
+    migrate_url(url)
+    name = url.rsplit("/", 1)[1]
+    store = PostgresStore(url, wait_connection_s=1.0)
+    store.open()
+    try:
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = %s", (name,))
+        record = await one_failure(mosquitto, store)
+    finally:
+        store.close()
+    assert record["store"] == f"postgresql://postgres@127.0.0.1:{postgres.port}/{name}"
+    assert "PostgreSQL running" in record["hint"]
+    assert "password" not in json.dumps(record)

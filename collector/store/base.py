@@ -122,6 +122,9 @@ class Store(Protocol):
     def open(self) -> None:
         """Create the schema if needed; idempotent."""
 
+    def describe(self) -> str:
+        """The store for a log line or a message (a path, a URL without password)."""
+
     def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
         """Insert several payloads' events idempotently, update watermarks and quarantine,
         all in ONE transaction (group commit); one result per payload, in order.

@@ -182,6 +182,9 @@ class SqliteStore(GroupCommit[sqlite3.Cursor]):
         if self._create:
             self.expire_quarantine()
 
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -30,8 +30,8 @@ import paho.mqtt.client as mqtt
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import emit, summary  # noqa: E402
-from tests.peers import free_port, wait_port  # noqa: E402
+from bench._common import emit, summary
+from tests.peers import free_port, wait_port
 
 MIB = 1024 * 1024
 

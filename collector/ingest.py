@@ -15,10 +15,12 @@ Four tasks per broker session:
   our code runs), but the edge keeps every event in its outbox until OUR ack and resends
   it after `ack_timeout_s` (at once on a collector's presence change). So a flood costs
   the edge a resend, never data, and the collector's memory stays bounded. The reader
-  never blocks: blocking would only move the backlog into aiomqtt's own queue.
-  Why not aiomqtt's `max_queued_incoming_messages`: when its queue is full it discards
-  the message with a bare warning, uncounted, and it bounds the count only, not bytes;
-  so its queue is left unbounded and drained at once by the reader. Why not MQTT v5
+  never blocks. Before the inbox, aiomqtt's own queue (what paho received and the
+  reader has not taken yet: under a flood paho's socket callbacks outrun the reader) is
+  bounded in bytes too, by the same `queued_bytes` (`received.bounded_queue`); a message
+  over it is shed the same way, counted and logged. So the collector holds at most twice
+  `queued_bytes` of payloads plus the three groups, whatever the flood (1,500 x 300 KB
+  took it to 408 MB when that queue was unbounded). Why not MQTT v5
   Receive Maximum: it bounds the QoS 1 messages the broker sends before their PUBACK,
   and paho PUBACKs on receipt (aiomqtt has no manual acks), so it bounds nothing here;
   with manual PUBACKs after commit the broker would queue for us instead (Mosquitto:
@@ -71,8 +73,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from collector.acks import as_stored, build_acks
 from collector.inbox import Bounds, Inbox, Message
 from collector.model import EventRow, Rejected, Verdict
+from collector.received import bounded_queue
 from collector.registry import Registry
-from collector.store import IngestResult, Origin, Payload, Store
+from collector.store import IngestResult, Origin, Payload, Store, StoreLost
+from collector.store.hints import failure_hint
 from collector.summary import Counters, Summary
 from collector.text import storable
 from collector.validate import Limits, check_payload
@@ -339,12 +343,14 @@ class Collector:
     def _client(self) -> aiomqtt.Client:
         # aiomqtt acknowledges incoming QoS 1 before our code sees the message (paho's default),
         # so a crash here loses the broker's copy. That is safe: the edge keeps every event
-        # until our application-level ack and resends it. aiomqtt's queue is unbounded and
-        # drained at once by the reader into the bounded inbox (module docstring).
+        # until our application-level ack and resends it. aiomqtt's queue is bounded in
+        # bytes (what does not fit is shed, like the inbox's) and drained at once by the
+        # reader into the inbox (module docstring).
         will = (aiomqtt.Will(self.presence_topic, PRESENCE_OFFLINE, qos=1, retain=True)
                 if self.presence_topic is not None else None)
         return make_client(self.endpoint, self._protocol.current, identifier=self.client_id,
                            persistent=not self.shared, max_queued_incoming=0,
+                           queue_type=bounded_queue(self.bounds.queued_bytes, self._shed),
                            timeout_s=self.ack_timeout_s, will=will)
 
     @property
@@ -414,6 +420,13 @@ class Collector:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._rest_session()
 
+    def _shed(self, message: aiomqtt.Message) -> None:
+        """A message aiomqtt's queue has no room for (paho received it faster than we read)."""
+        self.counters.shed += 1
+        log.warning("payload_shed", topic=message.topic.value, stage="received",
+                    hint="the collector receives faster than it reads (a flood): this "
+                         "payload is not acked, its gateway resends it")
+
     async def _read(self, client: aiomqtt.Client, inbox: Inbox) -> None:
         """Every message into the inbox, at once; one that does not fit is shed."""
         async for message in client.messages:
@@ -449,10 +462,16 @@ class Collector:
                 try:
                     outcomes = await loop.run_in_executor(self._executor, self.handler.commit,
                                                           group)
+                except StoreLost as exc:  # the file deleted: stop, systemd restarts us
+                    self.counters.store_failures += len(group)
+                    log.error("store_lost", store=self.handler.store.describe(),
+                              payloads=len(group), error=str(exc))
+                    raise
                 except Exception as exc:  # disk full, server gone: no ack, the edge resends
                     self.counters.store_failures += len(group)
-                    log.error("store_failed", payloads=len(group), topic=group[0].item.origin.topic,
-                              error=repr(exc))
+                    log.error("store_failed", store=self.handler.store.describe(),
+                              payloads=len(group), topic=group[0].item.origin.topic,
+                              error=repr(exc), hint=failure_hint(exc))
                     continue
                 self.counters.transactions += 1
                 for outcome in outcomes:

@@ -234,8 +234,9 @@ class ManagedBroker:
         try:
             self.write_files()
         except (ManagedBrokerError, SecretError) as exc:
+            # on the operator's SIGHUP: always answered, never held back as a repeat
             log.error("managed_broker_reload_failed", error=str(exc),
-                      hint="the broker keeps the files it read before")
+                      hint="the broker keeps the files it read before", repeat_ok=True)
             return
         if self._proc is not None and self._proc.returncode is None:
             self._proc.send_signal(signal.SIGHUP)

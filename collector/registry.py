@@ -119,9 +119,12 @@ class RegistryFile:
         try:
             self._registry = load_registry(self.path, self.unregistered)
         except ConfigError as exc:
+            # Never held back as a repeat: each reload follows a change of the file or an
+            # operator's SIGHUP, and the operator waits for its answer.
             log.error("gateway_registry_reload_failed", path=str(self.path),
                       issues=[str(i) for i in exc.issues[:20]],
-                      hint="fix the file; the registry loaded before stays in force")
+                      hint="fix the file; the registry loaded before stays in force",
+                      repeat_ok=True)
             return
         log.info("gateway_registry_loaded", path=str(self.path),
                  gateways=len(self._registry.places), unregistered=self.unregistered)

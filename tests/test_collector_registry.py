@@ -235,6 +235,33 @@ def test_the_shipped_collector_configs_and_gateways_files_load() -> None:
     assert len(load_registry(root / "gateways.example.yaml", "quarantine").places) == 2
 
 
+def test_every_sighup_on_a_broken_gateways_file_gets_an_answer(
+        district: District, tmp_path: Path) -> None:
+    """A second broken file (another mistake, or the same one) on SIGHUP is reported again:
+    the repeat limiter held back the second `gateway_registry_reload_failed` for 60 s."""
+    gateways = registry_yaml(tmp_path / "gateways.yaml", {"gw-a": HOME})
+    proc = start_collector(district, tmp_path, gateways={"file": str(gateways)})
+    assert proc.proc is not None
+    epoch = new_epoch()
+
+    def failures() -> list[dict[str, Any]]:
+        return [e for e in proc.log_events() if e["event"] == "gateway_registry_reload_failed"]
+
+    try:
+        for n, text in enumerate(["gateways: [\n", "gateways: [1, 2]\n", "gateways: [1, 2]\n"],
+                                 start=1):
+            gateways.write_text(text)
+            proc.proc.send_signal(signal.SIGHUP)
+            # the reload is read at the next payload: the registry before stays in force
+            assert asyncio.run(send(district, "gw-a", [placed("gw-a", epoch, n)], {n})) == [
+                Ack(epoch, [[n, n]], [])]
+            wait_for(lambda n=n: len(failures()) >= n, 10, f"reload failure #{n} logged")
+    finally:
+        assert proc.stop() == 0
+    issues = [f["issues"] for f in failures()]
+    assert issues[0] != issues[1] and issues[1] == issues[2], issues
+
+
 def test_sighup_without_a_gateways_file_does_not_end_the_collector(
         district: District, tmp_path: Path) -> None:
     proc = start_collector(district, tmp_path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
+import json
 import os
 import signal
 import ssl
@@ -38,6 +40,7 @@ from collector.provisioning.plan import provisioning_acl
 from collector.registry import GatewaysFile
 from collector.store import Store, open_store
 from edge_agent.config.models import SecretRef
+from edge_agent.contract.logs import configure
 from edge_agent.contract.settings import load_model
 from edge_agent.contract.topics import (
     COLLECTOR_PRESENCE_FILTER,
@@ -299,6 +302,29 @@ async def test_mosquitto_killed_is_restarted_and_ingest_resumes(site: Site) -> N
     await wait_until(site.collector.subscribed.is_set, 10, "the collector back")
     epoch, acks = await marker_batch(site, "gw-a")
     assert acks == [Ack(epoch, [[1, 1]], [])]
+
+
+async def test_every_failed_reload_is_answered_not_held_back_as_a_repeat(
+        tmp_path: Path) -> None:
+    """The operator's SIGHUP (`reload`) on broken files, twice: both failures are logged
+    with the configured repeat limiter (it held the second back for 60 s)."""
+    require_binary("mosquitto")
+    broker = ManagedBroker(managed_config(tmp_path), "t1")
+    await broker.start()
+    stream = io.StringIO()
+    try:
+        configure(stream=stream)
+        (tmp_path / "gw-b.password").unlink()
+        broker.reload()
+        (tmp_path / "gw-a.password").unlink()
+        broker.reload()
+    finally:
+        structlog.reset_defaults()
+        await broker.stop()
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    failed = [x for x in lines if x["event"] == "managed_broker_reload_failed"]
+    assert len(failed) == 2, lines
+    assert "gw-b.password" in failed[0]["error"] and "gw-a.password" in failed[1]["error"]
 
 
 async def test_a_missing_mosquitto_is_a_clear_error(tmp_path: Path) -> None:

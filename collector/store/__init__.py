@@ -18,6 +18,7 @@ from collector.store.base import (
     QuarantineEntry,
     Store,
     StoreError,
+    StoreLost,
     StoreStats,
     StreamInfo,
 )
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from collector.quarantine import QuarantineLimits
 
 __all__ = ["DroppedCount", "Gap", "IngestResult", "Origin", "Payload", "QuarantineEntry", "Store",
-           "StoreError", "StoreStats", "StoreUrl", "StreamInfo", "migrate_store", "open_store",
-           "parse_store_url"]
+           "StoreError", "StoreLost", "StoreStats", "StoreUrl", "StreamInfo", "migrate_store",
+           "open_store", "parse_store_url"]
 
 
 def open_store(url: str, *, create: bool = True,

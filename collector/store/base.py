@@ -13,6 +13,12 @@ class StoreError(RuntimeError):
     """A store cannot be opened or used; the message is meant for the operator."""
 
 
+class StoreLost(StoreError):
+    """The store is no longer the one opened (its file deleted or replaced): a commit may
+    have gone where nobody will read it. Nothing of it may be acked; the collector stops
+    (systemd restarts it, and it opens the store anew)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     """Where a payload came from: its MQTT topic and the gateway that topic names."""
@@ -115,6 +121,9 @@ class StoreStats:
 class Store(Protocol):
     def open(self) -> None:
         """Create the schema if needed; idempotent."""
+
+    def describe(self) -> str:
+        """The store for a log line or a message (a path, a URL without password)."""
 
     def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
         """Insert several payloads' events idempotently, update watermarks and quarantine,

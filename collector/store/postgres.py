@@ -57,6 +57,7 @@ from collector.store.pg_keys import epoch_int, epoch_text, ulid_uuid, uuid_ulid
 from collector.store.pg_migrate import current_version, latest_version, missing_versions
 from collector.store.pg_partitions import PartitionKeeper
 from collector.store.schema import RAW_CAP
+from collector.store.url import safe_postgres_url
 from collector.text import storable
 from edge_agent.contract.envelope import format_time, parse_time
 from edge_agent.contract.logs import get_logger
@@ -165,7 +166,7 @@ class PostgresStore(GroupCommit[Cur]):
                 have, need = current_version(conn), latest_version()
                 missing = missing_versions(conn)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open store postgresql://…: {one_line(exc)} (hint: is the "
+            raise StoreError(f"cannot open store {self.describe()}: {one_line(exc)} (hint: is the "
                              "server up, and do the host, port, user and database in the "
                              "store URL exist?)") from None
         if missing and have <= need:
@@ -183,7 +184,7 @@ class PostgresStore(GroupCommit[Cur]):
             pool.open(wait=True, timeout=15)
         except PoolTimeout as exc:
             pool.close()
-            raise StoreError(f"cannot open store postgresql://…: {one_line(exc)}") from None
+            raise StoreError(f"cannot open store {self.describe()}: {one_line(exc)}") from None
         self._pool = pool
         if self._create:  # a running collector (not an inspection command) keeps the store
             self.keeper.run_once()
@@ -199,6 +200,9 @@ class PostgresStore(GroupCommit[Cur]):
             except Exception as exc:  # retried at the next round; ingest goes on
                 log.warning("partition_maintenance_failed", error=one_line(exc),
                             hint="retried within the hour; check the PostgreSQL log")
+
+    def describe(self) -> str:
+        return safe_postgres_url(self.dsn)
 
     def close(self) -> None:
         self._stop.set()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -39,6 +40,7 @@ from collector.store.base import (
     Payload,
     QuarantineEntry,
     StoreError,
+    StoreLost,
     StoreStats,
     StreamInfo,
 )
@@ -128,6 +130,8 @@ class SqliteStore(GroupCommit[sqlite3.Cursor]):
         self._rate = RateGate(self.limits.rows_per_minute_per_gateway)
         self._expired_at = float("-inf")
         self._conn: sqlite3.Connection | None = None
+        #: (st_dev, st_ino) of the file opened: a commit checks the path still names it
+        self._identity: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -146,6 +150,7 @@ class SqliteStore(GroupCommit[sqlite3.Cursor]):
         while True:
             try:
                 self._conn = self._open_once()
+                self._identity = _file_identity(self.path)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_locked(exc) or time.monotonic() >= deadline:
@@ -177,6 +182,9 @@ class SqliteStore(GroupCommit[sqlite3.Cursor]):
         if self._create:
             self.expire_quarantine()
 
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
@@ -191,7 +199,33 @@ class SqliteStore(GroupCommit[sqlite3.Cursor]):
     # ------------------------------------------------------------------ writes
 
     def ingest_many(self, items: Sequence[Payload]) -> list[IngestResult]:
-        return self._commit_group(items, self._clock()) if items else []
+        if not items:
+            return []
+        results = self._commit_group(items, self._clock())
+        self._check_same_file()  # after the COMMIT, before anything of it is acked
+        return results
+
+    def _check_same_file(self) -> None:
+        """Raise StoreLost if `path` no longer names the file this connection writes to.
+
+        A deleted (or replaced) SQLite file stays writable through the open connection:
+        commits succeed into a file nobody will read again, and acking them would lose
+        them for good (the edge deletes what is acked). One stat per group.
+        """
+        try:
+            now = _file_identity(self.path)
+        except FileNotFoundError:
+            now = None
+        except OSError as exc:
+            raise StoreLost(f"store {self.path}: cannot check the file ({exc}); "
+                            "nothing committed since is acked") from exc
+        if now != self._identity:
+            what = "was deleted" if now is None else "was replaced by another file"
+            raise StoreLost(
+                f"store {self.path} {what} while the collector had it open: the last "
+                "group went into the old file and is not acked (its gateways resend it). "
+                "Restore the file (a backup) or let the collector start a new one: it "
+                "stops now and opens the path anew on its restart (systemd restarts it)")
 
     def _tx(self) -> _transaction:
         return _transaction(self.conn)
@@ -389,6 +423,11 @@ def create_tables(conn: sqlite3.Connection, tables: Sequence[Table]) -> None:
 def _not_null(column: Column, pk: tuple[str, ...]) -> bool:
     # A single INTEGER primary key is SQLite's rowid: assigned on insert, never NULL.
     return column.not_null and not (pk == (column.name,) and column.type == "integer")
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:

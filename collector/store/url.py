@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 _SQLITE = "sqlite:///"
 _POSTGRES = ("postgresql://", "postgres://")
@@ -25,7 +26,7 @@ class StoreUrl:
         """Safe to log: no password."""
         if self.kind == "sqlite":
             return f"sqlite:{self.path}"
-        return "postgresql://…"
+        return safe_postgres_url(self.dsn or "")
 
 
 def parse_store_url(url: str) -> StoreUrl:
@@ -39,3 +40,15 @@ def parse_store_url(url: str) -> StoreUrl:
         return StoreUrl("postgresql", dsn=url)
     raise ValueError("expected sqlite:///relative/file.db, sqlite:////absolute/file.db "
                      "or postgresql://user@host/db")
+
+
+def safe_postgres_url(dsn: str) -> str:
+    """`postgresql://user@host:port/db`: no password, no query (it may hold one)."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://…"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"postgresql://{user}{host}{port}{parts.path}"

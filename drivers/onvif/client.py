@@ -5,7 +5,8 @@ credentials) so that every later WS-UsernameToken is dated in the camera's time
 (`adjust_time`, the library's `dt_diff`), then finds the services (GetServices, falling
 back to GetCapabilities). Each operation runs under a deadline and every failure comes
 out as one `errors.OnvifError` subclass naming the camera and the operation. Replies
-are parsed with DTDs, entities and external references forbidden (`xmlsafe`).
+are read at most 1 MiB (`reply_guard`) and parsed with DTDs, entities and external
+references forbidden (`xmlsafe`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import aiohttp
 from edge_agent.contract.logs import get_logger
 
 from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
+from .reply_guard import MAX_REPLY_BYTES, HttpErrorPage, ReplyTooLarge, guard_replies
 from .wsdl_once import share_wsdl_loads
 from .xmlsafe import harden_zeep
 
@@ -184,6 +186,12 @@ class CameraClient:
             break
         if isinstance(seen, OnvifError):
             return seen
+        if isinstance(seen, ReplyTooLarge):
+            return BadReply(d, operation, f"reply refused: more than {MAX_REPLY_BYTES} bytes "
+                            f"(at least {seen.size})", "a real camera never sends SOAP "
+                            "replies this large; is something else answering?")
+        if isinstance(seen, HttpErrorPage):
+            return self._http_status(operation, seen.status)
         if isinstance(seen, zx.Fault):
             sub, text = _subcode(seen), str(seen.message or "")[:200]
             if "NotAuthorized" in sub or _says_not_authorized(text):
@@ -197,16 +205,7 @@ class CameraClient:
             return BadReply(d, operation, "reply refused: it declares a DTD or entities",
                             "a real camera never sends these; is something else answering?")
         if isinstance(seen, zx.TransportError):
-            status = getattr(seen, "status_code", 0)
-            if status == 401:
-                return AuthError(d, operation, "HTTP 401 Unauthorized",
-                                 "check username and password")
-            if status in (502, 503, 504):
-                return BadReply(d, operation, f"HTTP {status}: the camera is busy or starting "
-                                "and cannot answer now", "retried with back-off; if it lasts, "
-                                "restart the camera")
-            return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
-                            f"is {self.address} an ONVIF port?")
+            return self._http_status(operation, getattr(seen, "status_code", 0))
         if isinstance(seen, (zx.XMLSyntaxError, zx.XMLParseError)):
             return BadReply(d, operation, "the reply is not well-formed SOAP",
                             f"is {self.address} an ONVIF port?")
@@ -227,11 +226,24 @@ class CameraClient:
                                "the camera dropped the connection (rebooting?)")
         return BadReply(d, operation, f"{type(seen).__name__}: {str(seen)[:200]}")
 
+    def _http_status(self, operation: str, status: int) -> OnvifError:
+        """An HTTP error status without a SOAP reply, reported by the status."""
+        d = self.device
+        if status == 401:
+            return AuthError(d, operation, "HTTP 401 Unauthorized", "check username and password")
+        if status in (502, 503, 504):
+            return BadReply(d, operation, f"HTTP {status}: the camera is busy or starting "
+                            "and cannot answer now", "retried with back-off; if it lasts, "
+                            "restart the camera")
+        return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
+                        f"is {self.address} an ONVIF port?")
+
     # ------------------------------------------------------------------ session
 
     async def connect(self) -> None:
         """Clock offset and service addresses; raises OnvifError."""
         harden_zeep()
+        guard_replies()
         share_wsdl_loads()
         from onvif import ONVIFCamera
 
@@ -422,9 +434,16 @@ class CameraClient:
         allowed for the whole call (default: timeout_s + timeout_s of the options)."""
         if self._pullpoint is None:
             raise BadReply(self.device, "PullMessages", "no subscription")
-        return await self._call("PullMessages", self._pullpoint.PullMessages(
+        reply = await self._call("PullMessages", self._pullpoint.PullMessages(
             {"Timeout": dt.timedelta(seconds=timeout_s), "MessageLimit": limit}),
             deadline_s or timeout_s + self.timeout_s)
+        if reply is None or getattr(reply, "CurrentTime", None) is None:
+            # zeep gives None (or an empty object) for a Body that is not a
+            # PullMessagesResponse; CurrentTime is mandatory in a real one
+            raise BadReply(self.device, "PullMessages", "the reply is not a "
+                           "PullMessagesResponse", "the camera's event service answers "
+                           "something else; see the camera's log or firmware")
+        return reply
 
     async def renew(self, termination_s: float) -> float:
         """Renew the subscription; returns its new lifetime in seconds."""

@@ -164,7 +164,9 @@ async def pull_messages(sim: OnvifSimulator, req: Request, sub_id: str) -> str:
         raise Fault("Sender", "ter:InvalidArgVal", "MessageLimit is not a number") from None
     if sim.switches.hang_pulls:
         await sim.hang()
-    if not sub.queue:
+    if sim.switches.pull_body is not None:
+        return sim.switches.pull_body
+    if not sub.queue and not sim.switches.eager_pulls:
         sub.wake.clear()
         await sim.wait_for(sub.wake, timeout)
         sub = sim.subscriptions.get(sub_id, sim.camera_now())  # dropped while waiting?

@@ -11,11 +11,12 @@ import pytest
 import structlog
 
 from drivers.onvif.client import CameraClient
-from drivers.onvif.errors import AuthError, BadReply
+from drivers.onvif.errors import AuthError, BadReply, NotSupported
 from drivers.onvif.events import EventChannel
+from drivers.onvif.notifications import parse_messages
 from drivers.onvif.options import EventOptions
 from drivers.onvif.reply_guard import MAX_REPLY_BYTES
-from drivers.onvif.simulator import OnvifSimulator
+from drivers.onvif.simulator import MOTION_TOPIC, OnvifSimulator
 from drivers.onvif.topics import Notification
 from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import RecordingSink, running
@@ -118,3 +119,56 @@ async def test_an_html_401_page_is_an_auth_error(sim: OnvifSimulator) -> None:
         await client.connect()
     await client.close()
     assert "HTTP 401" in err.value.detail and "username and password" in err.value.hint
+
+
+async def test_a_clock_reply_without_utc_time_names_get_system_date_and_time(
+        sim: OnvifSimulator) -> None:
+    sim.switches.no_utc_time = True
+    client = _client(sim)
+    with pytest.raises(BadReply) as err:
+        await client.connect()
+    await client.close()
+    assert err.value.operation == "GetSystemDateAndTime", err.value
+    assert "UTCDateTime" in err.value.detail and "adjust_time: false" in err.value.hint
+
+
+async def test_a_digest_challenge_not_understood_is_no_unreachable_camera(
+        sim: OnvifSimulator) -> None:
+    sim.switches.digest_algorithm = "FOO"
+    client = _client(sim)
+    await client.connect()
+    with pytest.raises(BadReply) as err:
+        await client.snapshot("main", 10**6, 5)
+    await client.close()
+    assert err.value.operation == "GetSnapshot" and "unreachable" not in err.value.detail
+    assert "Digest challenge was not understood" in err.value.detail, err.value.detail
+    assert "FOO" in err.value.detail and err.value.hint
+
+
+async def test_a_camera_listing_no_media_service_is_not_supported_with_a_hint(
+        sim: OnvifSimulator) -> None:
+    sim.switches.no_media = True
+    client = _client(sim)
+    await client.connect()
+    with pytest.raises(NotSupported) as err:
+        await client.profiles()
+    await client.close()
+    assert err.value.operation == "GetProfiles" and "ONVIFError" not in err.value.detail
+    assert "media" in err.value.detail and err.value.hint, err.value
+
+
+async def test_control_and_bidi_characters_from_the_camera_do_not_reach_event_data(
+        sim: OnvifSimulator) -> None:
+    sim.fire(MOTION_TOPIC, {"IsMotion": "true"},
+             {"VideoSourceConfigurationToken": "vs\rc0",
+              "Rule": "R\nule\t\u202eevil\u2028x\x85y"})
+    client = _client(sim)
+    await client.connect()
+    await client.create_pullpoint(60)
+    messages = parse_messages(await client.pull(1, 10))
+    await client.unsubscribe()
+    await client.close()
+    assert len(messages) == 1, messages
+    texts = [*messages[0].source.values(), *messages[0].source.keys(), messages[0].topic]
+    assert all(text.isprintable() for text in texts), texts
+    assert messages[0].source["VideoSourceConfigurationToken"] == "vs c0"

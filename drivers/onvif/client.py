@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ import aiohttp
 
 from edge_agent.contract.logs import get_logger
 
-from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
+from .errors import AuthError, BadReply, NotSupported, OddReply, OnvifError, SoapFault, Unreachable
 from .reply_guard import MAX_REPLY_BYTES, HttpErrorPage, ReplyTooLarge, guard_replies
 from .wsdl_once import share_wsdl_loads
 from .xmlsafe import harden_zeep
@@ -220,11 +221,24 @@ class CameraClient:
                    else os_error.strerror or str(os_error))
             return Unreachable(d, operation, self.address, why.lower(),
                                "check host/port and any firewall between gateway and camera")
+        if isinstance(seen, aiohttp.ClientError) and str(seen).startswith("Digest auth error"):
+            return BadReply(d, operation, "the camera's Digest challenge was not understood: "
+                            + str(seen).removeprefix("Digest auth error: ")[:160],
+                            "the camera sent a malformed or unsupported WWW-Authenticate "
+                            "challenge (algorithm, qop, nonce or realm); no password was sent")
+        if type(seen).__name__ == "ONVIFError" and "support service" in str(seen):
+            named = re.search(r"service: (\w{1,40})", str(seen))
+            return NotSupported(d, operation, f"the camera lists no "
+                                f"{named.group(1) if named else 'such'} service",
+                                "the camera's GetServices/GetCapabilities do not name it: "
+                                "a camera without that service, or a firmware bug")
         if isinstance(seen, (aiohttp.ClientError, OSError)):
             text = str(seen) or type(seen).__name__
             return Unreachable(d, operation, self.address, redact_url(text)[:200],
                                "the camera dropped the connection (rebooting?)")
-        return BadReply(d, operation, f"{type(seen).__name__}: {str(seen)[:200]}")
+        return OddReply(d, operation, f"{type(seen).__name__}: {str(seen)[:200]}",
+                        "the reply lacks something ONVIF requires (a firmware bug?); see "
+                        "the camera's log")
 
     def _http_status(self, operation: str, status: int) -> OnvifError:
         """An HTTP error status without a SOAP reply, reported by the status."""
@@ -254,9 +268,22 @@ class CameraClient:
         self._cam = camera_class(self.host, self.port, self.username or "",
                                  self._password or "", adjust_time=self.adjust_time,
                                  nat_override=self.pin_to_host)
-        await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
+        try:
+            await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
+        except OnvifError as err:
+            if isinstance(err, OddReply) and self.adjust_time \
+                    and getattr(self._cam, "dt_diff", None) is None:
+                raise self._clock_failed(err) from None  # the clock reply was unusable
+            raise
         if not self._cam.xaddrs:
             raise BadReply(self.device, "GetServices", "the camera lists no services")
+
+    def _clock_failed(self, err: OddReply) -> BadReply:
+        """An unusable reply to the first step of connect (reading the camera's clock;
+        other failures there keep the name GetServices, as the troubleshooting lists)."""
+        return BadReply(self.device, "GetSystemDateAndTime", "the reply has no usable "
+                        f"UTCDateTime ({err.detail[:120]})", "the camera does not tell its "
+                        "clock; set `adjust_time: false` if its clock is right")
 
     @property
     def has_events(self) -> bool:

@@ -79,6 +79,13 @@ class Switches:
     pull_body: str | None = None
     #: operation -> bytes of padding put into its reply (a camera answering a huge reply)
     padded: dict[str, int] = field(default_factory=dict)
+    #: GetSystemDateAndTime answers without UTCDateTime (a camera that keeps its clock to
+    #: itself)
+    no_utc_time: bool = False
+    #: the snapshot's Digest challenge names this algorithm (e.g. "FOO"); "": MD5
+    digest_algorithm: str = ""
+    #: GetServices lists no media service
+    no_media: bool = False
 
 
 def _free_port() -> int:
@@ -292,6 +299,9 @@ class OnvifSimulator:
     def _unauthorized(self) -> web.Response:
         challenge = ('Basic realm="onvif-sim"' if self.switches.basic_snapshots
                      else self._digest.challenge())
+        if self.switches.digest_algorithm:
+            challenge = challenge.replace("algorithm=MD5",
+                                          f"algorithm={self.switches.digest_algorithm}")
         return web.Response(status=401, text="401 Unauthorized\n", headers={
             "WWW-Authenticate": challenge})
 

@@ -33,6 +33,11 @@ def _service(ns: str, url: str) -> str:
 
 def get_system_date_and_time(sim: OnvifSimulator, _req: Request) -> str:
     t = time.gmtime(sim.camera_now())
+    if sim.switches.no_utc_time:
+        return ("<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
+                "<tt:DateTimeType>Manual</tt:DateTimeType><tt:DaylightSavings>false"
+                "</tt:DaylightSavings></tds:SystemDateAndTime>"
+                "</tds:GetSystemDateAndTimeResponse>")
     return ("<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
             "<tt:DateTimeType>NTP</tt:DateTimeType><tt:DaylightSavings>false"
             "</tt:DaylightSavings><tt:TimeZone><tt:TZ>UTC0</tt:TZ></tt:TimeZone>"
@@ -46,7 +51,8 @@ def get_system_date_and_time(sim: OnvifSimulator, _req: Request) -> str:
 def get_services(sim: OnvifSimulator, _req: Request) -> str:
     return ("<tds:GetServicesResponse>"
             + _service("http://www.onvif.org/ver10/device/wsdl", sim.url("/onvif/device_service"))
-            + _service("http://www.onvif.org/ver10/media/wsdl", sim.url("/onvif/media_service"))
+            + ("" if sim.switches.no_media else
+               _service("http://www.onvif.org/ver10/media/wsdl", sim.url("/onvif/media_service")))
             + ("" if sim.switches.no_events else
                _service("http://www.onvif.org/ver10/events/wsdl",
                         sim.url("/onvif/event_service")))

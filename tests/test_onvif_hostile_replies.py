@@ -172,3 +172,17 @@ async def test_control_and_bidi_characters_from_the_camera_do_not_reach_event_da
     texts = [*messages[0].source.values(), *messages[0].source.keys(), messages[0].topic]
     assert all(text.isprintable() for text in texts), texts
     assert messages[0].source["VideoSourceConfigurationToken"] == "vs c0"
+
+
+async def test_several_challenges_in_one_header_are_understood(sim: OnvifSimulator) -> None:
+    sim.switches.basic_snapshots = True
+    sim.switches.snapshot_challenge = 'Negotiate, Basic realm="onvif-sim"'
+    client = _client(sim)
+    await client.connect()
+    jpeg = await client.snapshot("main", 10**6, 5)
+    sim.switches.snapshot_challenge = "Negotiate"
+    with pytest.raises(AuthError) as err:
+        await client.snapshot("main", 10**6, 5)
+    await client.close()
+    assert jpeg and jpeg[:2] == b"\xff\xd8"
+    assert "asks for negotiate" in err.value.detail and "refused" not in err.value.detail

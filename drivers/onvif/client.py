@@ -111,9 +111,16 @@ def _says_not_authorized(text: str) -> bool:
 
 
 def _challenges(reply: aiohttp.ClientResponse) -> set[str]:
-    """The auth schemes a 401 offers (`WWW-Authenticate`), lower case."""
-    return {h.strip().split(" ", 1)[0].lower()
-            for h in reply.headers.getall("WWW-Authenticate", []) if h.strip()}
+    """The auth schemes a 401 offers, lower case: one header may hold several challenges
+    (`Negotiate, Basic realm="cam"`, RFC 7235); a part whose first word holds `=` is a
+    parameter of the challenge before it, not a scheme."""
+    schemes: set[str] = set()
+    for header in reply.headers.getall("WWW-Authenticate", []):
+        for part in header.split(","):
+            words = part.split()
+            if words and "=" not in words[0] and '"' not in words[0]:
+                schemes.add(words[0].lower())
+    return schemes
 
 
 @functools.cache
@@ -379,6 +386,11 @@ class CameraClient:
         async with aiohttp.ClientSession(timeout=timeout, middlewares=digest) as http:
             async with http.get(uri, allow_redirects=False) as reply:
                 schemes = _challenges(reply) if reply.status == 401 else set()
+                if creds and schemes and not schemes & {"digest", "basic"}:
+                    raise AuthError(self.device, "GetSnapshot", "the snapshot URI asks for "
+                                    f"{', '.join(sorted(schemes))[:80]}, which the agent "
+                                    "does not answer: no credentials were sent",
+                                    "set the camera's HTTP authentication to Digest")
                 if reply.status != 401 or not creds or "digest" in schemes \
                         or "basic" not in schemes:
                     return await self._image(reply, max_bytes)

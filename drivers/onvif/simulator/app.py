@@ -86,6 +86,9 @@ class Switches:
     digest_algorithm: str = ""
     #: GetServices lists no media service
     no_media: bool = False
+    #: the snapshot's 401 sends this WWW-Authenticate header as it is (e.g. several
+    #: challenges in one: `Negotiate, Basic realm="cam"`); "": the usual one
+    snapshot_challenge: str = ""
 
 
 def _free_port() -> int:
@@ -299,6 +302,8 @@ class OnvifSimulator:
     def _unauthorized(self) -> web.Response:
         challenge = ('Basic realm="onvif-sim"' if self.switches.basic_snapshots
                      else self._digest.challenge())
+        if self.switches.snapshot_challenge:
+            challenge = self.switches.snapshot_challenge
         if self.switches.digest_algorithm:
             challenge = challenge.replace("algorithm=MD5",
                                           f"algorithm={self.switches.digest_algorithm}")

@@ -5,7 +5,8 @@ credentials) so that every later WS-UsernameToken is dated in the camera's time
 (`adjust_time`, the library's `dt_diff`), then finds the services (GetServices, falling
 back to GetCapabilities). Each operation runs under a deadline and every failure comes
 out as one `errors.OnvifError` subclass naming the camera and the operation. Replies
-are parsed with DTDs, entities and external references forbidden (`xmlsafe`).
+are read at most 1 MiB (`reply_guard`) and parsed with DTDs, entities and external
+references forbidden (`xmlsafe`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,7 +26,8 @@ import aiohttp
 
 from edge_agent.contract.logs import get_logger
 
-from .errors import AuthError, BadReply, OnvifError, SoapFault, Unreachable
+from .errors import AuthError, BadReply, NotSupported, OddReply, OnvifError, SoapFault, Unreachable
+from .reply_guard import MAX_REPLY_BYTES, HttpErrorPage, ReplyTooLarge, guard_replies
 from .wsdl_once import share_wsdl_loads
 from .xmlsafe import harden_zeep
 
@@ -108,9 +111,16 @@ def _says_not_authorized(text: str) -> bool:
 
 
 def _challenges(reply: aiohttp.ClientResponse) -> set[str]:
-    """The auth schemes a 401 offers (`WWW-Authenticate`), lower case."""
-    return {h.strip().split(" ", 1)[0].lower()
-            for h in reply.headers.getall("WWW-Authenticate", []) if h.strip()}
+    """The auth schemes a 401 offers, lower case: one header may hold several challenges
+    (`Negotiate, Basic realm="cam"`, RFC 7235); a part whose first word holds `=` is a
+    parameter of the challenge before it, not a scheme."""
+    schemes: set[str] = set()
+    for header in reply.headers.getall("WWW-Authenticate", []):
+        for part in header.split(","):
+            words = part.split()
+            if words and "=" not in words[0] and '"' not in words[0]:
+                schemes.add(words[0].lower())
+    return schemes
 
 
 @functools.cache
@@ -184,6 +194,12 @@ class CameraClient:
             break
         if isinstance(seen, OnvifError):
             return seen
+        if isinstance(seen, ReplyTooLarge):
+            return BadReply(d, operation, f"reply refused: more than {MAX_REPLY_BYTES} bytes "
+                            f"(at least {seen.size})", "a real camera never sends SOAP "
+                            "replies this large; is something else answering?")
+        if isinstance(seen, HttpErrorPage):
+            return self._http_status(operation, seen.status)
         if isinstance(seen, zx.Fault):
             sub, text = _subcode(seen), str(seen.message or "")[:200]
             if "NotAuthorized" in sub or _says_not_authorized(text):
@@ -197,16 +213,7 @@ class CameraClient:
             return BadReply(d, operation, "reply refused: it declares a DTD or entities",
                             "a real camera never sends these; is something else answering?")
         if isinstance(seen, zx.TransportError):
-            status = getattr(seen, "status_code", 0)
-            if status == 401:
-                return AuthError(d, operation, "HTTP 401 Unauthorized",
-                                 "check username and password")
-            if status in (502, 503, 504):
-                return BadReply(d, operation, f"HTTP {status}: the camera is busy or starting "
-                                "and cannot answer now", "retried with back-off; if it lasts, "
-                                "restart the camera")
-            return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
-                            f"is {self.address} an ONVIF port?")
+            return self._http_status(operation, getattr(seen, "status_code", 0))
         if isinstance(seen, (zx.XMLSyntaxError, zx.XMLParseError)):
             return BadReply(d, operation, "the reply is not well-formed SOAP",
                             f"is {self.address} an ONVIF port?")
@@ -221,17 +228,43 @@ class CameraClient:
                    else os_error.strerror or str(os_error))
             return Unreachable(d, operation, self.address, why.lower(),
                                "check host/port and any firewall between gateway and camera")
+        if isinstance(seen, aiohttp.ClientError) and str(seen).startswith("Digest auth error"):
+            return BadReply(d, operation, "the camera's Digest challenge was not understood: "
+                            + str(seen).removeprefix("Digest auth error: ")[:160],
+                            "the camera sent a malformed or unsupported WWW-Authenticate "
+                            "challenge (algorithm, qop, nonce or realm); no password was sent")
+        if type(seen).__name__ == "ONVIFError" and "support service" in str(seen):
+            named = re.search(r"service: (\w{1,40})", str(seen))
+            return NotSupported(d, operation, f"the camera lists no "
+                                f"{named.group(1) if named else 'such'} service",
+                                "the camera's GetServices/GetCapabilities do not name it: "
+                                "a camera without that service, or a firmware bug")
         if isinstance(seen, (aiohttp.ClientError, OSError)):
             text = str(seen) or type(seen).__name__
             return Unreachable(d, operation, self.address, redact_url(text)[:200],
                                "the camera dropped the connection (rebooting?)")
-        return BadReply(d, operation, f"{type(seen).__name__}: {str(seen)[:200]}")
+        return OddReply(d, operation, f"{type(seen).__name__}: {str(seen)[:200]}",
+                        "the reply lacks something ONVIF requires (a firmware bug?); see "
+                        "the camera's log")
+
+    def _http_status(self, operation: str, status: int) -> OnvifError:
+        """An HTTP error status without a SOAP reply, reported by the status."""
+        d = self.device
+        if status == 401:
+            return AuthError(d, operation, "HTTP 401 Unauthorized", "check username and password")
+        if status in (502, 503, 504):
+            return BadReply(d, operation, f"HTTP {status}: the camera is busy or starting "
+                            "and cannot answer now", "retried with back-off; if it lasts, "
+                            "restart the camera")
+        return BadReply(d, operation, f"HTTP {status}: not a SOAP reply",
+                        f"is {self.address} an ONVIF port?")
 
     # ------------------------------------------------------------------ session
 
     async def connect(self) -> None:
         """Clock offset and service addresses; raises OnvifError."""
         harden_zeep()
+        guard_replies()
         share_wsdl_loads()
         from onvif import ONVIFCamera
 
@@ -242,9 +275,22 @@ class CameraClient:
         self._cam = camera_class(self.host, self.port, self.username or "",
                                  self._password or "", adjust_time=self.adjust_time,
                                  nat_override=self.pin_to_host)
-        await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
+        try:
+            await self._call("GetServices", self._cam.update_xaddrs(), self.timeout_s * 2)
+        except OnvifError as err:
+            if isinstance(err, OddReply) and self.adjust_time \
+                    and getattr(self._cam, "dt_diff", None) is None:
+                raise self._clock_failed(err) from None  # the clock reply was unusable
+            raise
         if not self._cam.xaddrs:
             raise BadReply(self.device, "GetServices", "the camera lists no services")
+
+    def _clock_failed(self, err: OddReply) -> BadReply:
+        """An unusable reply to the first step of connect (reading the camera's clock;
+        other failures there keep the name GetServices, as the troubleshooting lists)."""
+        return BadReply(self.device, "GetSystemDateAndTime", "the reply has no usable "
+                        f"UTCDateTime ({err.detail[:120]})", "the camera does not tell its "
+                        "clock; set `adjust_time: false` if its clock is right")
 
     @property
     def has_events(self) -> bool:
@@ -340,6 +386,11 @@ class CameraClient:
         async with aiohttp.ClientSession(timeout=timeout, middlewares=digest) as http:
             async with http.get(uri, allow_redirects=False) as reply:
                 schemes = _challenges(reply) if reply.status == 401 else set()
+                if creds and schemes and not schemes & {"digest", "basic"}:
+                    raise AuthError(self.device, "GetSnapshot", "the snapshot URI asks for "
+                                    f"{', '.join(sorted(schemes))[:80]}, which the agent "
+                                    "does not answer: no credentials were sent",
+                                    "set the camera's HTTP authentication to Digest")
                 if reply.status != 401 or not creds or "digest" in schemes \
                         or "basic" not in schemes:
                     return await self._image(reply, max_bytes)
@@ -422,9 +473,16 @@ class CameraClient:
         allowed for the whole call (default: timeout_s + timeout_s of the options)."""
         if self._pullpoint is None:
             raise BadReply(self.device, "PullMessages", "no subscription")
-        return await self._call("PullMessages", self._pullpoint.PullMessages(
+        reply = await self._call("PullMessages", self._pullpoint.PullMessages(
             {"Timeout": dt.timedelta(seconds=timeout_s), "MessageLimit": limit}),
             deadline_s or timeout_s + self.timeout_s)
+        if reply is None or getattr(reply, "CurrentTime", None) is None:
+            # zeep gives None (or an empty object) for a Body that is not a
+            # PullMessagesResponse; CurrentTime is mandatory in a real one
+            raise BadReply(self.device, "PullMessages", "the reply is not a "
+                           "PullMessagesResponse", "the camera's event service answers "
+                           "something else; see the camera's log or firmware")
+        return reply
 
     async def renew(self, termination_s: float) -> float:
         """Renew the subscription; returns its new lifetime in seconds."""

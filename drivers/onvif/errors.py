@@ -65,6 +65,10 @@ class BadReply(OnvifError):
     kind = "bad_reply"
 
 
+class OddReply(BadReply):
+    """A reply that parsed but lacks what the operation needs (the library failed on it)."""
+
+
 class SubscriptionLost(OnvifError):
     """The PullPoint subscription is gone (camera rebooted, expired, or refused Renew)."""
 

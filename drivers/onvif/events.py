@@ -12,6 +12,11 @@ ends `run()` with an `OnvifError`, and the camera's coordinator reconnects with
 back-off. The liveness watch: when no pull has succeeded for `liveness_s` (a wedged
 event service, a TCP connection that went silent), `run()` ends with `SubscriptionLost`
 ("event channel quiet"), which the coordinator reports and repairs.
+
+Pulls are paced: after a pull that returned nothing the next starts no sooner than
+`MIN_EMPTY_PULL_INTERVAL_S` after it, after one with messages no sooner than
+`MIN_PULL_INTERVAL_S`, so a camera that ignores the long-poll Timeout cannot spin the
+worker; such a camera is named in a rate-limited `pull_answered_early` warning.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ __all__ = ["EventChannel"]
 log = get_logger("drivers.onvif.events")
 
 T = TypeVar("T")
+#: the least time from the start of a pull that returned nothing to the next pull
+MIN_EMPTY_PULL_INTERVAL_S = 1.0
+#: the least time from the start of a pull that returned messages to the next pull
+MIN_PULL_INTERVAL_S = 0.05
+#: an empty reply sooner than this share of the Timeout asked is "answered early"
+EARLY_SHARE = 0.5
+#: at most one `pull_answered_early` warning per camera in this many seconds
+EARLY_WARN_EVERY_S = 300.0
 OnMessages = Callable[[list[Notification]], Awaitable[None]]
 
 
@@ -44,6 +57,8 @@ class EventChannel:
         self.on_messages, self.on_up, self.on_lost = on_messages, on_up, on_lost
         self.renewals = self.recreations = self.pulls = 0
         self.last_ok = time.monotonic()
+        self.early_pulls = 0
+        self._early_warned_at: float | None = None
 
     async def run(self) -> None:
         """Until cancelled or the channel cannot be kept: raises OnvifError."""
@@ -96,6 +111,28 @@ class EventChannel:
             messages = parse_messages(reply, opts.message_limit)
             if messages:
                 await self.on_messages(messages)
+            else:
+                self._check_early(self.last_ok - now, wait)
+            pause = (MIN_PULL_INTERVAL_S if messages else MIN_EMPTY_PULL_INTERVAL_S) \
+                - (time.monotonic() - now)
+            if pause > 0:
+                await asyncio.sleep(pause)
+
+    def _check_early(self, took: float, asked: float) -> None:
+        """Warn (rate-limited) when an empty pull came back far sooner than asked."""
+        if took >= asked * EARLY_SHARE:
+            return
+        self.early_pulls += 1
+        now = time.monotonic()
+        if self._early_warned_at is not None and now - self._early_warned_at < \
+                EARLY_WARN_EVERY_S:
+            return
+        self._early_warned_at = now
+        log.warning("pull_answered_early", device=self.client.device,
+                    asked_timeout_s=round(asked, 1), answered_in_s=round(took, 3),
+                    early_pulls=self.early_pulls,
+                    hint="the camera ignores the PullMessages Timeout; pulls are paced "
+                         f"to one per {MIN_EMPTY_PULL_INTERVAL_S:g}s")
 
     def _left(self, now: float) -> float:
         return max(self.last_ok + self.options.liveness_s - now, 0.1)

@@ -2,7 +2,7 @@
 
 Cameras differ: the message may be a parsed `tt:Message` or a raw lxml element, items
 may be missing, names may repeat. Anything odd yields fewer notifications, never an
-exception; every string is bounded.
+exception; every string is bounded and cleaned of control and bidi characters.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ _MAX_ITEMS = 32
 
 
 def _s(value: Any) -> str:
-    return str(value)[:_MAX_TEXT] if value is not None else ""
+    """A camera-supplied text, bounded and on one line: control, format (bidi overrides
+    such as U+202E) and line/paragraph separators become spaces, as discovery does."""
+    if value is None:
+        return ""
+    return "".join(ch if ch.isprintable() else " " for ch in str(value)[:_MAX_TEXT])
 
 
 def _items(block: Any) -> dict[str, str]:

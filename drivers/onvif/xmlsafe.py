@@ -51,7 +51,8 @@ _hardened = False
 
 def harden_zeep() -> None:
     """Make zeep (as configured by onvif-zeep-async) refuse DTDs, entities and external
-    references in camera replies, and keep libxml2's size limits on."""
+    references in camera replies, and keep libxml2's depth limits on (they bound nesting,
+    not the body: `reply_guard` bounds that)."""
     global _hardened
     if _hardened:
         return

@@ -67,6 +67,28 @@ class Switches:
     stall_stream: bool = False
     #: every SOAP service answers this HTTP status with a plain-text body (e.g. 503); 0: off
     soap_status: int = 0
+    #: every SOAP service answers this HTTP status with an HTML error page (as most
+    #: cameras do); 0: off
+    html_status: int = 0
+    #: the HTML error page of `html_status` starts with `<!DOCTYPE html>`
+    html_doctype: bool = False
+    #: PullMessages answers at once with what it has, ignoring the request's Timeout
+    eager_pulls: bool = False
+    #: PullMessages answers this SOAP Body content instead of a PullMessagesResponse
+    #: (e.g. `<tds:PullMessagesResponse/>`); None: off
+    pull_body: str | None = None
+    #: operation -> bytes of padding put into its reply (a camera answering a huge reply)
+    padded: dict[str, int] = field(default_factory=dict)
+    #: GetSystemDateAndTime answers without UTCDateTime (a camera that keeps its clock to
+    #: itself)
+    no_utc_time: bool = False
+    #: the snapshot's Digest challenge names this algorithm (e.g. "FOO"); "": MD5
+    digest_algorithm: str = ""
+    #: GetServices lists no media service
+    no_media: bool = False
+    #: the snapshot's 401 sends this WWW-Authenticate header as it is (e.g. several
+    #: challenges in one: `Negotiate, Basic realm="cam"`); "": the usual one
+    snapshot_challenge: str = ""
 
 
 def _free_port() -> int:
@@ -228,6 +250,8 @@ class OnvifSimulator:
                 raise web.HTTPNotFound(text="no such service\n")
             if self.switches.soap_status:
                 return web.Response(status=self.switches.soap_status, text="busy\n")
+            if self.switches.html_status:
+                return self._html_error(self.switches.html_status)
             body = await request.read()
             try:
                 req = parse_request(body)
@@ -258,9 +282,18 @@ class OnvifSimulator:
                     result = await result
             except Fault as fault:
                 return self._fault(fault)
+            pad = self.switches.padded.get(req.operation, 0)
+            if pad:  # a comment inside the Body: still valid SOAP, just huge
+                result = f"<!--{'x' * pad}-->{result}"
             return web.Response(body=envelope(result), headers={"Content-Type": _SOAP})
 
         return handle
+
+    def _html_error(self, status: int) -> web.Response:
+        doctype = "<!DOCTYPE html>\n" if self.switches.html_doctype else ""
+        return web.Response(status=status, content_type="text/html", text=(
+            f"{doctype}<html><head><title>{status}</title></head><body><h1>Error {status}"
+            "</h1><p>Service Unavailable<br></p></body></html>\n"))
 
     def _fault(self, fault: Fault) -> web.Response:
         return web.Response(status=fault.status, body=fault_envelope(fault),
@@ -269,6 +302,11 @@ class OnvifSimulator:
     def _unauthorized(self) -> web.Response:
         challenge = ('Basic realm="onvif-sim"' if self.switches.basic_snapshots
                      else self._digest.challenge())
+        if self.switches.snapshot_challenge:
+            challenge = self.switches.snapshot_challenge
+        if self.switches.digest_algorithm:
+            challenge = challenge.replace("algorithm=MD5",
+                                          f"algorithm={self.switches.digest_algorithm}")
         return web.Response(status=401, text="401 Unauthorized\n", headers={
             "WWW-Authenticate": challenge})
 

@@ -33,6 +33,11 @@ def _service(ns: str, url: str) -> str:
 
 def get_system_date_and_time(sim: OnvifSimulator, _req: Request) -> str:
     t = time.gmtime(sim.camera_now())
+    if sim.switches.no_utc_time:
+        return ("<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
+                "<tt:DateTimeType>Manual</tt:DateTimeType><tt:DaylightSavings>false"
+                "</tt:DaylightSavings></tds:SystemDateAndTime>"
+                "</tds:GetSystemDateAndTimeResponse>")
     return ("<tds:GetSystemDateAndTimeResponse><tds:SystemDateAndTime>"
             "<tt:DateTimeType>NTP</tt:DateTimeType><tt:DaylightSavings>false"
             "</tt:DaylightSavings><tt:TimeZone><tt:TZ>UTC0</tt:TZ></tt:TimeZone>"
@@ -46,7 +51,8 @@ def get_system_date_and_time(sim: OnvifSimulator, _req: Request) -> str:
 def get_services(sim: OnvifSimulator, _req: Request) -> str:
     return ("<tds:GetServicesResponse>"
             + _service("http://www.onvif.org/ver10/device/wsdl", sim.url("/onvif/device_service"))
-            + _service("http://www.onvif.org/ver10/media/wsdl", sim.url("/onvif/media_service"))
+            + ("" if sim.switches.no_media else
+               _service("http://www.onvif.org/ver10/media/wsdl", sim.url("/onvif/media_service")))
             + ("" if sim.switches.no_events else
                _service("http://www.onvif.org/ver10/events/wsdl",
                         sim.url("/onvif/event_service")))
@@ -164,7 +170,9 @@ async def pull_messages(sim: OnvifSimulator, req: Request, sub_id: str) -> str:
         raise Fault("Sender", "ter:InvalidArgVal", "MessageLimit is not a number") from None
     if sim.switches.hang_pulls:
         await sim.hang()
-    if not sub.queue:
+    if sim.switches.pull_body is not None:
+        return sim.switches.pull_body
+    if not sub.queue and not sim.switches.eager_pulls:
         sub.wake.clear()
         await sim.wait_for(sub.wake, timeout)
         sub = sim.subscriptions.get(sub_id, sim.camera_now())  # dropped while waiting?

@@ -8,7 +8,7 @@ loopback port, SQLite store in a temp dir, inbox `ingest.max_queued_bytes`) is f
 one gateway publishing COUNT QoS 1 payloads of BYTES (garbage: quarantined or shed) as
 fast as the broker takes them (paho, 1,000 in flight), the audit's flood.py. One JSON
 line per flood: `peak_rss_mib` (VmHWM), `rss_after_mib` (VmRSS 5 s after the flood),
-`shed` and `stored`/`quarantined` from `collector_stopped`. `--code DIR` runs the
+`shed`, `messages` and `quarantined` from `collector_stopped`. `--code DIR` runs the
 collector from another checkout (e.g. `git archive <ref> collector edge_agent | tar -x
 -C DIR`) to compare. docs/benchmarks.md has the figures.
 """

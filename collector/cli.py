@@ -96,7 +96,7 @@ def validate(config_path: Path, skip_secrets: bool) -> None:
         except ManagedBrokerError as exc:
             problems.append(f"{config_path}: {exc}")
     for issue in warnings:
-        click.echo(f"warning: {issue}", err=True)
+        click.echo(issue.as_warning(), err=True)
     if problems:
         for line in problems:
             click.echo(line, err=True)

@@ -20,8 +20,8 @@ Four tasks per broker session:
   bounded in bytes too, by the same `queued_bytes` (`received.bounded_queue`); a message
   over it is shed the same way, counted and logged. So the collector holds at most twice
   `queued_bytes` of payloads plus the three groups, whatever the flood (1,500 x 300 KB
-  took it to 408 MB when that queue was unbounded). Why not MQTT v5
-  Receive Maximum: it bounds the QoS 1 messages the broker sends before their PUBACK,
+  took it to 359 MiB when that queue was unbounded: bench/collector_flood.py). Why not
+  MQTT v5 Receive Maximum: it bounds the QoS 1 messages the broker sends before their PUBACK,
   and paho PUBACKs on receipt (aiomqtt has no manual acks), so it bounds nothing here;
   with manual PUBACKs after commit the broker would queue for us instead (Mosquitto:
   `max_queued_messages`, then it drops, silently, and a clean session loses its queue

@@ -104,6 +104,15 @@ def _tasks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
     timer.cancel()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_profiles() -> Iterator[None]:
+    """Every test reads the Modbus profiles it names afresh (the loader caches them per
+    process: a profile a test wrote or a search path it patched must not leak)."""
+    clear_profile_cache()
+    yield
+    clear_profile_cache()
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[OnvifSimulator]:
     """An ONVIF camera simulator on 127.0.0.1 (a free port), no credentials."""

@@ -33,6 +33,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus.decode import Value, encode
+from drivers.modbus.device import ModbusDevice
 from drivers.modbus.points import PointType, Table
 from drivers.modbus.profile import Profile, load_profile
 from edge_agent.contract.envelope import Hierarchy
@@ -244,6 +245,15 @@ async def pty_pair(folder: Path) -> AsyncIterator[tuple[str, str]]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+def tcp_device(dev_id: str, profile: str, port: int, unit: int = 1, **kw: Any) -> ModbusDevice:
+    """A Modbus TCP device on 127.0.0.1 with fast test timings."""
+    options = {"period_s": 0.1, "timeout_s": 0.2, "offline_after": 2, "max_backoff_s": 0.4,
+               **kw}
+    return ModbusDevice.model_validate({"id": dev_id, "driver": "modbus", "profile": profile,
+                                        "unit_id": unit,
+                                        "tcp": {"host": "127.0.0.1", "port": port}, **options})
 
 
 class _LoopbackPeer:

@@ -23,7 +23,7 @@ from collector.store import open_store
 from collector.store.pg_migrate import migrate_url
 from collector.store.postgres import PostgresStore
 from edge_agent.contract.wire import Ack
-from tests.harness import wait_until
+from tests.harness import peak_rss, wait_until
 from tests.peers import Mosquitto, Postgres, free_port, require_binary, wait_port
 from tests.test_collector_cli import publish_and_wait, start, write_config
 from tests.test_collector_flow import FailingStore
@@ -31,14 +31,6 @@ from tests.test_collector_mqtt import Broker, gateway, make_collector, running
 from tests.test_collector_support import batch, new_epoch, reading, topics
 
 MIB = 1024 * 1024
-
-
-def peak_rss(pid: int) -> int:
-    """The process's peak resident set (VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 def wait_log(log: Path, text: str, timeout_s: float = 15, *, count: int = 1) -> None:

@@ -16,7 +16,6 @@ import json
 import socket
 import ssl
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -100,12 +99,11 @@ async def test_a_client_that_sent_its_head_is_not_timed_out() -> None:
                       b"\n\r", b"\n"):
             writer.write(piece)  # the blank line split across packets
             await asyncio.sleep(0.05)
-        started = time.monotonic()
         body = b""
         while chunk := await reader.read(4096):
             body += chunk
         writer.close()
-        assert body.count(b"tick") == 30 and time.monotonic() - started > 2.5
+        assert body.count(b"tick") == 30  # 3 s of stream, long past the head deadline
 
 
 @pytest.fixture
@@ -152,6 +150,19 @@ async def test_a_malformed_request_logs_no_token_and_no_traceback(
                line["level"] == "warning" for line in lines), lines
 
 
+def _still_open(sockets: list[socket.socket]) -> int:
+    """How many of the flood's connections the server has not closed yet."""
+    count = 0
+    for s in sockets:
+        try:
+            count += s.recv(1) != b""
+        except BlockingIOError:
+            count += 1
+        except OSError:
+            pass
+    return count
+
+
 @pytest.mark.timeout(120)
 def test_an_agent_under_a_slow_connection_flood_keeps_working(tmp_path: Path) -> None:
     """The real agent with systemd's default 1,024 file descriptors and 1,100 connections
@@ -180,17 +191,10 @@ def test_an_agent_under_a_slow_connection_flood_keeps_working(tmp_path: Path) ->
                 s.close()
                 continue
             flood.append(s)
-        time.sleep(12)  # past the 10 s head deadline
-        alive = 0
         for s in flood:
-            try:
-                s.setblocking(False)
-                alive += s.recv(1) != b""
-            except BlockingIOError:
-                alive += 1
-            except OSError:
-                pass
-        assert alive == 0, f"{alive} half-sent connections still open"
+            s.setblocking(False)
+        wait_for(lambda: _still_open(flood) == 0, 30,
+                 "every half-sent connection closed (the 10 s head deadline)")
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert s.recv(64).startswith(b"HTTP/1.1 ")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,12 @@ import structlog
 
 from drivers.modbus import driver as driver_module
 from drivers.modbus import profile as profile_module
-from drivers.modbus.device import ModbusDevice, check_buses
+from drivers.modbus.device import check_buses
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.extractor import Extractor
 from drivers.modbus.points import Table
 from drivers.modbus.poller import TCP_BURST_MAX, tcp_slots
-from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
+from drivers.modbus.profile import SHIPPED_PROFILES
 from drivers.modbus.tcp_link import TcpLink
 from drivers.modbus.transport import (
     ModbusConnectionError,
@@ -47,26 +46,9 @@ from tests.modbus_servers import (
     ModbusServer,
     RecordingSink,
     Unit,
+    tcp_device,
 )
 from tests.peers import free_port
-
-
-@pytest.fixture(autouse=True)
-def _fresh_profiles() -> Iterator[None]:
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
-
-
-def tcp_device(dev_id: str, profile: str, port: int, unit: int = 1, **kw: Any) -> ModbusDevice:
-    options = {"period_s": 0.1, "timeout_s": 0.2, "offline_after": 2, "max_backoff_s": 0.4,
-               **kw}
-    return ModbusDevice.model_validate({"id": dev_id, "driver": "modbus", "profile": profile,
-                                        "unit_id": unit,
-                                        "tcp": {"host": "127.0.0.1", "port": port}, **options})
-
-
-
 
 # --------------------------------------------------------------------------- profiles
 

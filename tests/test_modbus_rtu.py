@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from drivers.modbus import profile as profile_module
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Table
-from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache
+from drivers.modbus.profile import SHIPPED_PROFILES
 from drivers.modbus.rtu_link import RtuLink
 from drivers.modbus.transport import (
     ModbusConnectionError,
@@ -45,12 +45,6 @@ from tests.unprivileged import as_unprivileged
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture(autouse=True)
-def _fresh_profiles() -> Iterator[None]:
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
 
 
 @pytest.fixture

@@ -4,39 +4,22 @@ replies that do not answer the request (the status page's `corrupt` reason)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Table
-from drivers.modbus.profile import clear_profile_cache
 from drivers.modbus.tcp_link import TcpLink
 from drivers.modbus.transport import ModbusConnectionError, ModbusProtocolError
 from edge_agent.sdk.api import DeviceState
 from edge_agent.sdk.testing import running
 from edge_agent.status.reasons import reason_code
 from tests.harness import wait_until
-from tests.modbus_servers import QuirkyServer, RecordingSink
+from tests.modbus_servers import QuirkyServer, RecordingSink, tcp_device
 
 pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture(autouse=True)
-def _fresh_profiles() -> Iterator[None]:
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
-
-
-def tcp_device(dev_id: str, port: int, **kw: Any) -> ModbusDevice:
-    options = {"period_s": 0.1, "timeout_s": 0.2, "offline_after": 2, "max_backoff_s": 0.4,
-               **kw}
-    return ModbusDevice.model_validate({"id": dev_id, "driver": "modbus",
-                                        "profile": "smoke-detector", "unit_id": 1,
-                                        "tcp": {"host": "127.0.0.1", "port": port}, **options})
 
 
 async def test_a_reply_with_another_transaction_id_is_a_protocol_error_naming_both() -> None:
@@ -64,7 +47,7 @@ async def test_a_gateway_that_closes_after_every_reply_polls_fine() -> None:
         link.close()
 
         sink = RecordingSink()
-        driver = ModbusDriver([tcp_device("smoke-gw", server.port)], sink)
+        driver = ModbusDriver([tcp_device("smoke-gw", "smoke-detector", server.port)], sink)
         async with running(driver):
             await wait_until(lambda: len(sink.of("smoke.reading")) >= 1
                              and server.replies >= 2 + 8, 5, "four good polls")

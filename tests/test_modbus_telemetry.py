@@ -4,15 +4,12 @@ Modbus driver: `sensor.reading` with units, and their declared alarms raised and
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.profile import Profile, clear_profile_cache, load_profile
+from drivers.modbus.profile import Profile, load_profile
 from edge_agent.sdk.testing import running
 from tests.harness import (
     agent,
@@ -25,13 +22,6 @@ from tests.harness import (
 )
 from tests.modbus_servers import METER, PUMP, ModbusServer, RecordingSink, Unit
 from tests.peers import Mosquitto
-
-
-@pytest.fixture(autouse=True)
-def _fresh_profiles() -> Iterator[None]:
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
 
 
 def tcp_device(dev_id: str, profile: str, port: int, unit: int, **kw: Any) -> ModbusDevice:

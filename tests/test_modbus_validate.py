@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from click.testing import CliRunner
 from drivers.modbus import profile as profile_module
 from drivers.modbus.device import ModbusDevice, check_buses
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.profile import clear_profile_cache
 from edge_agent.cli import main as cli
 from edge_agent.config.loader import ConfigError, load_gateway_config
 from tests.modbus_servers import RecordingSink
@@ -26,12 +24,6 @@ uplink: {broker: "mqtt://127.0.0.1:1883"}
 devices:
 """  # devices start on line 4
 
-
-@pytest.fixture(autouse=True)
-def _fresh_profiles() -> Iterator[None]:
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
 
 
 def gateway(tmp_path: Path, devices: str) -> Path:

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from collector.stream.position import Position
 from collector.stream.reader import Reader
 from collector.validate import check_payload, full_problem
 from drivers.modbus.device import ModbusDevice
-from drivers.modbus.profile import SHIPPED_PROFILES, clear_profile_cache, load_profile
+from drivers.modbus.profile import SHIPPED_PROFILES, load_profile
 from edge_agent.config.models import ChatterConfig
 from edge_agent.contract.envelope import CATALOG, Event, Retention, new_event, schema
 from edge_agent.contract.topics import GatewayTopics
@@ -50,12 +49,6 @@ PUMP_OK = {"hand_mode": False, "off_mode": False, "auto_mode": True, "running": 
            "speed": 80.0, "drive_current": 12.5, "drive_voltage": 400.0, "drive_power": 5.5,
            "speed_feedback": 79.5, "head": 42.0}
 
-
-@pytest.fixture(autouse=True)
-def _fresh_profiles() -> Iterator[None]:
-    clear_profile_cache()
-    yield
-    clear_profile_cache()
 
 
 class Clock:

@@ -24,6 +24,7 @@ from tests.harness import (
     collector,
     collector_yaml,
     gateway_yaml,
+    peak_rss,
     query,
     sim_devices,
     wait_for,
@@ -37,13 +38,6 @@ PEAK_RSS_MAX = 250 * 1024 * 1024
 #: Long, so that a resend on the timer cannot pass for one on the collector's presence.
 ACK_TIMEOUT_S = 120.0
 #: tests.harness.collector_yaml's collector id
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
 def stored_count(store: Path) -> int:

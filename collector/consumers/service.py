@@ -94,11 +94,10 @@ class NewToken:
 @dataclass(frozen=True)
 class _Cached:
     at: float
+    #: None with a token_id: the token exists but was revoked; with none: unknown
     consumer: Consumer | None
     token_id: str | None
     expires_at: datetime | None
-    #: the token exists but was revoked (consumer None then)
-    revoked: bool = False
 
 
 class Consumers:
@@ -140,7 +139,7 @@ class Consumers:
         if hit is None or mono - hit.at >= self.cache_s:
             hit = self._lookup(key, mono)
         if hit.consumer is None:
-            return "revoked" if hit.revoked else "unknown"
+            return "revoked" if hit.token_id is not None else "unknown"
         if hit.expires_at is not None and hit.expires_at <= self._now():
             log.info("consumer_token_expired", consumer=hit.consumer.name, token_id=hit.token_id)
             return "expired"
@@ -154,7 +153,7 @@ class Consumers:
         if rows:
             tid, stored, expires, revoked, name, areas, types = rows[0]
             if hmac.compare_digest(str(stored), key):
-                found = (_Cached(mono, None, tid, None, revoked=True) if revoked is not None
+                found = (_Cached(mono, None, tid, None) if revoked is not None
                          else _Cached(mono, Consumer(name, scope_from_db(areas, types)), tid,
                                       self.db.dt(expires)))
         with self._cache_lock:

@@ -181,12 +181,12 @@ class TcpLink(Link):
             conn.transport.write(build(tid))
             frame = await reply
         except TimeoutError:
-            self.close()
             if conn.stray is not None:
-                raise ModbusProtocolError(
-                    f"{what}: garbled reply: no reply with transaction id {tid} within "
-                    f"{wait_s:g}s, only one with transaction id {conn.stray} (the device "
-                    "or gateway does not echo the transaction id)") from None
+                raise self._garbled(
+                    what, f"no reply with transaction id {tid} within {wait_s:g}s, only one "
+                    f"with transaction id {conn.stray} (the device or gateway does not echo "
+                    "the transaction id)") from None
+            self.close()
             raise ModbusTimeout(f"{what}: no reply within {wait_s:g}s") from None
         except mbap.FrameError:
             self.close()

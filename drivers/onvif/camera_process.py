@@ -23,22 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import socket
 import sys
 import time
 from typing import Any
 
 from edge_agent.contract.envelope import Severity
-from edge_agent.contract.logs import configure, get_logger
+from edge_agent.contract.logs import get_logger
 from edge_agent.sdk.api import DeviceState, OpenAlarm
 from edge_agent.sdk.config import ChatterConfig, SnapshotsConfig
 
+from .child import start_child
 from .options import OnvifCamera
 from .worker_proto import (
     HEADER,
     TO_WORKER,
-    WORKER_LOG_LEVEL,
     ProtocolError,
     decode_body,
     encode,
@@ -154,13 +153,7 @@ async def serve(sock: socket.socket) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    # systemd's stop signals the whole cgroup and Ctrl-C the whole process group: the
-    # worker leaves stopping to the agent (its end closing), or it would die first and be
-    # reported as a worker crash during every stop.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure(os.environ.get(WORKER_LOG_LEVEL, "info"))
-    sock = socket.socket(fileno=int(args[0]))
+    sock = start_child(args[0])
     try:
         asyncio.run(serve(sock))
     except ConnectionError:  # the agent closed its end while we were writing: stopping

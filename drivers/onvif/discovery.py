@@ -19,6 +19,7 @@ from typing import Any
 
 from edge_agent.contract.logs import get_logger
 
+from .notifications import one_line
 from .wsdiscovery import MAX_DATAGRAM, ProbeMatch, build_probe, parse_probe_matches
 from .xmlsafe import HostileXml
 
@@ -147,11 +148,6 @@ def _device_id(match: ProbeMatch, used: set[str]) -> str:
     return candidate
 
 
-def _printable(text: str) -> str:
-    """A camera-supplied text (percent-decoded, so it may hold newlines) on one line."""
-    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
-
-
 def _quoted(text: str) -> str:
     """A YAML double-quoted scalar (JSON string syntax is valid YAML): no injection."""
     return json.dumps(text, ensure_ascii=False)
@@ -167,8 +163,8 @@ def to_yaml(matches: list[ProbeMatch], username: str = "admin",
              "devices:"]
     for m in matches:
         device = _device_id(m, used)
-        name = _printable(m.scope("name"))[:100]
-        hardware = _printable(m.scope("hardware"))[:60]
+        name = one_line(m.scope("name")).strip()[:100]  # percent-decoded: may hold newlines
+        hardware = one_line(m.scope("hardware")).strip()[:60]
         lines += [f"  - id: {device}",
                   "    driver: onvif",
                   *([f"    name: {_quoted(name)}"] if name else []),

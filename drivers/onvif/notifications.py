@@ -15,18 +15,21 @@ from lxml import etree
 
 from .topics import Notification
 
-__all__ = ["parse_messages"]
+__all__ = ["one_line", "parse_messages"]
 
 _MAX_TEXT = 256
 _MAX_ITEMS = 32
 
 
+def one_line(text: str) -> str:
+    """A camera-supplied text on one line: control, format (bidi overrides such as U+202E)
+    and line/paragraph separators become spaces."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
 def _s(value: Any) -> str:
-    """A camera-supplied text, bounded and on one line: control, format (bidi overrides
-    such as U+202E) and line/paragraph separators become spaces, as discovery does."""
-    if value is None:
-        return ""
-    return "".join(ch if ch.isprintable() else " " for ch in str(value)[:_MAX_TEXT])
+    """A camera-supplied value as bounded one-line text."""
+    return "" if value is None else one_line(str(value)[:_MAX_TEXT])
 
 
 def _items(block: Any) -> dict[str, str]:

@@ -47,9 +47,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from edge_agent.contract.logs import configure, get_logger
+from edge_agent.contract.logs import get_logger
 
-from .worker_proto import WORKER_LOG_LEVEL
+from .child import start_child
 
 __all__ = ["PRELOAD", "main", "threads", "warm"]
 
@@ -240,10 +240,7 @@ class _Server:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    configure(os.environ.get(WORKER_LOG_LEVEL, "info"))
-    ctl = socket.socket(fileno=int(args[0]))
+    ctl = start_child(args[0])
     try:
         loaded = warm(args[1:])
     except Exception as exc:  # any failure: the agent falls back, says why

@@ -33,7 +33,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from edge_agent.bundles.canonical import JsonRefused, canonical, strict_loads
-from edge_agent.bundles.model import NAME_RE, VERSION_DIR_RE, Installed
+from edge_agent.bundles.model import NAME_RE, VERSION_DIR_RE, Installed, same_version
 
 BUNDLE_TYPE = "driver-bundle"
 SPEC_VERSION = "1.0"
@@ -343,11 +343,7 @@ def _check_dist_info(signed: Signed, files: dict[str, bytes], dist_info: str) ->
     meta = files.get(f"{dist_info}/METADATA", b"").decode("utf-8", "replace")
     version = next((line.split(":", 1)[1].strip() for line in meta.splitlines()
                     if line.startswith("Version:")), "")
-    try:
-        same = Version(version) == Version(signed.version)
-    except InvalidVersion:
-        same = False
-    if not same:
+    if not same_version(version, signed.version):
         raise _Refuse("tampered", f"the wheel's METADATA version {version!r} is not the "
                       f"signed {signed.version}")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from packaging.version import InvalidVersion, Version
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 VERSION_DIR_RE = re.compile(r"^[0-9A-Za-z.+!_-]{1,64}$")
 BUILTIN = "builtin"
@@ -15,6 +17,15 @@ def shown(version: str | None) -> str:
     """A version as commands and events show it (`builtin`: the driver shipped with the
     agent)."""
     return BUILTIN if version is None else version
+
+
+def same_version(a: str, b: str) -> bool:
+    """PEP 440 equality (1.1 and 1.1.0 are one version); text equality for what is not
+    a PEP 440 version."""
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
 
 
 @dataclass(frozen=True)

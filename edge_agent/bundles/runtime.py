@@ -138,6 +138,9 @@ class DriverRuntime:
         #: (only this process writes it)
         self._journal_offset: int | None = None
         self._journal_failing = False  # logged once until the journal is writable again
+        #: drivers whose state (read by this tick's `_check`) says an install's journal
+        #: entry is still to be written
+        self._unjournaled: set[str] = set()
         self.slots: dict[str, _Slot] = {}
         for dev in devices:
             if dev.enabled:
@@ -255,25 +258,19 @@ class DriverRuntime:
 
     async def tick(self) -> None:
         """One look at the store and the journal (every POLL_S)."""
+        self._unjournaled.clear()
         for name in sorted(set(self.store.names()) | set(self.slots)):
             try:
                 await self._check(name)
             except BundleError as exc:
                 log.error("driver_store_error", driver=name, error=str(exc), hint=exc.hint)
-        self._journal_missing()
+        if self._unjournaled:
+            self._journal_missing()
         await self._journal()
-
-    def _unjournaled(self, name: str) -> bool:
-        try:
-            return not self.store.state(name).journaled
-        except BundleError:  # logged by _check
-            return False
 
     def _journal_missing(self) -> None:
         """Write the `installed` entry an install lost (a full disk, a kill after the
         switch), so the district gets its event."""
-        if not any(map(self._unjournaled, self.store.names())):
-            return
         try:
             with self.store.locked():
                 done = self.store.journal_missing()
@@ -290,6 +287,8 @@ class DriverRuntime:
         st = self._state(name)
         if st is None:
             return
+        if not st.journaled:
+            self._unjournaled.add(name)
         slot = self.slots.get(name)
         if slot is None:  # no device uses it: nothing to judge
             if st.state == "probation":

@@ -18,13 +18,11 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
-
 from edge_agent import __version__
 from edge_agent.bundles.errors import BundleError, StoreError
 from edge_agent.bundles.format import LIMITS, Accepted, Refused, Trust, verify
 from edge_agent.bundles.keys import keyid, parse_public, read_public
-from edge_agent.bundles.model import shown
+from edge_agent.bundles.model import same_version, shown
 from edge_agent.bundles.presence import agent_running
 from edge_agent.bundles.store import DriverState, Store
 from edge_agent.config.models import DriversConfig, GatewayConfig
@@ -70,14 +68,6 @@ def has_builtin(name: str) -> bool:
     from edge_agent.sdk.registry import builtin
 
     return name in builtin()
-
-
-def _same_version(a: str, b: str) -> bool:
-    """PEP 440 equality: 1.1 and 1.1.0 are the same version."""
-    try:
-        return Version(a) == Version(b)
-    except InvalidVersion:
-        return a == b
 
 
 # ---------------------------------------------------------------------- install
@@ -184,7 +174,7 @@ def _same_version_other_content(verdict: Accepted, before: DriverState,
     """A version names one content (as in TUF): the installed version signed again with
     other bytes (or spelled otherwise, 1.1 for 1.1.0) is refused, never ignored."""
     s = verdict.signed
-    if before.active is None or not _same_version(before.active, s.version):
+    if before.active is None or not same_version(before.active, s.version):
         return verdict
     known = before.hashes.get(before.active)
     if before.active == s.version and known in (None, s.wheel_sha256):
@@ -234,16 +224,15 @@ def _wait_outcome(cfg: GatewayConfig, first: Outcome, wait_s: float) -> Outcome:
 
 
 def rollback(cfg: GatewayConfig, name: str) -> Outcome:
-    from edge_agent.sdk.registry import builtin
-
     store = store_for(cfg)
-    if name not in store.names() and name not in builtin():
+    built_in = has_builtin(name)
+    if name not in store.names() and not built_in:
         raise StoreError(f"no driver named {name!r} on this gateway (neither installed from "
                          "a bundle nor built in)",
                          "`edge-agent drivers list` shows the drivers and their versions")
     with store.locked():
         after = store.switch_back(name, "rolled back by hand (edge-agent drivers rollback)",
-                                  builtin=has_builtin(name))
+                                  builtin=built_in)
         store.record({"event": "rolled_back", "driver": name, "version": shown(after.active),
                       "previous": shown(after.rolled_back), "reason": after.reason})
     return Outcome(cfg.gateway.id, name, shown(after.active), shown(after.rolled_back),

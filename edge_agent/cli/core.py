@@ -50,12 +50,6 @@ def _secrets_or_exit(path: Path, cfg: GatewayConfig, *, check_keys: bool = False
     return warnings
 
 
-def _warning_text(issue: ConfigIssue) -> str:
-    head = f"{issue.file}:{issue.line}:{issue.col}: {issue.key}: " if issue.key else ""
-    hint = f" (hint: {issue.hint})" if issue.hint else ""
-    return f"{head}warning: {issue.message}{hint}"
-
-
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="edge-agent")
 def main() -> None:
@@ -83,7 +77,7 @@ def validate(path: Path, skip_secrets: bool) -> None:
     cfg = _load_or_exit(path)
     warnings = [] if skip_secrets else _secrets_or_exit(path, cfg, check_keys=True)
     for issue in warnings:
-        click.echo(_warning_text(issue), err=True)
+        click.echo(issue.as_warning(), err=True)
     tail = f", {len(warnings)} warning(s)" if warnings else ""
     click.echo(f"{path}: ok: gateway {cfg.gateway.id}, {len(cfg.devices)} device(s){tail}")
 

@@ -21,8 +21,10 @@ from urllib.parse import urlsplit
 
 import click
 import yaml
+from pydantic import ValidationError
 
 from edge_agent.config.loader import ConfigError, load_gateway_config
+from edge_agent.config.models import OutboxConfig
 from edge_agent.contract.files import write_atomic
 from edge_agent.contract.topics import DISTRICT_RE, SEGMENT_RE
 from edge_agent.sdk.commands import EXIT_CONFIG
@@ -50,10 +52,13 @@ def check_district(value: str) -> str:
 
 
 def check_outbox(value: str) -> str:
+    """`value` if it passes the config's own rule for `outbox.path`."""
     value = value.strip()
-    if not value or value.endswith("/") or Path(value).is_dir():
-        raise click.BadParameter(f"{value!r} is not a database file (e.g. "
-                                 "/var/lib/edge-agent/outbox.db)", param_hint="--outbox")
+    try:
+        OutboxConfig.model_validate({"path": value})
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise click.BadParameter(f"{value!r}: {message}", param_hint="--outbox") from None
     return value
 
 

@@ -101,6 +101,14 @@ def snapshot_id(data: dict[str, Any]) -> str | None:
     return sid if isinstance(sid, str) and SNAPSHOT_ID.match(sid) else None
 
 
+#: open alarms are shown most severe first
+_SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _rank(severity: str) -> int:
+    return _SEVERITY_RANK.get(severity, 3)
+
+
 class Activity:
     def __init__(self, *, recent_max: int = RECENT_MAX, open_max: int = OPEN_ALARMS_MAX,
                  snapshots_max: int = SNAPSHOTS_MAX) -> None:
@@ -160,22 +168,20 @@ class Activity:
 
     def alarm_severity_by_device(self) -> dict[str, str]:
         """The most severe open alarm of each device with one, listed or not."""
-        rank = {"critical": 0, "warning": 1, "info": 2}
         worst: dict[str, str] = {}
         for a in self.open.values():
             now = worst.get(a.device)
-            if now is None or rank.get(a.severity, 3) < rank.get(now, 3):
+            if now is None or _rank(a.severity) < _rank(now):
                 worst[a.device] = a.severity
         return worst
 
     def open_alarms(self, limit: int | None = None) -> list[OpenAlarm]:
         """Open alarms, critical first, then newest first; the first `limit` of them
         (all with None)."""
-        rank = {"critical": 0, "warning": 1, "info": 2}
         ordered = enumerate(self.open.values())  # raised order breaks ties of one millisecond
 
         def order(ia: tuple[int, OpenAlarm]) -> tuple[int, float, int]:
-            return rank.get(ia[1].severity, 3), -ia[1].raised_at, -ia[0]
+            return _rank(ia[1].severity), -ia[1].raised_at, -ia[0]
 
         chosen = (sorted(ordered, key=order) if limit is None
                   else heapq.nsmallest(limit, ordered, key=order))

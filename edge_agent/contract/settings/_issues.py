@@ -25,10 +25,17 @@ class ConfigIssue:
     hint: str | None = None
 
     def __str__(self) -> str:
+        return self._text("")
+
+    def as_warning(self) -> str:
+        """The same line for a warning: `FILE:LINE:COL: key: warning: message (hint: …)`."""
+        return self._text("warning: ")
+
+    def _text(self, kind: str) -> str:
         head = f"{self.file}:{self.line}:{self.col}: "
         if self.key:
             head += f"{self.key}: "
-        text = head + self.message
+        text = head + kind + self.message
         return f"{text} (hint: {self.hint})" if self.hint else text
 
 
